@@ -1,0 +1,414 @@
+//! The incremental RESP2/RESP3 decoder.
+//!
+//! Decoding is two passes over a frame, both linear:
+//!
+//! 1. **Scan** (resumable): walks the buffered bytes, validating each header and counting open
+//!    aggregates on a small stack, until the frame is complete. Its position, the open
+//!    aggregates and how far the current line was searched for CRLF are kept between calls, so a
+//!    frame that arrives one byte at a time is scanned once in total, never rescanned.
+//! 2. **Build**: once the scan says the frame is complete, it is split off the buffer and turned
+//!    into a [`Frame`]. Nothing is allocated before the bytes it describes are there, so a peer
+//!    that declares `*2147483647` gets an error, not a 16 GiB `Vec`.
+//!
+//! ```text
+//!             +------------------- more bytes ------------------+
+//!             v                                                 |
+//!  [start] -> scan header line --(leaf)--> element done --(stack not empty)--+
+//!             |   \--($len)--> skip payload --------^       |
+//!             |   \--(*n %n ~n >n |n)--> push on stack      +--(stack empty)--> build -> Frame
+//!             +--(no CRLF yet / payload short)--> Ok(None), state kept
+//! ```
+//!
+//! The replies Redlock sees (`+OK`, `:n`, `_`, `$-1`, `-ERR …`) take a path that allocates
+//! nothing: they are built without splitting the buffer, or (errors) as one zero-copy slice.
+
+use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use super::error::{DecodeError, DecodeErrorKind as Kind};
+use super::frame::{Frame, ServerError};
+use super::DecoderConfig;
+
+/// How many elements an aggregate pre-allocates at most, whatever count it declared. The bytes
+/// are already buffered when we build, but a declared count is still the peer's word: growing
+/// past this is amortised by `Vec`.
+const MAX_PREALLOC: usize = 64;
+
+/// One open aggregate during the scan.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    /// Elements still to come (two per map or attribute entry).
+    remaining: u64,
+    /// An attribute map: when it closes it does not count as an element of its parent.
+    attribute: bool,
+}
+
+/// The resumable decoder. One per connection.
+///
+/// The contract is that of `tokio_util::codec::Decoder`: call [`decode`](Decoder::decode) with
+/// the connection's read buffer whenever bytes were added; it returns `Ok(None)` when the frame is
+/// not complete yet, and consumes the frame's bytes from the buffer when it returns one. Between
+/// calls, only append to the buffer. After an error the stream is out of sync: drop the
+/// connection and call [`reset`](Decoder::reset) (or make a new decoder).
+#[derive(Debug)]
+pub struct Decoder {
+    config: DecoderConfig,
+    /// Bytes of the current frame already validated.
+    scanned: usize,
+    /// Where the search for the current line's LF resumes.
+    line_searched: usize,
+    /// End (exclusive, CRLF included) of the bulk payload being waited for.
+    payload_end: Option<usize>,
+    /// Open aggregates; bounded by `config.max_depth`.
+    stack: SmallVec<[Open; 16]>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(DecoderConfig::default())
+    }
+}
+
+impl Decoder {
+    /// A decoder with the given limits.
+    pub fn new(config: DecoderConfig) -> Decoder {
+        Decoder {
+            config,
+            scanned: 0,
+            line_searched: 0,
+            payload_end: None,
+            stack: SmallVec::new(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// Forgets any partly scanned frame (after an error, or when the buffer is discarded).
+    pub fn reset(&mut self) {
+        self.scanned = 0;
+        self.line_searched = 0;
+        self.payload_end = None;
+        self.stack.clear();
+    }
+
+    /// Decodes one frame from the front of `src`.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed; the bytes seen so far are remembered and not
+    /// scanned again.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] when the input is malformed or breaks a configured limit. The error names
+    /// the offending byte and its offset from the start of the frame.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        let len = match self.scan(src) {
+            Ok(Some(len)) => len,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.reset();
+                return Err(e);
+            }
+        };
+        self.reset();
+        if let Some(frame) = fast_build(&src[..len]) {
+            src.advance(len);
+            return Ok(Some(frame));
+        }
+        let bytes = src.split_to(len).freeze();
+        let mut pos = 0;
+        Ok(Some(self.build(&bytes, &mut pos)))
+    }
+
+    /// Validates as much of the current frame as is buffered. `Some(len)` when it is complete.
+    fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        let cfg = self.config;
+        loop {
+            if let Some(end) = self.payload_end {
+                if buf.len() < end {
+                    return Ok(None);
+                }
+                if &buf[end - 2..end] != b"\r\n" {
+                    return Err(DecodeError::new(Kind::InvalidLineEnding, end - 2, Some(buf[end - 2])));
+                }
+                self.payload_end = None;
+                self.scanned = end;
+                if self.element_done() {
+                    return Ok(Some(end));
+                }
+                continue;
+            }
+
+            let start = self.scanned;
+            let from = self.line_searched.max(start);
+            let Some(nl) = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i) else {
+                if buf.len() - start > cfg.max_line_len + 2 {
+                    return Err(DecodeError::new(Kind::LineTooLong, start, None));
+                }
+                self.line_searched = buf.len();
+                return Ok(None);
+            };
+            if nl == start || buf[nl - 1] != b'\r' {
+                return Err(DecodeError::new(Kind::InvalidLineEnding, nl, Some(b'\n')));
+            }
+            // `nl - 1 > start` is not yet known: "\r\n" alone has no type byte.
+            if nl - 1 == start {
+                return Err(DecodeError::new(Kind::InvalidTypeByte, start, Some(b'\r')));
+            }
+            let line = &buf[start + 1..nl - 1];
+            if line.len() > cfg.max_line_len {
+                return Err(DecodeError::new(Kind::LineTooLong, start, None));
+            }
+            self.line_searched = 0;
+            let next = nl + 1;
+            let marker = buf[start];
+            let at = start + 1;
+            match marker {
+                b'+' | b'-' => {}
+                b':' => {
+                    parse_i64(line).ok_or_else(|| int_error(line, at))?;
+                }
+                b'_' => {
+                    if !line.is_empty() {
+                        return Err(DecodeError::new(Kind::InvalidValue, at, Some(line[0])));
+                    }
+                }
+                b'#' => {
+                    if line != b"t" && line != b"f" {
+                        return Err(DecodeError::new(Kind::InvalidBoolean, at, line.first().copied()));
+                    }
+                }
+                b',' => {
+                    parse_double(line).ok_or(DecodeError::new(Kind::InvalidDouble, at, line.first().copied()))?;
+                }
+                b'(' => {
+                    let digits = match line.first() {
+                        Some(b'-' | b'+') => &line[1..],
+                        _ => line,
+                    };
+                    if let Some(i) = digits.iter().position(|b| !b.is_ascii_digit()) {
+                        let off = at + (line.len() - digits.len()) + i;
+                        return Err(DecodeError::new(Kind::InvalidValue, off, Some(digits[i])));
+                    }
+                    if digits.is_empty() {
+                        return Err(DecodeError::new(Kind::InvalidValue, at, None));
+                    }
+                }
+                b'$' | b'!' | b'=' => {
+                    if line == b"?" {
+                        return Err(DecodeError::new(Kind::Unsupported, at, Some(b'?')));
+                    }
+                    let n = parse_i64(line).ok_or_else(|| int_error(line, at))?;
+                    if n == -1 && marker == b'$' {
+                        // The RESP2 null bulk string.
+                    } else if n < 0 {
+                        return Err(DecodeError::new(Kind::InvalidLength, at, Some(line[0])));
+                    } else if n as u64 > cfg.max_bulk_len as u64 {
+                        return Err(DecodeError::new(Kind::BulkTooLong, at, None));
+                    } else {
+                        let n = n as usize;
+                        if marker == b'=' && n < 4 {
+                            return Err(DecodeError::new(Kind::InvalidVerbatim, at, None));
+                        }
+                        let end = next + n + 2;
+                        if end > cfg.max_frame_bytes {
+                            return Err(DecodeError::new(Kind::FrameTooLarge, at, None));
+                        }
+                        self.scanned = next;
+                        self.payload_end = Some(end);
+                        continue;
+                    }
+                }
+                b'*' | b'~' | b'%' | b'>' | b'|' => {
+                    if line == b"?" {
+                        return Err(DecodeError::new(Kind::Unsupported, at, Some(b'?')));
+                    }
+                    let n = parse_i64(line).ok_or_else(|| int_error(line, at))?;
+                    if n == -1 && marker == b'*' {
+                        // The RESP2 null array: a leaf.
+                    } else if n < 0 {
+                        return Err(DecodeError::new(Kind::InvalidLength, at, Some(line[0])));
+                    } else if n as u64 > cfg.max_elements as u64 {
+                        return Err(DecodeError::new(Kind::TooManyElements, at, None));
+                    } else {
+                        if self.stack.len() >= cfg.max_depth {
+                            return Err(DecodeError::new(Kind::TooDeep, start, Some(marker)));
+                        }
+                        let per_entry = if matches!(marker, b'%' | b'|') { 2 } else { 1 };
+                        let attribute = marker == b'|';
+                        self.scanned = next;
+                        if n == 0 {
+                            if attribute || !self.element_done() {
+                                continue;
+                            }
+                            return Ok(Some(next));
+                        }
+                        self.stack.push(Open {
+                            remaining: n as u64 * per_entry,
+                            attribute,
+                        });
+                        continue;
+                    }
+                }
+                other => return Err(DecodeError::new(Kind::InvalidTypeByte, start, Some(other))),
+            }
+            // A one-line value is complete.
+            if next > cfg.max_frame_bytes {
+                return Err(DecodeError::new(Kind::FrameTooLarge, start, None));
+            }
+            self.scanned = next;
+            if self.element_done() {
+                return Ok(Some(next));
+            }
+        }
+    }
+
+    /// Records that one element finished. True when that finished the whole frame.
+    fn element_done(&mut self) -> bool {
+        while let Some(top) = self.stack.last_mut() {
+            top.remaining -= 1;
+            if top.remaining > 0 {
+                return false;
+            }
+            let closed = self.stack.pop().expect("non-empty");
+            if closed.attribute {
+                // The attribute describes the value that follows; that value is the element.
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Builds the frame at `*pos` in a buffer the scan proved complete and valid. Recursion is
+    /// bounded by `max_depth`, which the scan enforced and whose ceiling is
+    /// [`MAX_DEPTH_CEILING`](super::MAX_DEPTH_CEILING).
+    fn build(&self, buf: &Bytes, pos: &mut usize) -> Frame {
+        let start = *pos;
+        let nl = start + memchr::memchr(b'\n', &buf[start..]).expect("scanned");
+        let line = &buf[start + 1..nl - 1];
+        let line_range = start + 1..nl - 1;
+        *pos = nl + 1;
+        let count = || parse_i64(line).expect("scanned") as usize;
+        match buf[start] {
+            b'+' => Frame::Simple(buf.slice(line_range)),
+            b'-' => Frame::Error(ServerError::from_line(buf.slice(line_range))),
+            b':' => Frame::Integer(parse_i64(line).expect("scanned")),
+            b'_' => Frame::Null,
+            b'#' => Frame::Boolean(line == b"t"),
+            b',' => Frame::Double(parse_double(line).expect("scanned")),
+            b'(' => Frame::BigNumber(buf.slice(line_range)),
+            b'$' if line == b"-1" => Frame::Null,
+            b'*' if line == b"-1" => Frame::Null,
+            m @ (b'$' | b'!' | b'=') => {
+                let n = count();
+                let body = buf.slice(*pos..*pos + n);
+                *pos += n + 2;
+                match m {
+                    b'$' => Frame::Bulk(body),
+                    b'!' => Frame::Error(ServerError::from_line(body)),
+                    _ => Frame::Verbatim {
+                        format: [body[0], body[1], body[2]],
+                        data: body.slice(4..),
+                    },
+                }
+            }
+            m @ (b'*' | b'~' | b'>') => {
+                let n = count();
+                let mut items = Vec::with_capacity(n.min(MAX_PREALLOC));
+                for _ in 0..n {
+                    items.push(self.build(buf, pos));
+                }
+                match m {
+                    b'*' => Frame::Array(items),
+                    b'~' => Frame::Set(items),
+                    _ => Frame::Push(items),
+                }
+            }
+            b'%' => Frame::Map(self.build_pairs(buf, pos, count())),
+            b'|' => {
+                let attributes = self.build_pairs(buf, pos, count());
+                let value = self.build(buf, pos);
+                if self.config.keep_attributes {
+                    Frame::Attributed {
+                        attributes,
+                        value: Box::new(value),
+                    }
+                } else {
+                    value
+                }
+            }
+            _ => unreachable!("the scan rejects unknown type bytes"),
+        }
+    }
+
+    fn build_pairs(&self, buf: &Bytes, pos: &mut usize, n: usize) -> Vec<(Frame, Frame)> {
+        let mut pairs = Vec::with_capacity(n.min(MAX_PREALLOC));
+        for _ in 0..n {
+            let k = self.build(buf, pos);
+            let v = self.build(buf, pos);
+            pairs.push((k, v));
+        }
+        pairs
+    }
+}
+
+/// Builds the replies a lock client sees most without touching the allocator: values with no
+/// payload, and `+OK`. `None` sends the frame down the general path.
+fn fast_build(frame: &[u8]) -> Option<Frame> {
+    let line = &frame[1..frame.len() - 2];
+    match frame[0] {
+        b':' => parse_i64(line).map(Frame::Integer),
+        b'_' => Some(Frame::Null),
+        b'$' | b'*' if line == b"-1" => Some(Frame::Null),
+        b'#' => Some(Frame::Boolean(line == b"t")),
+        b',' => parse_double(line).map(Frame::Double),
+        b'+' if line == b"OK" => Some(Frame::Simple(Bytes::from_static(b"OK"))),
+        _ => None,
+    }
+}
+
+fn int_error(line: &[u8], at: usize) -> DecodeError {
+    let bad = line
+        .iter()
+        .enumerate()
+        .skip(usize::from(matches!(line.first(), Some(b'-' | b'+'))))
+        .find(|(_, b)| !b.is_ascii_digit());
+    match bad {
+        Some((i, b)) => DecodeError::new(Kind::InvalidInteger, at + i, Some(*b)),
+        // All digits: empty, a lone sign, or out of range.
+        None => DecodeError::new(Kind::InvalidInteger, at, line.first().copied()),
+    }
+}
+
+/// Parses a decimal `i64` with an optional sign, checked over exactly `i64::MIN..=i64::MAX`.
+pub(super) fn parse_i64(s: &[u8]) -> Option<i64> {
+    let (negative, digits) = match s.first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        value = value.checked_mul(10)?;
+        // Accumulate towards the sign so that i64::MIN parses without overflow.
+        value = if negative { value.checked_sub(d)? } else { value.checked_add(d)? };
+    }
+    Some(value)
+}
+
+/// Parses a RESP3 double: decimals, exponents, `inf`, `-inf`, `nan`.
+fn parse_double(s: &[u8]) -> Option<f64> {
+    if s.is_empty() || s.len() > 64 {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse::<f64>().ok()
+}

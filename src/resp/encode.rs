@@ -1,0 +1,185 @@
+//! Encoders. Commands go out as arrays of bulk strings, written straight into the connection's
+//! write buffer: numbers are formatted on the stack (`itoa`), nothing is allocated per command.
+
+use bytes::{BufMut, BytesMut};
+
+use super::Frame;
+
+fn put_len(dst: &mut BytesMut, marker: u8, n: usize) {
+    let mut num = itoa::Buffer::new();
+    dst.put_u8(marker);
+    dst.put_slice(num.format(n).as_bytes());
+    dst.put_slice(b"\r\n");
+}
+
+fn put_bulk(dst: &mut BytesMut, arg: &[u8]) {
+    put_len(dst, b'$', arg.len());
+    dst.put_slice(arg);
+    dst.put_slice(b"\r\n");
+}
+
+/// Writes a command (`*N` of bulk strings) into `dst`.
+///
+/// # Examples
+///
+/// ```
+/// let mut buf = bytes::BytesMut::new();
+/// dragonlock::resp::encode_command(&mut buf, &[b"GET", b"key"]);
+/// assert_eq!(&buf[..], b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n");
+/// ```
+pub fn encode_command<A: AsRef<[u8]>>(dst: &mut BytesMut, args: &[A]) {
+    let size: usize = args.iter().map(|a| a.as_ref().len() + 16).sum();
+    dst.reserve(size + 16);
+    put_len(dst, b'*', args.len());
+    for arg in args {
+        put_bulk(dst, arg.as_ref());
+    }
+}
+
+/// `SET key token NX PX ms`, the acquire command, with its constant parts written as one slice.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetNxPxCommand;
+
+impl SetNxPxCommand {
+    /// Writes `SET key token NX PX ttl_ms` into `dst`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut buf = bytes::BytesMut::new();
+    /// dragonlock::resp::SetNxPxCommand.encode(&mut buf, b"k", b"t", 30000);
+    /// assert_eq!(&buf[..], &b"*6\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nt\r\n$2\r\nNX\r\n$2\r\nPX\r\n$5\r\n30000\r\n"[..]);
+    /// ```
+    pub fn encode(&self, dst: &mut BytesMut, key: &[u8], token: &[u8], ttl_ms: u64) {
+        let mut num = itoa::Buffer::new();
+        let ms = num.format(ttl_ms).as_bytes();
+        dst.reserve(key.len() + token.len() + 64);
+        dst.put_slice(b"*6\r\n$3\r\nSET\r\n");
+        put_bulk(dst, key);
+        put_bulk(dst, token);
+        dst.put_slice(b"$2\r\nNX\r\n$2\r\nPX\r\n");
+        put_bulk(dst, ms);
+    }
+}
+
+/// `EVALSHA sha numkeys keys… args…` for one script, with the `EVALSHA` and SHA parts prepared
+/// once.
+#[derive(Debug, Clone)]
+pub struct EvalShaCommand {
+    /// `$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n`.
+    head: [u8; 61],
+}
+
+impl EvalShaCommand {
+    /// Prepares the command for the script whose hex SHA-1 is `sha`.
+    pub fn new(sha: &[u8; 40]) -> EvalShaCommand {
+        let mut head = [0u8; 61];
+        head[..21].copy_from_slice(b"$7\r\nEVALSHA\r\n$40\r\n");
+        head[19..59].copy_from_slice(sha);
+        head[59..61].copy_from_slice(b"\r\n");
+        EvalShaCommand { head }
+    }
+
+    /// Writes `EVALSHA sha len(keys) keys… args…` into `dst`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cmd = dragonlock::resp::EvalShaCommand::new(&[b'a'; 40]);
+    /// let mut buf = bytes::BytesMut::new();
+    /// cmd.encode(&mut buf, &[b"k"], &[b"t"]);
+    /// assert!(buf.starts_with(b"*5\r\n$7\r\nEVALSHA\r\n$40\r\naaaa"));
+    /// assert!(buf.ends_with(b"$1\r\n1\r\n$1\r\nk\r\n$1\r\nt\r\n"));
+    /// ```
+    pub fn encode<K: AsRef<[u8]>, A: AsRef<[u8]>>(&self, dst: &mut BytesMut, keys: &[K], args: &[A]) {
+        let size: usize = keys.iter().map(|k| k.as_ref().len() + 16).sum::<usize>()
+            + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>();
+        dst.reserve(size + 96);
+        put_len(dst, b'*', 3 + keys.len() + args.len());
+        dst.put_slice(&self.head);
+        let mut num = itoa::Buffer::new();
+        put_bulk(dst, num.format(keys.len()).as_bytes());
+        for k in keys {
+            put_bulk(dst, k.as_ref());
+        }
+        for a in args {
+            put_bulk(dst, a.as_ref());
+        }
+    }
+}
+
+/// Writes any frame in RESP3 form (RESP2 forms for null: `_`). For tests, fuzzing and the fake
+/// servers in `tests/`; the client itself only sends commands.
+pub fn encode_frame(dst: &mut BytesMut, frame: &Frame) {
+    match frame {
+        Frame::Simple(s) => {
+            dst.put_u8(b'+');
+            dst.put_slice(s);
+            dst.put_slice(b"\r\n");
+        }
+        Frame::Error(e) => {
+            dst.put_u8(b'-');
+            dst.put_slice(e.line());
+            dst.put_slice(b"\r\n");
+        }
+        Frame::Integer(n) => {
+            let mut num = itoa::Buffer::new();
+            dst.put_u8(b':');
+            dst.put_slice(num.format(*n).as_bytes());
+            dst.put_slice(b"\r\n");
+        }
+        Frame::Bulk(b) => put_bulk(dst, b),
+        Frame::Null => dst.put_slice(b"_\r\n"),
+        Frame::Boolean(b) => dst.put_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
+        Frame::Double(d) => {
+            dst.put_u8(b',');
+            if d.is_nan() {
+                dst.put_slice(b"nan");
+            } else if d.is_infinite() {
+                dst.put_slice(if *d > 0.0 { b"inf" } else { b"-inf" });
+            } else {
+                // `{:?}` prints the shortest text that parses back to the same value.
+                dst.put_slice(format!("{d:?}").as_bytes());
+            }
+            dst.put_slice(b"\r\n");
+        }
+        Frame::BigNumber(b) => {
+            dst.put_u8(b'(');
+            dst.put_slice(b);
+            dst.put_slice(b"\r\n");
+        }
+        Frame::Verbatim { format, data } => {
+            put_len(dst, b'=', data.len() + 4);
+            dst.put_slice(format);
+            dst.put_u8(b':');
+            dst.put_slice(data);
+            dst.put_slice(b"\r\n");
+        }
+        Frame::Array(items) | Frame::Set(items) | Frame::Push(items) => {
+            let marker = match frame {
+                Frame::Array(_) => b'*',
+                Frame::Set(_) => b'~',
+                _ => b'>',
+            };
+            put_len(dst, marker, items.len());
+            for item in items {
+                encode_frame(dst, item);
+            }
+        }
+        Frame::Map(pairs) => {
+            put_len(dst, b'%', pairs.len());
+            for (k, v) in pairs {
+                encode_frame(dst, k);
+                encode_frame(dst, v);
+            }
+        }
+        Frame::Attributed { attributes, value } => {
+            put_len(dst, b'|', attributes.len());
+            for (k, v) in attributes {
+                encode_frame(dst, k);
+                encode_frame(dst, v);
+            }
+            encode_frame(dst, value);
+        }
+    }
+}
