@@ -67,16 +67,16 @@ impl SetNxPxCommand {
 #[derive(Debug, Clone)]
 pub struct EvalShaCommand {
     /// `$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n`.
-    head: [u8; 61],
+    head: [u8; 60],
 }
 
 impl EvalShaCommand {
     /// Prepares the command for the script whose hex SHA-1 is `sha`.
     pub fn new(sha: &[u8; 40]) -> EvalShaCommand {
-        let mut head = [0u8; 61];
-        head[..21].copy_from_slice(b"$7\r\nEVALSHA\r\n$40\r\n");
-        head[19..59].copy_from_slice(sha);
-        head[59..61].copy_from_slice(b"\r\n");
+        let mut head = [0u8; 60];
+        head[..18].copy_from_slice(b"$7\r\nEVALSHA\r\n$40\r\n");
+        head[18..58].copy_from_slice(sha);
+        head[58..].copy_from_slice(b"\r\n");
         EvalShaCommand { head }
     }
 

@@ -1,0 +1,261 @@
+//! The driver task: one per connection. It owns the socket.
+//!
+//! ```text
+//!  start --> connect + handshake --ok--> serve (I/O loop) --EOF / error--> fail in-flight --+
+//!              ^      |                                                                     |
+//!              |      +--error--> record error ------------------------------+              |
+//!              |                                                             v              v
+//!              +------------------------- backoff (full jitter, doubling) <-+--------------+
+//!  closed (last handle dropped) ends the task from any state.
+//! ```
+//!
+//! The I/O loop (`poll_serve`) advances both directions in every turn: it hands everything
+//! callers queued to the socket in one write, then reads until the socket is empty. It never
+//! blocks on the write side while replies are waiting to be read, so both sides' buffers can
+//! be full without deadlock.
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rand::Rng;
+use smallvec::SmallVec;
+use tokio::net::TcpStream;
+
+use super::{handshake, Shared, Status};
+use crate::error::{Error, ErrorKind};
+use crate::resp::Decoder;
+
+/// Bytes reserved for each read: a lock reply is 4-5 bytes, so 16 KiB takes thousands of them
+/// per syscall when the pipeline is deep.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Loop turns before the driver yields to other tasks, so a fire hose on one socket cannot starve
+/// the runtime's other tasks.
+const TURNS_BEFORE_YIELD: usize = 32;
+
+/// Wakers gathered while the lock is held and woken after it is released; a fixed array so it
+/// never allocates.
+const WAKE_BATCH: usize = 32;
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut failures: u32 = 0;
+    loop {
+        if shared.lock().closed {
+            return;
+        }
+        let attempt = tokio::select! {
+            r = handshake::establish(&shared.config) => Some(r),
+            _ = shared.shutdown.notified() => None,
+        };
+        let mut auth_failed = false;
+        match attempt {
+            None => return,
+            Some(Ok((stream, info))) => {
+                failures = 0;
+                {
+                    let mut st = shared.lock();
+                    st.status = Status::Connected;
+                    st.info = Some(Arc::new(info));
+                    st.attempts += 1;
+                    st.connects += 1;
+                }
+                shared.changed.notify_waiters();
+                let error = serve(&shared, stream).await;
+                fail_in_flight(&shared, error);
+            }
+            Some(Err(error)) => {
+                failures = failures.saturating_add(1);
+                auth_failed = error.is_auth();
+                {
+                    let mut st = shared.lock();
+                    st.status = Status::Down;
+                    st.last_error = Some(error);
+                    st.attempts += 1;
+                }
+                shared.changed.notify_waiters();
+            }
+        }
+        let mut delay = backoff(shared.config.backoff_base, shared.config.backoff_max, failures);
+        if auth_failed {
+            delay = delay.max(super::AUTH_FAILURE_BACKOFF);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.shutdown.notified() => return,
+        }
+    }
+}
+
+/// Full jitter: a uniform delay below `min(max, base * 2^failures)`.
+fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+    let bound = base.saturating_mul(1u32 << failures.min(16)).min(max);
+    let nanos = bound.as_nanos().min(u64::MAX as u128) as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+/// Marks the node down and fails every request in flight with `error` at once.
+fn fail_in_flight(shared: &Shared, error: Error) {
+    let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
+    {
+        let mut st = shared.lock();
+        st.status = Status::Down;
+        st.write_buf.clear();
+        st.driver_waker = None;
+        while let Some(id) = st.queue.pop_front() {
+            let slot = &mut st.slots[id as usize];
+            if slot.abandoned {
+                Shared::free_slot(&mut st, id);
+            } else {
+                slot.reply = Some(Err(error.clone()));
+                if let Some(w) = slot.waker.take() {
+                    wakers.push(w);
+                }
+            }
+        }
+        st.last_error = Some(error);
+    }
+    shared.changed.notify_waiters();
+    wakers.into_iter().for_each(Waker::wake);
+}
+
+struct Io {
+    stream: TcpStream,
+    decoder: Decoder,
+    read_buf: BytesMut,
+    /// The bytes being written; swapped with the shared write buffer when empty.
+    out: BytesMut,
+}
+
+/// Runs the I/O loop until the connection fails or is closed; returns why it ended.
+async fn serve(shared: &Shared, stream: TcpStream) -> Error {
+    let mut io = Io {
+        stream,
+        decoder: Decoder::new(shared.config.decoder),
+        read_buf: BytesMut::with_capacity(READ_CHUNK),
+        out: BytesMut::with_capacity(super::INITIAL_WRITE_CAPACITY),
+    };
+    poll_fn(|cx| poll_serve(shared, &mut io, cx)).await
+}
+
+fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error> {
+    for _ in 0..TURNS_BEFORE_YIELD {
+        let mut progressed = false;
+
+        // Take what callers queued, or register to be woken when they queue something.
+        if io.out.is_empty() {
+            let mut st = shared.lock();
+            if st.closed {
+                return Poll::Ready(Error::new(ErrorKind::Closed));
+            }
+            if st.write_buf.is_empty() {
+                match &st.driver_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.driver_waker = Some(cx.waker().clone()),
+                }
+            } else {
+                std::mem::swap(&mut io.out, &mut st.write_buf);
+            }
+        }
+
+        // Write as much as the socket takes.
+        while !io.out.is_empty() {
+            match io.stream.poll_write_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
+                Poll::Ready(Ok(())) => {}
+            }
+            match io.stream.try_write(&io.out) {
+                Ok(n) => {
+                    io.out.advance(n);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(e.into()),
+            }
+        }
+        if io.out.is_empty() {
+            // Reset the offset so the buffer's whole capacity is reused.
+            io.out.clear();
+        }
+
+        // Read everything available and hand out the replies.
+        loop {
+            match io.stream.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
+                Poll::Ready(Ok(())) => {}
+            }
+            io.read_buf.reserve(READ_CHUNK);
+            match io.stream.try_read_buf(&mut io.read_buf) {
+                Ok(0) => return Poll::Ready(Error::new(ErrorKind::Eof)),
+                Ok(_) => {
+                    progressed = true;
+                    if let Err(e) = dispatch(shared, &mut io.decoder, &mut io.read_buf) {
+                        return Poll::Ready(e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(e.into()),
+            }
+        }
+
+        if !progressed {
+            return Poll::Pending;
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// Decodes every complete frame in `buf` and gives each reply to the oldest request in flight.
+fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Result<(), Error> {
+    loop {
+        let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
+        let mut result = Ok(());
+        let mut more = false;
+        {
+            let mut st = shared.lock();
+            while wakers.len() < WAKE_BATCH {
+                let frame = match decoder.decode(buf) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                };
+                if frame.is_push() {
+                    st.pushes += 1;
+                    continue;
+                }
+                let Some(id) = st.queue.pop_front() else {
+                    result = Err(Error::new(ErrorKind::UnsolicitedReply));
+                    break;
+                };
+                let slot = &mut st.slots[id as usize];
+                if slot.abandoned {
+                    Shared::free_slot(&mut st, id);
+                } else {
+                    slot.reply = Some(Ok(frame));
+                    if let Some(w) = slot.waker.take() {
+                        wakers.push(w);
+                    }
+                }
+            }
+            if wakers.len() == WAKE_BATCH {
+                more = true;
+            }
+        }
+        wakers.into_iter().for_each(Waker::wake);
+        if result.is_err() || !more {
+            return result;
+        }
+    }
+}

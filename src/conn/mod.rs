@@ -1,0 +1,485 @@
+//! One node: a persistent, pipelined, cancel-safe TCP connection.
+//!
+//! A [`Connection`] is a cheap handle (clone it freely) on one socket driven by one background
+//! task, the *driver*. Callers encode their command straight into the shared write buffer and get
+//! a [`ReplyFuture`] for the reply slot they were given; the driver writes whatever has
+//! accumulated in one syscall, reads, decodes, and fills the slots in first-in first-out order.
+//!
+//! Layout:
+//! - `mod.rs`: [`Connection`], the slot table and [`ReplyFuture`].
+//! - `driver.rs`: the driver task: I/O loop, failure handling, reconnect with backoff.
+//! - `handshake.rs`: `HELLO`/`AUTH`/`SELECT`, server facts, script loading, in one round trip.
+//! - `config.rs`: [`ConnectionConfig`] and URL parsing. `info.rs`: [`ServerInfo`].
+//! - `script.rs`: [`Script`], with its SHA-1 computed locally.
+//!
+//! Invariants (see `DESIGN.md`):
+//! - A reply goes to the request at the head of the in-flight queue, nobody else. A request whose
+//!   caller went away keeps its place; its reply is read and dropped. Pushes never take a place.
+//! - On EOF, a socket error or a protocol error, every request in flight fails at once, and the
+//!   driver alone reconnects (exponential backoff, full jitter).
+//! - While the node is not connected, requests fail at once: a dead node costs nothing.
+//! - Nothing is allocated per request once the slot table and buffers have grown to the load.
+
+mod config;
+mod driver;
+mod handshake;
+mod info;
+mod script;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use config::{
+    ConnectionConfig, Protocol, AUTH_FAILURE_BACKOFF, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT,
+};
+pub use info::{RestartMarker, ServerInfo};
+pub use script::Script;
+
+use crate::error::{Error, ErrorKind};
+use crate::resp::Frame;
+
+/// Write buffer capacity reserved at start: enough for a few hundred lock commands, so a burst
+/// does not grow it in steps.
+const INITIAL_WRITE_CAPACITY: usize = 16 * 1024;
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// The first connect has not finished yet.
+    Starting,
+    /// Connected and handshaken: requests are accepted.
+    Connected,
+    /// Down, reconnecting in the background: requests fail at once.
+    Down,
+}
+
+/// One request's place: its reply once it came, and who to wake.
+#[derive(Debug, Default)]
+struct Slot {
+    reply: Option<Result<Frame, Error>>,
+    waker: Option<Waker>,
+    /// The caller dropped its `ReplyFuture`: the reply is read and thrown away.
+    abandoned: bool,
+}
+
+struct State {
+    status: Status,
+    closed: bool,
+    /// Commands not yet handed to the driver, in queue order.
+    write_buf: BytesMut,
+    /// Slot ids of the requests in flight, oldest first.
+    queue: VecDeque<u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Set while the driver waits for work; whoever adds work takes it and wakes the driver.
+    driver_waker: Option<Waker>,
+    info: Option<Arc<ServerInfo>>,
+    last_error: Option<Error>,
+    /// Connect attempts finished (either way), and successful connects.
+    attempts: u64,
+    connects: u64,
+    pushes: u64,
+}
+
+pub(crate) struct Shared {
+    config: ConnectionConfig,
+    state: Mutex<State>,
+    /// Signalled on every status change.
+    changed: Notify,
+    /// Wakes the driver out of a connect or backoff when the connection is closed.
+    shutdown: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent (every mutation is a few
+        // plain assignments), so poisoning is ignored rather than spread.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn free_slot(st: &mut State, id: u32) {
+        let slot = &mut st.slots[id as usize];
+        slot.reply = None;
+        slot.waker = None;
+        slot.abandoned = false;
+        st.free.push(id);
+    }
+}
+
+/// Closes the connection when the last [`Connection`] clone goes.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let waker = {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            st.driver_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        self.shared.shutdown.notify_one();
+    }
+}
+
+/// A persistent, pipelined connection to one node. Clones share the socket.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), dragonlock::Error> {
+/// use dragonlock::conn::{Connection, ConnectionConfig};
+/// let conn = Connection::connect(ConnectionConfig::from_url("redis://127.0.0.1:6379")?).await?;
+/// let pong = conn.command(&["PING"]).await?;
+/// assert!(pong.as_bytes() == Some(b"PONG"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Connection {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.shared().config.addr())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Starts the connection's driver and returns at once; the first connect runs in the
+    /// background, and requests fail with `NotConnected` until it succeeds. Use
+    /// [`ready`](Connection::ready) to wait for it. Must be called inside a tokio runtime.
+    pub fn start(config: ConnectionConfig) -> Connection {
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State {
+                status: Status::Starting,
+                closed: false,
+                write_buf: BytesMut::with_capacity(INITIAL_WRITE_CAPACITY),
+                queue: VecDeque::with_capacity(64),
+                slots: Vec::with_capacity(64),
+                free: Vec::with_capacity(64),
+                driver_waker: None,
+                info: None,
+                last_error: None,
+                attempts: 0,
+                connects: 0,
+                pushes: 0,
+            }),
+            changed: Notify::new(),
+            shutdown: Notify::new(),
+        });
+        tokio::spawn(driver::run(shared.clone()));
+        Connection {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
+    /// Connects and handshakes, waiting for the first attempt.
+    ///
+    /// # Errors
+    ///
+    /// The first attempt's error: socket errors, [`ErrorKind::Auth`] for rejected credentials,
+    /// [`ErrorKind::Timeout`] past the connect or handshake deadline.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes the connection being made.
+    pub async fn connect(config: ConnectionConfig) -> Result<Connection, Error> {
+        let conn = Connection::start(config);
+        conn.ready().await?;
+        Ok(conn)
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    /// Waits for the first connect attempt to finish, and returns its error if it failed (the
+    /// driver keeps retrying in the background either way).
+    ///
+    /// # Errors
+    ///
+    /// The error of the first attempt, when it failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    pub async fn ready(&self) -> Result<(), Error> {
+        loop {
+            let notified = self.shared().changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.shared().lock();
+                if st.status == Status::Connected {
+                    return Ok(());
+                }
+                if st.attempts > 0 {
+                    return Err(st.last_error.clone().unwrap_or(Error::new(ErrorKind::NotConnected)));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until the connection is up, for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when it is still down at the end, with the last connect error lost.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
+        let wait = async {
+            loop {
+                let notified = self.shared().changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.is_connected() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::new(ErrorKind::Timeout))
+    }
+
+    /// The options this connection was made with.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.shared().config
+    }
+
+    /// True while connected and handshaken.
+    pub fn is_connected(&self) -> bool {
+        self.shared().lock().status == Status::Connected
+    }
+
+    /// What the server said about itself at the last handshake.
+    pub fn server_info(&self) -> Option<Arc<ServerInfo>> {
+        self.shared().lock().info.clone()
+    }
+
+    /// The last connection error, if any.
+    pub fn last_error(&self) -> Option<Error> {
+        self.shared().lock().last_error.clone()
+    }
+
+    /// How many times the connection was established (1 after the first connect).
+    pub fn connects(&self) -> u64 {
+        self.shared().lock().connects
+    }
+
+    /// Push frames received and routed away from the reply queue so far.
+    pub fn pushes_received(&self) -> u64 {
+        self.shared().lock().pushes
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.shared().lock().queue.len()
+    }
+
+    /// Queues one request: `encode` writes the command into the write buffer, and the returned
+    /// future yields its reply. The command is on its way once this returns, whether or not the
+    /// future is polled.
+    ///
+    /// `encode` must write exactly one complete command (one reply is expected per call).
+    ///
+    /// # Errors
+    ///
+    /// At once, without sending: `NotConnected` while the node is down, `Overloaded` past
+    /// `max_in_flight`, `Closed` after the connection was closed.
+    pub fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<ReplyFuture<'_>, Error> {
+        let shared = self.shared();
+        let waker = {
+            let mut st = shared.lock();
+            if st.closed {
+                return Err(Error::new(ErrorKind::Closed));
+            }
+            if st.status != Status::Connected {
+                return Err(Error::new(ErrorKind::NotConnected));
+            }
+            if st.queue.len() >= shared.config.max_in_flight {
+                return Err(Error::new(ErrorKind::Overloaded));
+            }
+            let id = match st.free.pop() {
+                Some(id) => id,
+                None => {
+                    st.slots.push(Slot::default());
+                    (st.slots.len() - 1) as u32
+                }
+            };
+            encode(&mut st.write_buf);
+            st.queue.push_back(id);
+            let waker = st.driver_waker.take();
+            drop(st);
+            (waker, id)
+        };
+        let (waker, id) = waker;
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(ReplyFuture {
+            shared,
+            id,
+            done: false,
+        })
+    }
+
+    /// Sends a command and waits for its reply. An error reply becomes `Err`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Server`] for an error reply; the errors of [`send`](Connection::send); and
+    /// `ConnectionLost`, a protocol error or a socket error when the connection fails first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in the sense that matters for a pipeline: the command may still run, but its
+    /// reply is read and discarded, never handed to another request.
+    pub async fn command<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Frame, Error> {
+        let reply = self.send(|buf| crate::resp::encode_command(buf, args))?.await?;
+        into_result(reply)
+    }
+
+    /// [`command`](Connection::command) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As `command`, plus [`ErrorKind::Timeout`] at the deadline.
+    ///
+    /// # Cancel safety
+    ///
+    /// As `command`.
+    pub async fn command_timeout<A: AsRef<[u8]>>(&self, args: &[A], timeout: Duration) -> Result<Frame, Error> {
+        let reply = self.send(|buf| crate::resp::encode_command(buf, args))?;
+        into_result(reply.deadline(Instant::now() + timeout).await?)
+    }
+
+    /// Runs `script` with `EVALSHA`; on `NOSCRIPT` (the server lost its script cache), runs it
+    /// once with `EVAL`, which also caches it again.
+    ///
+    /// # Errors
+    ///
+    /// As [`command`](Connection::command).
+    ///
+    /// # Cancel safety
+    ///
+    /// As `command`.
+    pub async fn eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(&self, script: &Script, keys: &[K], args: &[A]) -> Result<Frame, Error> {
+        let reply = self.send(|buf| script.evalsha().encode(buf, keys, args))?.await?;
+        match reply {
+            Frame::Error(e) if e.has_code("NOSCRIPT") => {
+                let reply = self.send(|buf| encode_eval(buf, script, keys, args))?.await?;
+                into_result(reply)
+            }
+            other => into_result(other),
+        }
+    }
+}
+
+/// Writes `EVAL source numkeys keys… args…`.
+pub(crate) fn encode_eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(buf: &mut BytesMut, script: &Script, keys: &[K], args: &[A]) {
+    let mut numkeys = itoa::Buffer::new();
+    let numkeys = numkeys.format(keys.len()).as_bytes();
+    let mut parts: smallvec::SmallVec<[&[u8]; 16]> = smallvec::SmallVec::new();
+    parts.push(b"EVAL");
+    parts.push(script.source().as_bytes());
+    parts.push(numkeys);
+    parts.extend(keys.iter().map(|k| k.as_ref()));
+    parts.extend(args.iter().map(|a| a.as_ref()));
+    crate::resp::encode_command(buf, &parts);
+}
+
+fn into_result(frame: Frame) -> Result<Frame, Error> {
+    match frame {
+        Frame::Error(e) => Err(Error::new(ErrorKind::Server(e))),
+        other => Ok(other),
+    }
+}
+
+/// The reply to one request sent with [`Connection::send`].
+///
+/// # Cancel safety
+///
+/// Dropping it before the reply came leaves the request in place: the reply is read and thrown
+/// away when it arrives, so no later request ever receives it.
+#[must_use = "the reply is discarded unless the future is awaited"]
+pub struct ReplyFuture<'a> {
+    shared: &'a Shared,
+    id: u32,
+    done: bool,
+}
+
+impl std::fmt::Debug for ReplyFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyFuture").field("slot", &self.id).finish()
+    }
+}
+
+impl ReplyFuture<'_> {
+    /// Waits for the reply until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] at the deadline (the reply, when it comes, is discarded).
+    pub async fn deadline(self, deadline: Instant) -> Result<Frame, Error> {
+        match tokio::time::timeout_at(deadline, self).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(ErrorKind::Timeout)),
+        }
+    }
+}
+
+impl Future for ReplyFuture<'_> {
+    type Output = Result<Frame, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        assert!(!self.done, "ReplyFuture polled after completion");
+        let mut st = self.shared.lock();
+        let slot = &mut st.slots[self.id as usize];
+        if let Some(reply) = slot.reply.take() {
+            Shared::free_slot(&mut st, self.id);
+            drop(st);
+            self.done = true;
+            return Poll::Ready(reply);
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for ReplyFuture<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.shared.lock();
+        let slot = &mut st.slots[self.id as usize];
+        if slot.reply.is_some() {
+            Shared::free_slot(&mut st, self.id);
+        } else {
+            slot.abandoned = true;
+            slot.waker = None;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The connection-level error type.
+
+use std::fmt;
+use std::io;
+
+use crate::resp::{DecodeError, ServerError};
+
+/// What went wrong talking to one node. Cheap to clone (every request in flight on a failed
+/// connection gets a copy) and never boxed.
+#[derive(Clone, PartialEq)]
+pub struct Error {
+    kind: ErrorKind,
+}
+
+/// The kinds of [`Error`], for matching. The `is_*` accessors on [`Error`] cover the common
+/// questions.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A socket error (connect refused, reset, ...).
+    Io(io::ErrorKind),
+    /// The server closed the connection.
+    Eof,
+    /// The server sent bytes that are not RESP, or broke a decoder limit.
+    Protocol(DecodeError),
+    /// A reply arrived that no request was waiting for.
+    UnsolicitedReply,
+    /// The server rejected the credentials (`WRONGPASS`, `NOAUTH`, `NOPERM` at handshake).
+    Auth(ServerError),
+    /// The server answered the command with an error.
+    Server(ServerError),
+    /// The handshake failed for another reason (the server's error is kept).
+    Handshake(ServerError),
+    /// The node is not connected now (down, or reconnecting); the request was not sent.
+    NotConnected,
+    /// The connection failed while the request was in flight.
+    ConnectionLost,
+    /// The deadline passed before the reply came.
+    Timeout,
+    /// Too many requests are in flight on this connection; the request was not sent.
+    Overloaded,
+    /// The connection was closed by its owner.
+    Closed,
+    /// A connection URL or option is invalid.
+    InvalidConfig(&'static str),
+    /// The reply has a shape the command never produces.
+    UnexpectedReply,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind) -> Error {
+        Error { kind }
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// The server answered with an error reply.
+    pub fn is_server(&self) -> bool {
+        matches!(self.kind, ErrorKind::Server(_))
+    }
+
+    /// The server's error, when it sent one.
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match &self.kind {
+            ErrorKind::Server(e) | ErrorKind::Auth(e) | ErrorKind::Handshake(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Credentials were rejected.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.kind, ErrorKind::Auth(_))
+    }
+
+    /// The peer broke the protocol (malformed or oversized frame, unsolicited reply).
+    pub fn is_protocol(&self) -> bool {
+        matches!(self.kind, ErrorKind::Protocol(_) | ErrorKind::UnsolicitedReply)
+    }
+
+    /// The deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, ErrorKind::Timeout)
+    }
+
+    /// The request could not be sent or answered because the node is down or the connection
+    /// broke: an infrastructure failure, as opposed to an answer.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Io(_)
+                | ErrorKind::Eof
+                | ErrorKind::NotConnected
+                | ErrorKind::ConnectionLost
+                | ErrorKind::Timeout
+                | ErrorKind::Overloaded
+                | ErrorKind::Closed
+                | ErrorKind::Protocol(_)
+                | ErrorKind::UnsolicitedReply
+        )
+    }
+
+    /// The request was refused before it was sent (node down, or too many in flight).
+    pub fn is_not_sent(&self) -> bool {
+        matches!(self.kind, ErrorKind::NotConnected | ErrorKind::Overloaded | ErrorKind::Closed)
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => Error::new(ErrorKind::Eof),
+            io::ErrorKind::TimedOut => Error::new(ErrorKind::Timeout),
+            k => Error::new(ErrorKind::Io(k)),
+        }
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Error {
+        Error::new(ErrorKind::Protocol(e))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.kind, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Io(k) => write!(f, "socket error: {k}"),
+            ErrorKind::Eof => f.write_str("the server closed the connection"),
+            ErrorKind::Protocol(e) => write!(f, "{e}"),
+            ErrorKind::UnsolicitedReply => f.write_str("the server sent a reply nobody asked for"),
+            ErrorKind::Auth(e) => write!(f, "authentication failed: {e}"),
+            ErrorKind::Server(e) => write!(f, "server error: {e}"),
+            ErrorKind::Handshake(e) => write!(f, "handshake failed: {e}"),
+            ErrorKind::NotConnected => f.write_str("not connected"),
+            ErrorKind::ConnectionLost => f.write_str("connection lost with the request in flight"),
+            ErrorKind::Timeout => f.write_str("timed out"),
+            ErrorKind::Overloaded => f.write_str("too many requests in flight"),
+            ErrorKind::Closed => f.write_str("connection closed"),
+            ErrorKind::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            ErrorKind::UnexpectedReply => f.write_str("unexpected reply"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,260 @@
+//! Real server processes for the tests: started on free 127.0.0.1 ports, stopped by pid on drop.
+//!
+//! The binary is `$DRAGONLOCK_SERVER_BIN` when set, else `redis-server` on PATH. A Dragonfly
+//! binary (told apart by its `--version` output) gets Dragonfly's flags, and `DFLY_*` variables
+//! are removed from its environment (Dragonfly aborts on unknown ones).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Which server the binary is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Redis,
+    Dragonfly,
+}
+
+/// The server binary and its flavor, found once per test process.
+pub fn binary() -> &'static (PathBuf, Flavor) {
+    static BIN: OnceLock<(PathBuf, Flavor)> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = std::env::var_os("DRAGONLOCK_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("redis-server"));
+        let out = Command::new(&bin).arg("--version").env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run the server binary {bin:?} ({e}). Install Redis with \
+                 `apt-get update && apt-get install -y redis-server`, or set DRAGONLOCK_SERVER_BIN \
+                 to a redis-server or dragonfly binary."
+            )
+        });
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase() + &String::from_utf8_lossy(&out.stderr).to_lowercase();
+        let flavor = if text.contains("dragonfly") { Flavor::Dragonfly } else { Flavor::Redis };
+        (bin, flavor)
+    })
+}
+
+/// A free port on 127.0.0.1 (never 6379).
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}
+
+/// Options for one server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    pub requirepass: Option<String>,
+    /// ACL users as (name, password) with every permission.
+    pub users: Vec<(String, String)>,
+}
+
+/// One running server process.
+pub struct Server {
+    pub port: u16,
+    options: ServerOptions,
+    child: Option<Child>,
+    dir: PathBuf,
+    stopped: bool,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(options: ServerOptions) -> Server {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("dragonlock-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Server { port, options, child: None, dir, stopped: false };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let (bin, flavor) = binary();
+        let mut cmd = Command::new(bin);
+        let port = self.port.to_string();
+        match flavor {
+            Flavor::Redis => {
+                cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+                cmd.args(["--daemonize", "no", "--protected-mode", "no", "--enable-debug-command", "yes"]);
+                cmd.arg("--dir").arg(&self.dir);
+                if let Some(p) = &self.options.requirepass {
+                    cmd.args(["--requirepass", p]);
+                }
+                for (user, pass) in &self.options.users {
+                    cmd.args(["--user", user, "on", &format!(">{pass}"), "~*", "&*", "+@all"]);
+                }
+            }
+            Flavor::Dragonfly => {
+                cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dbfilename", "", "--proactor_threads", "1", "--maxmemory", "512mb"]);
+                cmd.arg("--dir").arg(&self.dir);
+                if let Some(p) = &self.options.requirepass {
+                    cmd.arg(format!("--requirepass={p}"));
+                }
+                for (k, _) in std::env::vars_os() {
+                    if k.to_string_lossy().starts_with("DFLY_") {
+                        cmd.env_remove(k);
+                    }
+                }
+            }
+        }
+        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        cmd.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).stdin(Stdio::null());
+        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}")));
+        self.stopped = false;
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                panic!("server exited at start ({status}): {log}");
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+                // Any reply (PONG or NOAUTH) means it is serving.
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 64];
+                    if matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server on port {} did not start within 15 s", self.port);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.stopped {
+                signal(child.id() as i32, libc::SIGCONT);
+            }
+            child.kill().ok();
+            child.wait().ok();
+        }
+        self.stopped = false;
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, nothing is answered.
+    pub fn stop(&mut self) {
+        signal(self.pid(), libc::SIGSTOP);
+        self.stopped = true;
+    }
+
+    /// SIGCONT.
+    pub fn cont(&mut self) {
+        signal(self.pid(), libc::SIGCONT);
+        self.stopped = false;
+    }
+
+    /// Starts a new process on the same port (after `kill9`, or killing it first). Its keys are
+    /// gone: no persistence.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The port can linger briefly after the kill.
+        while TcpListener::bind(("127.0.0.1", self.port)).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Runs one command over a fresh plain socket (RESP2) and returns the raw reply bytes.
+    pub fn raw(&self, args: &[&str]) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        if let Some(p) = &self.options.requirepass {
+            out.extend(encode(&["AUTH", p]));
+        }
+        out.extend(encode(args));
+        s.write_all(&out).unwrap();
+        let mut want_replies = 1 + usize::from(self.options.requirepass.is_some());
+        let mut buf = bytes::BytesMut::new();
+        let mut dec = dragonlock::resp::Decoder::default();
+        let mut last = Vec::new();
+        while want_replies > 0 {
+            let before = buf.clone();
+            match dec.decode(&mut buf).unwrap() {
+                Some(_) => {
+                    want_replies -= 1;
+                    last = before[..before.len() - buf.len()].to_vec();
+                }
+                None => {
+                    let mut chunk = [0u8; 4096];
+                    let n = s.read(&mut chunk).expect("server reply");
+                    assert!(n > 0, "server closed");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        last
+    }
+
+    /// Runs a command and decodes the reply.
+    pub fn cmd(&self, args: &[&str]) -> dragonlock::resp::Frame {
+        let raw = self.raw(args);
+        dragonlock::resp::Decoder::default()
+            .decode(&mut bytes::BytesMut::from(&raw[..]))
+            .unwrap()
+            .unwrap()
+    }
+}
+
+pub fn encode(args: &[&str]) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    dragonlock::resp::encode_command(&mut buf, args);
+    buf.to_vec()
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// `n` servers.
+pub fn cluster(n: usize) -> Vec<Server> {
+    (0..n).map(|_| Server::start()).collect()
+}
