@@ -56,6 +56,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             None => return,
             Some(Ok((stream, info))) => {
                 failures = 0;
+                shared.delex.store(info.has_delex, std::sync::atomic::Ordering::Relaxed);
                 {
                     let mut st = shared.lock();
                     st.status = Status::Connected;

@@ -29,6 +29,7 @@ mod script;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -97,6 +98,9 @@ pub(crate) struct Shared {
     changed: Notify,
     /// Wakes the driver out of a connect or backoff when the connection is closed.
     shutdown: Notify,
+    /// The server has `DELEX … IFEQ` (learned at each handshake); read without the lock on the
+    /// release path.
+    delex: AtomicBool,
 }
 
 impl Shared {
@@ -183,6 +187,7 @@ impl Connection {
             }),
             changed: Notify::new(),
             shutdown: Notify::new(),
+            delex: AtomicBool::new(false),
         });
         tokio::spawn(driver::run(shared.clone()));
         Connection {
@@ -273,6 +278,17 @@ impl Connection {
     /// What the server said about itself at the last handshake.
     pub fn server_info(&self) -> Option<Arc<ServerInfo>> {
         self.shared().lock().info.clone()
+    }
+
+    /// True when the last handshake found `DELEX key IFEQ value` on the server.
+    pub fn has_delex(&self) -> bool {
+        self.shared().delex.load(Ordering::Relaxed)
+    }
+
+    /// Stops using `DELEX` on this connection until the next handshake (the server answered it
+    /// with `unknown command` after all).
+    pub fn disable_delex(&self) {
+        self.shared().delex.store(false, Ordering::Relaxed);
     }
 
     /// The last connection error, if any.
@@ -394,8 +410,8 @@ impl Connection {
     }
 }
 
-/// Writes `EVAL source numkeys keys… args…`.
-pub(crate) fn encode_eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(buf: &mut BytesMut, script: &Script, keys: &[K], args: &[A]) {
+/// Writes `EVAL source numkeys keys… args…` (the fallback when a script cache was lost).
+pub fn encode_eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(buf: &mut BytesMut, script: &Script, keys: &[K], args: &[A]) {
     let mut numkeys = itoa::Buffer::new();
     let numkeys = numkeys.format(keys.len()).as_bytes();
     let mut parts: smallvec::SmallVec<[&[u8]; 16]> = smallvec::SmallVec::new();

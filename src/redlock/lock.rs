@@ -1,0 +1,331 @@
+//! A held lock, and the signal that tells a body its lock is gone.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::error::{LockError, LockErrorKind, NodeResults};
+use super::quorum::{Decision, Vote};
+use super::scripts::scripts;
+use super::{Keys, Redlock, Token};
+use crate::conn::encode_eval;
+use crate::error::{Error, ErrorKind};
+use crate::resp::Frame;
+
+/// A held lock. It is also the guard: dropping it without [`release`](Lock::release) releases
+/// it in the background (best effort); [`forget`](Lock::forget) leaves it to expire instead.
+///
+/// The lock is yours until [`valid_until`](Lock::valid_until), measured on this process's
+/// monotonic clock with the drift allowance already taken off. Check [`is_valid`](Lock::is_valid)
+/// before acting on the protected resource, and use the [`token`](Lock::token) as a fencing
+/// value where the resource can check it.
+pub struct Lock {
+    redlock: Redlock,
+    keys: Keys,
+    token: Token,
+    ttl: Duration,
+    valid_until: Instant,
+    extensions: u32,
+    /// Released, lost or forgotten: nothing to do on drop.
+    done: bool,
+}
+
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock")
+            .field("resource", &self.resource())
+            .field("token", &self.token())
+            .field("remaining", &self.remaining())
+            .finish()
+    }
+}
+
+impl Lock {
+    pub(crate) fn new(redlock: Redlock, keys: Keys, token: Token, ttl: Duration, valid_until: Instant) -> Lock {
+        Lock { redlock, keys, token, ttl, valid_until, extensions: 0, done: false }
+    }
+
+    /// The locked key (for a multi-resource lock, the first key in sorted order), prefix included.
+    pub fn resource(&self) -> &str {
+        let bytes: &[u8] = match &self.keys {
+            Keys::One(k) => k,
+            Keys::Many(ks) => &ks[0],
+        };
+        std::str::from_utf8(bytes).unwrap_or("")
+    }
+
+    /// Every locked key, prefix included.
+    pub fn resources(&self) -> Vec<&str> {
+        match &self.keys {
+            Keys::One(k) => vec![std::str::from_utf8(k).unwrap_or("")],
+            Keys::Many(ks) => ks.iter().map(|k| std::str::from_utf8(k).unwrap_or("")).collect(),
+        }
+    }
+
+    /// The token, unique to this acquisition (128 random bits, hex). Usable as a fencing value.
+    pub fn token(&self) -> &str {
+        std::str::from_utf8(&self.token).expect("hex")
+    }
+
+    /// The ttl the lock was taken (or last extended) with.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The instant the lock stops being valid.
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+
+    /// Validity left now (zero once expired).
+    pub fn remaining(&self) -> Duration {
+        self.valid_until.saturating_duration_since(Instant::now())
+    }
+
+    /// True while the lock is valid.
+    pub fn is_valid(&self) -> bool {
+        !self.done && Instant::now() < self.valid_until
+    }
+
+    /// How many times the lock was extended.
+    pub fn extensions(&self) -> u32 {
+        self.extensions
+    }
+
+    /// Resolves when the lock's validity runs out (at once if it already has).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn expired(&self) {
+        tokio::time::sleep_until(self.valid_until).await
+    }
+
+    /// Releases the lock on every node (compare-and-delete, pipelined) and returns how many
+    /// nodes deleted the key. Waits at most the release timeout for the answers.
+    ///
+    /// # Errors
+    ///
+    /// None so far: a node that fails or is silent simply does not count (its key runs out at
+    /// the ttl). The `Result` leaves room for stricter modes.
+    ///
+    /// # Cancel safety
+    ///
+    /// The release requests are sent when the future is first polled; dropping it afterwards
+    /// only loses the count.
+    pub async fn release(mut self) -> Result<usize, LockError> {
+        self.done = true;
+        self.release_now().await
+    }
+
+    /// Releases, and can be called more than once: later calls return `Ok(0)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`release`](Lock::release).
+    ///
+    /// # Cancel safety
+    ///
+    /// As `release`.
+    pub async fn release_ref(&mut self) -> Result<usize, LockError> {
+        if self.done {
+            return Ok(0);
+        }
+        self.done = true;
+        self.release_now().await
+    }
+
+    async fn release_now(&self) -> Result<usize, LockError> {
+        let redlock = &self.redlock;
+        let s = scripts();
+        let nodes = &redlock.inner.nodes;
+        let deadline = Instant::now() + redlock.inner.options.release_timeout;
+        let many = matches!(self.keys, Keys::Many(_));
+        let (_, collector) = redlock
+            .collect(
+                deadline,
+                true,
+                |buf, node| redlock.encode_release(buf, node, &self.keys, &self.token, false),
+                |f| match f {
+                    Frame::Integer(n) if *n >= 1 => Vote::Yes,
+                    Frame::Integer(_) => Vote::No,
+                    Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
+                    Frame::Error(e) if !many && e.is_unknown_command() => Vote::Retry,
+                    Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
+                    _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
+                },
+                |i| {
+                    // NOSCRIPT, or a DELEX the server did not know after all: use the script,
+                    // with its source, once.
+                    let node = &nodes[i];
+                    node.disable_delex();
+                    node.send(|buf| match &self.keys {
+                        Keys::One(key) => encode_eval(buf, &s.release, &[&key[..]], &[&self.token[..]]),
+                        Keys::Many(keys) => encode_eval(buf, &s.multi_release, keys, &[&self.token[..]]),
+                    })
+                },
+            )
+            .await;
+        Ok(collector.granted())
+    }
+
+    /// Extends the lock to `ttl` from now on every node that still holds it with this token
+    /// (compare-and-`PEXPIRE`: an expired key is never re-created). Succeeds only with a quorum
+    /// inside the current validity; the new validity is computed as for an acquire.
+    ///
+    /// # Errors
+    ///
+    /// [`LockErrorKind::Lost`] when the lock already expired or no quorum extended it in time
+    /// (the lock is then treated as lost: [`is_valid`](Lock::is_valid) turns false);
+    /// `ExtensionLimit` past the configured number of extensions; `Invalid` for a ttl not
+    /// larger than the drift allowance.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the lock as it was, or extended on some nodes: the local
+    /// validity is not changed, so it stays on the safe side.
+    pub async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        let redlock = self.redlock.clone();
+        redlock.check_ttl(ttl)?;
+        if let Some(max) = redlock.inner.options.max_extensions {
+            if self.extensions >= max {
+                return Err(LockError::new(LockErrorKind::ExtensionLimit, NodeResults::new()));
+            }
+        }
+        let start = Instant::now();
+        if self.done || start >= self.valid_until {
+            return Err(LockError::new(LockErrorKind::Lost, NodeResults::new()));
+        }
+        let s = scripts();
+        let nodes = &redlock.inner.nodes;
+        let mut ms = itoa::Buffer::new();
+        let ms = ms.format(ttl.as_millis() as u64).as_bytes();
+        let new_valid_until = start + ttl - redlock.drift(ttl);
+        // The extension must complete while the current lock still holds.
+        let deadline = self.valid_until.min(new_valid_until);
+        let (script, keys): (_, &[_]) = match &self.keys {
+            Keys::One(k) => (&s.extend, std::slice::from_ref(k)),
+            Keys::Many(_) => (&s.multi_extend, &[]),
+        };
+        let token = &self.token[..];
+        let encode_args = |buf: &mut bytes::BytesMut, eval: bool| match &self.keys {
+            Keys::One(_) if eval => encode_eval(buf, script, keys, &[token, ms]),
+            Keys::One(_) => script.evalsha().encode(buf, keys, &[token, ms]),
+            Keys::Many(many) if eval => encode_eval(buf, script, many, &[token, ms]),
+            Keys::Many(many) => script.evalsha().encode(buf, many, &[token, ms]),
+        };
+        let (decision, collector) = redlock
+            .collect(
+                deadline,
+                false,
+                |buf, _| encode_args(buf, false),
+                |f| match f {
+                    Frame::Integer(1) => Vote::Yes,
+                    Frame::Integer(_) => Vote::No,
+                    Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
+                    Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
+                    _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
+                },
+                |i| nodes[i].send(|buf| encode_args(buf, true)),
+            )
+            .await;
+        match decision {
+            Decision::Quorum(at) if at + redlock.inner.options.min_validity <= new_valid_until => {
+                self.valid_until = new_valid_until;
+                self.ttl = ttl;
+                self.extensions += 1;
+                Ok(())
+            }
+            _ => {
+                // Without a quorum the lock can no longer be trusted: stop claiming it.
+                self.valid_until = self.valid_until.min(Instant::now());
+                Err(LockError::new(LockErrorKind::Lost, collector.results.clone()))
+            }
+        }
+    }
+
+    /// Gives up the guard without releasing: the keys expire at their ttl.
+    pub fn forget(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if !self.done {
+            self.redlock.release_in_background(&self.keys, &self.token, |_| true);
+        }
+    }
+}
+
+/// Tells the body of [`Redlock::with_lock`] whether its lock still holds. Cheap to clone and
+/// to hand to sub-tasks.
+#[derive(Clone, Debug)]
+pub struct LockSignal {
+    inner: Arc<SignalState>,
+}
+
+#[derive(Debug)]
+struct SignalState {
+    lost: AtomicBool,
+    notify: Notify,
+    valid_until: Mutex<Instant>,
+}
+
+impl LockSignal {
+    pub(crate) fn new(valid_until: Instant) -> LockSignal {
+        LockSignal {
+            inner: Arc::new(SignalState { lost: AtomicBool::new(false), notify: Notify::new(), valid_until: Mutex::new(valid_until) }),
+        }
+    }
+
+    pub(crate) fn set_valid_until(&self, t: Instant) {
+        *self.inner.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    pub(crate) fn fire(&self) {
+        self.inner.lost.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// True once the lock is lost (a renewal failed, or its validity ran out).
+    pub fn is_lost(&self) -> bool {
+        self.inner.lost.load(Ordering::SeqCst) || Instant::now() >= self.valid_until()
+    }
+
+    /// The current validity deadline.
+    pub fn valid_until(&self) -> Instant {
+        *self.inner.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves when the lock is lost.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn lost(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_lost() {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(self.valid_until()) => {}
+            }
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Lock>();
+    is_send::<LockSignal>();
+    let _ = LockErrorKind::Lost;
+}

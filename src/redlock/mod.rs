@@ -1,0 +1,610 @@
+//! The Redlock algorithm over N independent nodes.
+//!
+//! Layout:
+//! - `mod.rs`: [`Redlock`] (the manager) and [`RedlockOptions`].
+//! - `lock.rs`: [`Lock`], the held lock (a guard: it releases on drop), and [`LockSignal`].
+//! - `quorum.rs`: the quorum collector that races the replies against the deadline.
+//! - `scripts.rs`: the Lua scripts. `error.rs`: [`LockError`].
+//!
+//! Time is measured with `Instant` only. An acquire starts its clock before the first byte is
+//! written, sends `SET key token NX PX ttl` to every node before waiting on any, and decides as
+//! soon as the quorum is reached or has become impossible. It never waits past the moment the
+//! lock's validity would reach zero: `start + ttl - drift`, with
+//! `drift = ttl × drift_factor + 2 ms`.
+
+mod error;
+mod lock;
+mod quorum;
+pub mod scripts;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rand::Rng;
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+pub use error::{LockError, LockErrorKind, NodeResult, NodeResults};
+pub use lock::{Lock, LockSignal};
+
+use crate::conn::{encode_eval, Connection, ConnectionConfig, ReplyFuture};
+use crate::error::Error;
+use crate::resp::{encode_command, Frame, SetNxPxCommand};
+use quorum::{Decision, QuorumCollector, Vote};
+use scripts::scripts;
+
+/// Default clock drift factor, as in the Redlock description.
+pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
+/// Fixed drift added to `ttl × drift_factor`: the granularity of the servers' expiry clocks.
+pub const DRIFT_FIXED: Duration = Duration::from_millis(2);
+/// Default retries after the first attempt in [`Redlock::acquire`].
+pub const DEFAULT_RETRY_COUNT: u32 = 10;
+/// Default delay between attempts; jitter is added on top so contenders spread out.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Default largest random jitter added to each retry delay.
+pub const DEFAULT_RETRY_JITTER: Duration = Duration::from_millis(50);
+/// Default smallest validity a granted lock may have; below it the lock is released and the
+/// acquire reports `Expired`.
+pub const DEFAULT_MIN_VALIDITY: Duration = Duration::from_millis(1);
+/// Default bound on how long an explicit release waits for the nodes' answers.
+pub const DEFAULT_RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The manager's options; every field has a default and a builder method.
+#[derive(Debug, Clone)]
+pub struct RedlockOptions {
+    pub(crate) drift_factor: f64,
+    pub(crate) retry_count: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) retry_jitter: Duration,
+    pub(crate) acquire_timeout: Option<Duration>,
+    pub(crate) min_validity: Duration,
+    pub(crate) key_prefix: String,
+    pub(crate) release_timeout: Duration,
+    pub(crate) max_extensions: Option<u32>,
+    pub(crate) force_script_release: bool,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Default for RedlockOptions {
+    fn default() -> Self {
+        RedlockOptions {
+            drift_factor: DEFAULT_DRIFT_FACTOR,
+            retry_count: DEFAULT_RETRY_COUNT,
+            retry_delay: DEFAULT_RETRY_DELAY,
+            retry_jitter: DEFAULT_RETRY_JITTER,
+            acquire_timeout: None,
+            min_validity: DEFAULT_MIN_VALIDITY,
+            key_prefix: String::new(),
+            release_timeout: DEFAULT_RELEASE_TIMEOUT,
+            max_extensions: None,
+            force_script_release: false,
+            connect_timeout: crate::conn::DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl RedlockOptions {
+    /// Clock drift factor (default 0.01).
+    pub fn drift_factor(mut self, f: f64) -> Self {
+        self.drift_factor = f.clamp(0.0, 0.5);
+        self
+    }
+    /// Retries after the first attempt in `acquire` (default 10).
+    pub fn retry_count(mut self, n: u32) -> Self {
+        self.retry_count = n;
+        self
+    }
+    /// Delay between attempts and the largest jitter added to it.
+    pub fn retry_delay(mut self, delay: Duration, jitter: Duration) -> Self {
+        self.retry_delay = delay;
+        self.retry_jitter = jitter;
+        self
+    }
+    /// Total time budget of `acquire`, over all attempts.
+    pub fn acquire_timeout(mut self, t: Duration) -> Self {
+        self.acquire_timeout = Some(t);
+        self
+    }
+    /// Smallest validity a lock may be handed out with (default 1 ms).
+    pub fn min_validity(mut self, t: Duration) -> Self {
+        self.min_validity = t;
+        self
+    }
+    /// Prefix put before every resource name to make its key.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+    /// Bound on how long `release` waits for answers (default 500 ms).
+    pub fn release_timeout(mut self, t: Duration) -> Self {
+        self.release_timeout = t;
+        self
+    }
+    /// Most extensions of one lock (default: no limit).
+    pub fn max_extensions(mut self, n: u32) -> Self {
+        self.max_extensions = Some(n);
+        self
+    }
+    /// Release with the Lua script everywhere, even on nodes that have `DELEX`.
+    pub fn force_script_release(mut self, force: bool) -> Self {
+        self.force_script_release = force;
+        self
+    }
+    /// How long [`Redlock::connect`] waits for the nodes' first connect.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+}
+
+/// A lock's key or keys.
+#[derive(Debug, Clone)]
+pub(crate) enum Keys {
+    One(SmallVec<[u8; 64]>),
+    Many(Vec<Vec<u8>>),
+}
+
+/// A lock token: 128 random bits as 32 hex characters, inline.
+pub(crate) type Token = [u8; 32];
+
+fn new_token() -> Token {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // ThreadRng: a CSPRNG seeded once per thread from OS entropy; no syscall per token.
+    let bits: u128 = rand::rng().random();
+    let mut token = [0u8; 32];
+    for (i, t) in token.iter_mut().enumerate() {
+        *t = HEX[((bits >> (4 * i)) & 0xf) as usize];
+    }
+    token
+}
+
+pub(crate) struct Inner {
+    pub(crate) nodes: Vec<Connection>,
+    pub(crate) options: RedlockOptions,
+    pub(crate) quorum: usize,
+}
+
+/// The Redlock manager over N independent nodes. Cheap to clone.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use dragonlock::Redlock;
+/// let redlock = Redlock::connect(&["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"]).await?;
+/// let lock = redlock.acquire("orders:42", Duration::from_secs(10)).await?;
+/// // ... critical section, while lock.is_valid() ...
+/// lock.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Redlock {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redlock").field("nodes", &self.inner.nodes).field("quorum", &self.inner.quorum).finish()
+    }
+}
+
+impl Redlock {
+    /// Connects to every node (URLs as in [`ConnectionConfig::from_url`]) with default options.
+    ///
+    /// # Errors
+    ///
+    /// An invalid URL. Unreachable nodes are not an error: they are retried in the background,
+    /// and a lock only needs a quorum.
+    pub async fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Redlock, Error> {
+        Redlock::connect_with(urls, RedlockOptions::default()).await
+    }
+
+    /// [`connect`](Redlock::connect) with options.
+    ///
+    /// # Errors
+    ///
+    /// As `connect`.
+    pub async fn connect_with<S: AsRef<str>>(urls: &[S], options: RedlockOptions) -> Result<Redlock, Error> {
+        let configs = urls
+            .iter()
+            .map(|u| ConnectionConfig::from_url(u.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Redlock::from_configs(configs, options).await)
+    }
+
+    /// Builds a manager from connection configs, registering the lock scripts on each, and
+    /// waits (up to the options' connect timeout) for each node's first connect attempt.
+    ///
+    /// # Panics
+    ///
+    /// When `configs` is empty.
+    pub async fn from_configs(configs: Vec<ConnectionConfig>, options: RedlockOptions) -> Redlock {
+        assert!(!configs.is_empty(), "Redlock needs at least one node");
+        let s = scripts();
+        let nodes: Vec<Connection> = configs
+            .into_iter()
+            .map(|c| {
+                Connection::start(
+                    c.script(s.release.clone())
+                        .script(s.extend.clone())
+                        .script(s.multi_acquire.clone())
+                        .script(s.multi_release.clone())
+                        .script(s.multi_extend.clone()),
+                )
+            })
+            .collect();
+        let wait = async {
+            for n in &nodes {
+                let _ = n.ready().await;
+            }
+        };
+        let _ = tokio::time::timeout(options.connect_timeout, wait).await;
+        Redlock::from_connections(nodes, options)
+    }
+
+    /// Builds a manager over connections already made. They should have the lock scripts
+    /// registered (see [`scripts`]); without them the first use of each falls back to `EVAL`.
+    ///
+    /// # Panics
+    ///
+    /// When `nodes` is empty.
+    pub fn from_connections(nodes: Vec<Connection>, options: RedlockOptions) -> Redlock {
+        assert!(!nodes.is_empty(), "Redlock needs at least one node");
+        let quorum = nodes.len() / 2 + 1;
+        Redlock {
+            inner: Arc::new(Inner { nodes, options, quorum }),
+        }
+    }
+
+    /// The nodes, in the order given.
+    pub fn nodes(&self) -> &[Connection] {
+        &self.inner.nodes
+    }
+
+    /// How many nodes must agree: N/2 + 1 of the configured nodes.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RedlockOptions {
+        &self.inner.options
+    }
+
+    pub(crate) fn drift(&self, ttl: Duration) -> Duration {
+        ttl.mul_f64(self.inner.options.drift_factor) + DRIFT_FIXED
+    }
+
+    fn key(&self, resource: &str) -> SmallVec<[u8; 64]> {
+        let mut key = SmallVec::new();
+        key.extend_from_slice(self.inner.options.key_prefix.as_bytes());
+        key.extend_from_slice(resource.as_bytes());
+        key
+    }
+
+    fn check_ttl(&self, ttl: Duration) -> Result<(), LockError> {
+        if ttl <= self.drift(ttl) + self.inner.options.min_validity || ttl.as_millis() == 0 {
+            return Err(LockError::invalid("the ttl must exceed the clock drift allowance plus the minimum validity"));
+        }
+        if ttl.as_millis() > u64::MAX as u128 / 2 {
+            return Err(LockError::invalid("the ttl is too large"));
+        }
+        Ok(())
+    }
+
+    /// One attempt to take `resource` for `ttl`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockErrorKind::Busy`], `NoQuorum`, `Unavailable` or `Expired` (with each node's
+    /// answer); `Invalid` when the ttl is not larger than the drift allowance. After a failure
+    /// the keys that may have been set are released in the background.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future releases, in the background, every key the attempt may have set.
+    /// Nothing is left behind beyond what that best-effort release cannot reach (a node that is
+    /// unreachable at that moment keeps the key until its ttl runs out).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) {
+    /// match redlock.try_acquire("job:7", std::time::Duration::from_secs(5)).await {
+    ///     Ok(lock) => println!("held for {:?}", lock.remaining()),
+    ///     Err(e) if e.is_busy() => println!("someone else has it"),
+    ///     Err(e) => println!("could not lock: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, LockError> {
+        self.check_ttl(ttl)?;
+        self.attempt(Keys::One(self.key(resource)), ttl).await
+    }
+
+    /// Takes `resource` for `ttl`, retrying with a jittered delay until the retry count or the
+    /// acquire timeout is spent.
+    ///
+    /// # Errors
+    ///
+    /// The last attempt's error; [`LockErrorKind::Cancelled`] when the time budget ran out
+    /// before an attempt finished.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`try_acquire`](Redlock::try_acquire).
+    pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, LockError> {
+        self.check_ttl(ttl)?;
+        self.retrying(|| Keys::One(self.key(resource)), ttl).await
+    }
+
+    /// One attempt to take every resource in `resources` atomically: on each node all keys are
+    /// set or none (one script whose keys are all declared), and a quorum of nodes must agree.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Redlock::try_acquire); `Invalid` for an empty list.
+    ///
+    /// # Cancel safety
+    ///
+    /// As `try_acquire`.
+    pub async fn try_acquire_many<S: AsRef<str>>(&self, resources: &[S], ttl: Duration) -> Result<Lock, LockError> {
+        self.check_ttl(ttl)?;
+        self.attempt(self.many_keys(resources)?, ttl).await
+    }
+
+    /// [`try_acquire_many`](Redlock::try_acquire_many) with retries, as [`acquire`](Redlock::acquire).
+    ///
+    /// # Errors
+    ///
+    /// As `acquire`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As `try_acquire`.
+    pub async fn acquire_many<S: AsRef<str>>(&self, resources: &[S], ttl: Duration) -> Result<Lock, LockError> {
+        self.check_ttl(ttl)?;
+        let keys = self.many_keys(resources)?;
+        self.retrying(|| keys.clone(), ttl).await
+    }
+
+    fn many_keys<S: AsRef<str>>(&self, resources: &[S]) -> Result<Keys, LockError> {
+        if resources.is_empty() {
+            return Err(LockError::invalid("no resources given"));
+        }
+        let mut keys: Vec<Vec<u8>> = resources.iter().map(|r| self.key(r.as_ref()).to_vec()).collect();
+        keys.sort();
+        keys.dedup();
+        Ok(Keys::Many(keys))
+    }
+
+    async fn retrying(&self, keys: impl Fn() -> Keys, ttl: Duration) -> Result<Lock, LockError> {
+        let o = &self.inner.options;
+        let budget_end = o.acquire_timeout.map(|t| Instant::now() + t);
+        let mut attempt = 0;
+        loop {
+            let result = match budget_end {
+                Some(end) => match tokio::time::timeout_at(end, self.attempt(keys(), ttl)).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(LockError::new(LockErrorKind::Cancelled, NodeResults::new())),
+                },
+                None => self.attempt(keys(), ttl).await,
+            };
+            let err = match result {
+                Ok(lock) => return Ok(lock),
+                Err(e) => e,
+            };
+            if attempt >= o.retry_count {
+                return Err(err);
+            }
+            attempt += 1;
+            let jitter = if o.retry_jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(rand::rng().random_range(0..=o.retry_jitter.as_nanos() as u64))
+            };
+            let wake = Instant::now() + o.retry_delay + jitter;
+            if let Some(end) = budget_end {
+                if wake >= end {
+                    return Err(err);
+                }
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    /// One acquire attempt over all nodes.
+    async fn attempt(&self, keys: Keys, ttl: Duration) -> Result<Lock, LockError> {
+        let token = new_token();
+        let ttl_ms = ttl.as_millis() as u64;
+        let nodes = &self.inner.nodes;
+        let s = scripts();
+        let mut ms = itoa::Buffer::new();
+        let ms = ms.format(ttl_ms).as_bytes();
+
+        // The clock starts before the first byte is written.
+        let start = Instant::now();
+        let valid_until = start + ttl - self.drift(ttl);
+        let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
+        // Releases whatever this attempt may have set if it is dropped before it finishes.
+        let mut cleanup = CleanupOnDrop { redlock: self, keys: &keys, token: &token, armed: true };
+        for node in nodes {
+            collector.push(node.send(|buf| match &keys {
+                Keys::One(key) => SetNxPxCommand.encode(buf, key, &token, ttl_ms),
+                Keys::Many(keys) => s.multi_acquire.evalsha().encode(buf, keys, &[&token[..], ms]),
+            }));
+        }
+        let classify = |f: &Frame| match (&keys, f) {
+            (Keys::One(_), f) if f.is_ok() => Vote::Yes,
+            (Keys::Many(_), Frame::Integer(1)) => Vote::Yes,
+            (_, Frame::Null) | (Keys::Many(_), Frame::Integer(0)) => Vote::No,
+            (_, Frame::Error(e)) if e.has_code("NOSCRIPT") => Vote::Retry,
+            (_, Frame::Error(e)) => Vote::Fail(Error::new(crate::ErrorKind::Server(e.clone()))),
+            _ => Vote::Fail(Error::new(crate::ErrorKind::UnexpectedReply)),
+        };
+        let resend = |i: usize| {
+            let Keys::Many(keys) = &keys else { unreachable!("SET never answers NOSCRIPT") };
+            nodes[i].send(|buf| encode_eval(buf, &s.multi_acquire, keys, &[&token[..], ms]))
+        };
+        let decision = collector.run(valid_until, false, classify, resend).await;
+        cleanup.armed = false;
+        drop(cleanup);
+
+        let refuse = |kind| {
+            self.release_in_background(&keys, &token, |i| collector.might_hold(i));
+            Err(LockError::new(kind, collector.results.clone()))
+        };
+        match decision {
+            Decision::Quorum(at) => {
+                if at + self.inner.options.min_validity > valid_until {
+                    return refuse(LockErrorKind::Expired);
+                }
+                Ok(Lock::new(self.clone(), keys, token, ttl, valid_until))
+            }
+            Decision::Deadline => refuse(LockErrorKind::Expired),
+            Decision::Impossible | Decision::AllDone => {
+                let n = nodes.len();
+                let refused = collector.results.iter().filter(|r| matches!(r, NodeResult::Refused)).count();
+                let failed = collector.results.iter().filter(|r| matches!(r, NodeResult::Failed(_))).count();
+                let kind = if refused > n - self.inner.quorum {
+                    LockErrorKind::Busy
+                } else if failed > n - self.inner.quorum {
+                    LockErrorKind::Unavailable
+                } else {
+                    LockErrorKind::NoQuorum
+                };
+                refuse(kind)
+            }
+        }
+    }
+
+    /// Queues a release on every node for which `which` is true, without waiting for answers:
+    /// the requests follow the acquire on the same FIFO connection, so they run after it.
+    pub(crate) fn release_in_background(&self, keys: &Keys, token: &Token, which: impl Fn(usize) -> bool) {
+        for (i, node) in self.inner.nodes.iter().enumerate() {
+            if which(i) {
+                // The reply is not awaited: dropping the future discards it when it arrives.
+                drop(node.send(|buf| self.encode_release(buf, node, keys, token, true)));
+            }
+        }
+    }
+
+    /// Writes the release for one node: `DELEX key IFEQ token` where the node has it, else the
+    /// script (`EVAL` with the source when `robust`, so a lost script cache cannot stop it).
+    pub(crate) fn encode_release(&self, buf: &mut BytesMut, node: &Connection, keys: &Keys, token: &Token, robust: bool) {
+        let s = scripts();
+        match keys {
+            Keys::One(key) if node.has_delex() && !self.inner.options.force_script_release => {
+                encode_command(buf, &[&b"DELEX"[..], key, b"IFEQ", token]);
+            }
+            Keys::One(key) if robust => encode_eval(buf, &s.release, &[&key[..]], &[&token[..]]),
+            Keys::One(key) => s.release.evalsha().encode(buf, &[&key[..]], &[&token[..]]),
+            Keys::Many(keys) if robust => encode_eval(buf, &s.multi_release, keys, &[&token[..]]),
+            Keys::Many(keys) => s.multi_release.evalsha().encode(buf, keys, &[&token[..]]),
+        }
+    }
+
+    /// Runs `body` while holding `resource`, renewing the lock every third of `ttl`, and
+    /// releases at the end. The body gets a [`LockSignal`] that fires if the lock is lost.
+    ///
+    /// `max_hold` bounds the total time the lock is renewed for; past it, renewals stop and the
+    /// lock runs out.
+    ///
+    /// # Errors
+    ///
+    /// The acquire's error when the lock could not be taken (`is_busy()`, …), or
+    /// [`LockErrorKind::Lost`] when a renewal failed or the validity ran out while the body was
+    /// running. In the second case the body is dropped at that moment, mid-way: work done under
+    /// a lock that is no longer held must not continue.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the body and releases the lock in the background.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// use std::time::Duration;
+    /// let total = redlock
+    ///     .with_lock("report", Duration::from_secs(3), None, |_signal| async { 40 + 2 })
+    ///     .await?;
+    /// assert_eq!(total, 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_lock<F, Fut, T>(&self, resource: &str, ttl: Duration, max_hold: Option<Duration>, body: F) -> Result<T, LockError>
+    where
+        F: FnOnce(LockSignal) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut lock = self.acquire(resource, ttl).await?;
+        let signal = LockSignal::new(lock.valid_until());
+        let body = body(signal.clone());
+        tokio::pin!(body);
+        let hold_end = max_hold.map(|d| Instant::now() + d);
+        let renew_every = ttl / 3;
+        let mut next_renewal = Instant::now() + renew_every;
+        loop {
+            let renewing = hold_end.is_none_or(|end| next_renewal < end);
+            tokio::select! {
+                out = &mut body => {
+                    let _ = lock.release().await;
+                    return Ok(out);
+                }
+                _ = tokio::time::sleep_until(next_renewal), if renewing => {
+                    match lock.extend(ttl).await {
+                        Ok(()) => {
+                            signal.set_valid_until(lock.valid_until());
+                            next_renewal = Instant::now() + renew_every;
+                        }
+                        Err(e) => {
+                            signal.fire();
+                            return Err(e.with_kind(LockErrorKind::Lost));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(lock.valid_until()) => {
+                    signal.fire();
+                    return Err(LockError::new(LockErrorKind::Lost, NodeResults::new()));
+                }
+            }
+        }
+    }
+
+    /// Sends `make` to every node and collects votes (shared by release and extend).
+    pub(crate) async fn collect<'a>(
+        &'a self,
+        deadline: Instant,
+        all: bool,
+        make: impl Fn(&mut BytesMut, &Connection),
+        classify: impl Fn(&Frame) -> Vote,
+        resend: impl FnMut(usize) -> Result<ReplyFuture<'a>, Error>,
+    ) -> (Decision, QuorumCollector<'a>) {
+        let nodes = &self.inner.nodes;
+        let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
+        for node in nodes {
+            collector.push(node.send(|buf| make(buf, node)));
+        }
+        let decision = collector.run(deadline, all, classify, resend).await;
+        (decision, collector)
+    }
+}
+
+/// Releases an acquire attempt's keys if the attempt future is dropped mid-flight.
+struct CleanupOnDrop<'a> {
+    redlock: &'a Redlock,
+    keys: &'a Keys,
+    token: &'a Token,
+    armed: bool,
+}
+
+impl Drop for CleanupOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.redlock.release_in_background(self.keys, self.token, |_| true);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The quorum collector: races one reply per node against a deadline, deciding as soon as the
+//! outcome is known. Inline storage for up to 7 nodes: nothing is allocated.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
+
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+use super::error::{NodeResult, NodeResults};
+use crate::conn::ReplyFuture;
+use crate::error::{Error, ErrorKind};
+use crate::resp::Frame;
+
+/// How one reply counts.
+pub(crate) enum Vote {
+    Yes,
+    No,
+    Fail(Error),
+    /// Send the node's request again in another form (NOSCRIPT → EVAL, unknown DELEX → script).
+    Retry,
+}
+
+/// How a collection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// A quorum said yes; the instant of the reply that completed it.
+    Quorum(Instant),
+    /// Too many nodes said no or failed for a quorum to be possible.
+    Impossible,
+    /// The deadline passed first.
+    Deadline,
+    /// Every node answered (only when collecting all replies).
+    AllDone,
+}
+
+pub(crate) struct QuorumCollector<'a> {
+    pending: SmallVec<[Option<ReplyFuture<'a>>; 7]>,
+    retried: SmallVec<[bool; 7]>,
+    pub results: NodeResults,
+    quorum: usize,
+    yes: usize,
+    settled: usize,
+}
+
+impl<'a> QuorumCollector<'a> {
+    pub fn new(nodes: usize, quorum: usize) -> QuorumCollector<'a> {
+        QuorumCollector {
+            pending: SmallVec::with_capacity(nodes),
+            retried: SmallVec::from_elem(false, nodes),
+            results: SmallVec::from_elem(NodeResult::NoReply, nodes),
+            quorum,
+            yes: 0,
+            settled: 0,
+        }
+    }
+
+    /// Adds the next node's request (in node order). A request that could not be sent counts as
+    /// a failure at once.
+    pub fn push(&mut self, sent: Result<ReplyFuture<'a>, Error>) {
+        let i = self.pending.len();
+        match sent {
+            Ok(f) => self.pending.push(Some(f)),
+            Err(e) => {
+                self.pending.push(None);
+                self.results[i] = NodeResult::Failed(e);
+                self.settled += 1;
+            }
+        }
+    }
+
+    /// Nodes that said yes.
+    pub fn granted(&self) -> usize {
+        self.yes
+    }
+
+    /// Nodes that might hold the key: those that said yes and those that have not answered.
+    pub fn might_hold(&self, i: usize) -> bool {
+        matches!(self.results[i], NodeResult::Granted | NodeResult::NoReply)
+    }
+
+    fn decide(&self, all: bool) -> Option<Decision> {
+        let n = self.results.len();
+        if all {
+            return (self.settled == n).then_some(Decision::AllDone);
+        }
+        if self.yes >= self.quorum {
+            return Some(Decision::Quorum(Instant::now()));
+        }
+        // Yes votes still possible: the ones given plus the ones not settled yet.
+        if self.yes + (n - self.settled) < self.quorum {
+            return Some(Decision::Impossible);
+        }
+        None
+    }
+
+    /// Polls every pending reply until the outcome is decided or `deadline` passes. With `all`,
+    /// waits for every node (release) instead of stopping at a quorum.
+    pub async fn run(
+        &mut self,
+        deadline: Instant,
+        all: bool,
+        classify: impl Fn(&Frame) -> Vote,
+        mut resend: impl FnMut(usize) -> Result<ReplyFuture<'a>, Error>,
+    ) -> Decision {
+        if let Some(d) = self.decide(all) {
+            return d;
+        }
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        poll_fn(|cx| {
+            for i in 0..self.pending.len() {
+                let Some(fut) = self.pending[i].as_mut() else { continue };
+                let Poll::Ready(reply) = Pin::new(fut).poll(cx) else { continue };
+                self.pending[i] = None;
+                let vote = match reply {
+                    Ok(frame) => classify(&frame),
+                    Err(e) => Vote::Fail(e),
+                };
+                let vote = match vote {
+                    Vote::Retry if !self.retried[i] => {
+                        self.retried[i] = true;
+                        match resend(i) {
+                            Ok(mut f) => {
+                                // Poll it once so it registers its waker.
+                                match Pin::new(&mut f).poll(cx) {
+                                    Poll::Pending => {
+                                        self.pending[i] = Some(f);
+                                        continue;
+                                    }
+                                    Poll::Ready(Ok(frame)) => match classify(&frame) {
+                                        Vote::Retry => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
+                                        v => v,
+                                    },
+                                    Poll::Ready(Err(e)) => Vote::Fail(e),
+                                }
+                            }
+                            Err(e) => Vote::Fail(e),
+                        }
+                    }
+                    Vote::Retry => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
+                    v => v,
+                };
+                self.settled += 1;
+                self.results[i] = match vote {
+                    Vote::Yes => {
+                        self.yes += 1;
+                        NodeResult::Granted
+                    }
+                    Vote::No => NodeResult::Refused,
+                    Vote::Fail(e) => NodeResult::Failed(e),
+                    Vote::Retry => unreachable!(),
+                };
+                if let Some(d) = self.decide(all) {
+                    return Poll::Ready(d);
+                }
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Decision::Deadline);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}

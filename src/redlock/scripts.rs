@@ -1,0 +1,44 @@
+//! The Lua scripts. Each touches only the keys passed in `KEYS` (Dragonfly rejects the others).
+
+use std::sync::OnceLock;
+
+use crate::conn::Script;
+
+/// Compare-and-delete: the release.
+pub const RELEASE: &str = "if redis.call('get',KEYS[1]) == ARGV[1] then return redis.call('del',KEYS[1]) else return 0 end";
+
+/// Compare-and-`PEXPIRE`: the extension. A missing key compares unequal, so an expired lock is
+/// never re-created.
+pub const EXTEND: &str = "if redis.call('get',KEYS[1]) == ARGV[1] then return redis.call('pexpire',KEYS[1],ARGV[2]) else return 0 end";
+
+/// All-or-none `SET NX PX` of every key.
+pub const MULTI_ACQUIRE: &str = "for i=1,#KEYS do if redis.call('exists',KEYS[i]) == 1 then return 0 end end \
+for i=1,#KEYS do redis.call('set',KEYS[i],ARGV[1],'PX',ARGV[2]) end return 1";
+
+/// Compare-and-delete of every key that still holds the token; returns how many.
+pub const MULTI_RELEASE: &str = "local n = 0 for i=1,#KEYS do if redis.call('get',KEYS[i]) == ARGV[1] then \
+n = n + redis.call('del',KEYS[i]) end end return n";
+
+/// Extends every key only when all still hold the token.
+pub const MULTI_EXTEND: &str = "for i=1,#KEYS do if redis.call('get',KEYS[i]) ~= ARGV[1] then return 0 end end \
+for i=1,#KEYS do redis.call('pexpire',KEYS[i],ARGV[2]) end return 1";
+
+/// The prepared scripts.
+pub(crate) struct Scripts {
+    pub release: Script,
+    pub extend: Script,
+    pub multi_acquire: Script,
+    pub multi_release: Script,
+    pub multi_extend: Script,
+}
+
+pub(crate) fn scripts() -> &'static Scripts {
+    static S: OnceLock<Scripts> = OnceLock::new();
+    S.get_or_init(|| Scripts {
+        release: Script::new(RELEASE),
+        extend: Script::new(EXTEND),
+        multi_acquire: Script::new(MULTI_ACQUIRE),
+        multi_release: Script::new(MULTI_RELEASE),
+        multi_extend: Script::new(MULTI_EXTEND),
+    })
+}

@@ -1,0 +1,339 @@
+//! Redlock against real 3- and 5-node setups started by the harness.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dragonlock::conn::ConnectionConfig;
+use dragonlock::resp::Frame;
+use dragonlock::{NodeResult, Redlock, RedlockOptions};
+use support::server::{cluster, Server};
+
+async fn redlock(servers: &[Server], options: RedlockOptions) -> Redlock {
+    let configs = servers
+        .iter()
+        .map(|s| ConnectionConfig::from_url(&s.url()).unwrap().backoff(Duration::from_millis(5), Duration::from_millis(200)))
+        .collect();
+    let r = Redlock::from_configs(configs, options.connect_timeout(Duration::from_secs(5))).await;
+    for (n, s) in r.nodes().iter().zip(servers) {
+        if s.is_running() {
+            n.wait_connected(Duration::from_secs(5)).await.unwrap();
+        }
+    }
+    r
+}
+
+fn keys_on(s: &Server) -> i64 {
+    s.cmd(&["DBSIZE"]).as_integer().unwrap()
+}
+
+/// Waits (bounded) until no server holds a key; returns the counts left.
+async fn wait_no_keys(servers: &[Server]) -> Vec<i64> {
+    for _ in 0..100 {
+        let counts: Vec<i64> = servers.iter().filter(|s| s.is_running()).map(keys_on).collect();
+        if counts.iter().all(|&c| c == 0) {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers.iter().filter(|s| s.is_running()).map(keys_on).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_extend_release_with_prefix_and_validity() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default().key_prefix("app:")).await;
+    assert_eq!(r.quorum(), 2);
+    let ttl = Duration::from_secs(10);
+    let mut lock = r.try_acquire("res", ttl).await.unwrap();
+    assert_eq!(lock.resource(), "app:res");
+    assert_eq!(lock.token().len(), 32);
+    assert!(lock.is_valid());
+    // validity = ttl - elapsed - (ttl * 0.01 + 2 ms): at most 9.898 s from now.
+    assert!(lock.remaining() <= Duration::from_millis(9_898));
+    for s in &servers {
+        assert_eq!(s.cmd(&["GET", "app:res"]).as_bytes(), Some(lock.token().as_bytes()));
+        let pttl = s.cmd(&["PTTL", "app:res"]).as_integer().unwrap();
+        // The server's expiry is never earlier than our local validity.
+        assert!(pttl as u128 >= lock.remaining().as_millis(), "pttl {pttl} vs remaining {:?}", lock.remaining());
+    }
+    let other = r.try_acquire("res", ttl).await.unwrap_err();
+    assert!(other.is_busy(), "{other:?}");
+    assert_ne!(other.nodes()[0], NodeResult::Granted);
+
+    lock.extend(Duration::from_secs(30)).await.unwrap();
+    assert!(lock.remaining() > Duration::from_secs(20));
+    for s in &servers {
+        assert!(s.cmd(&["PTTL", "app:res"]).as_integer().unwrap() > 20_000);
+    }
+    let token = lock.token().to_string();
+    assert_eq!(lock.release().await.unwrap(), 3);
+    for s in &servers {
+        assert_eq!(s.cmd(&["EXISTS", "app:res"]), Frame::Integer(0));
+    }
+    let again = r.try_acquire("res", ttl).await.unwrap();
+    assert_ne!(again.token(), token, "tokens differ per acquisition");
+    let mut again = again;
+    assert_eq!(again.release_ref().await.unwrap(), 3);
+    assert_eq!(again.release_ref().await.unwrap(), 0, "release is idempotent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lock_is_released_and_a_forgotten_one_is_not() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default()).await;
+    drop(r.try_acquire("dropped", Duration::from_secs(30)).await.unwrap());
+    assert_eq!(wait_no_keys(&servers).await, vec![0, 0, 0]);
+    r.try_acquire("forgotten", Duration::from_secs(30)).await.unwrap().forget();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(keys_on(&servers[0]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_never_overlaps_and_everyone_gets_a_turn() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(1000).retry_delay(Duration::from_millis(1), Duration::from_millis(3))).await;
+    let in_section = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let r = r.clone();
+        let in_section = in_section.clone();
+        let overlaps = overlaps.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut held = 0;
+            for _ in 0..5 {
+                let lock = r.acquire("contended", Duration::from_secs(5)).await.unwrap();
+                if in_section.swap(true, Ordering::SeqCst) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                in_section.store(false, Ordering::SeqCst);
+                assert!(lock.is_valid());
+                lock.release().await.unwrap();
+                held += 1;
+            }
+            held
+        }));
+    }
+    for t in tasks {
+        assert_eq!(tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap(), 5);
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_or_stopped_minority_does_not_stop_the_lock() {
+    let mut servers = cluster(5);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let ttl = Duration::from_secs(10);
+    // One killed, one stopped: the stopped one never answers while we hold the lock.
+    servers[0].kill9();
+    servers[1].stop();
+    let lock = r.try_acquire("minority", ttl).await.unwrap();
+    assert!(lock.is_valid());
+    drop(lock);
+    // Two stopped.
+    servers[0].restart();
+    servers[2].stop();
+    let lock = r.try_acquire("minority2", ttl).await.unwrap();
+    // It completed although two nodes have not answered (they are stopped).
+    assert!(lock.is_valid());
+    lock.release().await.unwrap();
+    servers[1].cont();
+    servers[2].cont();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_majority_fails_fast_as_unavailable_and_leaves_no_key() {
+    let mut servers = cluster(5);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    for s in &mut servers[..3] {
+        s.kill9();
+    }
+    // Let the connections notice.
+    for n in &r.nodes()[..3] {
+        for _ in 0..100 {
+            if !n.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let err = r.try_acquire("majority-down", Duration::from_secs(30)).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(err.nodes().iter().filter(|n| matches!(n, NodeResult::Failed(_))).count(), 3);
+    assert_eq!(wait_no_keys(&servers).await, vec![0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_that_answers_after_the_validity_is_expired_and_released() {
+    let mut servers = cluster(5);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    for s in &mut servers[..3] {
+        s.stop();
+    }
+    let err = r.try_acquire("late", Duration::from_millis(300)).await.unwrap_err();
+    assert!(err.is_expired(), "{err:?}");
+    for s in &mut servers[..3] {
+        s.cont();
+    }
+    // The late SETs ran, then the releases queued behind them on the same connections.
+    assert_eq!(wait_no_keys(&servers).await, vec![0; 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_acquires_at_random_points_leaves_no_orphans() {
+    let servers = cluster(5);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let name = format!("drop-{t}-{i}");
+                let fut = r.try_acquire(&name, Duration::from_secs(60));
+                let us = rand::random::<u64>() % 300;
+                let _ = tokio::time::timeout(Duration::from_micros(us), fut).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(wait_no_keys(&servers).await, vec![0; 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_never_resurrects_or_steals() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default()).await;
+    let mut lock = r.try_acquire("short", Duration::from_millis(100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let err = lock.extend(Duration::from_secs(10)).await.unwrap_err();
+    assert!(err.is_lost(), "{err:?}");
+    for s in &servers {
+        assert_eq!(s.cmd(&["EXISTS", "short"]), Frame::Integer(0), "not re-created");
+    }
+    // Taken over by someone else on every node: the original holder cannot extend.
+    let mut mine = r.try_acquire("taken", Duration::from_secs(10)).await.unwrap();
+    for s in &servers {
+        s.cmd(&["SET", "taken", "someone-else"]);
+    }
+    let err = mine.extend(Duration::from_secs(10)).await.unwrap_err();
+    assert!(err.is_lost(), "{err:?}");
+    assert!(!mine.is_valid());
+    // And cannot release someone else's key.
+    assert_eq!(mine.release().await.unwrap(), 0);
+    for s in &servers {
+        assert_eq!(s.cmd(&["GET", "taken"]).as_bytes(), Some(&b"someone-else"[..]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_limit_is_enforced() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default().max_extensions(2)).await;
+    let mut lock = r.try_acquire("limited", Duration::from_secs(5)).await.unwrap();
+    lock.extend(Duration::from_secs(5)).await.unwrap();
+    lock.extend(Duration::from_secs(5)).await.unwrap();
+    let err = lock.extend(Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(err.kind(), dragonlock::LockErrorKind::ExtensionLimit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_resource_locks_are_all_or_none() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let a = r.try_acquire_many(&["a", "b", "c"], Duration::from_secs(10)).await.unwrap();
+    assert_eq!(a.resources(), vec!["a", "b", "c"]);
+    let err = r.try_acquire_many(&["c", "d"], Duration::from_secs(10)).await.unwrap_err();
+    assert!(err.is_busy(), "{err:?}");
+    for s in &servers {
+        assert_eq!(s.cmd(&["EXISTS", "d"]), Frame::Integer(0), "none of the second set was taken");
+    }
+    let mut a = a;
+    a.extend(Duration::from_secs(20)).await.unwrap();
+    for s in &servers {
+        assert!(s.cmd(&["PTTL", "b"]).as_integer().unwrap() > 10_000);
+    }
+    assert_eq!(a.release().await.unwrap(), 3);
+    assert_eq!(wait_no_keys(&servers).await, vec![0; 3]);
+    let b = r.try_acquire_many(&["c", "d"], Duration::from_secs(10)).await.unwrap();
+    b.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_multi_locks_from_two_clients_never_both_win() {
+    let servers = cluster(3);
+    let r1 = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let r2 = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    for i in 0..200 {
+        let first = [format!("x{i}"), format!("shared{i}")];
+        let second = [format!("shared{i}"), format!("y{i}")];
+        let (x, y) = tokio::join!(
+            r1.try_acquire_many(&first, Duration::from_secs(10)),
+            r2.try_acquire_many(&second, Duration::from_secs(10)),
+        );
+        assert!(!(x.is_ok() && y.is_ok()), "round {i}: both won");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_renews_and_reports_loss() {
+    let mut servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    // Renewed past its ttl: the body outlives three ttls and the lock still holds.
+    let out = r
+        .with_lock("renewed", Duration::from_millis(300), None, |signal| async move {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            assert!(!signal.is_lost());
+            7
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, 7);
+    assert_eq!(wait_no_keys(&servers).await, vec![0; 3]);
+    // Busy at the start is the acquire's error, not a loss.
+    let held = r.try_acquire("busy", Duration::from_secs(10)).await.unwrap();
+    let err = r.with_lock("busy", Duration::from_secs(1), None, |_| async {}).await.unwrap_err();
+    assert!(err.is_busy(), "{err:?}");
+    drop(held);
+    // A majority stopped mid-way: renewal fails, the body is told and dropped.
+    let fired = Arc::new(AtomicBool::new(false));
+    let seen = fired.clone();
+    let work = r.with_lock("lost", Duration::from_millis(300), None, |signal| async move {
+        tokio::spawn(async move {
+            signal.lost().await;
+            seen.store(true, Ordering::SeqCst);
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let stopper = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        servers[0].stop();
+        servers[1].stop();
+    };
+    let (result, ()) = tokio::join!(work, stopper);
+    assert!(result.unwrap_err().is_lost());
+    for _ in 0..100 {
+        if fired.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(fired.load(Ordering::SeqCst), "the signal fired");
+    servers[0].cont();
+    servers[1].cont();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_refused() {
+    let servers = cluster(1);
+    let r = redlock(&servers, RedlockOptions::default()).await;
+    assert_eq!(r.quorum(), 1);
+    assert!(r.try_acquire("x", Duration::from_millis(2)).await.unwrap_err().is_invalid());
+    assert!(r.try_acquire_many::<&str>(&[], Duration::from_secs(1)).await.unwrap_err().is_invalid());
+}
