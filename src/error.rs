@@ -77,7 +77,10 @@ impl Error {
 
     /// The peer broke the protocol (malformed or oversized frame, unsolicited reply).
     pub fn is_protocol(&self) -> bool {
-        matches!(self.kind, ErrorKind::Protocol(_) | ErrorKind::UnsolicitedReply)
+        matches!(
+            self.kind,
+            ErrorKind::Protocol(_) | ErrorKind::UnsolicitedReply
+        )
     }
 
     /// The deadline passed.
@@ -104,7 +107,10 @@ impl Error {
 
     /// The request was refused before it was sent (node down, or too many in flight).
     pub fn is_not_sent(&self) -> bool {
-        matches!(self.kind, ErrorKind::NotConnected | ErrorKind::Overloaded | ErrorKind::Closed)
+        matches!(
+            self.kind,
+            ErrorKind::NotConnected | ErrorKind::Overloaded | ErrorKind::Closed
+        )
     }
 }
 

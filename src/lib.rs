@@ -24,4 +24,6 @@ pub mod redlock;
 pub mod resp;
 
 pub use error::{Error, ErrorKind};
-pub use redlock::{Lock, LockError, LockErrorKind, LockSignal, NodeResult, Redlock, RedlockOptions};
+pub use redlock::{
+    Lock, LockError, LockErrorKind, LockSignal, NodeResult, Redlock, RedlockOptions,
+};

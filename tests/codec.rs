@@ -38,7 +38,10 @@ fn decode_with(cfg: DecoderConfig, input: &[u8]) -> K {
     loop {
         match dec.decode(&mut buf) {
             Ok(Some(_)) => continue,
-            Ok(None) => panic!("incomplete, expected an error: {:?}", String::from_utf8_lossy(input)),
+            Ok(None) => panic!(
+                "incomplete, expected an error: {:?}",
+                String::from_utf8_lossy(input)
+            ),
             Err(e) => return e.kind(),
         }
     }
@@ -83,30 +86,68 @@ fn golden_every_type() {
         (b"_\r\n", Frame::Null),
         (b"#t\r\n", Frame::Boolean(true)),
         (b"#f\r\n", Frame::Boolean(false)),
-        (b",3.14\r\n", Frame::Double(3.14)),
+        (b",2.5\r\n", Frame::Double(2.5)),
         (b",1.5e3\r\n", Frame::Double(1500.0)),
         (b",-2E-2\r\n", Frame::Double(-0.02)),
         (b",inf\r\n", Frame::Double(f64::INFINITY)),
         (b",-inf\r\n", Frame::Double(f64::NEG_INFINITY)),
-        (b"(3492890328409238509324850943850943825024385\r\n", Frame::BigNumber(b("3492890328409238509324850943850943825024385"))),
+        (
+            b"(3492890328409238509324850943850943825024385\r\n",
+            Frame::BigNumber(b("3492890328409238509324850943850943825024385")),
+        ),
         (b"(-1\r\n", Frame::BigNumber(b("-1"))),
-        (b"=15\r\ntxt:Some string\r\n", Frame::Verbatim { format: *b"txt", data: b("Some string") }),
+        (
+            b"=15\r\ntxt:Some string\r\n",
+            Frame::Verbatim {
+                format: *b"txt",
+                data: b("Some string"),
+            },
+        ),
         (b"*0\r\n", Frame::Array(vec![])),
-        (b"*2\r\n:1\r\n$1\r\na\r\n", Frame::Array(vec![Frame::Integer(1), Frame::Bulk(b("a"))])),
-        (b"*2\r\n*1\r\n:1\r\n*0\r\n", Frame::Array(vec![Frame::Array(vec![Frame::Integer(1)]), Frame::Array(vec![])])),
-        (b"~2\r\n+a\r\n+b\r\n", Frame::Set(vec![Frame::Simple(b("a")), Frame::Simple(b("b"))])),
-        (b"%1\r\n+k\r\n:1\r\n", Frame::Map(vec![(Frame::Simple(b("k")), Frame::Integer(1))])),
+        (
+            b"*2\r\n:1\r\n$1\r\na\r\n",
+            Frame::Array(vec![Frame::Integer(1), Frame::Bulk(b("a"))]),
+        ),
+        (
+            b"*2\r\n*1\r\n:1\r\n*0\r\n",
+            Frame::Array(vec![
+                Frame::Array(vec![Frame::Integer(1)]),
+                Frame::Array(vec![]),
+            ]),
+        ),
+        (
+            b"~2\r\n+a\r\n+b\r\n",
+            Frame::Set(vec![Frame::Simple(b("a")), Frame::Simple(b("b"))]),
+        ),
+        (
+            b"%1\r\n+k\r\n:1\r\n",
+            Frame::Map(vec![(Frame::Simple(b("k")), Frame::Integer(1))]),
+        ),
         (b"%0\r\n", Frame::Map(vec![])),
-        (b">2\r\n+message\r\n+x\r\n", Frame::Push(vec![Frame::Simple(b("message")), Frame::Simple(b("x"))])),
+        (
+            b">2\r\n+message\r\n+x\r\n",
+            Frame::Push(vec![Frame::Simple(b("message")), Frame::Simple(b("x"))]),
+        ),
         // Attributes are dropped by default, at the top and inside aggregates.
         (b"|1\r\n+ttl\r\n:3\r\n:7\r\n", Frame::Integer(7)),
-        (b"*2\r\n|1\r\n+a\r\n+b\r\n:1\r\n:2\r\n", Frame::Array(vec![Frame::Integer(1), Frame::Integer(2)])),
+        (
+            b"*2\r\n|1\r\n+a\r\n+b\r\n:1\r\n:2\r\n",
+            Frame::Array(vec![Frame::Integer(1), Frame::Integer(2)]),
+        ),
         (b"|0\r\n:5\r\n", Frame::Integer(5)),
         // An attribute whose value is itself annotated: {a: <{b: c}> 9}, then the value 10.
-        (b"|1\r\n+a\r\n|1\r\n+b\r\n+c\r\n:9\r\n:10\r\n", Frame::Integer(10)),
+        (
+            b"|1\r\n+a\r\n|1\r\n+b\r\n+c\r\n:9\r\n:10\r\n",
+            Frame::Integer(10),
+        ),
     ];
     for (input, want) in cases {
-        assert_eq!(decode_one(input), want, "{:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            decode_one(input),
+            want,
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
         // And the encoder writes what decodes to the same frame.
         let mut buf = BytesMut::new();
         encode_frame(&mut buf, &want);
@@ -120,13 +161,19 @@ fn golden_every_type() {
 
 #[test]
 fn errors_are_split_into_code_and_message() {
-    let Frame::Error(e) = decode_one(b"-NOSCRIPT No matching script. Please use EVAL.\r\n") else { panic!() };
+    let Frame::Error(e) = decode_one(b"-NOSCRIPT No matching script. Please use EVAL.\r\n") else {
+        panic!()
+    };
     assert_eq!(e.code(), b"NOSCRIPT");
     assert_eq!(e.message(), b"No matching script. Please use EVAL.");
-    let Frame::Error(e) = decode_one(b"!21\r\nSYNTAX invalid syntax\r\n") else { panic!() };
+    let Frame::Error(e) = decode_one(b"!21\r\nSYNTAX invalid syntax\r\n") else {
+        panic!()
+    };
     assert_eq!(e.code(), b"SYNTAX");
     assert_eq!(e.message(), b"invalid syntax");
-    let Frame::Error(e) = decode_one(b"-ERR\r\n") else { panic!() };
+    let Frame::Error(e) = decode_one(b"-ERR\r\n") else {
+        panic!()
+    };
     assert_eq!(e.code(), b"ERR");
     assert_eq!(e.message(), b"");
     assert!(ServerError::from_line(b("ERR unknown command `X`")).is_unknown_command());
@@ -135,12 +182,18 @@ fn errors_are_split_into_code_and_message() {
 #[test]
 fn attributes_are_kept_when_asked() {
     let mut dec = Decoder::new(DecoderConfig::default().keep_attributes(true));
-    let mut buf = BytesMut::from(&b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*1\r\n:2\r\n"[..]);
+    let mut buf =
+        BytesMut::from(&b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*1\r\n:2\r\n"[..]);
     let f = dec.decode(&mut buf).unwrap().unwrap();
-    let Frame::Attributed { attributes, value } = &f else { panic!("{f:?}") };
+    let Frame::Attributed { attributes, value } = &f else {
+        panic!("{f:?}")
+    };
     assert_eq!(attributes.len(), 1);
     assert_eq!(**value, Frame::Array(vec![Frame::Integer(2)]));
-    assert_eq!(f.without_attributes(), Frame::Array(vec![Frame::Integer(2)]));
+    assert_eq!(
+        f.without_attributes(),
+        Frame::Array(vec![Frame::Integer(2)])
+    );
 }
 
 #[test]
@@ -168,7 +221,9 @@ fn malformed_input_gives_typed_errors() {
     assert_eq!(err_kind(b"%?\r\n"), K::Unsupported);
     // The error names the byte and where it is.
     let mut dec = Decoder::default();
-    let e = dec.decode(&mut BytesMut::from(&b":12a4\r\n"[..])).unwrap_err();
+    let e = dec
+        .decode(&mut BytesMut::from(&b":12a4\r\n"[..]))
+        .unwrap_err();
     assert_eq!((e.offset(), e.byte()), (3, Some(b'a')));
 }
 
@@ -182,7 +237,10 @@ fn hostile_declarations_fail_fast_without_allocating_for_them() {
         b">4294967296\r\n",
     ] {
         let kind = err_kind(input);
-        assert!(matches!(kind, K::TooManyElements | K::BulkTooLong), "{kind:?}");
+        assert!(
+            matches!(kind, K::TooManyElements | K::BulkTooLong),
+            "{kind:?}"
+        );
     }
     let deep = b"*1\r\n".repeat(100_000);
     assert_eq!(err_kind(&deep), K::TooDeep);
@@ -198,38 +256,64 @@ fn limits_hold_at_n_and_fail_at_n_plus_one() {
         v
     };
     let mut dec = Decoder::new(cfg);
-    assert!(dec.decode(&mut BytesMut::from(&nest(4)[..])).unwrap().is_some());
+    assert!(dec
+        .decode(&mut BytesMut::from(&nest(4)[..]))
+        .unwrap()
+        .is_some());
     assert_eq!(decode_with(cfg, &nest(5)), K::TooDeep);
     // Attributes count towards depth too.
-    assert_eq!(decode_with(cfg, b"*1\r\n*1\r\n*1\r\n*1\r\n|1\r\n:1\r\n:1\r\n:1\r\n"), K::TooDeep);
+    assert_eq!(
+        decode_with(cfg, b"*1\r\n*1\r\n*1\r\n*1\r\n|1\r\n:1\r\n:1\r\n:1\r\n"),
+        K::TooDeep
+    );
 
     // Elements per aggregate.
     let cfg = DecoderConfig::default().max_elements(3);
     let mut dec = Decoder::new(cfg);
-    assert!(dec.decode(&mut BytesMut::from(&b"*3\r\n:1\r\n:2\r\n:3\r\n"[..])).unwrap().is_some());
+    assert!(dec
+        .decode(&mut BytesMut::from(&b"*3\r\n:1\r\n:2\r\n:3\r\n"[..]))
+        .unwrap()
+        .is_some());
     assert_eq!(decode_with(cfg, b"*4\r\n"), K::TooManyElements);
-    assert!(dec.decode(&mut BytesMut::from(&b"%3\r\n:1\r\n:1\r\n:2\r\n:2\r\n:3\r\n:3\r\n"[..])).unwrap().is_some());
+    assert!(dec
+        .decode(&mut BytesMut::from(
+            &b"%3\r\n:1\r\n:1\r\n:2\r\n:2\r\n:3\r\n:3\r\n"[..]
+        ))
+        .unwrap()
+        .is_some());
     assert_eq!(decode_with(cfg, b"%4\r\n"), K::TooManyElements);
 
     // Bulk length.
     let cfg = DecoderConfig::default().max_bulk_len(5);
     let mut dec = Decoder::new(cfg);
-    assert!(dec.decode(&mut BytesMut::from(&b"$5\r\nhello\r\n"[..])).unwrap().is_some());
+    assert!(dec
+        .decode(&mut BytesMut::from(&b"$5\r\nhello\r\n"[..]))
+        .unwrap()
+        .is_some());
     assert_eq!(decode_with(cfg, b"$6\r\n"), K::BulkTooLong);
     assert_eq!(decode_with(cfg, b"!6\r\n"), K::BulkTooLong);
 
     // Line length, whether the line is complete or still arriving.
     let cfg = DecoderConfig::default().max_line_len(8);
     let mut dec = Decoder::new(cfg);
-    assert!(dec.decode(&mut BytesMut::from(&b"+12345678\r\n"[..])).unwrap().is_some());
+    assert!(dec
+        .decode(&mut BytesMut::from(&b"+12345678\r\n"[..]))
+        .unwrap()
+        .is_some());
     assert_eq!(decode_with(cfg, b"+123456789\r\n"), K::LineTooLong);
     assert_eq!(decode_with(cfg, b"+123456789012"), K::LineTooLong);
 
     // Whole frame.
     let cfg = DecoderConfig::default().max_frame_bytes(19);
     let mut dec = Decoder::new(cfg);
-    assert!(dec.decode(&mut BytesMut::from(&b"*2\r\n$2\r\nab\r\n$1\r\nc\r\n"[..])).unwrap().is_some());
-    assert_eq!(decode_with(cfg, b"*2\r\n$2\r\nab\r\n$2\r\ncd\r\n"), K::FrameTooLarge);
+    assert!(dec
+        .decode(&mut BytesMut::from(&b"*2\r\n$2\r\nab\r\n$1\r\nc\r\n"[..]))
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        decode_with(cfg, b"*2\r\n$2\r\nab\r\n$2\r\ncd\r\n"),
+        K::FrameTooLarge
+    );
 }
 
 #[test]
@@ -239,13 +323,30 @@ fn every_fixture_decodes_the_same_at_every_split_and_byte_by_byte() {
     for cap in &captures {
         let whole = decode_all(&cap.reply).unwrap();
         // One reply, after any pushes the server sent first (DEBUG PROTOCOL push).
-        assert!(whole[..whole.len() - 1].iter().all(Frame::is_push), "{}/{}", cap.server, cap.step);
+        assert!(
+            whole[..whole.len() - 1].iter().all(Frame::is_push),
+            "{}/{}",
+            cap.server,
+            cap.step
+        );
         assert!(!whole.last().unwrap().is_push());
         for cut in 0..=cap.reply.len() {
-            assert_eq!(decode_split(&cap.reply, &[cut]), whole, "{}/{} cut at {cut}", cap.server, cap.step);
+            assert_eq!(
+                decode_split(&cap.reply, &[cut]),
+                whole,
+                "{}/{} cut at {cut}",
+                cap.server,
+                cap.step
+            );
         }
         let every: Vec<usize> = (1..cap.reply.len()).collect();
-        assert_eq!(decode_split(&cap.reply, &every), whole, "{}/{} byte by byte", cap.server, cap.step);
+        assert_eq!(
+            decode_split(&cap.reply, &every),
+            whole,
+            "{}/{} byte by byte",
+            cap.server,
+            cap.step
+        );
     }
 }
 
@@ -276,14 +377,21 @@ fn fixtures_decode_to_what_a_lock_client_expects() {
         assert!(decode_one(&reply(server, "set_nx_ok_resp3")).is_ok());
         assert!(decode_one(&reply(server, "set_nx_taken_resp3")).is_null());
         assert!(decode_one(&reply(server, "set_nx_taken_resp2")).is_null());
-        assert_eq!(decode_one(&reply(server, "evalsha_release_ok_resp3")), Frame::Integer(1));
-        let Frame::Error(e) = decode_one(&reply(server, "evalsha_noscript_resp3")) else { panic!() };
+        assert_eq!(
+            decode_one(&reply(server, "evalsha_release_ok_resp3")),
+            Frame::Integer(1)
+        );
+        let Frame::Error(e) = decode_one(&reply(server, "evalsha_noscript_resp3")) else {
+            panic!()
+        };
         assert!(e.has_code("NOSCRIPT"));
         let hello = decode_one(&reply(server, "hello3"));
         assert_eq!(hello.map_get(b"proto"), Some(&Frame::Integer(3)));
         let hello2 = decode_one(&reply(server, "hello2"));
         assert_eq!(hello2.map_get(b"proto"), Some(&Frame::Integer(2)));
-        let Frame::Error(e) = decode_one(&reply(server, "unknown_command")) else { panic!() };
+        let Frame::Error(e) = decode_one(&reply(server, "unknown_command")) else {
+            panic!()
+        };
         assert!(e.is_unknown_command());
     }
 }
@@ -306,7 +414,9 @@ fn byte_at_a_time_is_linear() {
             got = Some(f);
         }
     }
-    let Some(Frame::Array(items)) = got else { panic!() };
+    let Some(Frame::Array(items)) = got else {
+        panic!()
+    };
     assert_eq!(items[0].as_bytes().unwrap().len(), 1 << 20);
     assert_eq!(items[1].as_bytes().unwrap().len(), 60_000);
 }
@@ -316,14 +426,18 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
     let bin = proptest::collection::vec(any::<u8>(), 0..24).prop_map(Bytes::from);
     let leaf = prop_oneof![
         text.clone().prop_map(Frame::Simple),
-        "[A-Z]{1,8}( [a-z ]{0,10})?".prop_map(|s| Frame::Error(ServerError::from_line(Bytes::from(s.into_bytes())))),
+        "[A-Z]{1,8}( [a-z ]{0,10})?"
+            .prop_map(|s| Frame::Error(ServerError::from_line(Bytes::from(s.into_bytes())))),
         any::<i64>().prop_map(Frame::Integer),
         bin.clone().prop_map(Frame::Bulk),
         Just(Frame::Null),
         any::<bool>().prop_map(Frame::Boolean),
         (-1e12f64..1e12).prop_map(Frame::Double),
         "-?[1-9][0-9]{0,40}".prop_map(|s| Frame::BigNumber(Bytes::from(s.into_bytes()))),
-        bin.prop_map(|data| Frame::Verbatim { format: *b"txt", data }),
+        bin.prop_map(|data| Frame::Verbatim {
+            format: *b"txt",
+            data
+        }),
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {
         prop_oneof![

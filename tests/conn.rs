@@ -39,8 +39,13 @@ both_protocols!(
 
 async fn every_caller_gets_its_own_reply(protocol: Protocol) {
     let server = Server::start();
-    let conn = Connection::connect(config(&server, protocol)).await.unwrap();
-    assert_eq!(conn.server_info().unwrap().protocol, if protocol == Protocol::Resp3 { 3 } else { 2 });
+    let conn = Connection::connect(config(&server, protocol))
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.server_info().unwrap().protocol,
+        if protocol == Protocol::Resp3 { 3 } else { 2 }
+    );
     let mut tasks = Vec::new();
     for t in 0..64 {
         let conn = conn.clone();
@@ -49,7 +54,10 @@ async fn every_caller_gets_its_own_reply(protocol: Protocol) {
                 let payload = format!("task-{t}-req-{i}");
                 let reply = conn.command(&["ECHO", &payload]).await.unwrap();
                 assert_eq!(reply.as_bytes(), Some(payload.as_bytes()));
-                let n = conn.command(&["INCR", &format!("counter-{t}")]).await.unwrap();
+                let n = conn
+                    .command(&["INCR", &format!("counter-{t}")])
+                    .await
+                    .unwrap();
                 assert_eq!(n, Frame::Integer(i + 1));
             }
         }));
@@ -62,7 +70,9 @@ async fn every_caller_gets_its_own_reply(protocol: Protocol) {
 
 async fn cancelled_requests_never_take_another_callers_reply(protocol: Protocol) {
     let server = Server::start();
-    let conn = Connection::connect(config(&server, protocol)).await.unwrap();
+    let conn = Connection::connect(config(&server, protocol))
+        .await
+        .unwrap();
     let checked = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..16 {
@@ -74,7 +84,9 @@ async fn cancelled_requests_never_take_another_callers_reply(protocol: Protocol)
                 let mode = rand::rng().random_range(0..4);
                 let args = ["ECHO", payload.as_str()];
                 // `send` puts the request on the wire at once; the future is only the reply.
-                let fut = conn.send(|b| dragonlock::resp::encode_command(b, &args)).unwrap();
+                let fut = conn
+                    .send(|b| dragonlock::resp::encode_command(b, &args))
+                    .unwrap();
                 match mode {
                     // Dropped before the first poll.
                     0 => drop(fut),
@@ -91,7 +103,10 @@ async fn cancelled_requests_never_take_another_callers_reply(protocol: Protocol)
                     // A deadline too short to be met most of the time.
                     2 => {
                         let us = rand::rng().random_range(1..200);
-                        if let Ok(reply) = conn.command_timeout(&["ECHO", &payload], Duration::from_micros(us)).await {
+                        if let Ok(reply) = conn
+                            .command_timeout(&["ECHO", &payload], Duration::from_micros(us))
+                            .await
+                        {
                             assert_eq!(reply.as_bytes(), Some(payload.as_bytes()));
                             checked.fetch_add(1, Ordering::Relaxed);
                         }
@@ -112,25 +127,40 @@ async fn cancelled_requests_never_take_another_callers_reply(protocol: Protocol)
     // The connection is still in order afterwards.
     for i in 0..100 {
         let p = format!("after-{i}");
-        assert_eq!(conn.command(&["ECHO", &p]).await.unwrap().as_bytes(), Some(p.as_bytes()));
+        assert_eq!(
+            conn.command(&["ECHO", &p]).await.unwrap().as_bytes(),
+            Some(p.as_bytes())
+        );
     }
-    assert_eq!(conn.connects(), 1, "the connection never had to be re-established");
+    assert_eq!(
+        conn.connects(),
+        1,
+        "the connection never had to be re-established"
+    );
 }
 
 /// Polls a future once; true when it completed.
-async fn futures_poll_once<F: std::future::Future + ?Sized>(mut fut: std::pin::Pin<&mut F>) -> bool {
+async fn futures_poll_once<F: std::future::Future + ?Sized>(
+    mut fut: std::pin::Pin<&mut F>,
+) -> bool {
     std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx).is_ready())).await
 }
 
 async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Protocol) {
     let mut server = Server::start();
-    let conn = Connection::connect(config(&server, protocol)).await.unwrap();
+    let conn = Connection::connect(config(&server, protocol))
+        .await
+        .unwrap();
     // Requests in flight behind a slow command.
-    let slow = conn.send(|b| dragonlock::resp::encode_command(b, &["DEBUG", "SLEEP", "5"])).unwrap();
+    let slow = conn
+        .send(|b| dragonlock::resp::encode_command(b, &["DEBUG", "SLEEP", "5"]))
+        .unwrap();
     let mut behind = Vec::new();
     for i in 0..10 {
         let c = conn.clone();
-        behind.push(tokio::spawn(async move { c.command(&["ECHO", &i.to_string()]).await }));
+        behind.push(tokio::spawn(async move {
+            c.command(&["ECHO", &i.to_string()]).await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.kill9();
@@ -145,7 +175,10 @@ async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Pr
     assert!(err.is_not_sent(), "{err:?}");
     server.restart();
     conn.wait_connected(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(conn.command(&["PING"]).await.unwrap().as_bytes(), Some(&b"PONG"[..]));
+    assert_eq!(
+        conn.command(&["PING"]).await.unwrap().as_bytes(),
+        Some(&b"PONG"[..])
+    );
     assert!(conn.connects() >= 2);
 }
 
@@ -154,22 +187,34 @@ async fn password_and_acl_user(protocol: Protocol) {
         requirepass: Some("s3cret".into()),
         users: vec![("app".into(), "apppass".into())],
     });
-    let c = Connection::connect(config(&server, protocol).credentials(None, "s3cret")).await.unwrap();
+    let c = Connection::connect(config(&server, protocol).credentials(None, "s3cret"))
+        .await
+        .unwrap();
     assert!(c.command(&["PING"]).await.is_ok());
-    let c = Connection::connect(config(&server, protocol).credentials(Some("app"), "apppass")).await.unwrap();
+    let c = Connection::connect(config(&server, protocol).credentials(Some("app"), "apppass"))
+        .await
+        .unwrap();
     assert!(c.command(&["SET", "k", "v"]).await.unwrap().is_ok());
-    let err = Connection::connect(config(&server, protocol).credentials(Some("app"), "wrong")).await.unwrap_err();
+    let err = Connection::connect(config(&server, protocol).credentials(Some("app"), "wrong"))
+        .await
+        .unwrap_err();
     assert!(err.is_auth(), "{err:?}");
-    let err = Connection::connect(config(&server, protocol).credentials(None, "wrong")).await.unwrap_err();
+    let err = Connection::connect(config(&server, protocol).credentials(None, "wrong"))
+        .await
+        .unwrap_err();
     assert!(err.is_auth(), "{err:?}");
-    let err = Connection::connect(config(&server, protocol)).await.unwrap_err();
+    let err = Connection::connect(config(&server, protocol))
+        .await
+        .unwrap_err();
     assert!(err.is_auth(), "no password: {err:?}");
 }
 
 async fn noscript_is_recovered_with_eval(protocol: Protocol) {
     let server = Server::start();
     let script = Script::new("return ARGV[1] .. KEYS[1]");
-    let conn = Connection::connect(config(&server, protocol).script(script.clone())).await.unwrap();
+    let conn = Connection::connect(config(&server, protocol).script(script.clone()))
+        .await
+        .unwrap();
     assert!(conn.server_info().unwrap().scripts_loaded);
     let r = conn.eval(&script, &["k"], &["a-"]).await.unwrap();
     assert_eq!(r.as_bytes(), Some(&b"a-k"[..]));
@@ -177,20 +222,29 @@ async fn noscript_is_recovered_with_eval(protocol: Protocol) {
     let r = conn.eval(&script, &["k2"], &["b-"]).await.unwrap();
     assert_eq!(r.as_bytes(), Some(&b"b-k2"[..]));
     // EVAL cached it again.
-    let exists = conn.command(&["SCRIPT", "EXISTS", script.sha()]).await.unwrap();
+    let exists = conn
+        .command(&["SCRIPT", "EXISTS", script.sha()])
+        .await
+        .unwrap();
     assert_eq!(exists, Frame::Array(vec![Frame::Integer(1)]));
 }
 
 async fn handshake_reports_the_server(protocol: Protocol) {
     let server = Server::start();
-    let conn = Connection::connect(config(&server, protocol).client_name("dl-test").database(3)).await.unwrap();
+    let conn = Connection::connect(config(&server, protocol).client_name("dl-test").database(3))
+        .await
+        .unwrap();
     let info = conn.server_info().unwrap();
     assert!(!info.version.is_empty());
     assert!(info.restart_marker.is_some());
     let name = conn.command(&["CLIENT", "GETNAME"]).await.unwrap();
     assert_eq!(name.as_bytes(), Some(&b"dl-test"[..]));
     conn.command(&["SET", "in-db-3", "1"]).await.unwrap();
-    assert_eq!(server.cmd(&["EXISTS", "in-db-3"]), Frame::Integer(0), "the key went to db 3, not 0");
+    assert_eq!(
+        server.cmd(&["EXISTS", "in-db-3"]),
+        Frame::Integer(0),
+        "the key went to db 3, not 0"
+    );
 }
 
 #[tokio::test]
@@ -198,7 +252,13 @@ async fn urls_parse_and_bad_ones_are_refused() {
     let c = ConnectionConfig::from_url("dragonfly://u:p@127.0.0.1:7001/4").unwrap();
     assert_eq!(c.addr(), "127.0.0.1:7001");
     assert!(ConnectionConfig::from_url("127.0.0.1:7001").is_ok());
-    for bad in ["http://x:1", "redis://:1", "redis://h:notaport", "redis://h:1/x", "redis://h:0"] {
+    for bad in [
+        "http://x:1",
+        "redis://:1",
+        "redis://h:notaport",
+        "redis://h:1/x",
+        "redis://h:0",
+    ] {
         let e = ConnectionConfig::from_url(bad).unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::InvalidConfig(_)), "{bad}");
     }
@@ -207,7 +267,9 @@ async fn urls_parse_and_bad_ones_are_refused() {
 #[tokio::test]
 async fn connect_to_a_closed_port_fails_with_a_socket_error() {
     let port = support::server::free_port();
-    let err = Connection::connect(ConnectionConfig::new("127.0.0.1", port)).await.unwrap_err();
+    let err = Connection::connect(ConnectionConfig::new("127.0.0.1", port))
+        .await
+        .unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
 }
 
@@ -217,22 +279,49 @@ async fn connect_to_a_closed_port_fails_with_a_socket_error() {
 async fn hostile_replies_give_typed_errors_and_a_fresh_connection() {
     type Case = (&'static str, fn() -> Action, fn(&dragonlock::Error) -> bool);
     let cases: Vec<Case> = vec![
-        ("garbage", || Action::Reply(b"?garbage\r\n".to_vec()), |e| e.is_protocol()),
-        ("oversized bulk", || Action::Reply(b"$536870912\r\n".to_vec()), |e| e.is_protocol()),
-        ("deep nesting", || Action::Reply(b"*1\r\n".repeat(100_000)), |e| e.is_protocol()),
-        ("integer overflow", || Action::Reply(b":9223372036854775808\r\n".to_vec()), |e| e.is_protocol()),
-        ("unsolicited reply", || Action::Reply(b"+one\r\n+two\r\n".to_vec()), |e| !e.is_server()),
-        ("closed mid-reply", || Action::ReplyThenClose(b"$10\r\nabc".to_vec()), |e| e.is_unavailable()),
+        (
+            "garbage",
+            || Action::Reply(b"?garbage\r\n".to_vec()),
+            |e| e.is_protocol(),
+        ),
+        (
+            "oversized bulk",
+            || Action::Reply(b"$536870912\r\n".to_vec()),
+            |e| e.is_protocol(),
+        ),
+        (
+            "deep nesting",
+            || Action::Reply(b"*1\r\n".repeat(100_000)),
+            |e| e.is_protocol(),
+        ),
+        (
+            "integer overflow",
+            || Action::Reply(b":9223372036854775808\r\n".to_vec()),
+            |e| e.is_protocol(),
+        ),
+        (
+            "unsolicited reply",
+            || Action::Reply(b"+one\r\n+two\r\n".to_vec()),
+            |e| !e.is_server(),
+        ),
+        (
+            "closed mid-reply",
+            || Action::ReplyThenClose(b"$10\r\nabc".to_vec()),
+            |e| e.is_unavailable(),
+        ),
     ];
     for (name, action, check) in cases {
-        let handler: support::fake::Handler = Arc::new(move |args: &[Vec<u8>]| match args[0].as_slice() {
-            b"GET" => action(),
-            b"PING" => Action::Reply(b"+PONG\r\n".to_vec()),
-            _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
-        });
+        let handler: support::fake::Handler =
+            Arc::new(move |args: &[Vec<u8>]| match args[0].as_slice() {
+                b"GET" => action(),
+                b"PING" => Action::Reply(b"+PONG\r\n".to_vec()),
+                _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
+            });
         let fake = FakeServer::start(false, handler).await;
         let conn = Connection::connect(
-            ConnectionConfig::from_url(&fake.url()).unwrap().backoff(Duration::from_millis(1), Duration::from_millis(20)),
+            ConnectionConfig::from_url(&fake.url())
+                .unwrap()
+                .backoff(Duration::from_millis(1), Duration::from_millis(20)),
         )
         .await
         .unwrap();
@@ -259,8 +348,15 @@ async fn hostile_replies_give_typed_errors_and_a_fresh_connection() {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
-        assert_eq!(pong.and_then(|p| p.as_bytes().map(<[u8]>::to_vec)), Some(b"PONG".to_vec()), "{name}");
-        assert!(fake.connections.load(Ordering::SeqCst) >= 2, "{name}: reconnected");
+        assert_eq!(
+            pong.and_then(|p| p.as_bytes().map(<[u8]>::to_vec)),
+            Some(b"PONG".to_vec()),
+            "{name}"
+        );
+        assert!(
+            fake.connections.load(Ordering::SeqCst) >= 2,
+            "{name}: reconnected"
+        );
     }
 }
 
@@ -275,8 +371,15 @@ async fn pushes_in_the_middle_of_a_pipeline_are_routed_away() {
         Action::Reply(out)
     });
     let fake = FakeServer::start(false, handler).await;
-    let conn = Connection::connect(ConnectionConfig::from_url(&fake.url()).unwrap()).await.unwrap();
-    let futs: Vec<_> = (0..50).map(|i| conn.send(move |b| dragonlock::resp::encode_command(b, &["ECHO", &i.to_string()])).unwrap()).collect();
+    let conn = Connection::connect(ConnectionConfig::from_url(&fake.url()).unwrap())
+        .await
+        .unwrap();
+    let futs: Vec<_> = (0..50)
+        .map(|i| {
+            conn.send(move |b| dragonlock::resp::encode_command(b, &["ECHO", &i.to_string()]))
+                .unwrap()
+        })
+        .collect();
     for (i, f) in futs.into_iter().enumerate() {
         assert_eq!(f.await.unwrap().as_bytes(), Some(i.to_string().as_bytes()));
     }
@@ -285,9 +388,19 @@ async fn pushes_in_the_middle_of_a_pipeline_are_routed_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_trickled_one_byte_at_a_time_arrives_whole() {
-    let handler: support::fake::Handler = Arc::new(|_: &[Vec<u8>]| Action::Trickle(b"*2\r\n$5\r\nhello\r\n:42\r\n".to_vec(), Duration::from_millis(1)));
+    let handler: support::fake::Handler = Arc::new(|_: &[Vec<u8>]| {
+        Action::Trickle(
+            b"*2\r\n$5\r\nhello\r\n:42\r\n".to_vec(),
+            Duration::from_millis(1),
+        )
+    });
     let fake = FakeServer::start(false, handler).await;
-    let conn = Connection::connect(ConnectionConfig::from_url(&fake.url()).unwrap()).await.unwrap();
+    let conn = Connection::connect(ConnectionConfig::from_url(&fake.url()).unwrap())
+        .await
+        .unwrap();
     let r = conn.command(&["GET", "x"]).await.unwrap();
-    assert_eq!(r, Frame::Array(vec![Frame::Bulk("hello".into()), Frame::Integer(42)]));
+    assert_eq!(
+        r,
+        Frame::Array(vec![Frame::Bulk("hello".into()), Frame::Integer(42)])
+    );
 }

@@ -14,7 +14,11 @@ use support::server::{cluster, Server};
 async fn redlock(servers: &[Server], options: RedlockOptions) -> Redlock {
     let configs = servers
         .iter()
-        .map(|s| ConnectionConfig::from_url(&s.url()).unwrap().backoff(Duration::from_millis(5), Duration::from_millis(200)))
+        .map(|s| {
+            ConnectionConfig::from_url(&s.url())
+                .unwrap()
+                .backoff(Duration::from_millis(5), Duration::from_millis(200))
+        })
         .collect();
     let r = Redlock::from_configs(configs, options.connect_timeout(Duration::from_secs(5))).await;
     for (n, s) in r.nodes().iter().zip(servers) {
@@ -32,13 +36,21 @@ fn keys_on(s: &Server) -> i64 {
 /// Waits (bounded) until no server holds a key; returns the counts left.
 async fn wait_no_keys(servers: &[Server]) -> Vec<i64> {
     for _ in 0..100 {
-        let counts: Vec<i64> = servers.iter().filter(|s| s.is_running()).map(keys_on).collect();
+        let counts: Vec<i64> = servers
+            .iter()
+            .filter(|s| s.is_running())
+            .map(keys_on)
+            .collect();
         if counts.iter().all(|&c| c == 0) {
             return counts;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    servers.iter().filter(|s| s.is_running()).map(keys_on).collect()
+    servers
+        .iter()
+        .filter(|s| s.is_running())
+        .map(keys_on)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,10 +66,17 @@ async fn acquire_extend_release_with_prefix_and_validity() {
     // validity = ttl - elapsed - (ttl * 0.01 + 2 ms): at most 9.898 s from now.
     assert!(lock.remaining() <= Duration::from_millis(9_898));
     for s in &servers {
-        assert_eq!(s.cmd(&["GET", "app:res"]).as_bytes(), Some(lock.token().as_bytes()));
+        assert_eq!(
+            s.cmd(&["GET", "app:res"]).as_bytes(),
+            Some(lock.token().as_bytes())
+        );
         let pttl = s.cmd(&["PTTL", "app:res"]).as_integer().unwrap();
         // The server's expiry is never earlier than our local validity.
-        assert!(pttl as u128 >= lock.remaining().as_millis(), "pttl {pttl} vs remaining {:?}", lock.remaining());
+        assert!(
+            pttl as u128 >= lock.remaining().as_millis(),
+            "pttl {pttl} vs remaining {:?}",
+            lock.remaining()
+        );
     }
     let other = r.try_acquire("res", ttl).await.unwrap_err();
     assert!(other.is_busy(), "{other:?}");
@@ -77,16 +96,27 @@ async fn acquire_extend_release_with_prefix_and_validity() {
     assert_ne!(again.token(), token, "tokens differ per acquisition");
     let mut again = again;
     assert_eq!(again.release_ref().await.unwrap(), 3);
-    assert_eq!(again.release_ref().await.unwrap(), 0, "release is idempotent");
+    assert_eq!(
+        again.release_ref().await.unwrap(),
+        0,
+        "release is idempotent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_lock_is_released_and_a_forgotten_one_is_not() {
     let servers = cluster(3);
     let r = redlock(&servers, RedlockOptions::default()).await;
-    drop(r.try_acquire("dropped", Duration::from_secs(30)).await.unwrap());
+    drop(
+        r.try_acquire("dropped", Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
     assert_eq!(wait_no_keys(&servers).await, vec![0, 0, 0]);
-    r.try_acquire("forgotten", Duration::from_secs(30)).await.unwrap().forget();
+    r.try_acquire("forgotten", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .forget();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(keys_on(&servers[0]), 1);
 }
@@ -94,7 +124,13 @@ async fn a_dropped_lock_is_released_and_a_forgotten_one_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contention_never_overlaps_and_everyone_gets_a_turn() {
     let servers = cluster(3);
-    let r = redlock(&servers, RedlockOptions::default().retry_count(1000).retry_delay(Duration::from_millis(1), Duration::from_millis(3))).await;
+    let r = redlock(
+        &servers,
+        RedlockOptions::default()
+            .retry_count(1000)
+            .retry_delay(Duration::from_millis(1), Duration::from_millis(3)),
+    )
+    .await;
     let in_section = Arc::new(AtomicBool::new(false));
     let overlaps = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -105,7 +141,10 @@ async fn contention_never_overlaps_and_everyone_gets_a_turn() {
         tasks.push(tokio::spawn(async move {
             let mut held = 0;
             for _ in 0..5 {
-                let lock = r.acquire("contended", Duration::from_secs(5)).await.unwrap();
+                let lock = r
+                    .acquire("contended", Duration::from_secs(5))
+                    .await
+                    .unwrap();
                 if in_section.swap(true, Ordering::SeqCst) {
                     overlaps.fetch_add(1, Ordering::SeqCst);
                 }
@@ -119,7 +158,13 @@ async fn contention_never_overlaps_and_everyone_gets_a_turn() {
         }));
     }
     for t in tasks {
-        assert_eq!(tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap(), 5);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .unwrap()
+                .unwrap(),
+            5
+        );
     }
     assert_eq!(overlaps.load(Ordering::SeqCst), 0);
 }
@@ -162,9 +207,18 @@ async fn a_dead_majority_fails_fast_as_unavailable_and_leaves_no_key() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let err = r.try_acquire("majority-down", Duration::from_secs(30)).await.unwrap_err();
+    let err = r
+        .try_acquire("majority-down", Duration::from_secs(30))
+        .await
+        .unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
-    assert_eq!(err.nodes().iter().filter(|n| matches!(n, NodeResult::Failed(_))).count(), 3);
+    assert_eq!(
+        err.nodes()
+            .iter()
+            .filter(|n| matches!(n, NodeResult::Failed(_)))
+            .count(),
+        3
+    );
     assert_eq!(wait_no_keys(&servers).await, vec![0, 0]);
 }
 
@@ -175,7 +229,10 @@ async fn a_quorum_that_answers_after_the_validity_is_expired_and_released() {
     for s in &mut servers[..3] {
         s.stop();
     }
-    let err = r.try_acquire("late", Duration::from_millis(300)).await.unwrap_err();
+    let err = r
+        .try_acquire("late", Duration::from_millis(300))
+        .await
+        .unwrap_err();
     assert!(err.is_expired(), "{err:?}");
     for s in &mut servers[..3] {
         s.cont();
@@ -210,15 +267,25 @@ async fn dropping_acquires_at_random_points_leaves_no_orphans() {
 async fn extend_never_resurrects_or_steals() {
     let servers = cluster(3);
     let r = redlock(&servers, RedlockOptions::default()).await;
-    let mut lock = r.try_acquire("short", Duration::from_millis(100)).await.unwrap();
+    let mut lock = r
+        .try_acquire("short", Duration::from_millis(100))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     let err = lock.extend(Duration::from_secs(10)).await.unwrap_err();
     assert!(err.is_lost(), "{err:?}");
     for s in &servers {
-        assert_eq!(s.cmd(&["EXISTS", "short"]), Frame::Integer(0), "not re-created");
+        assert_eq!(
+            s.cmd(&["EXISTS", "short"]),
+            Frame::Integer(0),
+            "not re-created"
+        );
     }
     // Taken over by someone else on every node: the original holder cannot extend.
-    let mut mine = r.try_acquire("taken", Duration::from_secs(10)).await.unwrap();
+    let mut mine = r
+        .try_acquire("taken", Duration::from_secs(10))
+        .await
+        .unwrap();
     for s in &servers {
         s.cmd(&["SET", "taken", "someone-else"]);
     }
@@ -228,7 +295,10 @@ async fn extend_never_resurrects_or_steals() {
     // And cannot release someone else's key.
     assert_eq!(mine.release().await.unwrap(), 0);
     for s in &servers {
-        assert_eq!(s.cmd(&["GET", "taken"]).as_bytes(), Some(&b"someone-else"[..]));
+        assert_eq!(
+            s.cmd(&["GET", "taken"]).as_bytes(),
+            Some(&b"someone-else"[..])
+        );
     }
 }
 
@@ -236,7 +306,10 @@ async fn extend_never_resurrects_or_steals() {
 async fn extension_limit_is_enforced() {
     let servers = cluster(3);
     let r = redlock(&servers, RedlockOptions::default().max_extensions(2)).await;
-    let mut lock = r.try_acquire("limited", Duration::from_secs(5)).await.unwrap();
+    let mut lock = r
+        .try_acquire("limited", Duration::from_secs(5))
+        .await
+        .unwrap();
     lock.extend(Duration::from_secs(5)).await.unwrap();
     lock.extend(Duration::from_secs(5)).await.unwrap();
     let err = lock.extend(Duration::from_secs(5)).await.unwrap_err();
@@ -247,12 +320,22 @@ async fn extension_limit_is_enforced() {
 async fn multi_resource_locks_are_all_or_none() {
     let servers = cluster(3);
     let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
-    let a = r.try_acquire_many(&["a", "b", "c"], Duration::from_secs(10)).await.unwrap();
+    let a = r
+        .try_acquire_many(&["a", "b", "c"], Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(a.resources(), vec!["a", "b", "c"]);
-    let err = r.try_acquire_many(&["c", "d"], Duration::from_secs(10)).await.unwrap_err();
+    let err = r
+        .try_acquire_many(&["c", "d"], Duration::from_secs(10))
+        .await
+        .unwrap_err();
     assert!(err.is_busy(), "{err:?}");
     for s in &servers {
-        assert_eq!(s.cmd(&["EXISTS", "d"]), Frame::Integer(0), "none of the second set was taken");
+        assert_eq!(
+            s.cmd(&["EXISTS", "d"]),
+            Frame::Integer(0),
+            "none of the second set was taken"
+        );
     }
     let mut a = a;
     a.extend(Duration::from_secs(20)).await.unwrap();
@@ -261,7 +344,10 @@ async fn multi_resource_locks_are_all_or_none() {
     }
     assert_eq!(a.release().await.unwrap(), 3);
     assert_eq!(wait_no_keys(&servers).await, vec![0; 3]);
-    let b = r.try_acquire_many(&["c", "d"], Duration::from_secs(10)).await.unwrap();
+    let b = r
+        .try_acquire_many(&["c", "d"], Duration::from_secs(10))
+        .await
+        .unwrap();
     b.release().await.unwrap();
 }
 
@@ -287,30 +373,46 @@ async fn with_lock_renews_and_reports_loss() {
     let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
     // Renewed past its ttl: the body outlives three ttls and the lock still holds.
     let out = r
-        .with_lock("renewed", Duration::from_millis(300), None, |signal| async move {
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-            assert!(!signal.is_lost());
-            7
-        })
+        .with_lock(
+            "renewed",
+            Duration::from_millis(300),
+            None,
+            |signal| async move {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                assert!(!signal.is_lost());
+                7
+            },
+        )
         .await
         .unwrap();
     assert_eq!(out, 7);
     assert_eq!(wait_no_keys(&servers).await, vec![0; 3]);
     // Busy at the start is the acquire's error, not a loss.
-    let held = r.try_acquire("busy", Duration::from_secs(10)).await.unwrap();
-    let err = r.with_lock("busy", Duration::from_secs(1), None, |_| async {}).await.unwrap_err();
+    let held = r
+        .try_acquire("busy", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let err = r
+        .with_lock("busy", Duration::from_secs(1), None, |_| async {})
+        .await
+        .unwrap_err();
     assert!(err.is_busy(), "{err:?}");
     drop(held);
     // A majority stopped mid-way: renewal fails, the body is told and dropped.
     let fired = Arc::new(AtomicBool::new(false));
     let seen = fired.clone();
-    let work = r.with_lock("lost", Duration::from_millis(300), None, |signal| async move {
-        tokio::spawn(async move {
-            signal.lost().await;
-            seen.store(true, Ordering::SeqCst);
-        });
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    });
+    let work = r.with_lock(
+        "lost",
+        Duration::from_millis(300),
+        None,
+        |signal| async move {
+            tokio::spawn(async move {
+                signal.lost().await;
+                seen.store(true, Ordering::SeqCst);
+            });
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        },
+    );
     let stopper = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         servers[0].stop();
@@ -334,6 +436,14 @@ async fn invalid_requests_are_refused() {
     let servers = cluster(1);
     let r = redlock(&servers, RedlockOptions::default()).await;
     assert_eq!(r.quorum(), 1);
-    assert!(r.try_acquire("x", Duration::from_millis(2)).await.unwrap_err().is_invalid());
-    assert!(r.try_acquire_many::<&str>(&[], Duration::from_secs(1)).await.unwrap_err().is_invalid());
+    assert!(r
+        .try_acquire("x", Duration::from_millis(2))
+        .await
+        .unwrap_err()
+        .is_invalid());
+    assert!(r
+        .try_acquire_many::<&str>(&[], Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .is_invalid());
 }

@@ -112,7 +112,11 @@ impl ConnectionConfig {
             None => (None, authority),
         };
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("the port must be a number from 1 to 65535"))?),
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port must be a number from 1 to 65535"))?,
+            ),
             None => (hostport, 6379),
         };
         if host.is_empty() {
@@ -136,7 +140,10 @@ impl ConnectionConfig {
             }
         }
         if let Some(path) = path.filter(|p| !p.is_empty()) {
-            config.db = Some(path.parse().map_err(|_| bad("the database must be a number"))?);
+            config.db = Some(
+                path.parse()
+                    .map_err(|_| bad("the database must be a number"))?,
+            );
         }
         Ok(config)
     }

@@ -56,7 +56,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
             None => return,
             Some(Ok((stream, info))) => {
                 failures = 0;
-                shared.delex.store(info.has_delex, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .delex
+                    .store(info.has_delex, std::sync::atomic::Ordering::Relaxed);
                 {
                     let mut st = shared.lock();
                     st.status = Status::Connected;
@@ -80,7 +82,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 shared.changed.notify_waiters();
             }
         }
-        let mut delay = backoff(shared.config.backoff_base, shared.config.backoff_max, failures);
+        let mut delay = backoff(
+            shared.config.backoff_base,
+            shared.config.backoff_max,
+            failures,
+        );
         if auth_failed {
             delay = delay.max(super::AUTH_FAILURE_BACKOFF);
         }

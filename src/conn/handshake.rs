@@ -17,9 +17,12 @@ use crate::resp::{encode_command, Decoder, Frame, ServerError};
 
 /// Connects, handshakes, and returns the socket with what the server said.
 pub(super) async fn establish(config: &ConnectionConfig) -> Result<(TcpStream, ServerInfo), Error> {
-    let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect((config.host.as_str(), config.port)))
-        .await
-        .map_err(|_| Error::new(ErrorKind::Timeout))??;
+    let stream = tokio::time::timeout(
+        config.connect_timeout,
+        TcpStream::connect((config.host.as_str(), config.port)),
+    )
+    .await
+    .map_err(|_| Error::new(ErrorKind::Timeout))??;
     stream.set_nodelay(true)?;
     let mut stream = stream;
     let info = tokio::time::timeout(config.handshake_timeout, handshake(&mut stream, config))
@@ -29,7 +32,9 @@ pub(super) async fn establish(config: &ConnectionConfig) -> Result<(TcpStream, S
 }
 
 fn is_auth_error(e: &ServerError) -> bool {
-    ["WRONGPASS", "NOAUTH", "NOPERM", "AUTH"].iter().any(|c| e.has_code(c))
+    ["WRONGPASS", "NOAUTH", "NOPERM", "AUTH"]
+        .iter()
+        .any(|c| e.has_code(c))
         || (e.has_code("ERR") && memchr::memmem::find(e.message(), b"password").is_some())
 }
 
@@ -50,7 +55,11 @@ async fn handshake(stream: &mut TcpStream, config: &ConnectionConfig) -> Result<
     if config.protocol == Protocol::Resp3 {
         let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
         if let Some(pass) = &config.password {
-            hello.extend([b"AUTH".as_slice(), config.username.as_deref().unwrap_or("default").as_bytes(), pass.as_bytes()]);
+            hello.extend([
+                b"AUTH".as_slice(),
+                config.username.as_deref().unwrap_or("default").as_bytes(),
+                pass.as_bytes(),
+            ]);
         }
         if let Some(name) = &config.client_name {
             hello.extend([b"SETNAME".as_slice(), name.as_bytes()]);
@@ -75,13 +84,19 @@ async fn handshake(stream: &mut TcpStream, config: &ConnectionConfig) -> Result<
     let mut first = 0;
     if let Some(pass) = &config.password {
         match &config.username {
-            Some(user) => encode_command(&mut out, &[b"AUTH".as_slice(), user.as_bytes(), pass.as_bytes()]),
+            Some(user) => encode_command(
+                &mut out,
+                &[b"AUTH".as_slice(), user.as_bytes(), pass.as_bytes()],
+            ),
             None => encode_command(&mut out, &[b"AUTH".as_slice(), pass.as_bytes()]),
         }
         first += 1;
     }
     if let Some(name) = &config.client_name {
-        encode_command(&mut out, &[b"CLIENT".as_slice(), b"SETNAME", name.as_bytes()]);
+        encode_command(
+            &mut out,
+            &[b"CLIENT".as_slice(), b"SETNAME", name.as_bytes()],
+        );
         first += 1;
     }
     let setup = encode_setup(&mut out, config);
@@ -100,7 +115,13 @@ async fn handshake(stream: &mut TcpStream, config: &ConnectionConfig) -> Result<
 fn encode_setup(out: &mut BytesMut, config: &ConnectionConfig) -> usize {
     let mut n = 0;
     if let Some(db) = config.db {
-        encode_command(out, &[b"SELECT".as_slice(), itoa::Buffer::new().format(db).as_bytes()]);
+        encode_command(
+            out,
+            &[
+                b"SELECT".as_slice(),
+                itoa::Buffer::new().format(db).as_bytes(),
+            ],
+        );
         n += 1;
     }
     encode_command(out, &[b"INFO".as_slice(), b"server"]);
@@ -110,13 +131,20 @@ fn encode_setup(out: &mut BytesMut, config: &ConnectionConfig) -> usize {
         n += 1;
     }
     for script in &config.scripts {
-        encode_command(out, &[b"SCRIPT".as_slice(), b"LOAD", script.source().as_bytes()]);
+        encode_command(
+            out,
+            &[b"SCRIPT".as_slice(), b"LOAD", script.source().as_bytes()],
+        );
         n += 1;
     }
     n
 }
 
-fn apply_setup(info: &mut ServerInfo, config: &ConnectionConfig, replies: &[Frame]) -> Result<(), Error> {
+fn apply_setup(
+    info: &mut ServerInfo,
+    config: &ConnectionConfig,
+    replies: &[Frame],
+) -> Result<(), Error> {
     let mut replies = replies.iter();
     if config.db.is_some() {
         if let Some(Frame::Error(e)) = replies.next() {

@@ -63,7 +63,10 @@ impl ServerInfo {
         self.server = text(b"server").unwrap_or_default();
         self.version = text(b"version").unwrap_or_default();
         self.dragonfly_version = text(b"dragonfly_version");
-        self.protocol = hello.map_get(b"proto").and_then(Frame::as_integer).unwrap_or(3) as u8;
+        self.protocol = hello
+            .map_get(b"proto")
+            .and_then(Frame::as_integer)
+            .unwrap_or(3) as u8;
         self.client_id = hello.map_get(b"id").and_then(Frame::as_integer);
     }
 
@@ -73,14 +76,22 @@ impl ServerInfo {
         let mut uptime = None;
         for line in info.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = memchr::memchr(b':', line) else { continue };
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
             let (key, value) = (&line[..colon], &line[colon + 1..]);
             let value_str = || String::from_utf8_lossy(value).into_owned();
             match key {
                 b"run_id" if !value.is_empty() => run_id = Some(value_str()),
-                b"uptime_in_seconds" => uptime = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok()),
+                b"uptime_in_seconds" => {
+                    uptime = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                }
                 b"redis_version" if self.version.is_empty() => self.version = value_str(),
-                b"dragonfly_version" if self.dragonfly_version.is_none() => self.dragonfly_version = Some(value_str()),
+                b"dragonfly_version" if self.dragonfly_version.is_none() => {
+                    self.dragonfly_version = Some(value_str())
+                }
                 _ => {}
             }
         }
@@ -90,7 +101,10 @@ impl ServerInfo {
         self.restart_marker = match (run_id, uptime) {
             (Some(id), _) => Some(RestartMarker::RunId(id)),
             (None, Some(up)) => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 Some(RestartMarker::StartedAt(now.saturating_sub(up)))
             }
             (None, None) => None,

@@ -236,7 +236,10 @@ impl Connection {
                     return Ok(());
                 }
                 if st.attempts > 0 {
-                    return Err(st.last_error.clone().unwrap_or(Error::new(ErrorKind::NotConnected)));
+                    return Err(st
+                        .last_error
+                        .clone()
+                        .unwrap_or(Error::new(ErrorKind::NotConnected)));
                 }
             }
             notified.await;
@@ -370,7 +373,9 @@ impl Connection {
     /// Cancel safe in the sense that matters for a pipeline: the command may still run, but its
     /// reply is read and discarded, never handed to another request.
     pub async fn command<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Frame, Error> {
-        let reply = self.send(|buf| crate::resp::encode_command(buf, args))?.await?;
+        let reply = self
+            .send(|buf| crate::resp::encode_command(buf, args))?
+            .await?;
         into_result(reply)
     }
 
@@ -383,7 +388,11 @@ impl Connection {
     /// # Cancel safety
     ///
     /// As `command`.
-    pub async fn command_timeout<A: AsRef<[u8]>>(&self, args: &[A], timeout: Duration) -> Result<Frame, Error> {
+    pub async fn command_timeout<A: AsRef<[u8]>>(
+        &self,
+        args: &[A],
+        timeout: Duration,
+    ) -> Result<Frame, Error> {
         let reply = self.send(|buf| crate::resp::encode_command(buf, args))?;
         into_result(reply.deadline(Instant::now() + timeout).await?)
     }
@@ -398,11 +407,20 @@ impl Connection {
     /// # Cancel safety
     ///
     /// As `command`.
-    pub async fn eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(&self, script: &Script, keys: &[K], args: &[A]) -> Result<Frame, Error> {
-        let reply = self.send(|buf| script.evalsha().encode(buf, keys, args))?.await?;
+    pub async fn eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(
+        &self,
+        script: &Script,
+        keys: &[K],
+        args: &[A],
+    ) -> Result<Frame, Error> {
+        let reply = self
+            .send(|buf| script.evalsha().encode(buf, keys, args))?
+            .await?;
         match reply {
             Frame::Error(e) if e.has_code("NOSCRIPT") => {
-                let reply = self.send(|buf| encode_eval(buf, script, keys, args))?.await?;
+                let reply = self
+                    .send(|buf| encode_eval(buf, script, keys, args))?
+                    .await?;
                 into_result(reply)
             }
             other => into_result(other),
@@ -411,7 +429,12 @@ impl Connection {
 }
 
 /// Writes `EVAL source numkeys keys… args…` (the fallback when a script cache was lost).
-pub fn encode_eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(buf: &mut BytesMut, script: &Script, keys: &[K], args: &[A]) {
+pub fn encode_eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(
+    buf: &mut BytesMut,
+    script: &Script,
+    keys: &[K],
+    args: &[A],
+) {
     let mut numkeys = itoa::Buffer::new();
     let numkeys = numkeys.format(keys.len()).as_bytes();
     let mut parts: smallvec::SmallVec<[&[u8]; 16]> = smallvec::SmallVec::new();
@@ -445,7 +468,9 @@ pub struct ReplyFuture<'a> {
 
 impl std::fmt::Debug for ReplyFuture<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplyFuture").field("slot", &self.id).finish()
+        f.debug_struct("ReplyFuture")
+            .field("slot", &self.id)
+            .finish()
     }
 }
 

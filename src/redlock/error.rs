@@ -55,11 +55,19 @@ pub struct LockError {
 
 impl LockError {
     pub(crate) fn new(kind: LockErrorKind, nodes: NodeResults) -> LockError {
-        LockError { kind, nodes, reason: "" }
+        LockError {
+            kind,
+            nodes,
+            reason: "",
+        }
     }
 
     pub(crate) fn invalid(reason: &'static str) -> LockError {
-        LockError { kind: LockErrorKind::Invalid, nodes: NodeResults::new(), reason }
+        LockError {
+            kind: LockErrorKind::Invalid,
+            nodes: NodeResults::new(),
+            reason,
+        }
     }
 
     pub(crate) fn with_kind(mut self, kind: LockErrorKind) -> LockError {
@@ -115,7 +123,11 @@ impl LockError {
 
 impl fmt::Debug for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockError").field("kind", &self.kind).field("nodes", &self.nodes).field("reason", &self.reason).finish()
+        f.debug_struct("LockError")
+            .field("kind", &self.kind)
+            .field("nodes", &self.nodes)
+            .field("reason", &self.reason)
+            .finish()
     }
 }
 
@@ -135,11 +147,23 @@ impl fmt::Display for LockError {
         if !self.reason.is_empty() {
             write!(f, ": {}", self.reason)?;
         }
-        let granted = self.nodes.iter().filter(|n| matches!(n, NodeResult::Granted)).count();
-        let refused = self.nodes.iter().filter(|n| matches!(n, NodeResult::Refused)).count();
+        let granted = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n, NodeResult::Granted))
+            .count();
+        let refused = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n, NodeResult::Refused))
+            .count();
         let failed = self.nodes.len() - granted - refused;
         if !self.nodes.is_empty() {
-            write!(f, " ({granted} granted, {refused} refused, {failed} failed or silent of {})", self.nodes.len())?;
+            write!(
+                f,
+                " ({granted} granted, {refused} refused, {failed} failed or silent of {})",
+                self.nodes.len()
+            )?;
         }
         Ok(())
     }

@@ -44,8 +44,22 @@ impl std::fmt::Debug for Lock {
 }
 
 impl Lock {
-    pub(crate) fn new(redlock: Redlock, keys: Keys, token: Token, ttl: Duration, valid_until: Instant) -> Lock {
-        Lock { redlock, keys, token, ttl, valid_until, extensions: 0, done: false }
+    pub(crate) fn new(
+        redlock: Redlock,
+        keys: Keys,
+        token: Token,
+        ttl: Duration,
+        valid_until: Instant,
+    ) -> Lock {
+        Lock {
+            redlock,
+            keys,
+            token,
+            ttl,
+            valid_until,
+            extensions: 0,
+            done: false,
+        }
     }
 
     /// The locked key (for a multi-resource lock, the first key in sorted order), prefix included.
@@ -61,7 +75,10 @@ impl Lock {
     pub fn resources(&self) -> Vec<&str> {
         match &self.keys {
             Keys::One(k) => vec![std::str::from_utf8(k).unwrap_or("")],
-            Keys::Many(ks) => ks.iter().map(|k| std::str::from_utf8(k).unwrap_or("")).collect(),
+            Keys::Many(ks) => ks
+                .iter()
+                .map(|k| std::str::from_utf8(k).unwrap_or(""))
+                .collect(),
         }
     }
 
@@ -163,8 +180,12 @@ impl Lock {
                     let node = &nodes[i];
                     node.disable_delex();
                     node.send(|buf| match &self.keys {
-                        Keys::One(key) => encode_eval(buf, &s.release, &[&key[..]], &[&self.token[..]]),
-                        Keys::Many(keys) => encode_eval(buf, &s.multi_release, keys, &[&self.token[..]]),
+                        Keys::One(key) => {
+                            encode_eval(buf, &s.release, &[&key[..]], &[&self.token[..]])
+                        }
+                        Keys::Many(keys) => {
+                            encode_eval(buf, &s.multi_release, keys, &[&self.token[..]])
+                        }
                     })
                 },
             )
@@ -192,7 +213,10 @@ impl Lock {
         redlock.check_ttl(ttl)?;
         if let Some(max) = redlock.inner.options.max_extensions {
             if self.extensions >= max {
-                return Err(LockError::new(LockErrorKind::ExtensionLimit, NodeResults::new()));
+                return Err(LockError::new(
+                    LockErrorKind::ExtensionLimit,
+                    NodeResults::new(),
+                ));
             }
         }
         let start = Instant::now();
@@ -242,7 +266,10 @@ impl Lock {
             _ => {
                 // Without a quorum the lock can no longer be trusted: stop claiming it.
                 self.valid_until = self.valid_until.min(Instant::now());
-                Err(LockError::new(LockErrorKind::Lost, collector.results.clone()))
+                Err(LockError::new(
+                    LockErrorKind::Lost,
+                    collector.results.clone(),
+                ))
             }
         }
     }
@@ -256,7 +283,8 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if !self.done {
-            self.redlock.release_in_background(&self.keys, &self.token, |_| true);
+            self.redlock
+                .release_in_background(&self.keys, &self.token, |_| true);
         }
     }
 }
@@ -278,12 +306,20 @@ struct SignalState {
 impl LockSignal {
     pub(crate) fn new(valid_until: Instant) -> LockSignal {
         LockSignal {
-            inner: Arc::new(SignalState { lost: AtomicBool::new(false), notify: Notify::new(), valid_until: Mutex::new(valid_until) }),
+            inner: Arc::new(SignalState {
+                lost: AtomicBool::new(false),
+                notify: Notify::new(),
+                valid_until: Mutex::new(valid_until),
+            }),
         }
     }
 
     pub(crate) fn set_valid_until(&self, t: Instant) {
-        *self.inner.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        *self
+            .inner
+            .valid_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = t;
     }
 
     pub(crate) fn fire(&self) {
@@ -298,7 +334,11 @@ impl LockSignal {
 
     /// The current validity deadline.
     pub fn valid_until(&self) -> Instant {
-        *self.inner.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .inner
+            .valid_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Resolves when the lock is lost.

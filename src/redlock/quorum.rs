@@ -111,8 +111,12 @@ impl<'a> QuorumCollector<'a> {
         tokio::pin!(sleep);
         poll_fn(|cx| {
             for i in 0..self.pending.len() {
-                let Some(fut) = self.pending[i].as_mut() else { continue };
-                let Poll::Ready(reply) = Pin::new(fut).poll(cx) else { continue };
+                let Some(fut) = self.pending[i].as_mut() else {
+                    continue;
+                };
+                let Poll::Ready(reply) = Pin::new(fut).poll(cx) else {
+                    continue;
+                };
                 self.pending[i] = None;
                 let vote = match reply {
                     Ok(frame) => classify(&frame),
@@ -130,7 +134,9 @@ impl<'a> QuorumCollector<'a> {
                                         continue;
                                     }
                                     Poll::Ready(Ok(frame)) => match classify(&frame) {
-                                        Vote::Retry => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
+                                        Vote::Retry => {
+                                            Vote::Fail(Error::new(ErrorKind::UnexpectedReply))
+                                        }
                                         v => v,
                                     },
                                     Poll::Ready(Err(e)) => Vote::Fail(e),

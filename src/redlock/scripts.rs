@@ -12,15 +12,18 @@ pub const RELEASE: &str = "if redis.call('get',KEYS[1]) == ARGV[1] then return r
 pub const EXTEND: &str = "if redis.call('get',KEYS[1]) == ARGV[1] then return redis.call('pexpire',KEYS[1],ARGV[2]) else return 0 end";
 
 /// All-or-none `SET NX PX` of every key.
-pub const MULTI_ACQUIRE: &str = "for i=1,#KEYS do if redis.call('exists',KEYS[i]) == 1 then return 0 end end \
+pub const MULTI_ACQUIRE: &str =
+    "for i=1,#KEYS do if redis.call('exists',KEYS[i]) == 1 then return 0 end end \
 for i=1,#KEYS do redis.call('set',KEYS[i],ARGV[1],'PX',ARGV[2]) end return 1";
 
 /// Compare-and-delete of every key that still holds the token; returns how many.
-pub const MULTI_RELEASE: &str = "local n = 0 for i=1,#KEYS do if redis.call('get',KEYS[i]) == ARGV[1] then \
+pub const MULTI_RELEASE: &str =
+    "local n = 0 for i=1,#KEYS do if redis.call('get',KEYS[i]) == ARGV[1] then \
 n = n + redis.call('del',KEYS[i]) end end return n";
 
 /// Extends every key only when all still hold the token.
-pub const MULTI_EXTEND: &str = "for i=1,#KEYS do if redis.call('get',KEYS[i]) ~= ARGV[1] then return 0 end end \
+pub const MULTI_EXTEND: &str =
+    "for i=1,#KEYS do if redis.call('get',KEYS[i]) ~= ARGV[1] then return 0 end end \
 for i=1,#KEYS do redis.call('pexpire',KEYS[i],ARGV[2]) end return 1";
 
 /// The prepared scripts.

@@ -131,7 +131,11 @@ impl Decoder {
                     return Ok(None);
                 }
                 if &buf[end - 2..end] != b"\r\n" {
-                    return Err(DecodeError::new(Kind::InvalidLineEnding, end - 2, Some(buf[end - 2])));
+                    return Err(DecodeError::new(
+                        Kind::InvalidLineEnding,
+                        end - 2,
+                        Some(buf[end - 2]),
+                    ));
                 }
                 self.payload_end = None;
                 self.scanned = end;
@@ -177,11 +181,19 @@ impl Decoder {
                 }
                 b'#' => {
                     if line != b"t" && line != b"f" {
-                        return Err(DecodeError::new(Kind::InvalidBoolean, at, line.first().copied()));
+                        return Err(DecodeError::new(
+                            Kind::InvalidBoolean,
+                            at,
+                            line.first().copied(),
+                        ));
                     }
                 }
                 b',' => {
-                    parse_double(line).ok_or(DecodeError::new(Kind::InvalidDouble, at, line.first().copied()))?;
+                    parse_double(line).ok_or(DecodeError::new(
+                        Kind::InvalidDouble,
+                        at,
+                        line.first().copied(),
+                    ))?;
                 }
                 b'(' => {
                     let digits = match line.first() {
@@ -400,7 +412,11 @@ pub(super) fn parse_i64(s: &[u8]) -> Option<i64> {
         let d = i64::from(d - b'0');
         value = value.checked_mul(10)?;
         // Accumulate towards the sign so that i64::MIN parses without overflow.
-        value = if negative { value.checked_sub(d)? } else { value.checked_add(d)? };
+        value = if negative {
+            value.checked_sub(d)?
+        } else {
+            value.checked_add(d)?
+        };
     }
     Some(value)
 }

@@ -91,7 +91,12 @@ impl EvalShaCommand {
     /// assert!(buf.starts_with(b"*5\r\n$7\r\nEVALSHA\r\n$40\r\naaaa"));
     /// assert!(buf.ends_with(b"$1\r\n1\r\n$1\r\nk\r\n$1\r\nt\r\n"));
     /// ```
-    pub fn encode<K: AsRef<[u8]>, A: AsRef<[u8]>>(&self, dst: &mut BytesMut, keys: &[K], args: &[A]) {
+    pub fn encode<K: AsRef<[u8]>, A: AsRef<[u8]>>(
+        &self,
+        dst: &mut BytesMut,
+        keys: &[K],
+        args: &[A],
+    ) {
         let size: usize = keys.iter().map(|k| k.as_ref().len() + 16).sum::<usize>()
             + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>();
         dst.reserve(size + 96);

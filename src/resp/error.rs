@@ -81,7 +81,11 @@ impl DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RESP protocol error: {:?} at offset {}", self.kind, self.offset)?;
+        write!(
+            f,
+            "RESP protocol error: {:?} at offset {}",
+            self.kind, self.offset
+        )?;
         if let Some(b) = self.byte {
             write!(f, " (byte {:?})", b as char)?;
         }

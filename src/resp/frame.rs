@@ -103,14 +103,19 @@ impl Frame {
             }
         }
         fn pairs(v: Vec<(Frame, Frame)>) -> Vec<(Frame, Frame)> {
-            v.into_iter().map(|(k, v)| (k.detach(), v.detach())).collect()
+            v.into_iter()
+                .map(|(k, v)| (k.detach(), v.detach()))
+                .collect()
         }
         match self {
             Frame::Simple(b) => Frame::Simple(copy(b)),
             Frame::Bulk(b) => Frame::Bulk(copy(b)),
             Frame::BigNumber(b) => Frame::BigNumber(copy(b)),
             Frame::Error(e) => Frame::Error(ServerError::from_line(copy(e.line))),
-            Frame::Verbatim { format, data } => Frame::Verbatim { format, data: copy(data) },
+            Frame::Verbatim { format, data } => Frame::Verbatim {
+                format,
+                data: copy(data),
+            },
             Frame::Array(v) => Frame::Array(v.into_iter().map(Frame::detach).collect()),
             Frame::Set(v) => Frame::Set(v.into_iter().map(Frame::detach).collect()),
             Frame::Push(v) => Frame::Push(v.into_iter().map(Frame::detach).collect()),

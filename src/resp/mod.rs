@@ -18,6 +18,8 @@ mod decode;
 mod encode;
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use decode::Decoder;
 pub use encode::{encode_command, encode_frame, EvalShaCommand, SetNxPxCommand};

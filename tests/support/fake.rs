@@ -63,8 +63,12 @@ impl FakeServer {
                             }
                         };
                         let Frame::Array(items) = frame else { return };
-                        let args: Vec<Vec<u8>> = items.iter().map(|f| f.as_bytes().unwrap_or_default().to_vec()).collect();
-                        let action = handshake_reply(dragonfly, &args).unwrap_or_else(|| handler(&args));
+                        let args: Vec<Vec<u8>> = items
+                            .iter()
+                            .map(|f| f.as_bytes().unwrap_or_default().to_vec())
+                            .collect();
+                        let action =
+                            handshake_reply(dragonfly, &args).unwrap_or_else(|| handler(&args));
                         let ok = match action {
                             Action::Reply(bytes) => sock.write_all(&bytes).await.is_ok(),
                             Action::Trickle(bytes, pause) => {
@@ -91,7 +95,11 @@ impl FakeServer {
                 });
             }
         });
-        FakeServer { port, connections, task }
+        FakeServer {
+            port,
+            connections,
+            task,
+        }
     }
 }
 
@@ -121,7 +129,9 @@ fn handshake_reply(dragonfly: bool, args: &[Vec<u8>]) -> Option<Action> {
             };
             format!("${}\r\n{}\r\n", text.len(), text).into_bytes()
         }
-        ("COMMAND", "INFO") if dragonfly => super::fixtures::reply("dragonfly", "command_info_delex_resp3"),
+        ("COMMAND", "INFO") if dragonfly => {
+            super::fixtures::reply("dragonfly", "command_info_delex_resp3")
+        }
         ("COMMAND", "INFO") => b"*1\r\n_\r\n".to_vec(),
         ("SCRIPT", "LOAD") => {
             let sha = sha1_hex(args.get(2)?);
@@ -133,7 +143,9 @@ fn handshake_reply(dragonfly: bool, args: &[Vec<u8>]) -> Option<Action> {
 }
 
 pub fn sha1_hex(data: &[u8]) -> String {
-    dragonlock::conn::Script::new(Box::leak(String::from_utf8_lossy(data).into_owned().into_boxed_str()))
-        .sha()
-        .to_string()
+    dragonlock::conn::Script::new(Box::leak(
+        String::from_utf8_lossy(data).into_owned().into_boxed_str(),
+    ))
+    .sha()
+    .to_string()
 }

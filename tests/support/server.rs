@@ -27,15 +27,25 @@ pub fn binary() -> &'static (PathBuf, Flavor) {
         let bin = std::env::var_os("DRAGONLOCK_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("redis-server"));
-        let out = Command::new(&bin).arg("--version").env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).output().unwrap_or_else(|e| {
-            panic!(
-                "cannot run the server binary {bin:?} ({e}). Install Redis with \
+        let out = Command::new(&bin)
+            .arg("--version")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run the server binary {bin:?} ({e}). Install Redis with \
                  `apt-get update && apt-get install -y redis-server`, or set DRAGONLOCK_SERVER_BIN \
                  to a redis-server or dragonfly binary."
-            )
-        });
-        let text = String::from_utf8_lossy(&out.stdout).to_lowercase() + &String::from_utf8_lossy(&out.stderr).to_lowercase();
-        let flavor = if text.contains("dragonfly") { Flavor::Dragonfly } else { Flavor::Redis };
+                )
+            });
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase()
+            + &String::from_utf8_lossy(&out.stderr).to_lowercase();
+        let flavor = if text.contains("dragonfly") {
+            Flavor::Dragonfly
+        } else {
+            Flavor::Redis
+        };
         (bin, flavor)
     })
 }
@@ -75,9 +85,16 @@ impl Server {
 
     pub fn start_with(options: ServerOptions) -> Server {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("dragonlock-test-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("dragonlock-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Server { port, options, child: None, dir, stopped: false };
+        let mut s = Server {
+            port,
+            options,
+            child: None,
+            dir,
+            stopped: false,
+        };
         s.spawn();
         s
     }
@@ -88,18 +105,53 @@ impl Server {
         let port = self.port.to_string();
         match flavor {
             Flavor::Redis => {
-                cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-                cmd.args(["--daemonize", "no", "--protected-mode", "no", "--enable-debug-command", "yes"]);
+                cmd.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                cmd.args([
+                    "--daemonize",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                    "--enable-debug-command",
+                    "yes",
+                ]);
                 cmd.arg("--dir").arg(&self.dir);
                 if let Some(p) = &self.options.requirepass {
                     cmd.args(["--requirepass", p]);
                 }
                 for (user, pass) in &self.options.users {
-                    cmd.args(["--user", user, "on", &format!(">{pass}"), "~*", "&*", "+@all"]);
+                    cmd.args([
+                        "--user",
+                        user,
+                        "on",
+                        &format!(">{pass}"),
+                        "~*",
+                        "&*",
+                        "+@all",
+                    ]);
                 }
             }
             Flavor::Dragonfly => {
-                cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dbfilename", "", "--proactor_threads", "1", "--maxmemory", "512mb"]);
+                cmd.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--dbfilename",
+                    "",
+                    "--proactor_threads",
+                    "1",
+                    "--maxmemory",
+                    "512mb",
+                ]);
                 cmd.arg("--dir").arg(&self.dir);
                 if let Some(p) = &self.options.requirepass {
                     cmd.arg(format!("--requirepass={p}"));
@@ -112,8 +164,13 @@ impl Server {
             }
         }
         let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
-        cmd.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).stdin(Stdio::null());
-        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}")));
+        cmd.stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .stdin(Stdio::null());
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}")),
+        );
         self.stopped = false;
         self.wait_ready();
     }

@@ -1,0 +1,130 @@
+//! The checks the fuzz targets run, kept in the library so that `cargo test` replays the checked-in
+//! corpus through exactly the same code (`tests/fuzz_corpus.rs`), without a nightly toolchain.
+
+use bytes::BytesMut;
+
+use super::{encode_frame, Decoder, DecoderConfig, Frame};
+
+/// Small limits so the fuzzer reaches them quickly.
+fn config() -> DecoderConfig {
+    DecoderConfig::default()
+        .max_depth(8)
+        .max_elements(64)
+        .max_bulk_len(256)
+        .max_line_len(128)
+        .max_frame_bytes(4096)
+}
+
+/// Decodes `data` whole; the decoder must not panic, and every frame must respect the limits.
+/// Returns the frames, then the error if one ended the stream (as text).
+pub fn decode_whole(data: &[u8]) -> (Vec<Frame>, Option<String>) {
+    let mut dec = Decoder::new(config());
+    let mut buf = BytesMut::from(data);
+    let mut frames = Vec::new();
+    loop {
+        match dec.decode(&mut buf) {
+            Ok(Some(f)) => {
+                check_limits(&f, 0);
+                frames.push(f);
+            }
+            Ok(None) => return (frames, None),
+            Err(e) => return (frames, Some(format!("{:?}", e.kind()))),
+        }
+    }
+}
+
+fn check_limits(f: &Frame, depth: usize) {
+    let cfg = config();
+    assert!(depth <= cfg.max_depth, "depth over the limit");
+    match f {
+        Frame::Bulk(b) => assert!(b.len() <= cfg.max_bulk_len),
+        Frame::Array(v) | Frame::Set(v) | Frame::Push(v) => {
+            assert!(v.len() <= cfg.max_elements);
+            v.iter().for_each(|x| check_limits(x, depth + 1));
+        }
+        Frame::Map(v) => {
+            assert!(v.len() <= cfg.max_elements);
+            v.iter().for_each(|(k, x)| {
+                check_limits(k, depth + 1);
+                check_limits(x, depth + 1);
+            });
+        }
+        _ => {}
+    }
+}
+
+/// The same bytes fed whole and split at the points the first bytes choose must give the same
+/// frames and the same error.
+pub fn split_agrees(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let cuts: Vec<usize> = data[..data.len().min(4)]
+        .iter()
+        .map(|&b| b as usize)
+        .collect();
+    let body = &data[cuts.len()..];
+    let whole = decode_whole(body);
+    let mut dec = Decoder::new(config());
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut err = None;
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+    points.sort_unstable();
+    points.push(body.len());
+    let mut last = 0;
+    'feed: for p in points {
+        buf.extend_from_slice(&body[last..p]);
+        last = p;
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(format!("{:?}", e.kind()));
+                    break 'feed;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        frames.len(),
+        whole.0.len(),
+        "frame count differs when split"
+    );
+    for (a, b) in frames.iter().zip(&whole.0) {
+        assert!(same(a, b), "frames differ when split");
+    }
+    assert_eq!(err, whole.1, "error differs when split");
+}
+
+/// Every frame decoded from `data` encodes and decodes back to itself.
+pub fn roundtrip(data: &[u8]) {
+    for f in decode_whole(data).0 {
+        let mut buf = BytesMut::new();
+        encode_frame(&mut buf, &f);
+        let (again, err) = decode_whole(&buf);
+        assert!(err.is_none(), "re-encoded frame failed to decode");
+        assert_eq!(again.len(), 1);
+        assert!(same(&again[0], &f), "round trip changed the frame");
+    }
+}
+
+/// Equality that treats NaN as equal to NaN.
+fn same(a: &Frame, b: &Frame) -> bool {
+    match (a, b) {
+        (Frame::Double(x), Frame::Double(y)) => x == y || (x.is_nan() && y.is_nan()),
+        (Frame::Array(x), Frame::Array(y))
+        | (Frame::Set(x), Frame::Set(y))
+        | (Frame::Push(x), Frame::Push(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (Frame::Map(x), Frame::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((k1, v1), (k2, v2))| same(k1, k2) && same(v1, v2))
+        }
+        _ => a == b,
+    }
+}

@@ -1,0 +1,178 @@
+//! Exact allocation counts on the hot paths, with a counting global allocator. Counts are per
+//! thread, and each test runs its runtime on its own thread (current_thread), so tests running
+//! in parallel do not disturb each other.
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dragonlock::conn::{Connection, ConnectionConfig};
+use dragonlock::resp::{Decoder, EvalShaCommand, Frame, SetNxPxCommand};
+use dragonlock::{Redlock, RedlockOptions};
+use support::server::cluster;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
+// const-initialised thread-local Cell, which needs no allocation to access.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+#[test]
+fn the_counter_counts() {
+    let before = allocations();
+    let v = std::hint::black_box(vec![1u8; 16]);
+    assert_eq!(allocations() - before, 1);
+    drop(v);
+}
+
+#[test]
+fn decoding_lock_replies_and_encoding_lock_commands_allocate_nothing() {
+    let mut dec = Decoder::default();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::with_capacity(4096);
+    let evalsha = EvalShaCommand::new(&[b'a'; 40]);
+    let replies: [&[u8]; 6] = [
+        b"+OK\r\n",
+        b":1\r\n",
+        b"_\r\n",
+        b"$-1\r\n",
+        b"-NOSCRIPT No matching script.\r\n",
+        b"*-1\r\n",
+    ];
+    let mut run = |rounds: usize| {
+        for _ in 0..rounds {
+            for r in replies {
+                buf.extend_from_slice(r);
+                let f = dec.decode(&mut buf).unwrap().unwrap();
+                assert!(!matches!(f, Frame::Array(_)));
+            }
+            SetNxPxCommand.encode(
+                &mut out,
+                b"lock:orders:42",
+                b"0123456789abcdef0123456789abcdef",
+                30_000,
+            );
+            evalsha.encode(
+                &mut out,
+                &[b"lock:orders:42"],
+                &[b"0123456789abcdef0123456789abcdef"],
+            );
+            out.clear();
+        }
+    };
+    run(100);
+    let before = allocations();
+    run(10_000);
+    assert_eq!(allocations() - before, 0);
+}
+
+#[test]
+fn connection_requests_allocate_nothing_in_steady_state() {
+    let servers = cluster(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = Connection::connect(ConnectionConfig::from_url(&servers[0].url()).unwrap())
+            .await
+            .unwrap();
+        let run = |n: usize| {
+            let conn = &conn;
+            async move {
+                for _ in 0..n {
+                    let reply = conn
+                        .send(|b| {
+                            SetNxPxCommand.encode(
+                                b,
+                                b"k",
+                                b"0123456789abcdef0123456789abcdef",
+                                30_000,
+                            )
+                        })
+                        .unwrap()
+                        .await
+                        .unwrap();
+                    assert!(reply.is_ok() || reply.is_null());
+                }
+            }
+        };
+        run(1_000).await;
+        let before = allocations();
+        run(10_000).await;
+        assert_eq!(
+            allocations() - before,
+            0,
+            "allocations over 10,000 requests"
+        );
+    });
+}
+
+#[test]
+fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
+    let servers = cluster(5);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let configs = servers
+            .iter()
+            .map(|s| ConnectionConfig::from_url(&s.url()).unwrap())
+            .collect();
+        let r = Redlock::from_configs(
+            configs,
+            RedlockOptions::default().connect_timeout(Duration::from_secs(5)),
+        )
+        .await;
+        for n in r.nodes() {
+            n.wait_connected(Duration::from_secs(5)).await.unwrap();
+        }
+        let cycle = |n: usize| {
+            let r = &r;
+            async move {
+                for _ in 0..n {
+                    let lock = r
+                        .try_acquire("orders:42", Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    assert_eq!(lock.release().await.unwrap(), 5);
+                }
+            }
+        };
+        cycle(1_000).await;
+        let before = allocations();
+        cycle(10_000).await;
+        assert_eq!(
+            allocations() - before,
+            0,
+            "allocations over 10,000 acquire+release cycles"
+        );
+    });
+}
