@@ -1,1 +1,64 @@
-fn main() {}
+//! Codec micro-benchmarks: decoding the replies a lock client sees, encoding its commands.
+
+use bytes::BytesMut;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use dragonlock::resp::{encode_command, Decoder, EvalShaCommand, SetNxPxCommand};
+
+const HELLO3: &[u8] = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:4\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n";
+
+fn decode(c: &mut Criterion) {
+    let mut array = b"*100\r\n".to_vec();
+    for i in 0..100 {
+        array.extend_from_slice(format!("${}\r\nelement-{i}\r\n", format!("element-{i}").len()).as_bytes());
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("+OK", b"+OK\r\n".to_vec()),
+        ("_", b"_\r\n".to_vec()),
+        (":1", b":1\r\n".to_vec()),
+        ("$-1", b"$-1\r\n".to_vec()),
+        ("-NOSCRIPT", b"-NOSCRIPT No matching script. Please use EVAL.\r\n".to_vec()),
+        ("HELLO 3 reply", HELLO3.to_vec()),
+        ("100-element array", array),
+    ];
+    let mut group = c.benchmark_group("decode");
+    for (name, input) in cases {
+        let mut dec = Decoder::default();
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                buf.extend_from_slice(&input);
+                black_box(dec.decode(&mut buf).unwrap().unwrap());
+            })
+        });
+    }
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let token = b"0123456789abcdef0123456789abcdef";
+    group.bench_function("SET k token NX PX 30000 (prepared)", |b| {
+        b.iter(|| {
+            SetNxPxCommand.encode(&mut buf, black_box(b"lock:orders:42"), token, black_box(30_000));
+            buf.clear();
+        })
+    });
+    group.bench_function("SET k token NX PX 30000 (generic encoder, baseline)", |b| {
+        b.iter(|| {
+            encode_command(&mut buf, &[&b"SET"[..], black_box(b"lock:orders:42"), token, b"NX", b"PX", b"30000"]);
+            buf.clear();
+        })
+    });
+    let evalsha = EvalShaCommand::new(&[b'a'; 40]);
+    group.bench_function("EVALSHA sha 1 key token (prepared)", |b| {
+        b.iter(|| {
+            evalsha.encode(&mut buf, &[black_box(b"lock:orders:42")], &[token]);
+            buf.clear();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode);
+criterion_main!(benches);
