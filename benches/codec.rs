@@ -9,14 +9,19 @@ const HELLO3: &[u8] = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6
 fn decode(c: &mut Criterion) {
     let mut array = b"*100\r\n".to_vec();
     for i in 0..100 {
-        array.extend_from_slice(format!("${}\r\nelement-{i}\r\n", format!("element-{i}").len()).as_bytes());
+        array.extend_from_slice(
+            format!("${}\r\nelement-{i}\r\n", format!("element-{i}").len()).as_bytes(),
+        );
     }
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("+OK", b"+OK\r\n".to_vec()),
         ("_", b"_\r\n".to_vec()),
         (":1", b":1\r\n".to_vec()),
         ("$-1", b"$-1\r\n".to_vec()),
-        ("-NOSCRIPT", b"-NOSCRIPT No matching script. Please use EVAL.\r\n".to_vec()),
+        (
+            "-NOSCRIPT",
+            b"-NOSCRIPT No matching script. Please use EVAL.\r\n".to_vec(),
+        ),
         ("HELLO 3 reply", HELLO3.to_vec()),
         ("100-element array", array),
     ];
@@ -40,13 +45,28 @@ fn encode(c: &mut Criterion) {
     let token = b"0123456789abcdef0123456789abcdef";
     group.bench_function("SET k token NX PX 30000 (prepared)", |b| {
         b.iter(|| {
-            SetNxPxCommand.encode(&mut buf, black_box(b"lock:orders:42"), token, black_box(30_000));
+            SetNxPxCommand.encode(
+                &mut buf,
+                black_box(b"lock:orders:42"),
+                token,
+                black_box(30_000),
+            );
             buf.clear();
         })
     });
     group.bench_function("SET k token NX PX 30000 (generic encoder, baseline)", |b| {
         b.iter(|| {
-            encode_command(&mut buf, &[&b"SET"[..], black_box(b"lock:orders:42"), token, b"NX", b"PX", b"30000"]);
+            encode_command(
+                &mut buf,
+                &[
+                    &b"SET"[..],
+                    black_box(b"lock:orders:42"),
+                    token,
+                    b"NX",
+                    b"PX",
+                    b"30000",
+                ],
+            );
             buf.clear();
         })
     });

@@ -13,8 +13,15 @@ use dragonlock::resp::SetNxPxCommand;
 
 fn round_trip(c: &mut Criterion) {
     let server = common::server::Server::start();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let conn = rt.block_on(Connection::connect(ConnectionConfig::from_url(&server.url()).unwrap())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let conn = rt
+        .block_on(Connection::connect(
+            ConnectionConfig::from_url(&server.url()).unwrap(),
+        ))
+        .unwrap();
     let mut base = rt.block_on(BaselineNode::connect(&server.addr()));
     let token = b"0123456789abcdef0123456789abcdef";
     let set = cmd(&[b"SET", b"k", token, b"NX", b"PX", b"30000"]);
@@ -25,7 +32,12 @@ fn round_trip(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    baseline_round(std::slice::from_mut(&mut base), std::slice::from_ref(&set), 1).await;
+                    baseline_round(
+                        std::slice::from_mut(&mut base),
+                        std::slice::from_ref(&set),
+                        1,
+                    )
+                    .await;
                 }
                 start.elapsed()
             })
@@ -36,7 +48,10 @@ fn round_trip(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000)).unwrap().await.unwrap();
+                    conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000))
+                        .unwrap()
+                        .await
+                        .unwrap();
                 }
                 start.elapsed()
             })
@@ -51,7 +66,10 @@ fn round_trip(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000)).unwrap().await.unwrap();
+                    conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000))
+                        .unwrap()
+                        .await
+                        .unwrap();
                 }
                 start.elapsed()
             })
@@ -60,14 +78,17 @@ fn round_trip(c: &mut Criterion) {
     group.bench_function("pipelined, 64 tasks", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let per_task = (iters / 64).max(1);
+                let per_task = iters.div_ceil(64);
                 let start = Instant::now();
                 let tasks: Vec<_> = (0..64)
                     .map(|_| {
                         let conn = conn.clone();
                         tokio::spawn(async move {
                             for _ in 0..per_task {
-                                conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000)).unwrap().await.unwrap();
+                                conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000))
+                                    .unwrap()
+                                    .await
+                                    .unwrap();
                             }
                         })
                     })
@@ -75,7 +96,8 @@ fn round_trip(c: &mut Criterion) {
                 for t in tasks {
                     t.await.unwrap();
                 }
-                start.elapsed() / 64
+                // `iters` requests in all, spread over 64 tasks.
+                start.elapsed()
             })
         })
     });

@@ -1,1 +1,224 @@
-fn main() {}
+//! The `dragonlock` command: `bench`, `run` and `ping`.
+//!
+//! Exit codes: 0 success (for `run`, the command's own code is passed through); 2 bad input;
+//! 69 unavailable (no quorum of nodes reachable); 75 busy (the lock stayed held by someone else
+//! for the whole `--wait`); 77 lost (`run`: the lock was lost while the command ran, and the
+//! command was stopped).
+
+mod cli {
+    pub mod bench;
+    pub mod servers;
+}
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dragonlock::conn::{Connection, ConnectionConfig};
+use dragonlock::{LockErrorKind, Redlock, RedlockOptions};
+
+/// Exit code: bad input.
+const EXIT_USAGE: u8 = 2;
+/// Exit code: not enough nodes reachable for a quorum.
+const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code: the lock was held by someone else until `--wait` ran out.
+const EXIT_BUSY: u8 = 75;
+/// Exit code: the lock was lost while the command ran.
+const EXIT_LOST: u8 = 77;
+
+#[derive(Parser)]
+#[command(
+    name = "dragonlock",
+    version,
+    about = "Redlock distributed locks on Dragonfly and Redis: benchmark, run under a lock, ping"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmark lock throughput and latency (on 5 local servers it starts itself, or --nodes).
+    Bench(cli::bench::BenchArgs),
+    /// Run a command while holding a lock, renewing it, and pass its exit code through.
+    Run(RunArgs),
+    /// Check each node: reachable, server, version, protocol, round trip, scripts.
+    Ping {
+        /// Nodes: host:port or redis:// URLs, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Nodes: host:port or redis:// URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// The resource to lock.
+    #[arg(long)]
+    resource: String,
+    /// Lock ttl; the lock is renewed every third of it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    ttl: Duration,
+    /// How long to wait for the lock.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    wait: Duration,
+    /// After SIGTERM on a lost lock, how long before SIGKILL.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    grace: Duration,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub(crate) fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("dragonlock: {message}");
+    ExitCode::from(code)
+}
+
+pub(crate) fn node_configs(nodes: &[String]) -> Result<Vec<ConnectionConfig>, String> {
+    nodes
+        .iter()
+        .map(|n| ConnectionConfig::from_url(n.trim()).map_err(|e| format!("bad node {n:?}: {e}")))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        match cli.command {
+            Command::Bench(args) => cli::bench::run(args).await,
+            Command::Run(args) => run(args).await,
+            Command::Ping { nodes } => ping(nodes).await,
+        }
+    })
+}
+
+async fn ping(nodes: Vec<String>) -> ExitCode {
+    let configs = match node_configs(&nodes) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let mut reachable = 0;
+    for config in configs {
+        let addr = config.addr();
+        let s = dragonlock::redlock::scripts::RELEASE;
+        let config = config
+            .script(dragonlock::conn::Script::new(s))
+            .connect_timeout(Duration::from_secs(1));
+        match Connection::connect(config).await {
+            Ok(conn) => {
+                let start = std::time::Instant::now();
+                let ok = conn.command(&["PING"]).await.is_ok();
+                let rtt = start.elapsed();
+                let info = conn.server_info().unwrap_or_default();
+                let server = match &info.dragonfly_version {
+                    Some(v) => format!("dragonfly {v}"),
+                    None => format!("{} {}", info.server, info.version),
+                };
+                println!(
+                    "{addr:<22} {} {server:<22} RESP{} rtt {:>8.1?} scripts {} delex {}",
+                    if ok { "up  " } else { "err " },
+                    info.protocol,
+                    rtt,
+                    if info.scripts_loaded {
+                        "loaded"
+                    } else {
+                        "missing"
+                    },
+                    if info.has_delex { "yes" } else { "no" },
+                );
+                reachable += 1;
+            }
+            Err(e) => println!("{addr:<22} down {e}"),
+        }
+    }
+    if reachable == 0 {
+        ExitCode::from(EXIT_UNAVAILABLE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    use tokio::process::Command as Child;
+    let configs = match node_configs(&args.nodes) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let options = RedlockOptions::default()
+        .acquire_timeout(args.wait.max(Duration::from_millis(1)))
+        .retry_count(u32::MAX)
+        .retry_delay(Duration::from_millis(50), Duration::from_millis(50))
+        .connect_timeout(Duration::from_secs(2));
+    let redlock = Redlock::from_configs(configs, options).await;
+    let mut lock = match redlock.acquire(&args.resource, args.ttl).await {
+        Ok(lock) => lock,
+        Err(e) if e.is_invalid() => return fail(EXIT_USAGE, e),
+        Err(e)
+            if e.is_busy()
+                || (e.is_cancelled()
+                    && redlock.nodes().iter().filter(|n| n.is_connected()).count()
+                        >= redlock.quorum()) =>
+        {
+            return fail(
+                EXIT_BUSY,
+                format!("{} is held by someone else", args.resource),
+            )
+        }
+        Err(e) => return fail(EXIT_UNAVAILABLE, e),
+    };
+    let mut child = match Child::new(&args.command[0])
+        .args(&args.command[1..])
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = lock.release_ref().await;
+            return fail(127, format!("cannot run {:?}: {e}", args.command[0]));
+        }
+    };
+    let renew_every = args.ttl / 3;
+    let mut next = tokio::time::Instant::now() + renew_every;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let _ = lock.release_ref().await;
+                let status = match status { Ok(s) => s, Err(e) => return fail(1, e) };
+                use std::os::unix::process::ExitStatusExt;
+                let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                return ExitCode::from(code as u8);
+            }
+            _ = tokio::time::sleep_until(next) => {
+                if let Err(e) = lock.extend(args.ttl).await {
+                    debug_assert!(e.kind() == LockErrorKind::Lost || e.kind() == LockErrorKind::ExtensionLimit);
+                    return stop_child(&mut child, args.grace).await;
+                }
+                next = tokio::time::Instant::now() + renew_every;
+            }
+            _ = tokio::time::sleep_until(lock.valid_until()) => {
+                return stop_child(&mut child, args.grace).await;
+            }
+        }
+    }
+}
+
+async fn stop_child(child: &mut tokio::process::Child, grace: Duration) -> ExitCode {
+    eprintln!("dragonlock: the lock was lost; stopping the command");
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+    ExitCode::from(EXIT_LOST)
+}

@@ -28,7 +28,12 @@ impl BaselineNode {
     pub async fn connect(addr: &str) -> BaselineNode {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        BaselineNode { stream, buf: Vec::with_capacity(4096), owed_old: 0, owed_now: 0 }
+        BaselineNode {
+            stream,
+            buf: Vec::with_capacity(4096),
+            owed_old: 0,
+            owed_now: 0,
+        }
     }
 
     pub async fn send(&mut self, frame: &[u8]) {

@@ -1,0 +1,268 @@
+//! The `dragonlock` command end to end, as a process: exit codes and JSON.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::server::{cluster, free_port};
+
+fn dragonlock(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dragonlock"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn bench_on_the_embedded_default_reports_json_with_a_baseline() {
+    support::server::binary(); // fails with install instructions when no server is installed
+    let o = dragonlock(&[
+        "bench",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--concurrency",
+        "4",
+        "--baseline",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["setup"]["nodes"].as_array().unwrap().len(), 5);
+    assert!(v["dragonlock"]["cycles"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["dragonlock"]["outcomes"]["granted"],
+        v["dragonlock"]["cycles"]
+    );
+    assert!(v["dragonlock"]["cycle"]["p99_us"].as_f64().unwrap() > 0.0);
+    assert!(v["baseline"]["cycles"].as_u64().unwrap() > 0);
+    assert!(v["ratio_to_baseline"]["throughput"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_with_a_stopped_minority_still_grants_every_lock() {
+    support::server::binary();
+    let o = dragonlock(&[
+        "bench",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+        "--nodes-down",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["dragonlock"]["outcomes"]["granted"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["dragonlock"]["outcomes"]["granted"],
+        v["dragonlock"]["cycles"]
+    );
+}
+
+#[test]
+fn bench_workloads_run_against_given_nodes() {
+    let servers = cluster(3);
+    let nodes = servers
+        .iter()
+        .map(|s| s.addr())
+        .collect::<Vec<_>>()
+        .join(",");
+    for workload in ["contended", "acquire-only", "extend", "multi"] {
+        let o = dragonlock(&[
+            "bench",
+            "--nodes",
+            &nodes,
+            "--workload",
+            workload,
+            "--ops",
+            "200",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "4",
+            "--ttl",
+            "5s",
+            "--json",
+        ]);
+        assert_eq!(
+            code(&o),
+            0,
+            "{workload}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            v["dragonlock"]["outcomes"]["granted"].as_u64().unwrap() > 0,
+            "{workload}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    for args in [
+        vec!["bench", "--concurrency", "0"],
+        vec!["bench", "--nodes", "http://x:1"],
+        vec!["bench", "--ttl", "2ms"],
+        vec!["bench", "--nodes", &dead, "--duration", "1s"],
+        vec!["bench", "--bogus-flag"],
+    ] {
+        let o = dragonlock(&args);
+        assert_eq!(
+            code(&o),
+            2,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!o.stderr.is_empty());
+    }
+}
+
+#[test]
+fn ping_reports_live_and_dead_nodes() {
+    let servers = cluster(1);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let o = dragonlock(&["ping", "--nodes", &format!("{},{dead}", servers[0].addr())]);
+    assert_eq!(code(&o), 0);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("{} up", servers[0].addr())),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{dead:<22} down")), "{text}");
+    assert!(text.contains("scripts loaded"), "{text}");
+    let o = dragonlock(&["ping", "--nodes", &dead]);
+    assert_eq!(code(&o), 69);
+}
+
+#[test]
+fn run_passes_the_exit_code_through_and_reports_busy() {
+    let servers = cluster(3);
+    let nodes = servers
+        .iter()
+        .map(|s| s.addr())
+        .collect::<Vec<_>>()
+        .join(",");
+    let o = dragonlock(&[
+        "run",
+        "--nodes",
+        &nodes,
+        "--resource",
+        "job",
+        "--ttl",
+        "5s",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 0);
+    let o = dragonlock(&[
+        "run",
+        "--nodes",
+        &nodes,
+        "--resource",
+        "job",
+        "--ttl",
+        "5s",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code(&o), 3);
+    // Held by someone else for the whole wait: busy.
+    for s in &servers {
+        s.cmd(&["SET", "job", "other", "PX", "60000"]);
+    }
+    let o = dragonlock(&[
+        "run",
+        "--nodes",
+        &nodes,
+        "--resource",
+        "job",
+        "--ttl",
+        "5s",
+        "--wait",
+        "300ms",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 75, "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn run_stops_the_command_when_the_lock_is_lost() {
+    let mut servers = cluster(3);
+    let nodes = servers
+        .iter()
+        .map(|s| s.addr())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dragonlock"))
+        .args([
+            "run",
+            "--nodes",
+            &nodes,
+            "--resource",
+            "long",
+            "--ttl",
+            "1s",
+            "--grace",
+            "1s",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the lock is taken, then stop a majority.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while servers[0].cmd(&["EXISTS", "long"]).as_integer() != Some(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    servers[0].stop();
+    servers[1].stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "dragonlock run did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    servers[0].cont();
+    servers[1].cont();
+    assert_eq!(status.code(), Some(77));
+}
+
+#[test]
+fn run_with_no_reachable_quorum_is_unavailable() {
+    let dead: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let o = dragonlock(&[
+        "run",
+        "--nodes",
+        &dead.join(","),
+        "--resource",
+        "x",
+        "--ttl",
+        "1s",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 69, "{}", String::from_utf8_lossy(&o.stderr));
+}
