@@ -138,7 +138,7 @@ fn ping_reports_live_and_dead_nodes() {
     assert_eq!(code(&o), 0);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        text.contains(&format!("{} up", servers[0].addr())),
+        text.contains(&format!("{:<22} up", servers[0].addr())),
         "{text}"
     );
     assert!(text.contains(&format!("{dead:<22} down")), "{text}");
