@@ -27,3 +27,8 @@ pub use error::{Error, ErrorKind};
 pub use redlock::{
     Lock, LockError, LockErrorKind, LockSignal, NodeResult, Redlock, RedlockOptions,
 };
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

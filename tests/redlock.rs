@@ -180,8 +180,12 @@ async fn a_dead_or_stopped_minority_does_not_stop_the_lock() {
     let lock = r.try_acquire("minority", ttl).await.unwrap();
     assert!(lock.is_valid());
     drop(lock);
-    // Two stopped.
+    // Two stopped (1 and 2), with node 0 back: wait for its reconnect so three can answer.
     servers[0].restart();
+    r.nodes()[0]
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
     servers[2].stop();
     let lock = r.try_acquire("minority2", ttl).await.unwrap();
     // It completed although two nodes have not answered (they are stopped).

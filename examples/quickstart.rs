@@ -1,0 +1,60 @@
+//! Acquire, extend and release a lock, then run work under an auto-extended lock.
+//!
+//! ```sh
+//! cargo run --example quickstart -- redis://127.0.0.1:7001 redis://127.0.0.1:7002 redis://127.0.0.1:7003
+//! ```
+
+use std::time::Duration;
+
+use dragonlock::{Redlock, RedlockOptions};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let urls: Vec<String> = std::env::args().skip(1).collect();
+    if urls.is_empty() {
+        eprintln!("usage: quickstart <redis://host:port>…");
+        std::process::exit(2);
+    }
+    let redlock =
+        Redlock::connect_with(&urls, RedlockOptions::default().key_prefix("example:")).await?;
+
+    let mut lock = redlock
+        .acquire("invoice:17", Duration::from_secs(10))
+        .await?;
+    println!(
+        "locked {} with token {}, valid for {:?}",
+        lock.resource(),
+        lock.token(),
+        lock.remaining()
+    );
+    lock.extend(Duration::from_secs(10)).await?;
+    println!("extended: valid for {:?}", lock.remaining());
+    println!("released on {} nodes", lock.release().await?);
+
+    match redlock
+        .try_acquire_many(&["account:1", "account:2"], Duration::from_secs(5))
+        .await
+    {
+        Ok(both) => println!(
+            "both accounts locked; released on {} nodes",
+            both.release().await?
+        ),
+        Err(e) if e.is_busy() => println!("an account is busy"),
+        Err(e) => return Err(e.into()),
+    }
+
+    let answer = redlock
+        .with_lock(
+            "report",
+            Duration::from_secs(3),
+            Some(Duration::from_secs(60)),
+            |signal| async move {
+                tokio::time::sleep(Duration::from_secs(4)).await; // longer than the ttl: renewed
+                assert!(!signal.is_lost());
+                42
+            },
+        )
+        .await?;
+    println!("work under an auto-extended lock returned {answer}");
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The native compare-and-delete path (`DELEX key IFEQ token`), against a fake that answers like
+//! Dragonfly 1.40.1 (exact handshake bytes from the fixtures) and keeps real key state.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dragonlock::conn::ConnectionConfig;
+use dragonlock::{Redlock, RedlockOptions};
+use support::fake::{Action, FakeServer};
+use support::server::Server;
+
+struct Store {
+    keys: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    delex_calls: AtomicUsize,
+    eval_calls: AtomicUsize,
+}
+
+/// A fake with `SET NX PX`, `GET`, `DEL`, `DELEX … IFEQ`, `PEXPIRE`, `PTTL` and the release
+/// script via `EVAL`. With `lying`, it claims `DELEX` at handshake but answers it as unknown.
+async fn fake(lying: bool) -> (FakeServer, Arc<Store>) {
+    let store = Arc::new(Store {
+        keys: Mutex::new(HashMap::new()),
+        delex_calls: AtomicUsize::new(0),
+        eval_calls: AtomicUsize::new(0),
+    });
+    let s = store.clone();
+    let handler: support::fake::Handler = Arc::new(move |args: &[Vec<u8>]| {
+        let mut keys = s.keys.lock().unwrap();
+        let name = String::from_utf8_lossy(&args[0]).to_uppercase();
+        let reply: Vec<u8> = match name.as_str() {
+            "SET" if keys.contains_key(&args[1]) => b"_\r\n".to_vec(),
+            "SET" => {
+                keys.insert(args[1].clone(), args[2].clone());
+                b"+OK\r\n".to_vec()
+            }
+            "GET" => match keys.get(&args[1]) {
+                Some(v) => [
+                    format!("${}\r\n", v.len()).into_bytes(),
+                    v.clone(),
+                    b"\r\n".to_vec(),
+                ]
+                .concat(),
+                None => b"_\r\n".to_vec(),
+            },
+            "DEL" => format!(":{}\r\n", u8::from(keys.remove(&args[1]).is_some())).into_bytes(),
+            "DELEX" if lying => b"-ERR unknown command `DELEX`\r\n".to_vec(),
+            "DELEX" => {
+                s.delex_calls.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(args[2], b"IFEQ");
+                if keys.get(&args[1]) == Some(&args[3]) {
+                    keys.remove(&args[1]);
+                    b":1\r\n".to_vec()
+                } else {
+                    b":0\r\n".to_vec()
+                }
+            }
+            "PEXPIRE" => format!(":{}\r\n", u8::from(keys.contains_key(&args[1]))).into_bytes(),
+            "PTTL" => {
+                if keys.contains_key(&args[1]) {
+                    b":10000\r\n".to_vec()
+                } else {
+                    b":-2\r\n".to_vec()
+                }
+            }
+            // The release script, sent with its source after NOSCRIPT or an unknown DELEX.
+            "EVAL" if args[1] == dragonlock::redlock::scripts::RELEASE.as_bytes() => {
+                s.eval_calls.fetch_add(1, Ordering::SeqCst);
+                if keys.get(&args[3]) == Some(&args[4]) {
+                    keys.remove(&args[3]);
+                    b":1\r\n".to_vec()
+                } else {
+                    b":0\r\n".to_vec()
+                }
+            }
+            "EVALSHA" => b"-NOSCRIPT No matching script. Please use EVAL.\r\n".to_vec(),
+            _ => b"-ERR unknown command\r\n".to_vec(),
+        };
+        Action::Reply(reply)
+    });
+    (FakeServer::start(true, handler).await, store)
+}
+
+async fn redlock(urls: Vec<String>, options: RedlockOptions) -> Redlock {
+    let configs = urls
+        .iter()
+        .map(|u| ConnectionConfig::from_url(u).unwrap())
+        .collect();
+    let r = Redlock::from_configs(
+        configs,
+        options
+            .retry_count(0)
+            .connect_timeout(Duration::from_secs(5)),
+    )
+    .await;
+    for n in r.nodes() {
+        n.wait_connected(Duration::from_secs(5)).await.unwrap();
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_delex_release_natively_and_only_a_matching_token() {
+    let mut fakes = Vec::new();
+    for _ in 0..3 {
+        fakes.push(fake(false).await);
+    }
+    let r = redlock(
+        fakes.iter().map(|(f, _)| f.url()).collect(),
+        RedlockOptions::default(),
+    )
+    .await;
+    assert!(r.nodes().iter().all(|n| n.has_delex()));
+    assert!(r.nodes()[0].server_info().unwrap().is_dragonfly());
+    let lock = r
+        .try_acquire("native", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(lock.release().await.unwrap(), 3);
+    for (_, store) in &fakes {
+        assert_eq!(store.delex_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(store.eval_calls.load(Ordering::SeqCst), 0);
+        assert!(store.keys.lock().unwrap().is_empty());
+    }
+    // Taken over on two nodes: the release deletes only where the token still matches.
+    let lock = r
+        .try_acquire("taken", Duration::from_secs(10))
+        .await
+        .unwrap();
+    for (_, store) in &fakes[..2] {
+        store
+            .keys
+            .lock()
+            .unwrap()
+            .insert(b"taken".to_vec(), b"someone-else".to_vec());
+    }
+    assert_eq!(
+        lock.release().await.unwrap(),
+        1,
+        "a mismatch is not counted as released"
+    );
+    for (_, store) in &fakes[..2] {
+        assert_eq!(
+            store
+                .keys
+                .lock()
+                .unwrap()
+                .get(&b"taken"[..])
+                .map(Vec::as_slice),
+            Some(&b"someone-else"[..])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_cluster_releases_on_every_node() {
+    let real = [Server::start(), Server::start()];
+    let (fake, store) = fake(false).await;
+    let r = redlock(
+        vec![real[0].url(), real[1].url(), fake.url()],
+        RedlockOptions::default(),
+    )
+    .await;
+    assert_eq!(
+        r.nodes().iter().map(|n| n.has_delex()).collect::<Vec<_>>(),
+        vec![false, false, true]
+    );
+    let lock = r
+        .try_acquire("mixed", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(lock.release().await.unwrap(), 3);
+    assert_eq!(store.delex_calls.load(Ordering::SeqCst), 1);
+    for s in &real {
+        assert_eq!(s.cmd(&["EXISTS", "mixed"]).as_integer(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_misreports_delex_falls_back_to_the_script_once() {
+    let mut fakes = Vec::new();
+    for _ in 0..3 {
+        fakes.push(fake(true).await);
+    }
+    let r = redlock(
+        fakes.iter().map(|(f, _)| f.url()).collect(),
+        RedlockOptions::default(),
+    )
+    .await;
+    let lock = r
+        .try_acquire("liar", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(lock.release().await.unwrap(), 3);
+    for (_, store) in &fakes {
+        assert_eq!(store.eval_calls.load(Ordering::SeqCst), 1);
+        assert!(store.keys.lock().unwrap().is_empty());
+    }
+    // Believed from now on: the next release goes straight to the script (here: NOSCRIPT, then EVAL).
+    assert!(r.nodes().iter().all(|n| !n.has_delex()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_script_release_skips_delex() {
+    let (fake1, store) = fake(false).await;
+    let r = redlock(
+        vec![fake1.url()],
+        RedlockOptions::default().force_script_release(true),
+    )
+    .await;
+    let lock = r
+        .try_acquire("forced", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(lock.release().await.unwrap(), 1);
+    assert_eq!(store.delex_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(store.eval_calls.load(Ordering::SeqCst), 1);
+}
