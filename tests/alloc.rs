@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use dragonlock::conn::{Connection, ConnectionConfig};
 use dragonlock::resp::{Decoder, EvalShaCommand, Frame, SetNxPxCommand};
 use dragonlock::{Redlock, RedlockOptions};
+use support::fake::{Action, FakeServer};
 use support::server::cluster;
 
 struct Counting;
@@ -175,4 +176,60 @@ fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
             "allocations over 10,000 acquire+release cycles"
         );
     });
+}
+
+/// The native release path (`DELEX`), against fakes that answer like Dragonfly. The fakes run on
+/// their own runtime's threads, so only the client's allocations are counted here.
+#[test]
+fn the_native_delex_path_allocates_nothing() {
+    let fake_rt = tokio::runtime::Runtime::new().unwrap();
+    let handler: support::fake::Handler =
+        std::sync::Arc::new(|args: &[Vec<u8>]| match args[0].as_slice() {
+            b"SET" => Action::Reply(b"+OK\r\n".to_vec()),
+            b"DELEX" => Action::Reply(b":1\r\n".to_vec()),
+            _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
+        });
+    let fakes: Vec<FakeServer> = (0..5)
+        .map(|_| fake_rt.block_on(FakeServer::start(true, handler.clone())))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let configs = fakes
+            .iter()
+            .map(|f| ConnectionConfig::from_url(&f.url()).unwrap())
+            .collect();
+        let r = Redlock::from_configs(
+            configs,
+            RedlockOptions::default().connect_timeout(Duration::from_secs(5)),
+        )
+        .await;
+        for n in r.nodes() {
+            n.wait_connected(Duration::from_secs(5)).await.unwrap();
+            assert!(n.has_delex());
+        }
+        let cycle = |n: usize| {
+            let r = &r;
+            async move {
+                for _ in 0..n {
+                    let lock = r
+                        .try_acquire("orders:42", Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    assert_eq!(lock.release().await.unwrap(), 5);
+                }
+            }
+        };
+        cycle(500).await;
+        let before = allocations();
+        cycle(5_000).await;
+        assert_eq!(
+            allocations() - before,
+            0,
+            "allocations over 5,000 native-release cycles"
+        );
+    });
+    drop(fakes);
 }
