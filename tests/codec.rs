@@ -196,6 +196,22 @@ fn attributes_are_kept_when_asked() {
     );
 }
 
+/// Found by the `decode` fuzz target: the scan read `*-01` as the null array (its value is -1)
+/// while the build compared the text with "-1" and built an array of `usize::MAX` elements.
+#[test]
+fn regression_null_length_with_leading_zero_is_null_in_both_passes() {
+    assert_eq!(decode_one(b"*-01\r\n"), Frame::Null);
+    assert_eq!(decode_one(b"$-01\r\n"), Frame::Null);
+    assert_eq!(
+        decode_one(b"*2\r\n*-01\r\n$-001\r\n"),
+        Frame::Array(vec![Frame::Null, Frame::Null])
+    );
+    let crash = b"-ER\x01\x00\x00*1\r\n*-0\r\n*-01\r\n*\r\n$1\r\nkfb12zd\r\n\n";
+    let mut dec = Decoder::default();
+    let mut buf = BytesMut::from(&crash[..]);
+    while let Ok(Some(_)) = dec.decode(&mut buf) {}
+}
+
 #[test]
 fn malformed_input_gives_typed_errors() {
     assert_eq!(err_kind(b"$-2\r\n"), K::InvalidLength);

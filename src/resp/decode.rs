@@ -311,8 +311,8 @@ impl Decoder {
             b'#' => Frame::Boolean(line == b"t"),
             b',' => Frame::Double(parse_double(line).expect("scanned")),
             b'(' => Frame::BigNumber(buf.slice(line_range)),
-            b'$' if line == b"-1" => Frame::Null,
-            b'*' if line == b"-1" => Frame::Null,
+            // Null by value, exactly as the scan decided it (`$-01` is -1 too).
+            b'$' | b'*' if parse_i64(line) == Some(-1) => Frame::Null,
             m @ (b'$' | b'!' | b'=') => {
                 let n = count();
                 let body = buf.slice(*pos..*pos + n);
@@ -373,7 +373,7 @@ fn fast_build(frame: &[u8]) -> Option<Frame> {
     match frame[0] {
         b':' => parse_i64(line).map(Frame::Integer),
         b'_' => Some(Frame::Null),
-        b'$' | b'*' if line == b"-1" => Some(Frame::Null),
+        b'$' | b'*' if parse_i64(line) == Some(-1) => Some(Frame::Null),
         b'#' => Some(Frame::Boolean(line == b"t")),
         b',' => parse_double(line).map(Frame::Double),
         b'+' if line == b"OK" => Some(Frame::Simple(Bytes::from_static(b"OK"))),
