@@ -154,6 +154,11 @@ impl Decoder {
                 self.line_searched = buf.len();
                 return Ok(None);
             };
+            // Checked first, exactly as in the incomplete case above, so that the same bytes
+            // give the same error however they were split.
+            if nl - start > cfg.max_line_len + 2 {
+                return Err(DecodeError::new(Kind::LineTooLong, start, None));
+            }
             if nl == start || buf[nl - 1] != b'\r' {
                 return Err(DecodeError::new(Kind::InvalidLineEnding, nl, Some(b'\n')));
             }

@@ -122,6 +122,12 @@ pub fn encode_frame(dst: &mut BytesMut, frame: &Frame) {
             dst.put_slice(s);
             dst.put_slice(b"\r\n");
         }
+        // An error with CR or LF in it (from a `!` blob error) cannot be a `-` line.
+        Frame::Error(e) if e.line().iter().any(|&b| b == b'\r' || b == b'\n') => {
+            put_len(dst, b'!', e.line().len());
+            dst.put_slice(e.line());
+            dst.put_slice(b"\r\n");
+        }
         Frame::Error(e) => {
             dst.put_u8(b'-');
             dst.put_slice(e.line());
