@@ -644,7 +644,11 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
             };
             println!(
                 "{label:<22} {rate:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {cpu:>10}",
-                h["p50_us"], h["p90_us"], h["p99_us"], h["p999_us"], h["max_us"]
+                h["p50_us"].to_string(),
+                h["p90_us"].to_string(),
+                h["p99_us"].to_string(),
+                h["p999_us"].to_string(),
+                h["max_us"].to_string()
             );
         }
     }
