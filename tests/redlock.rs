@@ -451,3 +451,18 @@ async fn invalid_requests_are_refused() {
         .unwrap_err()
         .is_invalid());
 }
+
+/// The public types a caller moves across tasks and threads, and the size of the error a busy
+/// answer returns (per-node detail is inline; see `redlock/mod.rs`).
+#[test]
+fn public_types_are_send_and_sync_and_errors_stay_small() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<dragonlock::Error>();
+    send_sync::<dragonlock::LockError>();
+    send_sync::<dragonlock::Lock>();
+    send_sync::<dragonlock::LockSignal>();
+    send_sync::<dragonlock::resp::DecodeError>();
+    assert!(std::mem::size_of::<dragonlock::resp::DecodeError>() <= 24);
+    assert!(std::mem::size_of::<dragonlock::Error>() <= 48);
+    assert!(std::mem::size_of::<dragonlock::LockError>() <= 400);
+}

@@ -43,7 +43,7 @@ pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT,
 };
 pub use info::{RestartMarker, ServerInfo};
-pub use script::Script;
+pub use script::{Script, ScriptCall};
 
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
@@ -326,32 +326,29 @@ impl Connection {
     /// `max_in_flight`, `Closed` after the connection was closed.
     pub fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<ReplyFuture<'_>, Error> {
         let shared = self.shared();
-        let waker = {
-            let mut st = shared.lock();
-            if st.closed {
-                return Err(Error::new(ErrorKind::Closed));
+        let mut st = shared.lock();
+        if st.closed {
+            return Err(Error::new(ErrorKind::Closed));
+        }
+        if st.status != Status::Connected {
+            return Err(Error::new(ErrorKind::NotConnected));
+        }
+        if st.queue.len() >= shared.config.max_in_flight {
+            return Err(Error::new(ErrorKind::Overloaded));
+        }
+        let id = match st.free.pop() {
+            Some(id) => id,
+            None => {
+                st.slots.push(Slot::default());
+                (st.slots.len() - 1) as u32
             }
-            if st.status != Status::Connected {
-                return Err(Error::new(ErrorKind::NotConnected));
-            }
-            if st.queue.len() >= shared.config.max_in_flight {
-                return Err(Error::new(ErrorKind::Overloaded));
-            }
-            let id = match st.free.pop() {
-                Some(id) => id,
-                None => {
-                    st.slots.push(Slot::default());
-                    (st.slots.len() - 1) as u32
-                }
-            };
-            encode(&mut st.write_buf);
-            st.queue.push_back(id);
-            let waker = st.driver_waker.take();
-            drop(st);
-            (waker, id)
         };
-        let (waker, id) = waker;
-        if let Some(w) = waker {
+        encode(&mut st.write_buf);
+        st.queue.push_back(id);
+        let driver = st.driver_waker.take();
+        // Wake the driver after unlocking, so it does not run straight into the held lock.
+        drop(st);
+        if let Some(w) = driver {
             w.wake();
         }
         Ok(ReplyFuture {
@@ -414,36 +411,18 @@ impl Connection {
         args: &[A],
     ) -> Result<Frame, Error> {
         let reply = self
-            .send(|buf| script.evalsha().encode(buf, keys, args))?
+            .send(|buf| script.encode(buf, ScriptCall::BySha, keys, args))?
             .await?;
         match reply {
             Frame::Error(e) if e.has_code("NOSCRIPT") => {
                 let reply = self
-                    .send(|buf| encode_eval(buf, script, keys, args))?
+                    .send(|buf| script.encode(buf, ScriptCall::WithSource, keys, args))?
                     .await?;
                 into_result(reply)
             }
             other => into_result(other),
         }
     }
-}
-
-/// Writes `EVAL source numkeys keys… args…` (the fallback when a script cache was lost).
-pub fn encode_eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(
-    buf: &mut BytesMut,
-    script: &Script,
-    keys: &[K],
-    args: &[A],
-) {
-    let mut numkeys = itoa::Buffer::new();
-    let numkeys = numkeys.format(keys.len()).as_bytes();
-    let mut parts: smallvec::SmallVec<[&[u8]; 16]> = smallvec::SmallVec::new();
-    parts.push(b"EVAL");
-    parts.push(script.source().as_bytes());
-    parts.push(numkeys);
-    parts.extend(keys.iter().map(|k| k.as_ref()));
-    parts.extend(args.iter().map(|a| a.as_ref()));
-    crate::resp::encode_command(buf, &parts);
 }
 
 fn into_result(frame: Frame) -> Result<Frame, Error> {

@@ -1,6 +1,19 @@
 //! Lua scripts, identified by the SHA-1 the server will give them.
 
-use crate::resp::EvalShaCommand;
+use bytes::BytesMut;
+use smallvec::SmallVec;
+
+use crate::resp::{encode_command, EvalShaCommand};
+
+/// How a script call goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptCall {
+    /// `EVALSHA sha …`: the normal form, the script itself is not sent.
+    BySha,
+    /// `EVAL source …`: after `NOSCRIPT`, or where a lost script cache must not stop the call
+    /// (background cleanup). It also puts the script back in the server's cache.
+    WithSource,
+}
 
 /// A Lua script with its SHA-1 computed locally, so requests go out as `EVALSHA` from the first
 /// one on. Every key the script touches must be passed in `KEYS` (Dragonfly rejects the others).
@@ -44,5 +57,37 @@ impl Script {
     /// The prepared `EVALSHA` command.
     pub fn evalsha(&self) -> &EvalShaCommand {
         &self.evalsha
+    }
+
+    /// Writes a call of this script with `keys` and `args`, in the form `call` says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dragonlock::conn::{Script, ScriptCall};
+    /// let s = Script::new("return 1");
+    /// let mut buf = bytes::BytesMut::new();
+    /// s.encode(&mut buf, ScriptCall::WithSource, &[b"k"], &[b"v"]);
+    /// assert!(buf.starts_with(b"*5\r\n$4\r\nEVAL\r\n$8\r\nreturn 1\r\n$1\r\n1\r\n"));
+    /// ```
+    pub fn encode<K: AsRef<[u8]>, A: AsRef<[u8]>>(
+        &self,
+        buf: &mut BytesMut,
+        call: ScriptCall,
+        keys: &[K],
+        args: &[A],
+    ) {
+        match call {
+            ScriptCall::BySha => self.evalsha.encode(buf, keys, args),
+            ScriptCall::WithSource => {
+                let mut numkeys = itoa::Buffer::new();
+                let numkeys = numkeys.format(keys.len()).as_bytes();
+                let mut parts: SmallVec<[&[u8]; 16]> = SmallVec::new();
+                parts.extend([&b"EVAL"[..], self.source.as_bytes(), numkeys]);
+                parts.extend(keys.iter().map(|k| k.as_ref()));
+                parts.extend(args.iter().map(|a| a.as_ref()));
+                encode_command(buf, &parts);
+            }
+        }
     }
 }

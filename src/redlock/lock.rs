@@ -9,9 +9,8 @@ use tokio::time::Instant;
 
 use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{Decision, Vote};
-use super::scripts::scripts;
 use super::{Keys, Redlock, Token};
-use crate::conn::encode_eval;
+use crate::conn::ScriptCall;
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -64,22 +63,16 @@ impl Lock {
 
     /// The locked key (for a multi-resource lock, the first key in sorted order), prefix included.
     pub fn resource(&self) -> &str {
-        let bytes: &[u8] = match &self.keys {
-            Keys::One(k) => k,
-            Keys::Many(ks) => &ks[0],
-        };
-        std::str::from_utf8(bytes).unwrap_or("")
+        std::str::from_utf8(&self.keys.all()[0]).unwrap_or("")
     }
 
     /// Every locked key, prefix included.
     pub fn resources(&self) -> Vec<&str> {
-        match &self.keys {
-            Keys::One(k) => vec![std::str::from_utf8(k).unwrap_or("")],
-            Keys::Many(ks) => ks
-                .iter()
-                .map(|k| std::str::from_utf8(k).unwrap_or(""))
-                .collect(),
-        }
+        self.keys
+            .all()
+            .iter()
+            .map(|k| std::str::from_utf8(k).unwrap_or(""))
+            .collect()
     }
 
     /// The token, unique to this acquisition (128 random bits, hex). Usable as a fencing value.
@@ -157,36 +150,33 @@ impl Lock {
 
     async fn release_now(&self) -> Result<usize, LockError> {
         let redlock = &self.redlock;
-        let s = scripts();
         let nodes = &redlock.inner.nodes;
         let deadline = Instant::now() + redlock.inner.options.release_timeout;
-        let many = matches!(self.keys, Keys::Many(_));
+        let release = |buf: &mut bytes::BytesMut, node: &crate::conn::Connection, call| {
+            redlock.encode_release(buf, node, &self.keys, &self.token, call)
+        };
         let (_, collector) = redlock
             .collect(
                 deadline,
                 true,
-                |buf, node| redlock.encode_release(buf, node, &self.keys, &self.token, false),
+                |buf, node| release(buf, node, ScriptCall::BySha),
                 |f| match f {
                     Frame::Integer(n) if *n >= 1 => Vote::Yes,
                     Frame::Integer(_) => Vote::No,
                     Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
-                    Frame::Error(e) if !many && e.is_unknown_command() => Vote::Retry,
+                    // Only a single-key release may have gone out as DELEX.
+                    Frame::Error(e) if !self.keys.is_multi() && e.is_unknown_command() => {
+                        Vote::Retry
+                    }
                     Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
                     _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
                 },
                 |i| {
-                    // NOSCRIPT, or a DELEX the server did not know after all: use the script,
-                    // with its source, once.
+                    // NOSCRIPT, or a DELEX the server did not know after all: once more with the
+                    // script and its source. (Disabling DELEX is a no-op on a script node.)
                     let node = &nodes[i];
                     node.disable_delex();
-                    node.send(|buf| match &self.keys {
-                        Keys::One(key) => {
-                            encode_eval(buf, &s.release, &[&key[..]], &[&self.token[..]])
-                        }
-                        Keys::Many(keys) => {
-                            encode_eval(buf, &s.multi_release, keys, &[&self.token[..]])
-                        }
-                    })
+                    node.send(|buf| release(buf, node, ScriptCall::WithSource))
                 },
             )
             .await;
@@ -209,7 +199,7 @@ impl Lock {
     /// Dropping the future leaves the lock as it was, or extended on some nodes: the local
     /// validity is not changed, so it stays on the safe side.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
-        let redlock = self.redlock.clone();
+        let redlock = &self.redlock;
         redlock.check_ttl(ttl)?;
         if let Some(max) = redlock.inner.options.max_extensions {
             if self.extensions >= max {
@@ -223,29 +213,18 @@ impl Lock {
         if self.done || start >= self.valid_until {
             return Err(LockError::new(LockErrorKind::Lost, NodeResults::new()));
         }
-        let s = scripts();
         let nodes = &redlock.inner.nodes;
         let mut ms = itoa::Buffer::new();
         let ms = ms.format(ttl.as_millis() as u64).as_bytes();
         let new_valid_until = start + ttl - redlock.drift(ttl);
         // The extension must complete while the current lock still holds.
         let deadline = self.valid_until.min(new_valid_until);
-        let (script, keys): (_, &[_]) = match &self.keys {
-            Keys::One(k) => (&s.extend, std::slice::from_ref(k)),
-            Keys::Many(_) => (&s.multi_extend, &[]),
-        };
-        let token = &self.token[..];
-        let encode_args = |buf: &mut bytes::BytesMut, eval: bool| match &self.keys {
-            Keys::One(_) if eval => encode_eval(buf, script, keys, &[token, ms]),
-            Keys::One(_) => script.evalsha().encode(buf, keys, &[token, ms]),
-            Keys::Many(many) if eval => encode_eval(buf, script, many, &[token, ms]),
-            Keys::Many(many) => script.evalsha().encode(buf, many, &[token, ms]),
-        };
+        let (keys, script, args) = (&self.keys, self.keys.extend_script(), [&self.token[..], ms]);
         let (decision, collector) = redlock
             .collect(
                 deadline,
                 false,
-                |buf, _| encode_args(buf, false),
+                |buf, _| script.encode(buf, ScriptCall::BySha, keys.all(), &args),
                 |f| match f {
                     Frame::Integer(1) => Vote::Yes,
                     Frame::Integer(_) => Vote::No,
@@ -253,7 +232,10 @@ impl Lock {
                     Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
                     _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
                 },
-                |i| nodes[i].send(|buf| encode_args(buf, true)),
+                |i| {
+                    nodes[i]
+                        .send(|buf| script.encode(buf, ScriptCall::WithSource, keys.all(), &args))
+                },
             )
             .await;
         match decision {
@@ -360,12 +342,4 @@ impl LockSignal {
             }
         }
     }
-}
-
-#[allow(dead_code)]
-fn assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<Lock>();
-    is_send::<LockSignal>();
-    let _ = LockErrorKind::Lost;
 }

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 pub use error::{LockError, LockErrorKind, NodeResult, NodeResults};
 pub use lock::{Lock, LockSignal};
 
-use crate::conn::{encode_eval, Connection, ConnectionConfig, ReplyFuture};
+use crate::conn::{Connection, ConnectionConfig, ReplyFuture, Script, ScriptCall};
 use crate::error::Error;
 use crate::resp::{encode_command, Frame, SetNxPxCommand};
 use quorum::{Decision, QuorumCollector, Vote};
@@ -144,11 +144,49 @@ impl RedlockOptions {
     }
 }
 
-/// A lock's key or keys.
+/// A lock key, prefix included; inline up to 64 bytes, so the hot path does not allocate.
+pub(crate) type Key = SmallVec<[u8; 64]>;
+
+/// A lock's keys: one (`SET NX PX`, the single-key scripts, `DELEX`) or several locked together
+/// (the multi-key scripts, every key declared in `KEYS`).
 #[derive(Debug, Clone)]
-pub(crate) enum Keys {
-    One(SmallVec<[u8; 64]>),
-    Many(Vec<Vec<u8>>),
+pub(crate) struct Keys {
+    keys: SmallVec<[Key; 1]>,
+    multi: bool,
+}
+
+impl Keys {
+    fn one(key: Key) -> Keys {
+        Keys {
+            keys: smallvec::smallvec![key],
+            multi: false,
+        }
+    }
+
+    /// Every key, in the order the scripts get them.
+    pub(crate) fn all(&self) -> &[Key] {
+        &self.keys
+    }
+
+    pub(crate) fn is_multi(&self) -> bool {
+        self.multi
+    }
+
+    pub(crate) fn release_script(&self) -> &'static Script {
+        if self.multi {
+            &scripts().multi_release
+        } else {
+            &scripts().release
+        }
+    }
+
+    pub(crate) fn extend_script(&self) -> &'static Script {
+        if self.multi {
+            &scripts().multi_extend
+        } else {
+            &scripts().extend
+        }
+    }
 }
 
 /// A lock token: 128 random bits as 32 hex characters, inline.
@@ -293,7 +331,7 @@ impl Redlock {
         ttl.mul_f64(self.inner.options.drift_factor) + DRIFT_FIXED
     }
 
-    fn key(&self, resource: &str) -> SmallVec<[u8; 64]> {
+    fn key(&self, resource: &str) -> Key {
         let mut key = SmallVec::new();
         key.extend_from_slice(self.inner.options.key_prefix.as_bytes());
         key.extend_from_slice(resource.as_bytes());
@@ -339,7 +377,7 @@ impl Redlock {
     /// ```
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, LockError> {
         self.check_ttl(ttl)?;
-        self.attempt(Keys::One(self.key(resource)), ttl).await
+        self.attempt(Keys::one(self.key(resource)), ttl).await
     }
 
     /// Takes `resource` for `ttl`, retrying with a jittered delay until the retry count or the
@@ -355,7 +393,7 @@ impl Redlock {
     /// As [`try_acquire`](Redlock::try_acquire).
     pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, LockError> {
         self.check_ttl(ttl)?;
-        self.retrying(|| Keys::One(self.key(resource)), ttl).await
+        self.retrying(|| Keys::one(self.key(resource)), ttl).await
     }
 
     /// One attempt to take every resource in `resources` atomically: on each node all keys are
@@ -400,13 +438,10 @@ impl Redlock {
         if resources.is_empty() {
             return Err(LockError::invalid("no resources given"));
         }
-        let mut keys: Vec<Vec<u8>> = resources
-            .iter()
-            .map(|r| self.key(r.as_ref()).to_vec())
-            .collect();
+        let mut keys: SmallVec<[Key; 1]> = resources.iter().map(|r| self.key(r.as_ref())).collect();
         keys.sort();
         keys.dedup();
-        Ok(Keys::Many(keys))
+        Ok(Keys { keys, multi: true })
     }
 
     async fn retrying(&self, keys: impl Fn() -> Keys, ttl: Duration) -> Result<Lock, LockError> {
@@ -466,31 +501,33 @@ impl Redlock {
             token: &token,
             armed: true,
         };
+        let multi = keys.is_multi();
+        let args = [&token[..], ms];
         for node in nodes {
             collector.push(node.send(|buf| {
-                match &keys {
-                    Keys::One(key) => SetNxPxCommand.encode(buf, key, &token, ttl_ms),
-                    Keys::Many(keys) => {
-                        s.multi_acquire
-                            .evalsha()
-                            .encode(buf, keys, &[&token[..], ms])
-                    }
+                if multi {
+                    s.multi_acquire
+                        .encode(buf, ScriptCall::BySha, keys.all(), &args);
+                } else {
+                    SetNxPxCommand.encode(buf, &keys.all()[0], &token, ttl_ms);
                 }
             }));
         }
-        let classify = |f: &Frame| match (&keys, f) {
-            (Keys::One(_), f) if f.is_ok() => Vote::Yes,
-            (Keys::Many(_), Frame::Integer(1)) => Vote::Yes,
-            (_, Frame::Null) | (Keys::Many(_), Frame::Integer(0)) => Vote::No,
-            (_, Frame::Error(e)) if e.has_code("NOSCRIPT") => Vote::Retry,
-            (_, Frame::Error(e)) => Vote::Fail(Error::new(crate::ErrorKind::Server(e.clone()))),
+        let classify = |f: &Frame| match f {
+            f if !multi && f.is_ok() => Vote::Yes,
+            Frame::Integer(1) if multi => Vote::Yes,
+            Frame::Integer(0) if multi => Vote::No,
+            Frame::Null => Vote::No,
+            // Only the multi-key script can meet NOSCRIPT; SET never does.
+            Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
+            Frame::Error(e) => Vote::Fail(Error::new(crate::ErrorKind::Server(e.clone()))),
             _ => Vote::Fail(Error::new(crate::ErrorKind::UnexpectedReply)),
         };
         let resend = |i: usize| {
-            let Keys::Many(keys) = &keys else {
-                unreachable!("SET never answers NOSCRIPT")
-            };
-            nodes[i].send(|buf| encode_eval(buf, &s.multi_acquire, keys, &[&token[..], ms]))
+            nodes[i].send(|buf| {
+                s.multi_acquire
+                    .encode(buf, ScriptCall::WithSource, keys.all(), &args)
+            })
         };
         let decision = collector.run(valid_until, false, classify, resend).await;
         cleanup.armed = false;
@@ -543,30 +580,29 @@ impl Redlock {
         for (i, node) in self.inner.nodes.iter().enumerate() {
             if which(i) {
                 // The reply is not awaited: dropping the future discards it when it arrives.
-                drop(node.send(|buf| self.encode_release(buf, node, keys, token, true)));
+                drop(node.send(|buf| {
+                    self.encode_release(buf, node, keys, token, ScriptCall::WithSource)
+                }));
             }
         }
     }
 
-    /// Writes the release for one node: `DELEX key IFEQ token` where the node has it, else the
-    /// script (`EVAL` with the source when `robust`, so a lost script cache cannot stop it).
+    /// Writes the release for one node: `DELEX key IFEQ token` where the node has it (single
+    /// key), else the release script in the form `call` says (`WithSource` where a lost script
+    /// cache must not stop it).
     pub(crate) fn encode_release(
         &self,
         buf: &mut BytesMut,
         node: &Connection,
         keys: &Keys,
         token: &Token,
-        robust: bool,
+        call: ScriptCall,
     ) {
-        let s = scripts();
-        match keys {
-            Keys::One(key) if node.has_delex() && !self.inner.options.force_script_release => {
-                encode_command(buf, &[&b"DELEX"[..], key, b"IFEQ", token]);
-            }
-            Keys::One(key) if robust => encode_eval(buf, &s.release, &[&key[..]], &[&token[..]]),
-            Keys::One(key) => s.release.evalsha().encode(buf, &[&key[..]], &[&token[..]]),
-            Keys::Many(keys) if robust => encode_eval(buf, &s.multi_release, keys, &[&token[..]]),
-            Keys::Many(keys) => s.multi_release.evalsha().encode(buf, keys, &[&token[..]]),
+        if !keys.is_multi() && node.has_delex() && !self.inner.options.force_script_release {
+            encode_command(buf, &[&b"DELEX"[..], &keys.all()[0], b"IFEQ", token]);
+        } else {
+            keys.release_script()
+                .encode(buf, call, keys.all(), &[&token[..]]);
         }
     }
 
