@@ -88,6 +88,55 @@ struct Results {
     cpu: Duration,
 }
 
+/// What one worker measured.
+struct WorkerOut {
+    acquire: Histogram<u64>,
+    release: Histogram<u64>,
+    cycle: Histogram<u64>,
+    outcomes: Outcomes,
+    cycles: u64,
+}
+
+/// Waits for the workers and merges what they measured. Client CPU is read over the measured
+/// window only: from the end of the warm-up to the last worker's end.
+async fn gather(
+    workers: Vec<tokio::task::JoinHandle<WorkerOut>>,
+    measure_from: Instant,
+    end: Instant,
+) -> Results {
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu0 = cpu_time();
+    let mut r = Results {
+        cycles: 0,
+        elapsed: Duration::ZERO,
+        acquire: hist(),
+        release: hist(),
+        cycle: hist(),
+        outcomes: Outcomes::default(),
+        cpu: Duration::ZERO,
+    };
+    for w in workers {
+        let w = w.await.expect("bench worker");
+        r.acquire.add(&w.acquire).ok();
+        r.release.add(&w.release).ok();
+        r.cycle.add(&w.cycle).ok();
+        r.cycles += w.cycles;
+        let (t, o) = (&mut r.outcomes, w.outcomes);
+        t.granted += o.granted;
+        t.busy += o.busy;
+        t.no_quorum += o.no_quorum;
+        t.unavailable += o.unavailable;
+        t.expired += o.expired;
+        t.other += o.other;
+    }
+    r.cpu = cpu_time().saturating_sub(cpu0);
+    r.elapsed = Instant::now()
+        .min(end)
+        .saturating_duration_since(measure_from)
+        .max(Duration::from_millis(1));
+    r
+}
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
@@ -373,38 +422,16 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
             if let Some(lock) = held {
                 let _ = lock.release().await;
             }
-            (acq, rel, cyc, outcomes, cycles)
+            WorkerOut {
+                acquire: acq,
+                release: rel,
+                cycle: cyc,
+                outcomes,
+                cycles,
+            }
         }));
     }
-    let cpu0 = cpu_time();
-    let mut results = Results {
-        cycles: 0,
-        elapsed: Duration::ZERO,
-        acquire: hist(),
-        release: hist(),
-        cycle: hist(),
-        outcomes: Outcomes::default(),
-        cpu: Duration::ZERO,
-    };
-    for w in workers {
-        let (a, r, c, o, n) = w.await.expect("worker");
-        results.acquire.add(&a).ok();
-        results.release.add(&r).ok();
-        results.cycle.add(&c).ok();
-        results.cycles += n;
-        let t = &mut results.outcomes;
-        t.granted += o.granted;
-        t.busy += o.busy;
-        t.no_quorum += o.no_quorum;
-        t.unavailable += o.unavailable;
-        t.expired += o.expired;
-        t.other += o.other;
-    }
-    results.cpu = cpu_time().saturating_sub(cpu0);
-    results.elapsed = Instant::now()
-        .min(end)
-        .saturating_duration_since(measure_from)
-        .max(Duration::from_millis(1));
+    let results = gather(workers, measure_from, end).await;
     progress.done.store(true, Ordering::SeqCst);
     let _ = reporter.await;
     results
@@ -497,33 +524,20 @@ async fn measure_baseline(args: &BenchArgs, addrs: &[String], quorum: usize) -> 
                     let _ = cyc.record((t2 - t0).as_nanos() as u64);
                 }
             }
-            (acq, rel, cyc, cycles)
+            let outcomes = Outcomes {
+                granted: cycles,
+                ..Outcomes::default()
+            };
+            WorkerOut {
+                acquire: acq,
+                release: rel,
+                cycle: cyc,
+                outcomes,
+                cycles,
+            }
         }));
     }
-    let cpu0 = cpu_time();
-    let mut results = Results {
-        cycles: 0,
-        elapsed: Duration::ZERO,
-        acquire: hist(),
-        release: hist(),
-        cycle: hist(),
-        outcomes: Outcomes::default(),
-        cpu: Duration::ZERO,
-    };
-    for w in workers {
-        let (a, r, c, n) = w.await.expect("baseline worker");
-        results.acquire.add(&a).ok();
-        results.release.add(&r).ok();
-        results.cycle.add(&c).ok();
-        results.cycles += n;
-    }
-    results.outcomes.granted = results.cycles;
-    results.cpu = cpu_time().saturating_sub(cpu0);
-    results.elapsed = Instant::now()
-        .min(end)
-        .saturating_duration_since(measure_from)
-        .max(Duration::from_millis(1));
-    results
+    gather(workers, measure_from, end).await
 }
 
 /// Sends `frame` on every socket, then reads until `quorum` sockets answered this round. Every
