@@ -20,6 +20,7 @@
 
 pub mod conn;
 mod error;
+pub mod local;
 pub mod redlock;
 pub mod resp;
 

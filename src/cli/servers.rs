@@ -1,10 +1,12 @@
 //! The embedded default for `dragonlock bench`: local servers on free 127.0.0.1 ports, stopped
-//! (by pid) when the run ends.
+//! (by pid) when the run ends. The flags of each server live in `dragonlock::local`.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+use dragonlock::local::{self, Flavor};
 
 pub struct LocalServer {
     pub port: u16,
@@ -19,8 +21,7 @@ impl LocalServer {
 
     /// SIGSTOP: alive but silent, the worst kind of dead node.
     pub fn stop(&mut self) {
-        // SAFETY: kill(2) on a child we spawned; no memory is touched.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+        local::pause(self.child.id());
         self.stopped = true;
     }
 }
@@ -28,8 +29,7 @@ impl LocalServer {
 impl Drop for LocalServer {
     fn drop(&mut self) {
         if self.stopped {
-            // SAFETY: as above.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+            local::resume(self.child.id());
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -37,16 +37,14 @@ impl Drop for LocalServer {
 }
 
 /// The server binary: `$DRAGONLOCK_SERVER_BIN`, else `dragonfly` or `redis-server` on PATH.
-pub fn find_binary() -> Result<(PathBuf, bool), String> {
+pub fn find_binary() -> Result<(PathBuf, Flavor), String> {
     let candidates: Vec<PathBuf> = match std::env::var_os("DRAGONLOCK_SERVER_BIN") {
         Some(b) => vec![PathBuf::from(b)],
         None => vec!["dragonfly".into(), "redis-server".into()],
     };
     for bin in candidates {
-        if let Ok(out) = Command::new(&bin).arg("--version").output() {
-            let text = String::from_utf8_lossy(&out.stdout).to_lowercase()
-                + &String::from_utf8_lossy(&out.stderr).to_lowercase();
-            return Ok((bin, text.contains("dragonfly")));
+        if let Ok(flavor) = Flavor::detect(&bin) {
+            return Ok((bin, flavor));
         }
     }
     Err("no server binary found: install Redis (`sudo apt-get install -y redis-server`), put `dragonfly` on PATH, \
@@ -54,62 +52,16 @@ pub fn find_binary() -> Result<(PathBuf, bool), String> {
         .to_string())
 }
 
-fn free_port() -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(0);
-        if port != 0 && port != 6379 {
-            return port;
-        }
-    }
-}
-
 pub fn start(n: usize) -> Result<(Vec<LocalServer>, String), String> {
-    let (bin, dragonfly) = find_binary()?;
+    let (bin, flavor) = find_binary()?;
+    let dir = std::env::temp_dir();
     let mut servers = Vec::new();
     for _ in 0..n {
-        let port = free_port();
-        let p = port.to_string();
-        let mut cmd = Command::new(&bin);
-        if dragonfly {
-            cmd.args([
-                "--port",
-                &p,
-                "--bind",
-                "127.0.0.1",
-                "--dbfilename",
-                "",
-                "--proactor_threads",
-                "1",
-                "--maxmemory",
-                "512mb",
-            ]);
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("DFLY_") {
-                    cmd.env_remove(k);
-                }
-            }
-        } else {
-            cmd.args([
-                "--port",
-                &p,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ]);
-        }
-        cmd.current_dir(std::env::temp_dir())
+        let port = local::free_port();
+        let child = local::server_command(&bin, flavor, port, &dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .stdin(Stdio::null());
-        let child = cmd
+            .stdin(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         servers.push(LocalServer {

@@ -9,16 +9,11 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Which server the binary is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    Redis,
-    Dragonfly,
-}
+pub use dragonlock::local::{free_port, Flavor};
 
 /// The server binary and its flavor, found once per test process.
 pub fn binary() -> &'static (PathBuf, Flavor) {
@@ -27,38 +22,15 @@ pub fn binary() -> &'static (PathBuf, Flavor) {
         let bin = std::env::var_os("DRAGONLOCK_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("redis-server"));
-        let out = Command::new(&bin)
-            .arg("--version")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run the server binary {bin:?} ({e}). Install Redis with \
+        let flavor = Flavor::detect(&bin).unwrap_or_else(|e| {
+            panic!(
+                "cannot run the server binary {bin:?} ({e}). Install Redis with \
                  `apt-get update && apt-get install -y redis-server`, or set DRAGONLOCK_SERVER_BIN \
                  to a redis-server or dragonfly binary."
-                )
-            });
-        let text = String::from_utf8_lossy(&out.stdout).to_lowercase()
-            + &String::from_utf8_lossy(&out.stderr).to_lowercase();
-        let flavor = if text.contains("dragonfly") {
-            Flavor::Dragonfly
-        } else {
-            Flavor::Redis
-        };
+            )
+        });
         (bin, flavor)
     })
-}
-
-/// A free port on 127.0.0.1 (never 6379).
-pub fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().unwrap().port();
-        if port != 6379 {
-            return port;
-        }
-    }
 }
 
 /// Options for one server.
@@ -101,29 +73,10 @@ impl Server {
 
     fn spawn(&mut self) {
         let (bin, flavor) = binary();
-        let mut cmd = Command::new(bin);
-        let port = self.port.to_string();
+        let mut cmd = dragonlock::local::server_command(bin, *flavor, self.port, &self.dir);
         match flavor {
             Flavor::Redis => {
-                cmd.args([
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]);
-                cmd.args([
-                    "--daemonize",
-                    "no",
-                    "--protected-mode",
-                    "no",
-                    "--enable-debug-command",
-                    "yes",
-                ]);
-                cmd.arg("--dir").arg(&self.dir);
+                cmd.args(["--enable-debug-command", "yes"]);
                 if let Some(p) = &self.options.requirepass {
                     cmd.args(["--requirepass", p]);
                 }
@@ -140,26 +93,8 @@ impl Server {
                 }
             }
             Flavor::Dragonfly => {
-                cmd.args([
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--dbfilename",
-                    "",
-                    "--proactor_threads",
-                    "1",
-                    "--maxmemory",
-                    "512mb",
-                ]);
-                cmd.arg("--dir").arg(&self.dir);
                 if let Some(p) = &self.options.requirepass {
                     cmd.arg(format!("--requirepass={p}"));
-                }
-                for (k, _) in std::env::vars_os() {
-                    if k.to_string_lossy().starts_with("DFLY_") {
-                        cmd.env_remove(k);
-                    }
                 }
             }
         }
@@ -213,7 +148,7 @@ impl Server {
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             if self.stopped {
-                signal(child.id() as i32, libc::SIGCONT);
+                dragonlock::local::resume(child.id());
             }
             child.kill().ok();
             child.wait().ok();
@@ -223,13 +158,13 @@ impl Server {
 
     /// SIGSTOP: the process stays, its sockets stay open, nothing is answered.
     pub fn stop(&mut self) {
-        signal(self.pid(), libc::SIGSTOP);
+        dragonlock::local::pause(self.pid() as u32);
         self.stopped = true;
     }
 
     /// SIGCONT.
     pub fn cont(&mut self) {
-        signal(self.pid(), libc::SIGCONT);
+        dragonlock::local::resume(self.pid() as u32);
         self.stopped = false;
     }
 
@@ -295,13 +230,6 @@ pub fn encode(args: &[&str]) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
     dragonlock::resp::encode_command(&mut buf, args);
     buf.to_vec()
-}
-
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
-    unsafe {
-        libc::kill(pid, sig);
-    }
 }
 
 impl Drop for Server {

@@ -1,0 +1,113 @@
+//! Throwaway servers on 127.0.0.1, for benchmarks and tests: which server a binary is, a free
+//! port, and the command line each server needs. `dragonlock bench` and the test harness both
+//! start their servers through this module, so the flags of each server are written once.
+//!
+//! Redis and Dragonfly differ here: Dragonfly takes `--dbfilename ''`, `--proactor_threads` and
+//! `--maxmemory`, does not daemonize, and aborts at start on any unknown environment variable
+//! whose name starts with `DFLY_`, so those are removed from its environment.
+
+use std::io;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+/// Which server a binary is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `redis-server` (or a compatible server that takes Redis's flags).
+    Redis,
+    /// Dragonfly.
+    Dragonfly,
+}
+
+impl Flavor {
+    /// Runs `bin --version` and tells the two apart by its output.
+    ///
+    /// # Errors
+    ///
+    /// When the binary cannot be run (not installed, not executable).
+    pub fn detect(bin: &Path) -> io::Result<Flavor> {
+        let mut cmd = Command::new(bin);
+        remove_dfly_vars(&mut cmd);
+        let out = cmd.arg("--version").output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase()
+            + &String::from_utf8_lossy(&out.stderr).to_lowercase();
+        Ok(if text.contains("dragonfly") {
+            Flavor::Dragonfly
+        } else {
+            Flavor::Redis
+        })
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago; never 6379, where a shared server may live.
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if port != 0 && port != 6379 {
+            return port;
+        }
+    }
+}
+
+/// The command that starts `bin` in the foreground on `127.0.0.1:port`, with no persistence,
+/// working in `dir`. Callers add their own flags (passwords, debug commands) and stdio.
+pub fn server_command(bin: &Path, flavor: Flavor, port: u16, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    let port = port.to_string();
+    match flavor {
+        Flavor::Redis => {
+            cmd.args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            cmd.args(["--daemonize", "no", "--protected-mode", "no"]);
+        }
+        Flavor::Dragonfly => {
+            cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dbfilename", ""]);
+            cmd.args(["--proactor_threads", "1", "--maxmemory", "512mb"]);
+            remove_dfly_vars(&mut cmd);
+        }
+    }
+    cmd.arg("--dir").arg(dir).current_dir(dir);
+    cmd
+}
+
+/// Dragonfly aborts at start on any `DFLY_*` variable it does not know.
+fn remove_dfly_vars(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DFLY_") {
+            cmd.env_remove(name);
+        }
+    }
+}
+
+/// Freezes the process `pid` (SIGSTOP): its sockets stay open and nothing is answered, the
+/// hardest kind of dead node for a client.
+pub fn pause(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+}
+
+/// Lets a paused process run again (SIGCONT).
+pub fn resume(pid: u32) {
+    signal(pid, libc::SIGCONT);
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours; a stale pid or a bad
+    // signal number is reported through errno, which is deliberately ignored here (the process
+    // may already be gone). Exercised by every test that stops a server (tests/redlock.rs).
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
