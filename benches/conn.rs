@@ -11,6 +11,20 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dragonlock::conn::{Connection, ConnectionConfig};
 use dragonlock::resp::SetNxPxCommand;
 
+const TOKEN: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+
+/// `iters` requests, one after the other, from one task: the round-trip time.
+async fn sequential(conn: &Connection, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        conn.send(|buf| SetNxPxCommand.encode(buf, b"k", TOKEN, 30_000))
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    start.elapsed()
+}
+
 fn round_trip(c: &mut Criterion) {
     let server = common::server::Server::start();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -23,7 +37,7 @@ fn round_trip(c: &mut Criterion) {
         ))
         .unwrap();
     let mut base = rt.block_on(BaselineNode::connect(&server.addr()));
-    let token = b"0123456789abcdef0123456789abcdef";
+    let token = TOKEN;
     let set = cmd(&[b"SET", b"k", token, b"NX", b"PX", b"30000"]);
 
     let mut group = c.benchmark_group("round trip SET NX PX");
@@ -44,36 +58,14 @@ fn round_trip(c: &mut Criterion) {
         })
     });
     group.bench_function("dragonlock Connection", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000))
-                        .unwrap()
-                        .await
-                        .unwrap();
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(sequential(&conn, iters)))
     });
     group.finish();
 
     // Throughput: requests per second, one task in sequence vs 64 tasks sharing the pipeline.
     let mut group = c.benchmark_group("throughput (time per request)");
     group.bench_function("sequential, 1 task", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000))
-                        .unwrap()
-                        .await
-                        .unwrap();
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(sequential(&conn, iters)))
     });
     group.bench_function("pipelined, 64 tasks", |b| {
         b.iter_custom(|iters| {

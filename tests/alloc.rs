@@ -96,11 +96,7 @@ fn decoding_lock_replies_and_encoding_lock_commands_allocate_nothing() {
 #[test]
 fn connection_requests_allocate_nothing_in_steady_state() {
     let servers = cluster(1);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    current_thread().block_on(async {
         let conn = Connection::connect(ConnectionConfig::from_url(&servers[0].url()).unwrap())
             .await
             .unwrap();
@@ -135,43 +131,39 @@ fn connection_requests_allocate_nothing_in_steady_state() {
     });
 }
 
+/// Allocations made by `n` uncontended `try_acquire` + `release` cycles on `r`, after `warmup`
+/// cycles that let the slot tables and buffers grow to the load.
+async fn cycle_allocations(r: &Redlock, warmup: usize, n: usize) -> u64 {
+    let cycles = |count: usize| async move {
+        for _ in 0..count {
+            let lock = r
+                .try_acquire("orders:42", Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(lock.release().await.unwrap(), r.nodes().len());
+        }
+    };
+    cycles(warmup).await;
+    let before = allocations();
+    cycles(n).await;
+    allocations() - before
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
     let servers = cluster(5);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let configs = servers
-            .iter()
-            .map(|s| ConnectionConfig::from_url(&s.url()).unwrap())
-            .collect();
-        let r = Redlock::from_configs(
-            configs,
-            RedlockOptions::default().connect_timeout(Duration::from_secs(5)),
-        )
-        .await;
-        for n in r.nodes() {
-            n.wait_connected(Duration::from_secs(5)).await.unwrap();
-        }
-        let cycle = |n: usize| {
-            let r = &r;
-            async move {
-                for _ in 0..n {
-                    let lock = r
-                        .try_acquire("orders:42", Duration::from_secs(30))
-                        .await
-                        .unwrap();
-                    assert_eq!(lock.release().await.unwrap(), 5);
-                }
-            }
-        };
-        cycle(1_000).await;
-        let before = allocations();
-        cycle(10_000).await;
+    current_thread().block_on(async {
+        let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+        let r = support::redlock_over(&urls, RedlockOptions::default()).await;
         assert_eq!(
-            allocations() - before,
+            cycle_allocations(&r, 1_000, 10_000).await,
             0,
             "allocations over 10,000 acquire+release cycles"
         );
@@ -192,41 +184,12 @@ fn the_native_delex_path_allocates_nothing() {
     let fakes: Vec<FakeServer> = (0..5)
         .map(|_| fake_rt.block_on(FakeServer::start(true, handler.clone())))
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let configs = fakes
-            .iter()
-            .map(|f| ConnectionConfig::from_url(&f.url()).unwrap())
-            .collect();
-        let r = Redlock::from_configs(
-            configs,
-            RedlockOptions::default().connect_timeout(Duration::from_secs(5)),
-        )
-        .await;
-        for n in r.nodes() {
-            n.wait_connected(Duration::from_secs(5)).await.unwrap();
-            assert!(n.has_delex());
-        }
-        let cycle = |n: usize| {
-            let r = &r;
-            async move {
-                for _ in 0..n {
-                    let lock = r
-                        .try_acquire("orders:42", Duration::from_secs(30))
-                        .await
-                        .unwrap();
-                    assert_eq!(lock.release().await.unwrap(), 5);
-                }
-            }
-        };
-        cycle(500).await;
-        let before = allocations();
-        cycle(5_000).await;
+    current_thread().block_on(async {
+        let urls: Vec<String> = fakes.iter().map(|f| f.url()).collect();
+        let r = support::redlock_over(&urls, RedlockOptions::default()).await;
+        assert!(r.nodes().iter().all(|n| n.has_delex()));
         assert_eq!(
-            allocations() - before,
+            cycle_allocations(&r, 500, 5_000).await,
             0,
             "allocations over 5,000 native-release cycles"
         );

@@ -15,6 +15,15 @@ fn dragonlock(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `host:port,host:port,…` for `--nodes`.
+fn node_list(servers: &[support::server::Server]) -> String {
+    servers
+        .iter()
+        .map(|s| s.addr())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
@@ -73,11 +82,7 @@ fn bench_with_a_stopped_minority_still_grants_every_lock() {
 #[test]
 fn bench_workloads_run_against_given_nodes() {
     let servers = cluster(3);
-    let nodes = servers
-        .iter()
-        .map(|s| s.addr())
-        .collect::<Vec<_>>()
-        .join(",");
+    let nodes = node_list(&servers);
     for workload in ["contended", "acquire-only", "extend", "multi"] {
         let o = dragonlock(&[
             "bench",
@@ -150,11 +155,7 @@ fn ping_reports_live_and_dead_nodes() {
 #[test]
 fn run_passes_the_exit_code_through_and_reports_busy() {
     let servers = cluster(3);
-    let nodes = servers
-        .iter()
-        .map(|s| s.addr())
-        .collect::<Vec<_>>()
-        .join(",");
+    let nodes = node_list(&servers);
     let o = dragonlock(&[
         "run",
         "--nodes",
@@ -204,11 +205,7 @@ fn run_passes_the_exit_code_through_and_reports_busy() {
 #[test]
 fn run_stops_the_command_when_the_lock_is_lost() {
     let mut servers = cluster(3);
-    let nodes = servers
-        .iter()
-        .map(|s| s.addr())
-        .collect::<Vec<_>>()
-        .join(",");
+    let nodes = node_list(&servers);
     let mut child = Command::new(env!("CARGO_BIN_EXE_dragonlock"))
         .args([
             "run",

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dragonlock::conn::ConnectionConfig;
 use dragonlock::{Redlock, RedlockOptions};
 use support::fake::{Action, FakeServer};
 use support::server::Server;
@@ -85,21 +84,7 @@ async fn fake(lying: bool) -> (FakeServer, Arc<Store>) {
 }
 
 async fn redlock(urls: Vec<String>, options: RedlockOptions) -> Redlock {
-    let configs = urls
-        .iter()
-        .map(|u| ConnectionConfig::from_url(u).unwrap())
-        .collect();
-    let r = Redlock::from_configs(
-        configs,
-        options
-            .retry_count(0)
-            .connect_timeout(Duration::from_secs(5)),
-    )
-    .await;
-    for n in r.nodes() {
-        n.wait_connected(Duration::from_secs(5)).await.unwrap();
-    }
-    r
+    support::redlock_over(&urls, options.retry_count(0)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,27 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dragonlock::conn::ConnectionConfig;
 use dragonlock::resp::Frame;
 use dragonlock::{NodeResult, Redlock, RedlockOptions};
 use support::server::{cluster, Server};
 
 async fn redlock(servers: &[Server], options: RedlockOptions) -> Redlock {
-    let configs = servers
-        .iter()
-        .map(|s| {
-            ConnectionConfig::from_url(&s.url())
-                .unwrap()
-                .backoff(Duration::from_millis(5), Duration::from_millis(200))
-        })
-        .collect();
-    let r = Redlock::from_configs(configs, options.connect_timeout(Duration::from_secs(5))).await;
-    for (n, s) in r.nodes().iter().zip(servers) {
-        if s.is_running() {
-            n.wait_connected(Duration::from_secs(5)).await.unwrap();
-        }
-    }
-    r
+    let urls: Vec<String> = servers.iter().map(Server::url).collect();
+    support::redlock_over(&urls, options).await
 }
 
 fn keys_on(s: &Server) -> i64 {

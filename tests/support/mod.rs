@@ -4,3 +4,26 @@
 pub mod fake;
 pub mod fixtures;
 pub mod server;
+
+use std::time::Duration;
+
+use dragonlock::conn::ConnectionConfig;
+use dragonlock::{Redlock, RedlockOptions};
+
+/// A Redlock over `urls` with fast reconnects (5 ms doubling to 200 ms), once every node is
+/// connected (bounded: 5 s each).
+pub async fn redlock_over<S: AsRef<str>>(urls: &[S], options: RedlockOptions) -> Redlock {
+    let configs = urls
+        .iter()
+        .map(|u| {
+            ConnectionConfig::from_url(u.as_ref())
+                .unwrap()
+                .backoff(Duration::from_millis(5), Duration::from_millis(200))
+        })
+        .collect();
+    let r = Redlock::from_configs(configs, options.connect_timeout(Duration::from_secs(5))).await;
+    for n in r.nodes() {
+        n.wait_connected(Duration::from_secs(5)).await.unwrap();
+    }
+    r
+}
