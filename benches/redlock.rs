@@ -11,6 +11,74 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dragonlock::conn::ConnectionConfig;
 use dragonlock::{Redlock, RedlockOptions};
 
+/// CPU time of this thread. The runtime is current-thread, so the client's tasks (its drivers
+/// included) all run here: the difference over a segment is that client's own CPU.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we pass and touches nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// p50 against p50 with drift taken out: the three clients take turns cycle by cycle.
+/// Two baselines: the issue's (release with a plain `DEL`, which is unsafe for a lock: it deletes
+/// whoever's key is there), and a like-for-like one releasing with the same compare-and-delete
+/// script, so the client's own cost can be told from the server's cost of a safe release.
+async fn interleaved(redlock: &Redlock, base: &mut [BaselineNode]) {
+    const ROUNDS: usize = 5_000;
+    let token = b"0123456789abcdef0123456789abcdef";
+    let sha = dragonlock::conn::Script::new(dragonlock::redlock::scripts::RELEASE);
+    let set_del = vec![cmd(&[b"SET", b"bench:del", token, b"NX", b"PX", b"30000"]); 5];
+    let del = vec![cmd(&[b"DEL", b"bench:del"]); 5];
+    let set_cad = vec![cmd(&[b"SET", b"bench:cad", token, b"NX", b"PX", b"30000"]); 5];
+    let cad = vec![cmd(&[b"EVALSHA", sha.sha().as_bytes(), b"1", b"bench:cad", token]); 5];
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut cpu = [Duration::ZERO; 3];
+    for i in 0..ROUNDS + 500 {
+        let (t0, c0) = (Instant::now(), thread_cpu());
+        baseline_round(base, &set_del, 3).await;
+        baseline_round(base, &del, 3).await;
+        let (t1, c1) = (Instant::now(), thread_cpu());
+        baseline_round(base, &set_cad, 3).await;
+        baseline_round(base, &cad, 3).await;
+        let (t2, c2) = (Instant::now(), thread_cpu());
+        let lock = redlock
+            .try_acquire("bench:dl", Duration::from_secs(30))
+            .await
+            .unwrap();
+        lock.release().await.unwrap();
+        let (t3, c3) = (Instant::now(), thread_cpu());
+        if i >= 500 {
+            times[0].push(t1 - t0);
+            times[1].push(t2 - t1);
+            times[2].push(t3 - t2);
+            cpu[0] += c1 - c0;
+            cpu[1] += c2 - c1;
+            cpu[2] += c3 - c2;
+        }
+    }
+    let per = |c: Duration| c / ROUNDS as u32;
+    eprintln!(
+        "client CPU per cycle: dragonlock {:?}; baseline DEL {:?}; baseline compare-and-delete {:?}",
+        per(cpu[2]),
+        per(cpu[0]),
+        per(cpu[1])
+    );
+    for t in &mut times {
+        t.sort_unstable();
+    }
+    let q = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    let [del_t, cad_t, ours] = &times;
+    eprintln!(
+        "interleaved lock cycles ({ROUNDS} each), p50 / p99: dragonlock {:?} / {:?}; baseline DEL {:?} / {:?}; \
+         baseline compare-and-delete {:?} / {:?}; ratio p50 vs DEL {:.3}x, vs compare-and-delete {:.3}x",
+        q(ours, 0.5), q(ours, 0.99), q(del_t, 0.5), q(del_t, 0.99), q(cad_t, 0.5), q(cad_t, 0.99),
+        q(ours, 0.5).as_secs_f64() / q(del_t, 0.5).as_secs_f64(),
+        q(ours, 0.5).as_secs_f64() / q(cad_t, 0.5).as_secs_f64(),
+    );
+}
+
 fn cycle(c: &mut Criterion) {
     let servers = common::server::cluster(5);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -21,8 +89,7 @@ fn cycle(c: &mut Criterion) {
         .iter()
         .map(|s| ConnectionConfig::from_url(&s.url()).unwrap())
         .collect();
-    let script = RedlockOptions::default().force_script_release(true);
-    let redlock = rt.block_on(Redlock::from_configs(configs, script));
+    let redlock = rt.block_on(Redlock::from_configs(configs, RedlockOptions::default()));
     let mut base: Vec<BaselineNode> = rt.block_on(async {
         let mut v = Vec::new();
         for s in &servers {
@@ -30,12 +97,13 @@ fn cycle(c: &mut Criterion) {
         }
         v
     });
-    let release_path = if redlock.nodes().iter().all(|n| n.has_delex()) {
-        "DELEX"
-    } else {
-        "EVALSHA script"
-    };
-    eprintln!("release path on these nodes: {release_path}");
+    let paths: Vec<&str> = redlock
+        .nodes()
+        .iter()
+        .map(|n| if n.has_delex() { "DELEX" } else { "EVALSHA" })
+        .collect();
+    eprintln!("release path per node: {paths:?}");
+    rt.block_on(interleaved(&redlock, &mut base));
     let token = b"0123456789abcdef0123456789abcdef";
     let set = vec![cmd(&[b"SET", b"bench:base", token, b"NX", b"PX", b"30000"]); 5];
     let del = vec![cmd(&[b"DEL", b"bench:base"]); 5];
