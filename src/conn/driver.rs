@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use rand::Rng;
 use smallvec::SmallVec;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::{handshake, Shared, Status};
@@ -67,7 +68,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     st.connects += 1;
                 }
                 shared.changed.notify_waiters();
-                let error = serve(&shared, stream).await;
+                let error = serve(&shared, Arc::new(stream)).await;
                 fail_in_flight(&shared, error);
             }
             Some(Err(error)) => {
@@ -113,6 +114,7 @@ fn fail_in_flight(shared: &Shared, error: Error) {
     {
         let mut st = shared.lock();
         st.status = Status::Down;
+        st.socket = None;
         st.write_buf.clear();
         st.driver_waker = None;
         while let Some(id) = st.queue.pop_front() {
@@ -133,7 +135,7 @@ fn fail_in_flight(shared: &Shared, error: Error) {
 }
 
 struct Io {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     decoder: Decoder,
     read_buf: BytesMut,
     /// The bytes being written; swapped with the shared write buffer when empty.
@@ -141,7 +143,8 @@ struct Io {
 }
 
 /// Runs the I/O loop until the connection fails or is closed; returns why it ended.
-async fn serve(shared: &Shared, stream: TcpStream) -> Error {
+async fn serve(shared: &Shared, stream: Arc<TcpStream>) -> Error {
+    shared.lock().socket = Some(stream.clone());
     let mut io = Io {
         stream,
         decoder: Decoder::new(shared.config.decoder),
@@ -200,16 +203,28 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
                 Poll::Ready(Ok(())) => {}
             }
             io.read_buf.reserve(READ_CHUNK);
-            match io.stream.try_read_buf(&mut io.read_buf) {
-                Ok(0) => return Poll::Ready(Error::new(ErrorKind::Eof)),
-                Ok(_) => {
+            let spare = io.read_buf.capacity() - io.read_buf.len();
+            let mut n = 0;
+            let read = io.stream.try_io(Interest::READABLE, || {
+                n = io.stream.try_read_buf(&mut io.read_buf)?;
+                if n > 0 && n < spare {
+                    // A short read took everything there was: clear the readiness now rather
+                    // than pay a second read that can only answer EAGAIN. Bytes that arrive
+                    // later raise a new readiness event, which tokio does not clear.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match (read, n) {
+                (_, 1..) => {
                     progressed = true;
                     if let Err(e) = dispatch(shared, &mut io.decoder, &mut io.read_buf) {
                         return Poll::Ready(e);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(e.into()),
+                (Ok(()), 0) => return Poll::Ready(Error::new(ErrorKind::Eof)),
+                (Err(e), 0) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), 0) => return Poll::Ready(e.into()),
             }
         }
 
