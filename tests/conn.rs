@@ -35,7 +35,29 @@ both_protocols!(
     password_and_acl_user,
     noscript_is_recovered_with_eval,
     handshake_reports_the_server,
+    a_request_larger_than_the_socket_buffer_is_finished_by_the_driver,
 );
+
+/// On an idle connection the caller writes its request itself; 8 MiB does not fit in the
+/// socket's buffer, so the write is partial and the driver must send the rest, in order.
+async fn a_request_larger_than_the_socket_buffer_is_finished_by_the_driver(protocol: Protocol) {
+    let server = Server::start();
+    let conn = Connection::connect(config(&server, protocol))
+        .await
+        .unwrap();
+    let big: String = (0..8 << 20)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let reply = conn.command(&["ECHO", &big]).await.unwrap();
+    assert_eq!(reply.as_bytes().map(<[u8]>::len), Some(big.len()));
+    assert_eq!(reply.as_bytes(), Some(big.as_bytes()));
+    // And the connection is still in step.
+    assert_eq!(
+        conn.command(&["ECHO", "after"]).await.unwrap().as_bytes(),
+        Some(&b"after"[..])
+    );
+    assert_eq!(conn.connects(), 1);
+}
 
 async fn every_caller_gets_its_own_reply(protocol: Protocol) {
     let server = Server::start();
