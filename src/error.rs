@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 
-use crate::resp::{DecodeError, ServerError};
+use crate::resp::{DecodeError, ServerError, ServerErrorKind};
 
 /// What went wrong talking to one node. Cheap to clone (every request in flight on a failed
 /// connection gets a copy) and never boxed.
@@ -45,6 +45,10 @@ pub enum ErrorKind {
     InvalidConfig(&'static str),
     /// The reply has a shape the command never produces.
     UnexpectedReply,
+    /// The node's server process started less than the Redlock restart delay ago: it may have
+    /// lost lock keys in the restart, so it does not vote (see
+    /// [`RedlockOptions::restart_delay`](crate::RedlockOptions::restart_delay)). Not sent.
+    Restarted,
 }
 
 impl Error {
@@ -70,9 +74,14 @@ impl Error {
         }
     }
 
-    /// Credentials were rejected.
+    /// Credentials were rejected or are missing: at handshake, or a command answered `NOAUTH`,
+    /// `WRONGPASS` or `NOPERM` (a password changed on a live server).
     pub fn is_auth(&self) -> bool {
-        matches!(self.kind, ErrorKind::Auth(_))
+        match &self.kind {
+            ErrorKind::Auth(_) => true,
+            ErrorKind::Server(e) => e.kind() == ServerErrorKind::Auth,
+            _ => false,
+        }
     }
 
     /// The peer broke the protocol (malformed or oversized frame, unsolicited reply).
@@ -102,14 +111,39 @@ impl Error {
                 | ErrorKind::Closed
                 | ErrorKind::Protocol(_)
                 | ErrorKind::UnsolicitedReply
+                | ErrorKind::Restarted
         )
     }
 
-    /// The request was refused before it was sent (node down, or too many in flight).
+    /// The node restarted too recently to vote in a Redlock acquire.
+    pub fn is_restarted(&self) -> bool {
+        matches!(self.kind, ErrorKind::Restarted)
+    }
+
+    /// The request might have run on the server although no answer came: it was written and
+    /// then the connection failed or the deadline passed. A lock key may have been set.
+    pub fn maybe_executed(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Io(_)
+                | ErrorKind::Eof
+                | ErrorKind::ConnectionLost
+                | ErrorKind::Timeout
+                | ErrorKind::Protocol(_)
+                | ErrorKind::UnsolicitedReply
+        )
+    }
+
+    /// The request was refused before it was sent (node down, its credentials rejected, too
+    /// many in flight, or restarted too recently to vote).
     pub fn is_not_sent(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::NotConnected | ErrorKind::Overloaded | ErrorKind::Closed
+            ErrorKind::NotConnected
+                | ErrorKind::Overloaded
+                | ErrorKind::Closed
+                | ErrorKind::Restarted
+                | ErrorKind::Auth(_)
         )
     }
 }
@@ -153,6 +187,9 @@ impl fmt::Display for Error {
             ErrorKind::Closed => f.write_str("connection closed"),
             ErrorKind::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
             ErrorKind::UnexpectedReply => f.write_str("unexpected reply"),
+            ErrorKind::Restarted => {
+                f.write_str("the node restarted too recently to vote (restart delay)")
+            }
         }
     }
 }

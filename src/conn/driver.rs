@@ -25,6 +25,7 @@ use rand::Rng;
 use smallvec::SmallVec;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::{handshake, Shared, Status};
 use crate::error::{Error, ErrorKind};
@@ -63,6 +64,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 {
                     let mut st = shared.lock();
                     st.status = Status::Connected;
+                    // Read just now by the handshake; without one the server counts as just
+                    // started: the safe side for the restart delay.
+                    st.uptime_at = Some((info.uptime.unwrap_or_default(), Instant::now()));
                     st.info = Some(Arc::new(info));
                     st.attempts += 1;
                     st.connects += 1;

@@ -1,6 +1,6 @@
 //! What a server said about itself at handshake.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::resp::Frame;
 
@@ -41,6 +41,9 @@ pub struct ServerInfo {
     pub client_id: Option<i64>,
     /// Tells this server process from a restarted one.
     pub restart_marker: Option<RestartMarker>,
+    /// How long the server process had been running (`uptime_in_seconds`, whole seconds,
+    /// rounded down), when it said.
+    pub uptime: Option<Duration>,
     /// The server has `DELEX key IFEQ value` (native compare-and-delete).
     pub has_delex: bool,
     /// Every registered script was loaded.
@@ -98,6 +101,7 @@ impl ServerInfo {
         if self.server.is_empty() {
             self.server = "redis".to_string();
         }
+        self.uptime = uptime.map(Duration::from_secs);
         self.restart_marker = match (run_id, uptime) {
             (Some(id), _) => Some(RestartMarker::RunId(id)),
             (None, Some(up)) => {

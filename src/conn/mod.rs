@@ -92,6 +92,9 @@ struct State {
     attempts: u64,
     connects: u64,
     pushes: u64,
+    /// The server's reported uptime and when it was read (at each connect, with the status, so
+    /// a check under this lock sees the server it would send to).
+    uptime_at: Option<(Duration, Instant)>,
 }
 
 pub(crate) struct Shared {
@@ -139,6 +142,10 @@ fn write_now(st: &mut State) -> bool {
         }
         Err(_) => false,
     }
+}
+
+fn uptime_now(st: &State) -> Option<Duration> {
+    st.uptime_at.map(|(up, at)| up + at.elapsed())
 }
 
 /// Closes the connection when the last [`Connection`] clone goes.
@@ -207,6 +214,7 @@ impl Connection {
                 attempts: 0,
                 connects: 0,
                 pushes: 0,
+                uptime_at: None,
             }),
             changed: Notify::new(),
             shutdown: Notify::new(),
@@ -311,6 +319,14 @@ impl Connection {
         self.shared().delex.load(Ordering::Relaxed)
     }
 
+    /// How long the server process behind the current connection has been running, at least:
+    /// the uptime it reported at handshake (whole seconds, rounded down; zero when it did not
+    /// say) plus the time since. `None` before the first connect. A restarted server lost the
+    /// keys it did not persist; Redlock's restart delay uses this to keep it from voting too soon.
+    pub fn server_uptime(&self) -> Option<Duration> {
+        uptime_now(&self.shared().lock())
+    }
+
     /// Stops using `DELEX` on this connection until the next handshake (the server answered it
     /// with `unknown command` after all).
     pub fn disable_delex(&self) {
@@ -348,13 +364,46 @@ impl Connection {
     /// At once, without sending: `NotConnected` while the node is down, `Overloaded` past
     /// `max_in_flight`, `Closed` after the connection was closed.
     pub fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<ReplyFuture<'_>, Error> {
+        self.enqueue(None, encode)
+    }
+
+    /// [`send`](Connection::send), only when the server has been up for at least `min_uptime`
+    /// (see [`server_uptime`](Connection::server_uptime)); else `Restarted`, not sent. Checked
+    /// under the same lock as the send, so a reconnect in between cannot slip a freshly
+    /// restarted server in.
+    ///
+    /// # Errors
+    ///
+    /// As `send`, and [`ErrorKind::Restarted`].
+    pub fn send_if_up_for(
+        &self,
+        min_uptime: Duration,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<ReplyFuture<'_>, Error> {
+        self.enqueue(Some(min_uptime), encode)
+    }
+
+    fn enqueue(
+        &self,
+        min_uptime: Option<Duration>,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<ReplyFuture<'_>, Error> {
         let shared = self.shared();
         let mut st = shared.lock();
         if st.closed {
             return Err(Error::new(ErrorKind::Closed));
         }
         if st.status != Status::Connected {
-            return Err(Error::new(ErrorKind::NotConnected));
+            // A node that refuses our credentials says so, rather than just "not connected".
+            return Err(match &st.last_error {
+                Some(e) if e.is_auth() => e.clone(),
+                _ => Error::new(ErrorKind::NotConnected),
+            });
+        }
+        if let Some(min) = min_uptime {
+            if uptime_now(&st).is_none_or(|up| up < min) {
+                return Err(Error::new(ErrorKind::Restarted));
+            }
         }
         if st.queue.len() >= shared.config.max_in_flight {
             return Err(Error::new(ErrorKind::Overloaded));

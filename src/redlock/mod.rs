@@ -70,6 +70,7 @@ pub struct RedlockOptions {
     pub(crate) max_extensions: Option<u32>,
     pub(crate) force_script_release: bool,
     pub(crate) connect_timeout: Duration,
+    pub(crate) restart_delay: Option<Duration>,
 }
 
 impl Default for RedlockOptions {
@@ -86,6 +87,7 @@ impl Default for RedlockOptions {
             max_extensions: None,
             force_script_release: false,
             connect_timeout: crate::conn::DEFAULT_CONNECT_TIMEOUT,
+            restart_delay: None,
         }
     }
 }
@@ -137,6 +139,25 @@ impl RedlockOptions {
         self.force_script_release = force;
         self
     }
+    /// The delayed-restart rule (off by default): a node whose server process has been up for
+    /// less than `delay` does not vote in an acquire; it is not asked, and counts as failed
+    /// with [`ErrorKind::Restarted`](crate::ErrorKind::Restarted).
+    ///
+    /// A node restarted without persistence has lost its lock keys, and with them its half of
+    /// every lock it granted: another client could then win a quorum while the first still
+    /// holds the lock. Set `delay` to at least the longest ttl any client uses (extensions
+    /// included) and that cannot happen: every lock that counted on the lost keys has expired by
+    /// the time the node votes again. The uptime comes from the server's `INFO` at each
+    /// handshake, so the rule also covers restarts this client never saw.
+    ///
+    /// It is off by default because it makes freshly started servers unusable for `delay`
+    /// (surprising in development and tests); production deployments without `appendfsync
+    /// always` should turn it on.
+    pub fn restart_delay(mut self, delay: Duration) -> Self {
+        self.restart_delay = Some(delay);
+        self
+    }
+
     /// How long [`Redlock::connect`] waits for the nodes' first connect.
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
@@ -503,15 +524,19 @@ impl Redlock {
         };
         let multi = keys.is_multi();
         let args = [&token[..], ms];
+        let encode = |buf: &mut BytesMut| {
+            if multi {
+                s.multi_acquire
+                    .encode(buf, ScriptCall::BySha, keys.all(), &args);
+            } else {
+                SetNxPxCommand.encode(buf, &keys.all()[0], &token, ttl_ms);
+            }
+        };
         for node in nodes {
-            collector.push(node.send(|buf| {
-                if multi {
-                    s.multi_acquire
-                        .encode(buf, ScriptCall::BySha, keys.all(), &args);
-                } else {
-                    SetNxPxCommand.encode(buf, &keys.all()[0], &token, ttl_ms);
-                }
-            }));
+            collector.push(match self.inner.options.restart_delay {
+                None => node.send(encode),
+                Some(delay) => node.send_if_up_for(delay, encode),
+            });
         }
         let classify = |f: &Frame| match f {
             f if !multi && f.is_ok() => Vote::Yes,

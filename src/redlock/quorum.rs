@@ -75,9 +75,14 @@ impl<'a> QuorumCollector<'a> {
         self.yes
     }
 
-    /// Nodes that might hold the key: those that said yes and those that have not answered.
+    /// Nodes that might hold the key: those that said yes, those that have not answered, and
+    /// those whose request went out before the connection failed (it may have run).
     pub fn might_hold(&self, i: usize) -> bool {
-        matches!(self.results[i], NodeResult::Granted | NodeResult::NoReply)
+        match &self.results[i] {
+            NodeResult::Granted | NodeResult::NoReply => true,
+            NodeResult::Failed(e) => e.maybe_executed(),
+            NodeResult::Refused => false,
+        }
     }
 
     fn decide(&self, all: bool) -> Option<Decision> {

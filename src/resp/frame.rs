@@ -185,10 +185,47 @@ impl ServerError {
         self.code() == code.as_bytes()
     }
 
+    /// What kind of failure the code names, for the codes a lock client must tell apart.
+    pub fn kind(&self) -> ServerErrorKind {
+        match self.code() {
+            b"LOADING" => ServerErrorKind::Loading,
+            b"READONLY" => ServerErrorKind::ReadOnly,
+            b"OOM" => ServerErrorKind::OutOfMemory,
+            b"NOAUTH" | b"WRONGPASS" | b"NOPERM" => ServerErrorKind::Auth,
+            b"NOSCRIPT" => ServerErrorKind::NoScript,
+            b"BUSY" => ServerErrorKind::Busy,
+            b"MASTERDOWN" | b"TRYAGAIN" | b"CLUSTERDOWN" => ServerErrorKind::TryAgain,
+            _ => ServerErrorKind::Other,
+        }
+    }
+
     /// True for an `unknown command` error, under either server's wording.
     pub fn is_unknown_command(&self) -> bool {
         self.has_code("ERR") && memchr::memmem::find(self.message(), b"unknown command").is_some()
     }
+}
+
+/// The server error codes a lock client acts on, from [`ServerError::kind`]. Every one of them
+/// means "this node did not take the command": the quorum counts it as a failed node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerErrorKind {
+    /// `LOADING`: the server is loading its dataset after a start.
+    Loading,
+    /// `READONLY`: the node is a replica (configured by mistake as a lock node).
+    ReadOnly,
+    /// `OOM`: over `maxmemory`, writes refused.
+    OutOfMemory,
+    /// `NOAUTH`, `WRONGPASS`, `NOPERM`: credentials missing, wrong, or not allowed the command.
+    Auth,
+    /// `NOSCRIPT`: the script cache does not have the SHA (the client resends with the source).
+    NoScript,
+    /// `BUSY`: a script is running too long.
+    Busy,
+    /// `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`: transient unavailability.
+    TryAgain,
+    /// Any other code (`ERR`, `WRONGTYPE`, ...).
+    Other,
 }
 
 impl std::fmt::Debug for ServerError {

@@ -24,7 +24,7 @@ pub mod fuzzing;
 pub use decode::Decoder;
 pub use encode::{encode_command, encode_frame, EvalShaCommand, SetNxPxCommand};
 pub use error::{DecodeError, DecodeErrorKind};
-pub use frame::{Frame, ServerError};
+pub use frame::{Frame, ServerError, ServerErrorKind};
 
 /// Default nesting limit. The deepest reply a Redis or Dragonfly command gives is about 7
 /// (`COMMAND DOCS`, `XINFO STREAM FULL`); 32 leaves room and stops a `*1` chain after 32 lines.
