@@ -1,8 +1,10 @@
 //! Shared test support: real servers, fixtures, fake servers, a fault proxy.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod fake;
 pub mod fixtures;
+pub mod proxy;
 pub mod server;
 
 use std::time::Duration;

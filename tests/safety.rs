@@ -1,0 +1,144 @@
+//! Mutual exclusion under failure, checked the Jepsen way: many independent clients, random
+//! faults, one clock, and every grant's interval compared with every other on its resource.
+//! See `support/checker.rs` for the run and README "Faults" for the figures.
+
+mod support;
+
+use std::time::Duration;
+
+use support::checker::{self, CheckerConfig};
+
+fn check(config: CheckerConfig) -> checker::Report {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(checker::run(config.clone()));
+    // One line, kept in the test output (and printed with --nocapture).
+    eprintln!("{}", report.summary(&config));
+    report
+}
+
+fn assert_safe_and_live(config: &CheckerConfig, report: &checker::Report) {
+    assert!(report.grants > 0, "no lock was ever granted: {report:?}");
+    assert!(
+        report.violations.is_empty(),
+        "mutual exclusion broken (seed {}): {:#?}",
+        config.seed,
+        report.violations
+    );
+    assert!(
+        report.recoveries.iter().all(Option::is_some),
+        "a client did not get a lock within {:?} of the heal (seed {}): {:?}",
+        config.recovery_bound,
+        config.seed,
+        report.recoveries
+    );
+}
+
+/// The CI run: 25 s of every fault kind, restarts under the delayed-restart rule.
+#[test]
+fn mutual_exclusion_holds_under_random_faults() {
+    let config = CheckerConfig::short(Duration::from_secs(25));
+    let report = check(config.clone());
+    assert!(report.faults.values().sum::<u64>() > 0);
+    assert_safe_and_live(&config, &report);
+}
+
+/// The long run: `DRAGONLOCK_SAFETY_SECS` (default 600) of the same.
+/// `DRAGONLOCK_SAFETY_SECS=3600 cargo test --release --test safety -- --ignored --nocapture`
+#[test]
+#[ignore = "long: run on demand"]
+fn mutual_exclusion_holds_under_random_faults_long() {
+    let secs = std::env::var("DRAGONLOCK_SAFETY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let config = CheckerConfig::short(Duration::from_secs(secs));
+    let report = check(config.clone());
+    assert_safe_and_live(&config, &report);
+}
+
+/// The checker can fail: with restarts that lose a majority's keys and no delayed-restart rule,
+/// it sees two holders at once. (Each restart wipes the keys of locks that are held nearly all
+/// the time, so a run of this length without a violation would mean the checker is blind.)
+#[test]
+fn the_checker_sees_the_restart_hazard_without_the_rule() {
+    let config = CheckerConfig::restarts(Duration::from_secs(10), false);
+    let report = check(config);
+    assert!(
+        !report.violations.is_empty(),
+        "restarts without the rule should break mutual exclusion: {report:?}"
+    );
+}
+
+/// The same restarts under the delayed-restart rule: safe again.
+#[test]
+fn the_delayed_restart_rule_restores_mutual_exclusion() {
+    let config = CheckerConfig::restarts(Duration::from_secs(15), true);
+    let report = check(config.clone());
+    assert!(report.faults.get("restart").copied().unwrap_or(0) > 0);
+    assert_safe_and_live(&config, &report);
+}
+
+/// The persistence hazard step by step, on three nodes. A holds the lock on nodes 0 and 1
+/// (node 2 refused: someone else's key, which then expires). Node 1 restarts and forgets A's
+/// key. Without the rule, B now wins nodes 1 and 2 while A still holds the lock. With the rule,
+/// node 1 does not vote and B is refused until A's lock has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_inside_the_ttl_lets_two_clients_hold_one_lock_unless_the_rule_is_on() {
+    use dragonlock::{NodeResult, RedlockOptions};
+    let ttl = Duration::from_secs(3);
+    for rule in [false, true] {
+        let mut servers = support::server::cluster(3);
+        let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+        let mut options = RedlockOptions::default();
+        if rule {
+            let delay = Duration::from_secs(4);
+            options = options.restart_delay(delay);
+            // The rule applies to every fresh server, these included.
+            tokio::time::sleep(delay + Duration::from_millis(100)).await;
+        }
+        let a = support::redlock_over(&urls, options.clone()).await;
+        servers[2].cmd(&["SET", "h", "someone-else", "PX", "200"]);
+        let held = a.try_acquire("h", ttl).await.unwrap();
+        // Bounded: the other key on node 2 runs out at 200 ms.
+        for _ in 0..100 {
+            if servers[2].cmd(&["EXISTS", "h"]).as_integer() == Some(0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        servers[1].restart();
+        let b = support::redlock_over(&urls, options).await;
+        let second = b.try_acquire("h", ttl).await;
+        if rule {
+            let err = second.unwrap_err();
+            assert!(held.is_valid());
+            assert!(
+                matches!(&err.nodes()[1], NodeResult::Failed(e) if e.is_restarted()),
+                "{err:?}"
+            );
+            // Once A's lock has run out, B gets it (bounded by acquire's retries).
+            let bounded = Duration::from_secs(10);
+            let got = tokio::time::timeout(bounded, async {
+                loop {
+                    if let Ok(l) = b.acquire("h", ttl).await {
+                        return l;
+                    }
+                }
+            })
+            .await
+            .expect("B gets the lock after A's ttl");
+            assert!(!held.is_valid(), "B only wins after A's validity ended");
+            got.release().await.unwrap();
+        } else {
+            let stolen = second.expect("without the rule the restarted node votes for B");
+            assert!(
+                held.is_valid() && stolen.is_valid(),
+                "two holders at once: the hazard"
+            );
+        }
+    }
+}
