@@ -1,0 +1,224 @@
+//! Server-side edge cases a lock client meets in production: nodes that refuse writes
+//! (`LOADING`, `READONLY`, `OOM`, `NOAUTH`), a password changed under a live client, and a
+//! script cache flushed or lost while locks are held.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dragonlock::resp::ServerErrorKind;
+use dragonlock::{NodeResult, RedlockOptions};
+use support::fake::{Action, FakeServer};
+use support::server::{cluster, Server};
+
+async fn refusing_fake(reply: &'static [u8]) -> FakeServer {
+    let handler: support::fake::Handler =
+        Arc::new(move |args: &[Vec<u8>]| match args[0].as_slice() {
+            b"PING" => Action::Reply(b"+PONG\r\n".to_vec()),
+            _ => Action::Reply(reply.to_vec()),
+        });
+    FakeServer::start(false, handler).await
+}
+
+fn failed_kind(r: &NodeResult) -> Option<ServerErrorKind> {
+    match r {
+        NodeResult::Failed(e) => e.server_error().map(|s| s.kind()),
+        _ => None,
+    }
+}
+
+/// Each refusal is a typed per-node failure: two refusing nodes of five leave a quorum, three
+/// make the lock unavailable, and the live nodes keep no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_nodes_are_typed_failures_counted_in_the_quorum() {
+    let servers = cluster(3);
+    let cases: [(&[u8], ServerErrorKind); 4] = [
+        (
+            b"-LOADING Redis is loading the dataset in memory\r\n",
+            ServerErrorKind::Loading,
+        ),
+        (
+            b"-READONLY You can't write against a read only replica.\r\n",
+            ServerErrorKind::ReadOnly,
+        ),
+        (
+            b"-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            ServerErrorKind::OutOfMemory,
+        ),
+        (
+            b"-NOAUTH Authentication required.\r\n",
+            ServerErrorKind::Auth,
+        ),
+    ];
+    for (reply, kind) in cases {
+        let fakes = [
+            refusing_fake(reply).await,
+            refusing_fake(reply).await,
+            refusing_fake(reply).await,
+        ];
+        // Three real nodes and two refusing ones: a quorum of three.
+        let mut urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+        urls.extend(fakes[..2].iter().map(FakeServer::url));
+        let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
+        let lock = redlock
+            .try_acquire("refused", Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?}: {e:?}"));
+        assert_eq!(lock.release().await.unwrap(), 3, "{kind:?}");
+
+        // Two real nodes and three refusing ones: no quorum is possible.
+        let mut urls: Vec<String> = servers[..2].iter().map(|s| s.url()).collect();
+        urls.extend(fakes.iter().map(FakeServer::url));
+        let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
+        let err = redlock
+            .try_acquire("refused", Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{kind:?}: {err:?}");
+        for r in &err.nodes()[2..] {
+            assert_eq!(failed_kind(r), Some(kind), "{r:?}");
+            if kind == ServerErrorKind::Auth {
+                assert!(matches!(r, NodeResult::Failed(e) if e.is_auth()));
+            }
+        }
+        // The verdict may come before the live nodes answer: they granted or are still silent.
+        assert!(
+            err.nodes()[..2]
+                .iter()
+                .all(|r| matches!(r, NodeResult::Granted | NodeResult::NoReply)),
+            "{err:?}"
+        );
+        // Whatever the live nodes granted, the failed attempt released (bounded wait).
+        let mut left = vec![];
+        for _ in 0..100 {
+            left = servers[..2]
+                .iter()
+                .map(|s| s.cmd(&["EXISTS", "refused"]).as_integer().unwrap())
+                .collect();
+            if left.iter().all(|&n| n == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(left, [0, 0], "{kind:?}: keys left behind");
+    }
+}
+
+/// Sends raw commands on one plain connection and reads one reply for each.
+fn raw_session(server: &Server, commands: &[&[&str]]) {
+    let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for c in commands {
+        s.write_all(&support::server::encode(c)).unwrap();
+        let mut buf = [0u8; 256];
+        assert!(s.read(&mut buf).unwrap() > 0);
+    }
+}
+
+/// A password set on a live node: our connection is dropped, its reconnect is refused, and the
+/// node counts as an authentication failure (not as a vague "not connected") while the other
+/// two still give a quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_under_a_live_client_is_an_auth_failure_on_that_node() {
+    let servers = cluster(3);
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
+    raw_session(
+        &servers[0],
+        &[
+            &["CONFIG", "SET", "requirepass", "changed"],
+            &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
+        ],
+    );
+    let node = &redlock.nodes()[0];
+    for _ in 0..250 {
+        if node.last_error().is_some_and(|e| e.is_auth()) && !node.is_connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        node.last_error().is_some_and(|e| e.is_auth()),
+        "{:?}",
+        node.last_error()
+    );
+    let ttl = Duration::from_secs(2);
+    let lock = redlock.try_acquire("pw", ttl).await.unwrap();
+    assert_eq!(lock.release().await.unwrap(), 2);
+
+    // Take a second node away: now the auth failure is part of an unavailable verdict.
+    let mut servers = servers;
+    servers[1].kill9();
+    let err = redlock.try_acquire("pw", ttl).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        matches!(&err.nodes()[0], NodeResult::Failed(e) if e.is_auth()),
+        "{err:?}"
+    );
+}
+
+/// `SCRIPT FLUSH` on every node while single and multi-resource locks are held: extend and
+/// release meet `NOSCRIPT`, resend with the source, and still work on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_while_locks_are_held() {
+    let servers = cluster(3);
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let redlock =
+        support::redlock_over(&urls, RedlockOptions::default().force_script_release(true)).await;
+    let ttl = Duration::from_secs(5);
+    let mut one = redlock.try_acquire("flush-one", ttl).await.unwrap();
+    let mut many = redlock
+        .try_acquire_many(&["flush-a", "flush-b"], ttl)
+        .await
+        .unwrap();
+    for s in &servers {
+        s.cmd(&["SCRIPT", "FLUSH"]);
+    }
+    one.extend(ttl).await.unwrap();
+    many.extend(ttl).await.unwrap();
+    for s in &servers {
+        s.cmd(&["SCRIPT", "FLUSH"]);
+    }
+    assert_eq!(one.release().await.unwrap(), 3);
+    assert_eq!(many.release().await.unwrap(), 3);
+    // And a fresh multi-resource acquire after another flush (its script goes by SHA first).
+    for s in &servers {
+        s.cmd(&["SCRIPT", "FLUSH"]);
+    }
+    let again = redlock
+        .try_acquire_many(&["flush-a", "flush-b"], ttl)
+        .await
+        .unwrap();
+    assert_eq!(again.release().await.unwrap(), 3);
+}
+
+/// A node restarts while a lock is held: it lost the key and its script cache. The reconnect
+/// loads the scripts again; extend succeeds on the two nodes that kept the key (the restarted
+/// one answers "not yours", it is never re-created there), and release counts two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_held_loses_that_node_only() {
+    let mut servers = cluster(3);
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
+    let ttl = Duration::from_secs(5);
+    let mut lock = redlock.try_acquire("restarted", ttl).await.unwrap();
+    let before = redlock.nodes()[0].connects();
+    servers[0].restart();
+    let node = &redlock.nodes()[0];
+    for _ in 0..250 {
+        if node.connects() > before && node.is_connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(node.connects() > before, "reconnected to the new process");
+    assert!(node.server_info().unwrap().scripts_loaded);
+    lock.extend(ttl).await.unwrap();
+    assert_eq!(
+        servers[0].cmd(&["EXISTS", "restarted"]).as_integer(),
+        Some(0)
+    );
+    assert_eq!(lock.release().await.unwrap(), 2);
+}
