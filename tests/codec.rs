@@ -6,7 +6,8 @@ mod support {
 
 use bytes::{Bytes, BytesMut};
 use dragonlock::resp::{
-    encode_frame, DecodeErrorKind as K, Decoder, DecoderConfig, Frame, ServerError,
+    encode_command, encode_frame, DecodeErrorKind as K, Decoder, DecoderConfig, EvalShaCommand,
+    Frame, ServerError, SetNxPxCommand,
 };
 use proptest::prelude::*;
 use support::fixtures;
@@ -485,5 +486,32 @@ proptest! {
         let mut dec = Decoder::default();
         let mut buf = BytesMut::from(&input[..]);
         while let Ok(Some(_)) = dec.decode(&mut buf) {}
+    }
+
+    /// The prepared encoders compute their length up front; whatever the sizes, they must write
+    /// exactly what the generic encoder writes, after whatever is already in the buffer.
+    #[test]
+    fn prepared_encoders_match_the_generic_encoder(
+        before in proptest::collection::vec(any::<u8>(), 0..20),
+        key in proptest::collection::vec(any::<u8>(), 0..300),
+        token in proptest::collection::vec(any::<u8>(), 0..150),
+        ttl in any::<u64>(),
+        keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..12),
+        args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..12),
+    ) {
+        let (mut prepared, mut generic) = (BytesMut::from(&before[..]), BytesMut::from(&before[..]));
+        SetNxPxCommand.encode(&mut prepared, &key, &token, ttl);
+        let ttl = ttl.to_string();
+        encode_command(&mut generic, &[&b"SET"[..], &key, &token, b"NX", b"PX", ttl.as_bytes()]);
+        prop_assert_eq!(&prepared, &generic);
+
+        let sha = [b'f'; 40];
+        EvalShaCommand::new(&sha).encode(&mut prepared, &keys, &args);
+        let numkeys = keys.len().to_string();
+        let mut all: Vec<&[u8]> = vec![b"EVALSHA", &sha, numkeys.as_bytes()];
+        all.extend(keys.iter().map(Vec::as_slice));
+        all.extend(args.iter().map(Vec::as_slice));
+        encode_command(&mut generic, &all);
+        prop_assert_eq!(prepared, generic);
     }
 }
