@@ -87,7 +87,12 @@ fn bulk_len(len: usize) -> usize {
 /// Decimal digits in `n`.
 #[inline]
 fn digits(n: u64) -> usize {
-    n.checked_ilog10().unwrap_or(0) as usize + 1
+    // Lengths in a lock command are one or two digits: skip the general log for them.
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        _ => n.ilog10() as usize + 1,
+    }
 }
 
 /// Writes a prepared command into space grown once: constant pieces are fixed-size copies the
