@@ -191,12 +191,15 @@ async fn script_flush_while_locks_are_held() {
         .try_acquire_many(&["flush-a", "flush-b"], ttl)
         .await
         .unwrap();
-    assert_eq!(again.release().await.unwrap(), 3);
+    // Granted at the quorum: a node whose NOSCRIPT came after that was not asked again (the
+    // acquire had already returned), so it may not hold the keys. At least the quorum released.
+    assert!(again.release().await.unwrap() >= redlock.quorum());
 }
 
 /// A node restarts while a lock is held: it lost the key and its script cache. The reconnect
-/// loads the scripts again; extend succeeds on the two nodes that kept the key (the restarted
-/// one answers "not yours", it is never re-created there), and release counts two.
+/// loads the scripts again (and a NOSCRIPT would be answered with the source); extend succeeds
+/// on the two nodes that kept the key (the restarted one answers "not yours": the key is never
+/// re-created there), and release counts two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_while_held_loses_that_node_only() {
     let mut servers = cluster(3);
@@ -215,6 +218,9 @@ async fn a_restart_while_held_loses_that_node_only() {
     }
     assert!(node.connects() > before, "reconnected to the new process");
     assert!(node.server_info().unwrap().scripts_loaded);
+    // And if the new process's script cache is empty anyway (a load that raced a flush, a
+    // proxy in between): NOSCRIPT, resent with the source.
+    servers[0].cmd(&["SCRIPT", "FLUSH"]);
     lock.extend(ttl).await.unwrap();
     assert_eq!(
         servers[0].cmd(&["EXISTS", "restarted"]).as_integer(),
