@@ -39,6 +39,19 @@ async fn wait_no_keys(servers: &[Server]) -> Vec<i64> {
         .collect()
 }
 
+/// True once `check` holds, polling for up to 2 s. For effects of requests already sent whose
+/// answers were not awaited (an operation that returns at the quorum leaves the last nodes'
+/// requests on their way).
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_extend_release_with_prefix_and_validity() {
     let servers = cluster(3);
@@ -52,6 +65,9 @@ async fn acquire_extend_release_with_prefix_and_validity() {
     // validity = ttl - elapsed - (ttl * 0.01 + 2 ms): at most 9.898 s from now.
     assert!(lock.remaining() <= Duration::from_millis(9_898));
     for s in &servers {
+        // The acquire returned at the quorum: the last node's SET is sent but may still be on
+        // its way.
+        eventually(|| s.cmd(&["EXISTS", "app:res"]).as_integer() == Some(1)).await;
         assert_eq!(
             s.cmd(&["GET", "app:res"]).as_bytes(),
             Some(lock.token().as_bytes())
@@ -71,7 +87,8 @@ async fn acquire_extend_release_with_prefix_and_validity() {
     lock.extend(Duration::from_secs(30)).await.unwrap();
     assert!(lock.remaining() > Duration::from_secs(20));
     for s in &servers {
-        assert!(s.cmd(&["PTTL", "app:res"]).as_integer().unwrap() > 20_000);
+        // Extended at the quorum; the last node's extension may still be on its way.
+        assert!(eventually(|| s.cmd(&["PTTL", "app:res"]).as_integer().unwrap() > 20_000).await);
     }
     let token = lock.token().to_string();
     assert_eq!(lock.release().await.unwrap(), 3);
@@ -330,7 +347,7 @@ async fn multi_resource_locks_are_all_or_none() {
     let mut a = a;
     a.extend(Duration::from_secs(20)).await.unwrap();
     for s in &servers {
-        assert!(s.cmd(&["PTTL", "b"]).as_integer().unwrap() > 10_000);
+        assert!(eventually(|| s.cmd(&["PTTL", "b"]).as_integer().unwrap() > 10_000).await);
     }
     assert_eq!(a.release().await.unwrap(), 3);
     assert_eq!(wait_no_keys(&servers).await, vec![0; 3]);
