@@ -124,11 +124,7 @@ async fn a_reset_fails_what_is_in_flight_and_the_connection_comes_back() {
 /// key is left behind after the ttl.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_holed_minority_and_majority() {
-    let servers = support::server::cluster(5);
-    let mut proxies = Vec::new();
-    for s in &servers {
-        proxies.push(Proxy::to_port(s.port).await);
-    }
+    let (servers, proxies) = support::proxy::proxied_cluster(5).await;
     let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
     let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
     let ttl = Duration::from_millis(800);
@@ -183,11 +179,7 @@ async fn black_holed_minority_and_majority() {
 /// reset nodes come back for the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_minority_then_heal() {
-    let servers = support::server::cluster(5);
-    let mut proxies = Vec::new();
-    for s in &servers {
-        proxies.push(Proxy::to_port(s.port).await);
-    }
+    let (_servers, proxies) = support::proxy::proxied_cluster(5).await;
     let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
     let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
     proxies[0].set(Fault::Reset);

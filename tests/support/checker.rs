@@ -204,11 +204,8 @@ struct Interval {
 
 /// Runs one checker configuration to the end and reports.
 pub async fn run(config: CheckerConfig) -> Report {
-    let servers = super::server::cluster(config.nodes);
-    let mut proxies = Vec::new();
-    for s in &servers {
-        proxies.push(Arc::new(Proxy::to_port(s.port).await));
-    }
+    let (servers, proxies) = super::proxy::proxied_cluster(config.nodes).await;
+    let proxies: Vec<Arc<Proxy>> = proxies.into_iter().map(Arc::new).collect();
     let urls: Vec<String> = proxies.iter().map(|p| p.url()).collect();
     let mut options = RedlockOptions::default();
     if let Some(d) = config.restart_delay {

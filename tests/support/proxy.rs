@@ -113,6 +113,16 @@ impl Proxy {
     }
 }
 
+/// `n` real servers, each behind its own fault proxy.
+pub async fn proxied_cluster(n: usize) -> (Vec<super::server::Server>, Vec<Proxy>) {
+    let servers = super::server::cluster(n);
+    let mut proxies = Vec::with_capacity(n);
+    for s in &servers {
+        proxies.push(Proxy::to_port(s.port).await);
+    }
+    (servers, proxies)
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
