@@ -121,6 +121,7 @@ fn fail_in_flight(shared: &Shared, error: Error) {
         st.socket = None;
         st.write_buf.clear();
         st.driver_waker = None;
+        st.driver_writing = false;
         while let Some(id) = st.queue.pop_front() {
             let slot = &mut st.slots[id as usize];
             if slot.abandoned {
@@ -168,6 +169,8 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
             if st.closed {
                 return Poll::Ready(Error::new(ErrorKind::Closed));
             }
+            // Whatever it took before is written: callers may write directly again.
+            st.driver_writing = false;
             if st.write_buf.is_empty() {
                 match &st.driver_waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
@@ -175,6 +178,7 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
                 }
             } else {
                 std::mem::swap(&mut io.out, &mut st.write_buf);
+                st.driver_writing = true;
             }
         }
 
