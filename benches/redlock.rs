@@ -25,7 +25,7 @@ fn thread_cpu() -> Duration {
 /// Two baselines: the issue's (release with a plain `DEL`, which is unsafe for a lock: it deletes
 /// whoever's key is there), and a like-for-like one releasing with the same compare-and-delete
 /// script, so the client's own cost can be told from the server's cost of a safe release.
-async fn interleaved(redlock: &Redlock, base: &mut [BaselineNode]) {
+async fn interleaved(redlock: &Redlock, quorum_release: &Redlock, base: &mut [BaselineNode]) {
     const ROUNDS: usize = 5_000;
     let token = b"0123456789abcdef0123456789abcdef";
     let sha = dragonlock::conn::Script::new(dragonlock::redlock::scripts::RELEASE);
@@ -33,8 +33,8 @@ async fn interleaved(redlock: &Redlock, base: &mut [BaselineNode]) {
     let del = vec![cmd(&[b"DEL", b"bench:del"]); 5];
     let set_cad = vec![cmd(&[b"SET", b"bench:cad", token, b"NX", b"PX", b"30000"]); 5];
     let cad = vec![cmd(&[b"EVALSHA", sha.sha().as_bytes(), b"1", b"bench:cad", token]); 5];
-    let mut times: [Vec<Duration>; 3] = Default::default();
-    let mut cpu = [Duration::ZERO; 3];
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    let mut cpu = [Duration::ZERO; 4];
     for i in 0..ROUNDS + 500 {
         let (t0, c0) = (Instant::now(), thread_cpu());
         baseline_round(base, &set_del, 3).await;
@@ -49,19 +49,29 @@ async fn interleaved(redlock: &Redlock, base: &mut [BaselineNode]) {
             .unwrap();
         lock.release().await.unwrap();
         let (t3, c3) = (Instant::now(), thread_cpu());
+        let lock = quorum_release
+            .try_acquire("bench:dlq", Duration::from_secs(30))
+            .await
+            .unwrap();
+        lock.release().await.unwrap();
+        let (t4, c4) = (Instant::now(), thread_cpu());
         if i >= 500 {
             times[0].push(t1 - t0);
             times[1].push(t2 - t1);
             times[2].push(t3 - t2);
+            times[3].push(t4 - t3);
             cpu[0] += c1 - c0;
             cpu[1] += c2 - c1;
             cpu[2] += c3 - c2;
+            cpu[3] += c4 - c3;
         }
     }
     let per = |c: Duration| c / ROUNDS as u32;
     eprintln!(
-        "client CPU per cycle: dragonlock {:?}; baseline DEL {:?}; baseline compare-and-delete {:?}",
+        "client CPU per cycle: dragonlock {:?} (quorum release {:?}); baseline DEL {:?}; \
+         baseline compare-and-delete {:?}",
         per(cpu[2]),
+        per(cpu[3]),
         per(cpu[0]),
         per(cpu[1])
     );
@@ -69,13 +79,28 @@ async fn interleaved(redlock: &Redlock, base: &mut [BaselineNode]) {
         t.sort_unstable();
     }
     let q = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
-    let [del_t, cad_t, ours] = &times;
+    let [del_t, cad_t, ours, ours_q] = &times;
+    let ratio = |a: &[Duration], b: &[Duration]| q(a, 0.5).as_secs_f64() / q(b, 0.5).as_secs_f64();
     eprintln!(
-        "interleaved lock cycles ({ROUNDS} each), p50 / p99: dragonlock {:?} / {:?}; baseline DEL {:?} / {:?}; \
-         baseline compare-and-delete {:?} / {:?}; ratio p50 vs DEL {:.3}x, vs compare-and-delete {:.3}x",
-        q(ours, 0.5), q(ours, 0.99), q(del_t, 0.5), q(del_t, 0.99), q(cad_t, 0.5), q(cad_t, 0.99),
-        q(ours, 0.5).as_secs_f64() / q(del_t, 0.5).as_secs_f64(),
-        q(ours, 0.5).as_secs_f64() / q(cad_t, 0.5).as_secs_f64(),
+        "interleaved lock cycles ({ROUNDS} each), p50 / p99: dragonlock {:?} / {:?}; \
+         dragonlock with ReleaseWait::Quorum {:?} / {:?}; baseline DEL {:?} / {:?}; \
+         baseline compare-and-delete {:?} / {:?}",
+        q(ours, 0.5),
+        q(ours, 0.99),
+        q(ours_q, 0.5),
+        q(ours_q, 0.99),
+        q(del_t, 0.5),
+        q(del_t, 0.99),
+        q(cad_t, 0.5),
+        q(cad_t, 0.99),
+    );
+    eprintln!(
+        "ratio p50: dragonlock vs DEL {:.3}x, vs compare-and-delete {:.3}x; \
+         with ReleaseWait::Quorum vs DEL {:.3}x, vs compare-and-delete {:.3}x",
+        ratio(ours, del_t),
+        ratio(ours, cad_t),
+        ratio(ours_q, del_t),
+        ratio(ours_q, cad_t),
     );
 }
 
@@ -89,6 +114,10 @@ fn cycle(c: &mut Criterion) {
         .iter()
         .map(|s| ConnectionConfig::from_url(&s.url()).unwrap())
         .collect();
+    let quorum_release = rt.block_on(Redlock::from_configs(
+        configs.clone(),
+        RedlockOptions::default().release_wait(dragonlock::ReleaseWait::Quorum),
+    ));
     let redlock = rt.block_on(Redlock::from_configs(configs, RedlockOptions::default()));
     let mut base: Vec<BaselineNode> = rt.block_on(async {
         let mut v = Vec::new();
@@ -103,7 +132,7 @@ fn cycle(c: &mut Criterion) {
         .map(|n| if n.has_delex() { "DELEX" } else { "EVALSHA" })
         .collect();
     eprintln!("release path per node: {paths:?}");
-    rt.block_on(interleaved(&redlock, &mut base));
+    rt.block_on(interleaved(&redlock, &quorum_release, &mut base));
     let token = b"0123456789abcdef0123456789abcdef";
     let set = vec![cmd(&[b"SET", b"bench:base", token, b"NX", b"PX", b"30000"]); 5];
     let del = vec![cmd(&[b"DEL", b"bench:base"]); 5];

@@ -26,7 +26,7 @@ pub mod resp;
 
 pub use error::{Error, ErrorKind};
 pub use redlock::{
-    Lock, LockError, LockErrorKind, LockSignal, NodeResult, Redlock, RedlockOptions,
+    Lock, LockError, LockErrorKind, LockSignal, NodeResult, Redlock, RedlockOptions, ReleaseWait,
 };
 
 /// The README's examples, compiled as doctests so they cannot rot.

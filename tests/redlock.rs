@@ -198,6 +198,50 @@ async fn a_dead_or_stopped_minority_does_not_stop_the_lock() {
     servers[2].cont();
 }
 
+/// `ReleaseWait::All` waits for every node, so with two nodes stopped (and a release timeout
+/// of an hour) it does not return; `ReleaseWait::Quorum` returns with the three that answered.
+/// Either way the release went to every node: once the stopped ones resume, no key is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_waits_for_every_node_or_for_a_quorum() {
+    use dragonlock::ReleaseWait;
+    let mut servers = cluster(5);
+    let ttl = Duration::from_secs(60);
+    let hour = Duration::from_secs(3600);
+    for wait in [ReleaseWait::All, ReleaseWait::Quorum] {
+        let r = redlock(
+            &servers,
+            RedlockOptions::default()
+                .release_timeout(hour)
+                .release_wait(wait),
+        )
+        .await;
+        let lock = r.try_acquire("rw", ttl).await.unwrap();
+        // Every node holds the key before two of them stop.
+        for s in &servers {
+            assert!(eventually(|| s.cmd(&["EXISTS", "rw"]).as_integer() == Some(1)).await);
+        }
+        servers[3].stop();
+        servers[4].stop();
+        let release = tokio::spawn(async move { lock.release().await });
+        // The stopped nodes cannot answer while stopped: this wait can only end one way.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        match wait {
+            ReleaseWait::All => assert!(!release.is_finished(), "waited for every node"),
+            _ => {
+                let released = tokio::time::timeout(Duration::from_secs(10), release)
+                    .await
+                    .expect("returned at the quorum")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(released, 3);
+            }
+        }
+        servers[3].cont();
+        servers[4].cont();
+        assert_eq!(wait_no_keys(&servers).await, vec![0; 5], "{wait:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_majority_fails_fast_as_unavailable_and_leaves_no_key() {
     let mut servers = cluster(5);

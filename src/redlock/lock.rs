@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{Decision, Vote};
-use super::{Keys, Redlock, Token};
+use super::{Keys, Redlock, ReleaseWait, Token};
 use crate::conn::ScriptCall;
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
@@ -115,7 +115,8 @@ impl Lock {
     }
 
     /// Releases the lock on every node (compare-and-delete, pipelined) and returns how many
-    /// nodes deleted the key. Waits at most the release timeout for the answers.
+    /// nodes deleted the key. Waits for every answer, or only for a quorum's with
+    /// [`ReleaseWait::Quorum`], and at most the release timeout.
     ///
     /// # Errors
     ///
@@ -158,7 +159,7 @@ impl Lock {
         let (_, collector) = redlock
             .collect(
                 deadline,
-                true,
+                redlock.inner.options.release_wait == ReleaseWait::All,
                 |buf, node| release(buf, node, ScriptCall::BySha),
                 |f| match f {
                     Frame::Integer(n) if *n >= 1 => Vote::Yes,
