@@ -256,15 +256,30 @@ pub async fn run(config: CheckerConfig) -> Report {
     };
 
     // Everything is healed now: each client must get a lock again.
+    let recoveries = recover(&clients, config.recovery_bound).await;
+    drop(servers);
+    let violations = overlaps(&mut intervals.lock().unwrap());
+
+    Report {
+        attempts: counters.attempts.load(Ordering::SeqCst),
+        grants: counters.grants.load(Ordering::SeqCst),
+        extends: counters.extends.load(Ordering::SeqCst),
+        extend_failures: counters.extend_failures.load(Ordering::SeqCst),
+        faults,
+        majority_faults,
+        violations,
+        recoveries,
+    }
+}
+
+/// Per client, how long after now it took to get a lock; `None` past `bound`.
+async fn recover(clients: &[Redlock], bound: Duration) -> Vec<Option<Duration>> {
     let healed_at = Instant::now();
-    let mut recoveries = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (c, client) in clients.iter().enumerate() {
         let client = client.clone();
-        let bound = config.recovery_bound;
         tasks.spawn(async move {
-            let deadline = healed_at + bound;
-            while Instant::now() < deadline {
+            while healed_at.elapsed() < bound {
                 if let Ok(lock) = client
                     .try_acquire(&format!("recovery-{c}"), Duration::from_millis(500))
                     .await
@@ -278,16 +293,18 @@ pub async fn run(config: CheckerConfig) -> Report {
             (c, None)
         });
     }
-    let mut by_client = vec![None; config.clients];
+    let mut by_client = vec![None; clients.len()];
     while let Some(r) = tasks.join_next().await {
         let (c, took) = r.unwrap();
         by_client[c] = took;
     }
-    recoveries.extend(by_client);
-    drop(servers);
+    by_client
+}
 
+/// Every grant that began before an earlier grant of the same resource had ended.
+fn overlaps(intervals: &mut BTreeMap<usize, Vec<Interval>>) -> Vec<String> {
     let mut violations = Vec::new();
-    for (resource, list) in intervals.lock().unwrap().iter_mut() {
+    for (resource, list) in intervals.iter_mut() {
         list.sort_by_key(|i| i.start);
         let mut held_until: Option<(Instant, usize)> = None;
         for i in list.iter() {
@@ -305,17 +322,7 @@ pub async fn run(config: CheckerConfig) -> Report {
             }
         }
     }
-
-    Report {
-        attempts: counters.attempts.load(Ordering::SeqCst),
-        grants: counters.grants.load(Ordering::SeqCst),
-        extends: counters.extends.load(Ordering::SeqCst),
-        extend_failures: counters.extend_failures.load(Ordering::SeqCst),
-        faults,
-        majority_faults,
-        violations,
-        recoveries,
-    }
+    violations
 }
 
 async fn worker(
