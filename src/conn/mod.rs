@@ -372,8 +372,9 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// At once, without sending: `NotConnected` while the node is down, `Overloaded` past
-    /// `max_in_flight`, `Closed` after the connection was closed.
+    /// At once, without sending: `NotConnected` while the node is down (the authentication
+    /// error instead, when the node is down because it refused our credentials), `Overloaded`
+    /// past `max_in_flight`, `Closed` after the connection was closed.
     pub fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<ReplyFuture<'_>, Error> {
         self.enqueue(None, encode)
     }
