@@ -142,3 +142,36 @@ async fn a_restart_inside_the_ttl_lets_two_clients_hold_one_lock_unless_the_rule
         }
     }
 }
+
+/// Redis reports `uptime_in_seconds` as the difference of two whole-second readings, so a
+/// process up for a millisecond can say 1. Found by the long checker run: with a 1 s delay,
+/// a node that had just restarted voted at once, and two clients held one lock. A report of 1
+/// must not satisfy a 1 s delay; a report of 3 satisfies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_uptime_is_trusted_only_up_to_a_second_less() {
+    use std::sync::Arc;
+
+    use dragonlock::conn::{Connection, ConnectionConfig};
+    use support::fake::{Action, FakeServer};
+
+    let handler: support::fake::Handler =
+        Arc::new(|_: &[Vec<u8>]| Action::Reply(b"+OK\r\n".to_vec()));
+    let set = |b: &mut bytes::BytesMut| dragonlock::resp::encode_command(b, &["SET", "k", "v"]);
+    for (reported, votes) in [(0, false), (1, false), (3, true)] {
+        let fake = FakeServer::start_with_uptime(false, reported, handler.clone()).await;
+        let conn = Connection::connect(ConnectionConfig::from_url(&fake.url()).unwrap())
+            .await
+            .unwrap();
+        let sent = conn.send_if_up_for(Duration::from_secs(1), set);
+        match sent {
+            Ok(reply) => {
+                assert!(votes, "uptime {reported} s was trusted for a 1 s delay");
+                assert!(reply.await.unwrap().is_ok());
+            }
+            Err(e) => {
+                assert!(!votes, "uptime {reported} s: {e:?}");
+                assert!(e.is_restarted(), "{e:?}");
+            }
+        }
+    }
+}

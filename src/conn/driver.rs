@@ -64,9 +64,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 {
                     let mut st = shared.lock();
                     st.status = Status::Connected;
-                    // Read just now by the handshake; without one the server counts as just
-                    // started: the safe side for the restart delay.
-                    st.uptime_at = Some((info.uptime.unwrap_or_default(), Instant::now()));
+                    st.uptime_at = Some((credited_uptime(info.uptime), Instant::now()));
                     st.info = Some(Arc::new(info));
                     st.attempts += 1;
                     st.connects += 1;
@@ -110,6 +108,17 @@ fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+/// The uptime the restart delay may count on, from what the handshake just read. The server's
+/// `uptime_in_seconds` is the difference of two whole-second wall-clock readings (now and the
+/// start, each rounded down), so it can exceed the true uptime by almost a second: a process
+/// up for 1 ms reports 1 when a second boundary fell in between. One second is taken off.
+/// Without a reading the server counts as just started. Both err towards not voting.
+fn credited_uptime(reported: Option<Duration>) -> Duration {
+    reported
+        .unwrap_or_default()
+        .saturating_sub(Duration::from_secs(1))
 }
 
 /// Marks the node down and fails every request in flight with `error` at once.

@@ -41,8 +41,8 @@ pub struct ServerInfo {
     pub client_id: Option<i64>,
     /// Tells this server process from a restarted one.
     pub restart_marker: Option<RestartMarker>,
-    /// How long the server process had been running (`uptime_in_seconds`, whole seconds,
-    /// rounded down), when it said.
+    /// How long the server process had been running, as it said (`uptime_in_seconds`: the
+    /// difference of two whole-second clock readings, so up to a second more than the truth).
     pub uptime: Option<Duration>,
     /// The server has `DELEX key IFEQ value` (native compare-and-delete).
     pub has_delex: bool,

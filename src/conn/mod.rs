@@ -331,8 +331,9 @@ impl Connection {
     }
 
     /// How long the server process behind the current connection has been running, at least:
-    /// the uptime it reported at handshake (whole seconds, rounded down; zero when it did not
-    /// say) plus the time since. `None` before the first connect. A restarted server lost the
+    /// the uptime it reported at handshake less one second (the report is a difference of
+    /// whole-second readings and can run up to a second ahead; zero when it did not say), plus
+    /// the time since. `None` before the first connect. A restarted server lost the
     /// keys it did not persist; Redlock's restart delay uses this to keep it from voting too soon.
     pub fn server_uptime(&self) -> Option<Duration> {
         uptime_now(&self.shared().lock())

@@ -104,7 +104,7 @@ impl CheckerConfig {
             ttl_ms: (150, 600),
             faults,
             majority_chance: 0.2,
-            // Past the longest ttl (600 ms); the uptime is read in whole seconds.
+            // Past the longest ttl (600 ms). The credited uptime is the report less a second.
             restart_delay: Some(Duration::from_secs(1)),
             recovery_bound: Duration::from_secs(30),
             seed: seed(),

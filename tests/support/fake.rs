@@ -39,6 +39,11 @@ impl FakeServer {
 
     /// Starts a fake. `dragonfly` selects which server's handshake replies it gives.
     pub async fn start(dragonfly: bool, handler: Handler) -> FakeServer {
+        FakeServer::start_with_uptime(dragonfly, 100, handler).await
+    }
+
+    /// A fake whose `INFO` reports `uptime_in_seconds:uptime`.
+    pub async fn start_with_uptime(dragonfly: bool, uptime: u64, handler: Handler) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -67,8 +72,8 @@ impl FakeServer {
                             .iter()
                             .map(|f| f.as_bytes().unwrap_or_default().to_vec())
                             .collect();
-                        let action =
-                            handshake_reply(dragonfly, &args).unwrap_or_else(|| handler(&args));
+                        let action = handshake_reply(dragonfly, uptime, &args)
+                            .unwrap_or_else(|| handler(&args));
                         let ok = match action {
                             Action::Reply(bytes) => sock.write_all(&bytes).await.is_ok(),
                             Action::Trickle(bytes, pause) => {
@@ -115,7 +120,7 @@ fn upper(a: &[u8]) -> String {
 
 /// The handshake commands, answered with the exact bytes the real servers gave
 /// (`tests/data/server-replies.json`).
-fn handshake_reply(dragonfly: bool, args: &[Vec<u8>]) -> Option<Action> {
+fn handshake_reply(dragonfly: bool, uptime: u64, args: &[Vec<u8>]) -> Option<Action> {
     let name = upper(args.first()?);
     let sub = args.get(1).map(|a| upper(a)).unwrap_or_default();
     let bytes: Vec<u8> = match (name.as_str(), sub.as_str()) {
@@ -123,9 +128,9 @@ fn handshake_reply(dragonfly: bool, args: &[Vec<u8>]) -> Option<Action> {
         ("HELLO", "3") => super::fixtures::reply("redis", "hello3"),
         ("INFO", _) => {
             let text = if dragonfly {
-                "# Server\r\nredis_version:7.4.0\r\ndragonfly_version:df-v1.40.1\r\nuptime_in_seconds:100\r\n"
+                format!("# Server\r\nredis_version:7.4.0\r\ndragonfly_version:df-v1.40.1\r\nuptime_in_seconds:{uptime}\r\n")
             } else {
-                "# Server\r\nredis_version:7.0.15\r\nrun_id:fakefakefakefakefakefakefakefakefakefake\r\nuptime_in_seconds:100\r\n"
+                format!("# Server\r\nredis_version:7.0.15\r\nrun_id:fakefakefakefakefakefakefakefakefakefake\r\nuptime_in_seconds:{uptime}\r\n")
             };
             format!("${}\r\n{}\r\n", text.len(), text).into_bytes()
         }
