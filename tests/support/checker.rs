@@ -216,8 +216,9 @@ pub async fn run(config: CheckerConfig) -> Report {
         clients.push(super::redlock_over(&urls, options.clone()).await);
     }
     if let Some(d) = config.restart_delay {
-        // Fresh servers: the rule keeps them from voting until they have been up this long.
-        tokio::time::sleep(d + Duration::from_millis(100)).await;
+        // Fresh servers: the rule keeps them from voting until they have been up this long (the
+        // credited uptime is the report less a second).
+        tokio::time::sleep(d + Duration::from_millis(1100)).await;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
