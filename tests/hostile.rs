@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dragonlock::resp::DecodeErrorKind;
+use dragonlock::conn::ConnectionConfig;
+use dragonlock::resp::{DecodeErrorKind, DecoderConfig};
 use dragonlock::{Error, ErrorKind, RedlockOptions};
 use support::fake::{Action, FakeServer};
 
@@ -83,6 +84,9 @@ struct Case {
     name: &'static str,
     reply: fn() -> Action,
     expect: Expect,
+    /// The hostile node's decoder limits (the defaults, except where a case needs a limit it
+    /// can exceed without sending 128 MiB).
+    limits: DecoderConfig,
 }
 
 fn cases() -> Vec<Case> {
@@ -90,26 +94,31 @@ fn cases() -> Vec<Case> {
         Case {
             name: "garbage bytes",
             reply: || Action::Reply(b"?\x00\xff garbage\r\n".to_vec()),
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::InvalidTypeByte)),
         },
         Case {
             name: "line over the limit",
             reply: || Action::Reply([b"+".as_slice(), &[b'x'; 70 << 10]].concat()),
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::LineTooLong)),
         },
         Case {
             name: "bulk of 512 MiB declared, nothing behind it",
             reply: || Action::Reply(b"$536870912\r\n".to_vec()),
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::BulkTooLong)),
         },
         Case {
             name: "aggregate over the element limit",
             reply: || Action::Reply(b"*1048577\r\n".to_vec()),
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::TooManyElements)),
         },
         Case {
             name: "map of 2^32-1 entries declared",
             reply: || Action::Reply(b"%4294967295\r\n".to_vec()),
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::TooManyElements)),
         },
         Case {
@@ -119,32 +128,52 @@ fn cases() -> Vec<Case> {
                 r.extend_from_slice(b":1\r\n");
                 Action::Reply(r)
             },
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::TooDeep)),
         },
         Case {
             name: "nesting 100,000 deep",
             reply: || Action::Reply(b"*1\r\n".repeat(100_000)),
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::TooDeep)),
+        },
+        Case {
+            name: "frame over the size limit (4 KiB here)",
+            reply: || {
+                let mut r = b"*3\r\n".to_vec();
+                for _ in 0..3 {
+                    r.extend_from_slice(b"$2048\r\n");
+                    r.extend_from_slice(&[b'x'; 2048]);
+                    r.extend_from_slice(b"\r\n");
+                }
+                Action::Reply(r)
+            },
+            limits: DecoderConfig::default().max_frame_bytes(4096),
+            expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::FrameTooLarge)),
         },
         Case {
             name: "integer overflow",
             reply: || Action::Reply(b":9223372036854775808\r\n".to_vec()),
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| decode_error(e) == Some(DecodeErrorKind::InvalidInteger)),
         },
         Case {
             name: "a reply to a request nobody sent",
             // One request, two replies: the first is taken, the second belongs to nobody.
             reply: || Action::Reply(b"+OK\r\n+OK\r\n".to_vec()),
+            limits: DecoderConfig::default(),
             expect: Expect::ReplyThenKilled(|e| matches!(e.kind(), ErrorKind::UnsolicitedReply)),
         },
         Case {
             name: "connection closed mid-reply",
             reply: || Action::ReplyThenClose(b"$10\r\nabc".to_vec()),
+            limits: DecoderConfig::default(),
             expect: Expect::Error(|e| e.is_unavailable()),
         },
         Case {
             name: "reply in 1-byte writes with delays",
             reply: || Action::Trickle(b"+OK\r\n".to_vec(), Duration::from_millis(20)),
+            limits: DecoderConfig::default(),
             expect: Expect::Reply,
         },
     ]
@@ -162,9 +191,16 @@ async fn hostile_servers_give_typed_errors_bounded_memory_and_lose_no_lock() {
                 _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
             });
         let fake = FakeServer::start(false, handler).await;
-        let mut urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
-        urls.push(fake.url());
-        let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
+        let mut configs: Vec<ConnectionConfig> = servers
+            .iter()
+            .map(|s| ConnectionConfig::from_url(&s.url()).unwrap())
+            .collect();
+        configs.push(
+            ConnectionConfig::from_url(&fake.url())
+                .unwrap()
+                .decoder(case.limits),
+        );
+        let redlock = support::redlock_over_configs(configs, RedlockOptions::default()).await;
         let hostile = &redlock.nodes()[4];
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);

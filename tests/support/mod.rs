@@ -17,11 +17,19 @@ use dragonlock::{Redlock, RedlockOptions};
 pub async fn redlock_over<S: AsRef<str>>(urls: &[S], options: RedlockOptions) -> Redlock {
     let configs = urls
         .iter()
-        .map(|u| {
-            ConnectionConfig::from_url(u.as_ref())
-                .unwrap()
-                .backoff(Duration::from_millis(5), Duration::from_millis(200))
-        })
+        .map(|u| ConnectionConfig::from_url(u.as_ref()).unwrap())
+        .collect();
+    redlock_over_configs(configs, options).await
+}
+
+/// [`redlock_over`] with connection configs, for nodes that need their own settings.
+pub async fn redlock_over_configs(
+    configs: Vec<ConnectionConfig>,
+    options: RedlockOptions,
+) -> Redlock {
+    let configs = configs
+        .into_iter()
+        .map(|c| c.backoff(Duration::from_millis(5), Duration::from_millis(200)))
         .collect();
     let r = Redlock::from_configs(configs, options.connect_timeout(Duration::from_secs(5))).await;
     for n in r.nodes() {
