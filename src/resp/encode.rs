@@ -60,6 +60,8 @@ impl SetNxPxCommand {
             + bulk_len(token.len())
             + b"$2\r\nNX\r\n$2\r\nPX\r\n".len()
             + bulk_len(ms.len());
+        // Three bulks, written out rather than with `Writer::bulk`: the `$` and CRLF around
+        // them join the constant pieces, one copy fewer each (400 against 418 instructions).
         write_prepared(dst, len, |w| {
             w.lit(b"*6\r\n$3\r\nSET\r\n$");
             w.num(key.len() as u64);
@@ -132,6 +134,16 @@ impl Writer<'_> {
     fn bytes(&mut self, s: &[u8]) {
         self.out[self.at..self.at + s.len()].copy_from_slice(s);
         self.at += s.len();
+    }
+
+    /// `$len\r\n<s>\r\n`, [`bulk_len`] bytes.
+    #[inline(always)]
+    fn bulk(&mut self, s: &[u8]) {
+        self.lit(b"$");
+        self.num(s.len() as u64);
+        self.lit(b"\r\n");
+        self.bytes(s);
+        self.lit(b"\r\n");
     }
 
     #[inline(always)]
@@ -210,11 +222,7 @@ impl EvalShaCommand {
                 .chain(keys.iter().map(AsRef::as_ref))
                 .chain(args.iter().map(AsRef::as_ref))
             {
-                w.lit(b"$");
-                w.num(part.len() as u64);
-                w.lit(b"\r\n");
-                w.bytes(part);
-                w.lit(b"\r\n");
+                w.bulk(part);
             }
         });
     }
