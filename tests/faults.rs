@@ -150,21 +150,14 @@ async fn black_holed_minority_and_majority() {
     }
     // The held SETs land late and the cleanup deletes them after; whatever slips through ends
     // at the ttl. Bounded wait: the ttl plus 5 s.
-    let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(5);
-    loop {
-        let left: Vec<_> = servers
+    let left = || -> Vec<i64> {
+        servers
             .iter()
             .map(|s| s.cmd(&["EXISTS", "bh2"]).as_integer().unwrap())
-            .collect();
-        if left.iter().all(|&n| n == 0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "keys left behind: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .collect()
+    };
+    support::eventually(ttl + Duration::from_secs(5), || left() == [0; 5]).await;
+    assert_eq!(left(), [0; 5], "keys left behind");
     // And the lock works again.
     redlock
         .acquire("bh2", ttl)

@@ -226,14 +226,10 @@ async fn hostile_servers_give_typed_errors_bounded_memory_and_lose_no_lock() {
                 case.name
             );
         } else {
-            let mut reconnected = false;
-            for _ in 0..250 {
-                if hostile.connects() >= 2 && hostile.is_connected() {
-                    reconnected = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let reconnected = support::eventually(Duration::from_secs(5), || {
+                hostile.connects() >= 2 && hostile.is_connected()
+            })
+            .await;
             assert!(
                 reconnected,
                 "{}: the connection was not re-established",

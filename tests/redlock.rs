@@ -21,35 +21,22 @@ fn keys_on(s: &Server) -> i64 {
 
 /// Waits (bounded) until no server holds a key; returns the counts left.
 async fn wait_no_keys(servers: &[Server]) -> Vec<i64> {
-    for _ in 0..100 {
-        let counts: Vec<i64> = servers
+    let counts = || -> Vec<i64> {
+        servers
             .iter()
             .filter(|s| s.is_running())
             .map(keys_on)
-            .collect();
-        if counts.iter().all(|&c| c == 0) {
-            return counts;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    servers
-        .iter()
-        .filter(|s| s.is_running())
-        .map(keys_on)
-        .collect()
+            .collect()
+    };
+    support::eventually(Duration::from_secs(2), || counts().iter().all(|&c| c == 0)).await;
+    counts()
 }
 
 /// True once `check` holds, polling for up to 2 s. For effects of requests already sent whose
 /// answers were not awaited (an operation that returns at the quorum leaves the last nodes'
 /// requests on their way).
-async fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
+async fn eventually(check: impl FnMut() -> bool) -> bool {
+    support::eventually(Duration::from_secs(2), check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,12 +238,7 @@ async fn a_dead_majority_fails_fast_as_unavailable_and_leaves_no_key() {
     }
     // Let the connections notice.
     for n in &r.nodes()[..3] {
-        for _ in 0..100 {
-            if !n.is_connected() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        support::eventually(Duration::from_secs(1), || !n.is_connected()).await;
     }
     let err = r
         .try_acquire("majority-down", Duration::from_secs(30))
@@ -471,13 +453,10 @@ async fn with_lock_renews_and_reports_loss() {
     };
     let (result, ()) = tokio::join!(work, stopper);
     assert!(result.unwrap_err().is_lost());
-    for _ in 0..100 {
-        if fired.load(Ordering::SeqCst) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(fired.load(Ordering::SeqCst), "the signal fired");
+    assert!(
+        support::eventually(Duration::from_secs(1), || fired.load(Ordering::SeqCst)).await,
+        "the signal fired"
+    );
     servers[0].cont();
     servers[1].cont();
 }

@@ -91,18 +91,14 @@ async fn refusing_nodes_are_typed_failures_counted_in_the_quorum() {
             "{err:?}"
         );
         // Whatever the live nodes granted, the failed attempt released (bounded wait).
-        let mut left = vec![];
-        for _ in 0..100 {
-            left = servers[..2]
+        let left = || -> Vec<i64> {
+            servers[..2]
                 .iter()
                 .map(|s| s.cmd(&["EXISTS", "refused"]).as_integer().unwrap())
-                .collect();
-            if left.iter().all(|&n| n == 0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(left, [0, 0], "{kind:?}: keys left behind");
+                .collect()
+        };
+        support::eventually(Duration::from_secs(2), || left() == [0, 0]).await;
+        assert_eq!(left(), [0, 0], "{kind:?}: keys left behind");
     }
 }
 
@@ -133,12 +129,10 @@ async fn a_password_changed_under_a_live_client_is_an_auth_failure_on_that_node(
         ],
     );
     let node = &redlock.nodes()[0];
-    for _ in 0..250 {
-        if node.last_error().is_some_and(|e| e.is_auth()) && !node.is_connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually(Duration::from_secs(5), || {
+        node.last_error().is_some_and(|e| e.is_auth()) && !node.is_connected()
+    })
+    .await;
     assert!(
         node.last_error().is_some_and(|e| e.is_auth()),
         "{:?}",
@@ -210,12 +204,10 @@ async fn a_restart_while_held_loses_that_node_only() {
     let before = redlock.nodes()[0].connects();
     servers[0].restart();
     let node = &redlock.nodes()[0];
-    for _ in 0..250 {
-        if node.connects() > before && node.is_connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually(Duration::from_secs(5), || {
+        node.connects() > before && node.is_connected()
+    })
+    .await;
     assert!(node.connects() > before, "reconnected to the new process");
     assert!(node.server_info().unwrap().scripts_loaded);
     // And if the new process's script cache is empty anyway (a load that raced a flush, a

@@ -37,3 +37,16 @@ pub async fn redlock_over_configs(
     }
     r
 }
+
+/// True once `check` holds, polling every 20 ms for at most `within`. For effects that are on
+/// their way (requests sent whose answers were not awaited, a reconnect, a key running out).
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
