@@ -167,6 +167,17 @@ async fn script_flush_while_locks_are_held() {
         .try_acquire_many(&["flush-a", "flush-b"], ttl)
         .await
         .unwrap();
+    // The acquires returned at the quorum; the flush is meant to find every node holding the
+    // keys, so wait for the last node's writes to land (a NOSCRIPT there would not be retried
+    // once the acquire had returned, and the release below would count two).
+    for s in &servers {
+        let held = || {
+            s.cmd(&["EXISTS", "flush-one", "flush-a", "flush-b"])
+                .as_integer()
+                == Some(3)
+        };
+        assert!(support::eventually(Duration::from_secs(2), held).await);
+    }
     for s in &servers {
         s.cmd(&["SCRIPT", "FLUSH"]);
     }
