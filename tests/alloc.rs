@@ -73,6 +73,18 @@ fn decoding_lock_replies_and_encoding_lock_commands_allocate_nothing() {
                 let f = dec.decode(&mut buf).unwrap().unwrap();
                 assert!(!matches!(f, Frame::Array(_)));
             }
+            // And as the connection reads them: all at once, with `decode_each`.
+            for r in replies {
+                buf.extend_from_slice(r);
+            }
+            let mut n = 0;
+            dec.decode_each(&mut buf, |f| {
+                assert!(!matches!(f, Frame::Array(_)));
+                n += 1;
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(n, replies.len());
             SetNxPxCommand.encode(
                 &mut out,
                 b"lock:orders:42",

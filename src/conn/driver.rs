@@ -16,6 +16,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -258,25 +259,16 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
     loop {
         let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
         let mut result = Ok(());
-        let mut more = false;
         {
             let mut st = shared.lock();
-            while wakers.len() < WAKE_BATCH {
-                let frame = match decoder.decode(buf) {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        result = Err(e.into());
-                        break;
-                    }
-                };
+            let decoded = decoder.decode_each(buf, |frame| {
                 if frame.is_push() {
                     st.pushes += 1;
-                    continue;
+                    return ControlFlow::Continue(());
                 }
                 let Some(id) = st.queue.pop_front() else {
                     result = Err(Error::new(ErrorKind::UnsolicitedReply));
-                    break;
+                    return ControlFlow::Break(());
                 };
                 let slot = &mut st.slots[id as usize];
                 if slot.abandoned {
@@ -285,13 +277,19 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
                     slot.reply = Some(Ok(frame));
                     if let Some(w) = slot.waker.take() {
                         wakers.push(w);
+                        if wakers.len() == WAKE_BATCH {
+                            // Wake these before handing out more, without the lock held.
+                            return ControlFlow::Break(());
+                        }
                     }
                 }
-            }
-            if wakers.len() == WAKE_BATCH {
-                more = true;
+                ControlFlow::Continue(())
+            });
+            if let Err(e) = decoded {
+                result = Err(e.into());
             }
         }
+        let more = wakers.len() == WAKE_BATCH;
         wakers.into_iter().for_each(Waker::wake);
         if result.is_err() || !more {
             return result;

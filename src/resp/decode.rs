@@ -22,6 +22,8 @@
 //! The replies Redlock sees (`+OK`, `:n`, `_`, `$-1`, `-ERR …`) take a path that allocates
 //! nothing: they are built without splitting the buffer, or (errors) as one zero-copy slice.
 
+use std::ops::ControlFlow;
+
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 
@@ -116,6 +118,69 @@ impl Decoder {
             }
         }
         self.decode_general(src)
+    }
+
+    /// Decodes every complete frame at the front of `src`, in order, and hands each to `sink`,
+    /// which returns [`ControlFlow::Break`] to stop after the frame it was given. The frames'
+    /// bytes are consumed from `src` once, at the end, rather than frame by frame: this is how a
+    /// connection reads a pipeline of replies, and it saves the buffer bookkeeping of
+    /// [`decode`](Decoder::decode) per frame (a third of the cost of decoding `+OK`).
+    ///
+    /// The frames and errors are exactly those of calling `decode` until it returns `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Decoder::decode), for the first malformed frame; the frames before it were
+    /// handed to `sink` and consumed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let mut buf = bytes::BytesMut::from(&b"+OK\r\n:1\r\n$-1\r\n$3\r\nab"[..]);
+    /// let mut frames = Vec::new();
+    /// dragonlock::resp::Decoder::default()
+    ///     .decode_each(&mut buf, |f| {
+    ///         frames.push(f);
+    ///         ControlFlow::Continue(())
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(frames.len(), 3);
+    /// assert_eq!(&buf[..], b"$3\r\nab"); // incomplete: left for the next read
+    /// ```
+    pub fn decode_each(
+        &mut self,
+        src: &mut BytesMut,
+        mut sink: impl FnMut(Frame) -> ControlFlow<()>,
+    ) -> Result<(), DecodeError> {
+        // Bytes at the front of `src` that belong to frames already handed out.
+        let mut done = 0;
+        let result = loop {
+            if self.scanned == 0 && self.stack.is_empty() && self.payload_end.is_none() {
+                if let Some((frame, len)) = self.whole_line(&src[done..]) {
+                    done += len;
+                    self.line_searched = 0;
+                    if sink(frame).is_break() {
+                        break Ok(());
+                    }
+                    continue;
+                }
+            }
+            // The general path works from the front of the buffer (its offsets, and the
+            // zero-copy split of a bulk payload): consume what was handed out first.
+            src.advance(std::mem::take(&mut done));
+            match self.decode_general(src) {
+                Ok(Some(frame)) => {
+                    if sink(frame).is_break() {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        src.advance(done);
+        result
     }
 
     #[inline(never)]

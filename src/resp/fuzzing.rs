@@ -1,6 +1,8 @@
 //! The checks the fuzz targets run, kept in the library so that `cargo test` replays the checked-in
 //! corpus through exactly the same code (`tests/fuzz_corpus.rs`), without a nightly toolchain.
 
+use std::ops::ControlFlow;
+
 use bytes::BytesMut;
 
 use super::{encode_frame, Decoder, DecoderConfig, Frame};
@@ -53,8 +55,8 @@ fn check_limits(f: &Frame, depth: usize) {
     }
 }
 
-/// The same bytes fed whole and split at the points the first bytes choose must give the same
-/// frames and the same error.
+/// The same bytes fed whole (with `decode`) and split at the points the first bytes choose (with
+/// `decode_each`) must give the same frames and the same error.
 pub fn split_agrees(data: &[u8]) {
     if data.len() < 2 {
         return;
@@ -72,18 +74,30 @@ pub fn split_agrees(data: &[u8]) {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
     points.sort_unstable();
     points.push(body.len());
+    // The split feed goes through `decode_each` (what the connection uses), stopping after
+    // every frame when the first byte is odd; the whole feed went through `decode`.
+    let stop_each = cuts[0] % 2 == 1;
     let mut last = 0;
     'feed: for p in points {
         buf.extend_from_slice(&body[last..p]);
         last = p;
         loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break,
-                Err(e) => {
-                    err = Some(format!("{:?}", e.kind()));
-                    break 'feed;
+            let mut got = 0;
+            let fed = dec.decode_each(&mut buf, |f| {
+                frames.push(f);
+                got += 1;
+                if stop_each {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
+            });
+            if let Err(e) = fed {
+                err = Some(format!("{:?}", e.kind()));
+                break 'feed;
+            }
+            if got == 0 || !stop_each {
+                break;
             }
         }
     }
