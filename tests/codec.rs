@@ -49,16 +49,26 @@ fn decode_with(cfg: DecoderConfig, input: &[u8]) -> K {
 }
 
 /// Feeds `input` in pieces cut at `cuts`, collecting every frame.
+/// Feeds `input` in pieces cut at `cuts`, decoding after each piece with `decode` and
+/// `decode_each` in turn, so every split test holds both to the same frames.
 fn decode_split(input: &[u8], cuts: &[usize]) -> Vec<Frame> {
     let mut dec = Decoder::default();
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut last = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+    for (i, &cut) in cuts.iter().chain(std::iter::once(&input.len())).enumerate() {
         buf.extend_from_slice(&input[last..cut]);
         last = cut;
-        while let Some(f) = dec.decode(&mut buf).unwrap() {
-            out.push(f);
+        if i % 2 == 0 {
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+        } else {
+            dec.decode_each(&mut buf, |f| {
+                out.push(f);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
         }
     }
     assert!(buf.is_empty());
@@ -464,6 +474,87 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             proptest::collection::vec(inner, 1..4).prop_map(Frame::Push),
         ]
     })
+}
+
+/// The prepared encoders write numbers two digits at a time into uninitialised space and commit
+/// what they wrote (the one `unsafe` block in the encoder): every digit count, at its edges, with
+/// the buffer exactly full and with spare room, must come out as the generic encoder's bytes.
+#[test]
+fn prepared_encoders_write_every_digit_count_exactly() {
+    let mut edges = vec![0u64, u64::MAX];
+    let mut p = 1u64;
+    while let Some(next) = p.checked_mul(10) {
+        edges.extend([p - 1, p, p + 1]);
+        p = next;
+    }
+    edges.extend([p - 1, p, p + 1]);
+    for &ttl in &edges {
+        for key_len in [0usize, 1, 9, 10, 99, 100, 101] {
+            let key = vec![b'k'; key_len];
+            for spare in [0usize, 1, 64] {
+                let mut prepared = BytesMut::with_capacity(spare);
+                SetNxPxCommand.encode(&mut prepared, &key, b"token", ttl);
+                let mut generic = BytesMut::new();
+                let ms = ttl.to_string();
+                encode_command(
+                    &mut generic,
+                    &[&b"SET"[..], &key, b"token", b"NX", b"PX", ms.as_bytes()],
+                );
+                assert_eq!(prepared, generic, "ttl {ttl}, key of {key_len}");
+            }
+        }
+    }
+    let sha = [b'a'; 40];
+    for n in [0usize, 1, 9, 10, 11, 99, 100, 101] {
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| i.to_string().into_bytes()).collect();
+        let mut prepared = BytesMut::new();
+        EvalShaCommand::new(&sha).encode(&mut prepared, &keys, &[b"t"]);
+        let numkeys = n.to_string();
+        let mut all: Vec<&[u8]> = vec![b"EVALSHA", &sha, numkeys.as_bytes()];
+        all.extend(keys.iter().map(Vec::as_slice));
+        all.push(b"t");
+        let mut generic = BytesMut::new();
+        encode_command(&mut generic, &all);
+        assert_eq!(prepared, generic, "{n} keys");
+    }
+}
+
+/// `EVALSHA`'s keys and arguments come through the caller's `AsRef`, which the encoder calls
+/// once to count and once to write. One that answers differently the second time (longer or
+/// shorter) must meet a panic, never a write past the reserved space or uninitialised bytes in
+/// the buffer; the buffer keeps what it had.
+#[test]
+fn a_caller_bulk_that_changes_between_count_and_write_panics_cleanly() {
+    use std::cell::Cell;
+    struct Shifty {
+        calls: Cell<usize>,
+        first: Vec<u8>,
+        then: Vec<u8>,
+    }
+    impl AsRef<[u8]> for Shifty {
+        fn as_ref(&self) -> &[u8] {
+            self.calls.set(self.calls.get() + 1);
+            if self.calls.get() == 1 {
+                &self.first
+            } else {
+                &self.then
+            }
+        }
+    }
+    for (first, then) in [(3, 300), (300, 3), (9, 10), (10, 9)] {
+        let key = Shifty {
+            calls: Cell::new(0),
+            first: vec![b'k'; first],
+            then: vec![b'K'; then],
+        };
+        let mut buf = BytesMut::from(&b"before"[..]);
+        let cmd = EvalShaCommand::new(&[b'a'; 40]);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cmd.encode(&mut buf, &[&key], &[b"t"]);
+        }));
+        assert!(outcome.is_err(), "{first} then {then} bytes");
+        assert_eq!(&buf[..], b"before");
+    }
 }
 
 proptest! {

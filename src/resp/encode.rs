@@ -51,92 +51,109 @@ impl SetNxPxCommand {
     /// dragonlock::resp::SetNxPxCommand.encode(&mut buf, b"k", b"t", 30000);
     /// assert_eq!(&buf[..], &b"*6\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nt\r\n$2\r\nNX\r\n$2\r\nPX\r\n$5\r\n30000\r\n"[..]);
     /// ```
+    #[inline]
     pub fn encode(&self, dst: &mut BytesMut, key: &[u8], token: &[u8], ttl_ms: u64) {
-        // itoa writes two digits per step: faster than `num` for the 4-6 digit ttl.
-        let mut ms = itoa::Buffer::new();
-        let ms = ms.format(ttl_ms).as_bytes();
-        let len = b"*6\r\n$3\r\nSET\r\n".len()
-            + bulk_len(key.len())
-            + bulk_len(token.len())
-            + b"$2\r\nNX\r\n$2\r\nPX\r\n".len()
-            + bulk_len(ms.len());
-        // Three bulks, written out rather than with `Writer::bulk`: the `$` and CRLF around
-        // them join the constant pieces, one copy fewer each (400 against 418 instructions).
-        write_prepared(dst, len, |w| {
-            w.lit(b"*6\r\n$3\r\nSET\r\n$");
-            w.num(key.len() as u64);
-            w.lit(b"\r\n");
-            w.bytes(key);
-            w.lit(b"\r\n$");
-            w.num(token.len() as u64);
-            w.lit(b"\r\n");
-            w.bytes(token);
-            w.lit(b"\r\n$2\r\nNX\r\n$2\r\nPX\r\n$");
-            w.num(ms.len() as u64);
-            w.lit(b"\r\n");
-            w.bytes(ms);
-            w.lit(b"\r\n");
-        });
+        let ms_digits = digits(ttl_ms);
+        write_prepared(
+            dst,
+            &SetNxPx {
+                key,
+                token,
+                ttl_ms,
+                ms_digits,
+            },
+        );
     }
 }
 
-/// Bytes of a bulk string of `len` bytes: `$len\r\n…\r\n`.
-#[inline]
-fn bulk_len(len: usize) -> usize {
-    1 + digits(len as u64) + 2 + len + 2
+struct SetNxPx<'a> {
+    key: &'a [u8],
+    token: &'a [u8],
+    ttl_ms: u64,
+    /// `digits(ttl_ms)`, counted once for both passes.
+    ms_digits: usize,
+}
+
+impl Prepared for SetNxPx<'_> {
+    const CALLER_BYTES: bool = false;
+
+    #[inline(always)]
+    fn pieces<P: Pieces>(&self, p: &mut P) {
+        // Three bulks, written out rather than with `Pieces::bulk`: the `$` and CRLF around
+        // them join the constant pieces, one copy fewer each.
+        p.lit(b"*6\r\n$3\r\nSET\r\n$");
+        p.num(self.key.len() as u64);
+        p.lit(b"\r\n");
+        p.bytes(self.key);
+        p.lit(b"\r\n$");
+        p.num(self.token.len() as u64);
+        p.lit(b"\r\n");
+        p.bytes(self.token);
+        p.lit(b"\r\n$2\r\nNX\r\n$2\r\nPX\r\n$");
+        p.num(self.ms_digits as u64);
+        p.lit(b"\r\n");
+        p.num_of(self.ttl_ms, self.ms_digits);
+        p.lit(b"\r\n");
+    }
 }
 
 /// Decimal digits in `n`.
-#[inline]
-fn digits(n: u64) -> usize {
-    // Lengths in a lock command are one or two digits: skip the general log for them.
-    match n {
-        0..=9 => 1,
-        10..=99 => 2,
-        _ => n.ilog10() as usize + 1,
-    }
-}
-
-/// Writes a prepared command into space grown once: constant pieces are fixed-size copies the
-/// compiler inlines, numbers are written digit by digit in place. `put_slice` per piece costs a
-/// capacity check and, for pieces of unknown length, a `memmove` call each; a `SET` has a dozen.
 ///
-/// The length given to [`write_prepared`] is checked, not trusted: writing past it panics on
-/// the slice bounds, and whatever was not written is trimmed.
-struct Writer<'a> {
-    out: &'a mut [u8],
-    at: usize,
-}
-
-/// Grows `dst` by `len` once and lets `write` fill it.
+/// One or two digits (the lengths in a lock command) by predicted branches; past that, from the
+/// bit length (log10(2) is about 1233/4096) and one table comparison: a handful of instructions,
+/// against about 30 for `ilog10`.
 #[inline(always)]
-fn write_prepared(dst: &mut BytesMut, len: usize, write: impl FnOnce(&mut Writer<'_>)) {
-    let start = dst.len();
-    dst.resize(start + len, 0);
-    let mut w = Writer {
-        out: &mut dst[start..],
-        at: 0,
+fn digits(n: u64) -> usize {
+    const POW10: [u64; 20] = {
+        let mut t = [1u64; 20];
+        let mut i = 1;
+        while i < 20 {
+            t[i] = t[i - 1] * 10;
+            i += 1;
+        }
+        t
     };
-    write(&mut w);
-    let written = w.at;
-    debug_assert_eq!(written, len, "the length computed was exact");
-    dst.truncate(start + written);
+    // Lengths in a lock command are one or two digits: predicted branches, no arithmetic.
+    match n {
+        0..=9 => return 1,
+        10..=99 => return 2,
+        _ => {}
+    }
+    let bits = 64 - n.leading_zeros() as usize; // 7..=64
+    let guess = (bits * 1233) >> 12; // 2..=19: the digits of 2^bits, less one
+    guess + 1 - usize::from(n < POW10[guess])
 }
 
-impl Writer<'_> {
+/// A prepared command: a fixed sequence of pieces (constant bytes, caller bytes, numbers).
+///
+/// `pieces` runs twice, once to count the bytes and once to write them into space reserved for
+/// that count, and must give the same pieces both times. The implementations are in this module
+/// and read only their own immutable fields; bytes they obtain through a caller's `AsRef`
+/// (which could answer differently the second time) go through [`Pieces::caller_bulk`], whose
+/// length is checked when it is written.
+trait Prepared {
+    /// Whether any piece comes through [`Pieces::caller_bulk`]: only then is the space left
+    /// tracked and checked in release builds.
+    const CALLER_BYTES: bool;
+
+    fn pieces<P: Pieces>(&self, p: &mut P);
+}
+
+/// What a prepared command's pieces go to: [`Count`], then [`Write`].
+trait Pieces {
+    fn lit<const N: usize>(&mut self, s: &[u8; N]);
+    fn bytes(&mut self, s: &[u8]);
+    /// `n` in decimal in exactly `count` bytes, where the caller counted `count = digits(n)`
+    /// (once, for both passes).
+    fn num_of(&mut self, n: u64, count: usize);
+
+    /// `n` in decimal: [`digits`]`(n)` bytes.
     #[inline(always)]
-    fn lit<const N: usize>(&mut self, s: &[u8; N]) {
-        self.out[self.at..self.at + N].copy_from_slice(s);
-        self.at += N;
+    fn num(&mut self, n: u64) {
+        self.num_of(n, digits(n));
     }
 
-    #[inline(always)]
-    fn bytes(&mut self, s: &[u8]) {
-        self.out[self.at..self.at + s.len()].copy_from_slice(s);
-        self.at += s.len();
-    }
-
-    /// `$len\r\n<s>\r\n`, [`bulk_len`] bytes.
+    /// `$len\r\n<s>\r\n`.
     #[inline(always)]
     fn bulk(&mut self, s: &[u8]) {
         self.lit(b"$");
@@ -146,20 +163,150 @@ impl Writer<'_> {
         self.lit(b"\r\n");
     }
 
+    /// A bulk of bytes from a caller's `AsRef`: as `bulk`, with its length checked on writing.
     #[inline(always)]
-    fn num(&mut self, mut n: u64) {
-        let end = self.at + digits(n);
-        let mut i = end;
-        loop {
-            i -= 1;
-            self.out[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.at = end;
+    fn caller_bulk(&mut self, s: &[u8]) {
+        self.bulk(s);
     }
+}
+
+/// Adds up the pieces' lengths.
+struct Count(usize);
+
+impl Pieces for Count {
+    #[inline(always)]
+    fn lit<const N: usize>(&mut self, _: &[u8; N]) {
+        self.0 += N;
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, s: &[u8]) {
+        self.0 += s.len();
+    }
+
+    #[inline(always)]
+    fn num_of(&mut self, _: u64, count: usize) {
+        self.0 += count;
+    }
+}
+
+/// Writes the pieces one after the other from `at`, into space [`Count`] measured and
+/// [`write_prepared`] reserved. Pieces whose length the count fixed are not bounds-checked in
+/// release builds (see `write_prepared` for why they fit); debug builds (the tests) check every
+/// piece, and a caller's bulk is always checked.
+struct Write {
+    at: *mut u8,
+    /// Bytes of the reserved space not yet written.
+    left: usize,
+}
+
+impl Write {
+    /// Claims the next `n` bytes, which the count guarantees are there.
+    #[inline(always)]
+    fn claim(&mut self, n: usize) -> *mut u8 {
+        debug_assert!(n <= self.left, "a piece past the counted length");
+        self.left = self.left.wrapping_sub(n);
+        let start = self.at;
+        // SAFETY: `start..start + n` is inside the reserved space (see `write_prepared`), so
+        // the pointer stays in the same allocation.
+        self.at = unsafe { start.add(n) };
+        start
+    }
+}
+
+/// Two ASCII digits for each of 0..100.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+impl Pieces for Write {
+    #[inline(always)]
+    fn lit<const N: usize>(&mut self, s: &[u8; N]) {
+        let to = self.claim(N);
+        // SAFETY: `to` has `N` writable bytes (claimed), and `s` is `N` readable bytes that
+        // cannot overlap the buffer's spare capacity (it is borrowed shared).
+        unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), to, N) };
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, s: &[u8]) {
+        let to = self.claim(s.len());
+        // SAFETY: as in `lit`, for `s.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), to, s.len()) };
+    }
+
+    #[inline(always)]
+    fn caller_bulk(&mut self, s: &[u8]) {
+        // The count saw this bulk through an earlier `as_ref()` call: check that it still fits.
+        assert!(
+            1 + digits(s.len() as u64) + 2 + s.len() + 2 <= self.left,
+            "AsRef gave longer bytes than when counted"
+        );
+        self.bulk(s);
+    }
+
+    /// Written from the last digit back, two at a time: always exactly `count` bytes (a wrong
+    /// count would give wrong digits, never a write outside the claimed bytes).
+    #[inline(always)]
+    fn num_of(&mut self, mut n: u64, count: usize) {
+        debug_assert_eq!(count, digits(n));
+        let start = self.claim(count);
+        let mut i = count;
+        while i >= 2 {
+            i -= 2;
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            // SAFETY: `i + 2 <= count` bytes claimed at `start`; `pair + 2 <= 200`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(DIGIT_PAIRS.as_ptr().add(pair), start.add(i), 2)
+            };
+        }
+        if i == 1 {
+            // SAFETY: byte 0 of the `count` claimed.
+            unsafe { *start = b'0' + (n % 10) as u8 };
+        }
+    }
+}
+
+/// Writes a prepared command into `dst`: counts its bytes, reserves them once, and writes the
+/// pieces straight into the spare capacity, constant pieces as fixed-size copies the compiler
+/// inlines and numbers two digits at a time.
+///
+/// Why unchecked writes: a `SET` with every input opaque, per call with its loop, measured with
+/// callgrind and, for time, 15 interleaved rounds in one process (min / median): `put_slice`
+/// per piece, 418 instructions; zeroed space grown once, then checked copies, 404; checked
+/// writes into the spare capacity (`UninitSlice`), 335 instructions, 25 / 38 ns; this, 227
+/// instructions, 17 / 29 ns.
+#[inline(always)]
+fn write_prepared<C: Prepared>(dst: &mut BytesMut, command: &C) {
+    let mut count = Count(0);
+    command.pieces(&mut count);
+    let len = count.0;
+    dst.reserve(len);
+    let spare = dst.spare_capacity_mut();
+    assert!(spare.len() >= len);
+    let mut write = Write {
+        at: spare.as_mut_ptr().cast::<u8>(),
+        left: len,
+    };
+    // SAFETY (for the writes in `Write`): the spare capacity has at least `len` bytes (reserved
+    // and checked). `Count` and `Write` get the same pieces (`Prepared::pieces` is deterministic,
+    // except for a caller's bulks, which `Write::caller_bulk` checks against what is left) and
+    // agree on each one's length: `N` for `lit`, `s.len()` for `bytes`, `count` for `num_of`,
+    // which writes exactly `count` bytes. So every write lands in `spare[..len]`.
+    command.pieces(&mut write);
+    // A caller's bulk that came out shorter than counted would leave bytes unwritten. (Without
+    // caller bytes, `left` is 0 by the argument above, and the compiler drops the tracking.)
+    if C::CALLER_BYTES || cfg!(debug_assertions) {
+        assert_eq!(write.left, 0, "AsRef gave shorter bytes than when counted");
+    }
+    // SAFETY: the writes covered `spare[..len]`, contiguously from its start (each piece starts
+    // where the last ended) for `len` bytes in all (`left` went from `len` to 0), so those
+    // bytes are initialised.
+    unsafe { dst.set_len(dst.len() + len) };
 }
 
 /// `EVALSHA sha numkeys keys… args…` for one script, with the `EVALSHA` and SHA parts prepared
@@ -197,34 +344,43 @@ impl EvalShaCommand {
         keys: &[K],
         args: &[A],
     ) {
-        let count = 3 + keys.len() + args.len();
-        let mut numkeys = itoa::Buffer::new();
-        let numkeys = numkeys.format(keys.len()).as_bytes();
-        let len = 1
-            + digits(count as u64)
-            + 2
-            + self.head.len()
-            + bulk_len(numkeys.len())
-            + keys
-                .iter()
-                .map(|k| bulk_len(k.as_ref().len()))
-                .sum::<usize>()
-            + args
-                .iter()
-                .map(|a| bulk_len(a.as_ref().len()))
-                .sum::<usize>();
-        write_prepared(dst, len, |w| {
-            w.lit(b"*");
-            w.num(count as u64);
-            w.lit(b"\r\n");
-            w.lit(&self.head);
-            for part in std::iter::once(numkeys)
-                .chain(keys.iter().map(AsRef::as_ref))
-                .chain(args.iter().map(AsRef::as_ref))
-            {
-                w.bulk(part);
-            }
-        });
+        write_prepared(
+            dst,
+            &EvalSha {
+                head: &self.head,
+                keys,
+                args,
+            },
+        );
+    }
+}
+
+struct EvalSha<'a, K, A> {
+    head: &'a [u8; 60],
+    keys: &'a [K],
+    args: &'a [A],
+}
+
+impl<K: AsRef<[u8]>, A: AsRef<[u8]>> Prepared for EvalSha<'_, K, A> {
+    const CALLER_BYTES: bool = true;
+
+    #[inline(always)]
+    fn pieces<P: Pieces>(&self, p: &mut P) {
+        p.lit(b"*");
+        p.num(3 + self.keys.len() as u64 + self.args.len() as u64);
+        p.lit(b"\r\n");
+        p.lit(self.head);
+        p.lit(b"$");
+        p.num(digits(self.keys.len() as u64) as u64);
+        p.lit(b"\r\n");
+        p.num(self.keys.len() as u64);
+        p.lit(b"\r\n");
+        for key in self.keys {
+            p.caller_bulk(key.as_ref());
+        }
+        for arg in self.args {
+            p.caller_bulk(arg.as_ref());
+        }
     }
 }
 
@@ -306,6 +462,29 @@ pub fn encode_frame(dst: &mut BytesMut, frame: &Frame) {
                 encode_frame(dst, v);
             }
             encode_frame(dst, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digits;
+
+    #[test]
+    fn digits_counts_decimal_digits_at_every_edge() {
+        let mut edges = vec![0u64, 1, u64::MAX, u64::MAX - 1];
+        for shift in 0..64 {
+            let p = 1u64 << shift;
+            edges.extend([p - 1, p, p.saturating_add(1)]);
+        }
+        let mut p = 1u64;
+        while let Some(next) = p.checked_mul(10) {
+            edges.extend([p - 1, p, p + 1]);
+            p = next;
+        }
+        edges.extend([p - 1, p, p + 1]);
+        for n in edges {
+            assert_eq!(digits(n), n.to_string().len(), "{n}");
         }
     }
 }
