@@ -36,47 +36,24 @@ fn decode(c: &mut Criterion) {
         // the buffer: the buffer is refilled between batches, off the clock.
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let batch = left.min(BATCH);
-                    buf.clear();
+                in_batches(iters, &input, &mut buf, |buf, batch| {
                     for _ in 0..batch {
-                        buf.extend_from_slice(&input);
+                        black_box(dec.decode(buf).unwrap().unwrap());
                     }
-                    let start = Instant::now();
-                    for _ in 0..batch {
-                        black_box(dec.decode(&mut buf).unwrap().unwrap());
-                    }
-                    total += start.elapsed();
-                    left -= batch;
-                }
-                total
+                })
             })
         });
         // The same batch through `decode_each`, as the connection reads a pipeline: the frames'
         // bytes are consumed from the buffer once per batch, not once per frame.
         group.bench_function(format!("{name} (decode_each)"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let batch = left.min(BATCH);
-                    buf.clear();
-                    for _ in 0..batch {
-                        buf.extend_from_slice(&input);
-                    }
-                    let start = Instant::now();
-                    dec.decode_each(&mut buf, |frame| {
+                in_batches(iters, &input, &mut buf, |buf, _| {
+                    dec.decode_each(buf, |frame| {
                         black_box(frame);
                         ControlFlow::Continue(())
                     })
                     .unwrap();
-                    total += start.elapsed();
-                    assert!(buf.is_empty());
-                    left -= batch;
-                }
-                total
+                })
             })
         });
         // The same with the refill on the clock, one reply at a time: an upper bound that
@@ -89,6 +66,31 @@ fn decode(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Times `decode` over `iters` copies of `input`, [`BATCH`] at a time: each batch is written
+/// into `buf` off the clock, then `decode(buf, batch)` must consume it all, on the clock.
+fn in_batches(
+    iters: u64,
+    input: &[u8],
+    buf: &mut BytesMut,
+    mut decode: impl FnMut(&mut BytesMut, u64),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let batch = left.min(BATCH);
+        buf.clear();
+        for _ in 0..batch {
+            buf.extend_from_slice(input);
+        }
+        let start = Instant::now();
+        decode(buf, batch);
+        total += start.elapsed();
+        assert!(buf.is_empty(), "the batch was decoded whole");
+        left -= batch;
+    }
+    total
 }
 
 /// Replies per refill in the decode benches: enough to make the timer's cost vanish, few enough
