@@ -166,6 +166,9 @@ impl Decoder {
                     continue;
                 }
             }
+            if done == src.len() {
+                break Ok(()); // all of it handed out: nothing for the general path to look at
+            }
             // The general path works from the front of the buffer (its offsets, and the
             // zero-copy split of a bulk payload): consume what was handed out first.
             src.advance(std::mem::take(&mut done));
