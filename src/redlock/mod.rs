@@ -341,7 +341,7 @@ impl Redlock {
     }
 
     /// Builds a manager over connections already made. They should have the lock scripts
-    /// registered (see [`scripts`]); without them the first use of each falls back to `EVAL`.
+    /// registered (see [`mod@scripts`]); without them the first use of each falls back to `EVAL`.
     ///
     /// # Panics
     ///
