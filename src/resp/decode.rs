@@ -110,14 +110,24 @@ impl Decoder {
         // Between frames, the replies a lock client meets on every request are recognised whole
         // from their first bytes, without the scan's state machine. Inlined into the caller, with
         // the general path out of line, so the hot case pays no large stack frame.
-        if self.scanned == 0 && self.stack.is_empty() && self.payload_end.is_none() {
-            if let Some((frame, len)) = self.whole_line(src) {
-                src.advance(len);
-                self.line_searched = 0;
-                return Ok(Some(frame));
-            }
+        if let Some((frame, len)) = self.fast_frame(src) {
+            src.advance(len);
+            return Ok(Some(frame));
         }
         self.decode_general(src)
+    }
+
+    /// The fast path's entry, shared by `decode` and `decode_each`: between frames only, a whole
+    /// line `whole_line` recognises, with the line search reset for the next frame. The caller
+    /// consumes the `len` bytes.
+    #[inline(always)]
+    fn fast_frame(&mut self, src: &[u8]) -> Option<(Frame, usize)> {
+        if self.scanned != 0 || !self.stack.is_empty() || self.payload_end.is_some() {
+            return None;
+        }
+        let found = self.whole_line(src)?;
+        self.line_searched = 0;
+        Some(found)
     }
 
     /// Decodes every complete frame at the front of `src`, in order, and hands each to `sink`,
@@ -156,15 +166,12 @@ impl Decoder {
         // Bytes at the front of `src` that belong to frames already handed out.
         let mut done = 0;
         let result = loop {
-            if self.scanned == 0 && self.stack.is_empty() && self.payload_end.is_none() {
-                if let Some((frame, len)) = self.whole_line(&src[done..]) {
-                    done += len;
-                    self.line_searched = 0;
-                    if sink(frame).is_break() {
-                        break Ok(());
-                    }
-                    continue;
+            if let Some((frame, len)) = self.fast_frame(&src[done..]) {
+                done += len;
+                if sink(frame).is_break() {
+                    break Ok(());
                 }
+                continue;
             }
             if done == src.len() {
                 break Ok(()); // all of it handed out: nothing for the general path to look at
