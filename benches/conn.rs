@@ -17,7 +17,7 @@ const TOKEN: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 async fn sequential(conn: &Connection, iters: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
-        conn.send(|buf| SetNxPxCommand.encode(buf, b"k", TOKEN, 30_000))
+        conn.send(|buf| SetNxPxCommand::new(30_000).encode(buf, b"k", TOKEN))
             .unwrap()
             .await
             .unwrap();
@@ -36,7 +36,7 @@ async fn interleaved_p50(conn: &Connection, base: &mut BaselineNode, set: &[u8])
         let t0 = Instant::now();
         baseline_round(std::slice::from_mut(base), &frames, 1).await;
         let t1 = Instant::now();
-        conn.send(|buf| SetNxPxCommand.encode(buf, b"k", TOKEN, 30_000))
+        conn.send(|buf| SetNxPxCommand::new(30_000).encode(buf, b"k", TOKEN))
             .unwrap()
             .await
             .unwrap();
@@ -113,10 +113,12 @@ fn round_trip(c: &mut Criterion) {
                         let conn = conn.clone();
                         tokio::spawn(async move {
                             for _ in 0..per_task {
-                                conn.send(|buf| SetNxPxCommand.encode(buf, b"k", token, 30_000))
-                                    .unwrap()
-                                    .await
-                                    .unwrap();
+                                conn.send(|buf| {
+                                    SetNxPxCommand::new(30_000).encode(buf, b"k", token)
+                                })
+                                .unwrap()
+                                .await
+                                .unwrap();
                             }
                         })
                     })

@@ -85,11 +85,10 @@ fn decoding_lock_replies_and_encoding_lock_commands_allocate_nothing() {
             })
             .unwrap();
             assert_eq!(n, replies.len());
-            SetNxPxCommand.encode(
+            SetNxPxCommand::new(30_000).encode(
                 &mut out,
                 b"lock:orders:42",
                 b"0123456789abcdef0123456789abcdef",
-                30_000,
             );
             evalsha.encode(
                 &mut out,
@@ -118,11 +117,10 @@ fn connection_requests_allocate_nothing_in_steady_state() {
                 for _ in 0..n {
                     let reply = conn
                         .send(|b| {
-                            SetNxPxCommand.encode(
+                            SetNxPxCommand::new(30_000).encode(
                                 b,
                                 b"k",
                                 b"0123456789abcdef0123456789abcdef",
-                                30_000,
                             )
                         })
                         .unwrap()

@@ -493,7 +493,7 @@ fn prepared_encoders_write_every_digit_count_exactly() {
             let key = vec![b'k'; key_len];
             for spare in [0usize, 1, 64] {
                 let mut prepared = BytesMut::with_capacity(spare);
-                SetNxPxCommand.encode(&mut prepared, &key, b"token", ttl);
+                SetNxPxCommand::new(ttl).encode(&mut prepared, &key, b"token");
                 let mut generic = BytesMut::new();
                 let ms = ttl.to_string();
                 encode_command(
@@ -591,7 +591,7 @@ proptest! {
         args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..12),
     ) {
         let (mut prepared, mut generic) = (BytesMut::from(&before[..]), BytesMut::from(&before[..]));
-        SetNxPxCommand.encode(&mut prepared, &key, &token, ttl);
+        SetNxPxCommand::new(ttl).encode(&mut prepared, &key, &token);
         let ttl = ttl.to_string();
         encode_command(&mut generic, &[&b"SET"[..], &key, &token, b"NX", b"PX", ttl.as_bytes()]);
         prop_assert_eq!(&prepared, &generic);

@@ -549,12 +549,14 @@ impl Redlock {
         };
         let multi = keys.is_multi();
         let args = [&token[..], ms];
+        // Formatted once here, copied into each node's buffer.
+        let set = SetNxPxCommand::new(ttl_ms);
         let encode = |buf: &mut BytesMut| {
             if multi {
                 s.multi_acquire
                     .encode(buf, ScriptCall::BySha, keys.all(), &args);
             } else {
-                SetNxPxCommand.encode(buf, &keys.all()[0], &token, ttl_ms);
+                set.encode(buf, &keys.all()[0], &token);
             }
         };
         for node in nodes {
