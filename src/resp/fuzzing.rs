@@ -5,7 +5,9 @@ use std::ops::ControlFlow;
 
 use bytes::BytesMut;
 
-use super::{encode_frame, Decoder, DecoderConfig, Frame};
+use super::{
+    encode_command, encode_frame, Decoder, DecoderConfig, EvalShaCommand, Frame, SetNxPxCommand,
+};
 
 /// Small limits so the fuzzer reaches them quickly.
 fn config() -> DecoderConfig {
@@ -112,8 +114,11 @@ pub fn split_agrees(data: &[u8]) {
     assert_eq!(err, whole.1, "error differs when split");
 }
 
-/// Every frame decoded from `data` encodes and decodes back to itself.
+/// Every frame decoded from `data` encodes and decodes back to itself, and the prepared
+/// encoders (the codec's `unsafe` writer) give the generic encoder's bytes for inputs taken
+/// from `data`.
 pub fn roundtrip(data: &[u8]) {
+    prepared_agree(data);
     for f in decode_whole(data).0 {
         let mut buf = BytesMut::new();
         encode_frame(&mut buf, &f);
@@ -122,6 +127,40 @@ pub fn roundtrip(data: &[u8]) {
         assert_eq!(again.len(), 1);
         assert!(same(&again[0], &f), "round trip changed the frame");
     }
+}
+
+/// `data` as a ttl (its first 8 bytes), a split point and a spare capacity (the next two), and a
+/// key and token (the rest, split there).
+fn prepared_agree(data: &[u8]) {
+    let mut ttl = [0u8; 8];
+    let head = data.len().min(8);
+    ttl[..head].copy_from_slice(&data[..head]);
+    let ttl = u64::from_le_bytes(ttl);
+    let rest = data.get(8..).unwrap_or_default();
+    let (split, spare, rest) = match rest {
+        [a, b, rest @ ..] => (*a as usize, *b as usize, rest),
+        _ => (0, 0, rest),
+    };
+    let (key, token) = rest.split_at(split.min(rest.len()));
+
+    let mut prepared = BytesMut::with_capacity(spare);
+    prepared.extend_from_slice(b"x");
+    SetNxPxCommand::new(ttl).encode(&mut prepared, key, token);
+    EvalShaCommand::new(&[b'f'; 40]).encode(&mut prepared, &[key], &[token, key]);
+    let mut generic = BytesMut::from(&b"x"[..]);
+    let ms = ttl.to_string();
+    encode_command(
+        &mut generic,
+        &[&b"SET"[..], key, token, b"NX", b"PX", ms.as_bytes()],
+    );
+    encode_command(
+        &mut generic,
+        &[&b"EVALSHA"[..], &[b'f'; 40], b"1", key, token, key],
+    );
+    assert_eq!(
+        prepared, generic,
+        "a prepared encoder differs from the generic one"
+    );
 }
 
 /// Equality that treats NaN as equal to NaN.
