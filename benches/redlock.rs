@@ -10,6 +10,7 @@ use common::{baseline_round, cmd, BaselineNode};
 use criterion::{criterion_group, criterion_main, Criterion};
 use dragonlock::conn::ConnectionConfig;
 use dragonlock::{Redlock, RedlockOptions};
+use rand::seq::SliceRandom;
 
 /// CPU time of this thread. The runtime is current-thread, so the client's tasks (its drivers
 /// included) all run here: the difference over a segment is that client's own CPU.
@@ -21,7 +22,8 @@ fn thread_cpu() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// p50 against p50 with drift taken out: the three clients take turns cycle by cycle.
+/// p50 against p50 with drift taken out: the clients take turns cycle by cycle, in a new random
+/// order every round.
 /// Two baselines: the (release with a plain `DEL`, which is unsafe for a lock: it deletes
 /// whoever's key is there), and a like-for-like one releasing with the same compare-and-delete
 /// script, so the client's own cost can be told from the server's cost of a safe release.
@@ -35,35 +37,44 @@ async fn interleaved(redlock: &Redlock, quorum_release: &Redlock, base: &mut [Ba
     let cad = vec![cmd(&[b"EVALSHA", sha.sha().as_bytes(), b"1", b"bench:cad", token]); 5];
     let mut times: [Vec<Duration>; 4] = Default::default();
     let mut cpu = [Duration::ZERO; 4];
+    let mut order = [0usize, 1, 2, 3];
+    let mut rng = rand::rng();
     for i in 0..ROUNDS + 500 {
-        let (t0, c0) = (Instant::now(), thread_cpu());
-        baseline_round(base, &set_del, 3).await;
-        baseline_round(base, &del, 3).await;
-        let (t1, c1) = (Instant::now(), thread_cpu());
-        baseline_round(base, &set_cad, 3).await;
-        baseline_round(base, &cad, 3).await;
-        let (t2, c2) = (Instant::now(), thread_cpu());
-        let lock = redlock
-            .try_acquire("bench:dl", Duration::from_secs(30))
-            .await
-            .unwrap();
-        lock.release().await.unwrap();
-        let (t3, c3) = (Instant::now(), thread_cpu());
-        let lock = quorum_release
-            .try_acquire("bench:dlq", Duration::from_secs(30))
-            .await
-            .unwrap();
-        lock.release().await.unwrap();
-        let (t4, c4) = (Instant::now(), thread_cpu());
-        if i >= 500 {
-            times[0].push(t1 - t0);
-            times[1].push(t2 - t1);
-            times[2].push(t3 - t2);
-            times[3].push(t4 - t3);
-            cpu[0] += c1 - c0;
-            cpu[1] += c2 - c1;
-            cpu[2] += c3 - c2;
-            cpu[3] += c4 - c3;
+        // A new order every round. In a fixed order each client always follows the same other
+        // one and meets its leftovers (late replies, readiness events): reversing the order
+        // moved dragonlock's ratio over compare-and-delete from 1.14x to 1.09x, and the two
+        // baselines' ratio from 1.04x to 1.11x.
+        order.shuffle(&mut rng);
+        for &k in &order {
+            let (t0, c0) = (Instant::now(), thread_cpu());
+            match k {
+                0 => {
+                    baseline_round(base, &set_del, 3).await;
+                    baseline_round(base, &del, 3).await;
+                }
+                1 => {
+                    baseline_round(base, &set_cad, 3).await;
+                    baseline_round(base, &cad, 3).await;
+                }
+                2 => {
+                    let lock = redlock
+                        .try_acquire("bench:dl", Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    lock.release().await.unwrap();
+                }
+                _ => {
+                    let lock = quorum_release
+                        .try_acquire("bench:dlq", Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    lock.release().await.unwrap();
+                }
+            }
+            if i >= 500 {
+                times[k].push(t0.elapsed());
+                cpu[k] += thread_cpu() - c0;
+            }
         }
     }
     let per = |c: Duration| c / ROUNDS as u32;
