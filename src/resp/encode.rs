@@ -231,7 +231,7 @@ trait Pieces {
     }
 }
 
-/// Adds up the pieces' lengths, and how far a padded last piece writes past them.
+/// Adds up the pieces' lengths, and how far past them a padded piece may write.
 #[derive(Default)]
 struct Count {
     len: usize,
