@@ -11,13 +11,16 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dragonlock::conn::{Connection, ConnectionConfig};
 use dragonlock::resp::SetNxPxCommand;
 
+/// `SET … NX PX 30000`, prepared once as an acquire prepares it.
+static SET: std::sync::LazyLock<SetNxPxCommand> =
+    std::sync::LazyLock::new(|| SetNxPxCommand::new(30_000));
 const TOKEN: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 
 /// `iters` requests, one after the other, from one task: the round-trip time.
 async fn sequential(conn: &Connection, iters: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
-        conn.send(|buf| SetNxPxCommand::new(30_000).encode(buf, b"k", TOKEN))
+        conn.send(|buf| SET.encode(buf, b"k", TOKEN))
             .unwrap()
             .await
             .unwrap();
@@ -36,7 +39,7 @@ async fn interleaved_p50(conn: &Connection, base: &mut BaselineNode, set: &[u8])
         let t0 = Instant::now();
         baseline_round(std::slice::from_mut(base), &frames, 1).await;
         let t1 = Instant::now();
-        conn.send(|buf| SetNxPxCommand::new(30_000).encode(buf, b"k", TOKEN))
+        conn.send(|buf| SET.encode(buf, b"k", TOKEN))
             .unwrap()
             .await
             .unwrap();
@@ -113,12 +116,10 @@ fn round_trip(c: &mut Criterion) {
                         let conn = conn.clone();
                         tokio::spawn(async move {
                             for _ in 0..per_task {
-                                conn.send(|buf| {
-                                    SetNxPxCommand::new(30_000).encode(buf, b"k", token)
-                                })
-                                .unwrap()
-                                .await
-                                .unwrap();
+                                conn.send(|buf| SET.encode(buf, b"k", token))
+                                    .unwrap()
+                                    .await
+                                    .unwrap();
                             }
                         })
                     })

@@ -48,7 +48,6 @@ fn decode_with(cfg: DecoderConfig, input: &[u8]) -> K {
     }
 }
 
-/// Feeds `input` in pieces cut at `cuts`, collecting every frame.
 /// Feeds `input` in pieces cut at `cuts`, decoding after each piece with `decode` and
 /// `decode_each` in turn, so every split test holds both to the same frames.
 fn decode_split(input: &[u8], cuts: &[usize]) -> Vec<Frame> {

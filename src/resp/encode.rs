@@ -67,15 +67,15 @@ impl SetNxPxCommand {
     /// ```
     pub fn new(ttl_ms: u64) -> SetNxPxCommand {
         const HEAD: &[u8; 19] = b"\r\n$2\r\nNX\r\n$2\r\nPX\r\n$";
-        let ms = digits(ttl_ms);
-        let ms_len = digits(ms as u64);
         let mut tail = [0u8; SET_TAIL_MAX];
         tail[..19].copy_from_slice(HEAD);
         let mut at = 19;
-        for (n, len) in [(ms as u64, ms_len), (ttl_ms, ms)] {
-            decimal_into(&mut tail[at..at + len], n);
-            tail[at + len..at + len + 2].copy_from_slice(b"\r\n");
-            at += len + 2;
+        let mut num = itoa::Buffer::new();
+        for n in [digits(ttl_ms) as u64, ttl_ms] {
+            for piece in [num.format(n).as_bytes(), b"\r\n"] {
+                tail[at..at + piece.len()].copy_from_slice(piece);
+                at += piece.len();
+            }
         }
         SetNxPxCommand {
             tail,
@@ -163,21 +163,6 @@ fn digits(n: u64) -> usize {
     let bits = 64 - n.leading_zeros() as usize; // 7..=64
     let guess = (bits * 1233) >> 12; // 2..=19: the digits of 2^bits, less one
     guess + 1 - usize::from(n < POW10[guess])
-}
-
-/// Writes `n` in decimal into all of `out`, from the last digit back, two at a time (`out` is
-/// `digits(n)` long).
-fn decimal_into(out: &mut [u8], mut n: u64) {
-    let mut i = out.len();
-    while i >= 2 {
-        let pair = (n % 100) as usize * 2;
-        n /= 100;
-        out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-        i -= 2;
-    }
-    if i == 1 {
-        out[0] = b'0' + (n % 10) as u8;
-    }
 }
 
 /// A prepared command: a fixed sequence of pieces (constant bytes, caller bytes, numbers).
