@@ -492,3 +492,72 @@ fn public_types_are_send_and_sync_and_errors_stay_small() {
     assert!(std::mem::size_of::<dragonlock::Error>() <= 48);
     assert!(std::mem::size_of::<dragonlock::LockError>() <= 400);
 }
+
+/// Clients connected to `s`, not counting the one asking.
+fn clients_on(s: &Server) -> i64 {
+    let info = s.cmd(&["INFO", "clients"]);
+    let text = String::from_utf8_lossy(info.as_bytes().unwrap()).into_owned();
+    let n: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .expect("INFO clients has connected_clients")
+        .trim()
+        .parse()
+        .unwrap();
+    n - 1
+}
+
+/// Dropping a `Redlock`, or its construction while it still waits for a node, closes its
+/// connections: no driver task is left holding a socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_redlock_or_its_construction_closes_its_connections() {
+    let servers = cluster(1);
+    let s = &servers[0];
+    assert_eq!(clients_on(s), 0);
+
+    let r = redlock(&servers, RedlockOptions::default()).await;
+    let lock = r.try_acquire("res", Duration::from_secs(10)).await.unwrap();
+    lock.release().await.unwrap();
+    assert_eq!(clients_on(s), 1);
+    drop(r);
+    assert!(
+        eventually(|| clients_on(s) == 0).await,
+        "a dropped Redlock left {} connections open",
+        clients_on(s)
+    );
+
+    // A second node accepts and never answers, so the construction waits for its handshake.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("redis://{}", silent.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let long = Duration::from_secs(60);
+    let configs = [s.url(), silent_url]
+        .iter()
+        .map(|u| {
+            dragonlock::conn::ConnectionConfig::from_url(u)
+                .unwrap()
+                .handshake_timeout(long)
+        })
+        .collect();
+    let mut building = Box::pin(Redlock::from_configs(
+        configs,
+        RedlockOptions::default().connect_timeout(long),
+    ));
+    let real_node_up = tokio::select! {
+        _ = &mut building => panic!("the construction did not wait for the silent node"),
+        up = eventually(|| clients_on(s) == 1) => up,
+    };
+    assert!(real_node_up, "the real node never saw the connection");
+    drop(building);
+    assert!(
+        eventually(|| clients_on(s) == 0).await,
+        "a dropped construction left {} connections open",
+        clients_on(s)
+    );
+    holder.abort();
+}

@@ -293,6 +293,10 @@ impl Connection {
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] when it is still down at the end, with the last connect error lost.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
         let wait = async {
             loop {
@@ -563,6 +567,11 @@ impl ReplyFuture<'_> {
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] at the deadline (the reply, when it comes, is discarded).
+    ///
+    /// # Cancel safety
+    ///
+    /// As dropping the [`ReplyFuture`]: the request keeps its place, and its reply is read and
+    /// thrown away when it comes, so no other caller ever gets it.
     pub async fn deadline(self, deadline: Instant) -> Result<Frame, Error> {
         match tokio::time::timeout_at(deadline, self).await {
             Ok(r) => r,

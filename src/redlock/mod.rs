@@ -290,6 +290,10 @@ impl Redlock {
     ///
     /// An invalid URL. Unreachable nodes are not an error: they are retried in the background,
     /// and a lock only needs a quorum.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes the connections it started; nothing is left running.
     pub async fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Redlock, Error> {
         Redlock::connect_with(urls, RedlockOptions::default()).await
     }
@@ -297,6 +301,10 @@ impl Redlock {
     /// [`connect`](Redlock::connect) with options.
     ///
     /// # Errors
+    ///
+    /// As `connect`.
+    ///
+    /// # Cancel safety
     ///
     /// As `connect`.
     pub async fn connect_with<S: AsRef<str>>(
@@ -316,6 +324,10 @@ impl Redlock {
     /// # Panics
     ///
     /// When `configs` is empty.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes the connections it started; nothing is left running.
     pub async fn from_configs(configs: Vec<ConnectionConfig>, options: RedlockOptions) -> Redlock {
         assert!(!configs.is_empty(), "Redlock needs at least one node");
         let s = scripts();
