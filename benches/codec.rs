@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use dragonlock::resp::{encode_command, Decoder, EvalShaCommand, SetNxPxCommand};
+use dragonlock::resp::{
+    encode_command, encode_delex_ifeq, Decoder, EvalShaCommand, SetNxPxCommand,
+};
 
 const HELLO3: &[u8] = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:4\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n";
 
@@ -135,6 +137,22 @@ fn encode(c: &mut Criterion) {
     group.bench_function("EVALSHA sha 1 key token (prepared)", |b| {
         b.iter(|| {
             evalsha.encode(&mut buf, &[black_box(key)], &[black_box(token)]);
+            buf.clear();
+        })
+    });
+    // The release where the server has a native compare-and-delete (Dragonfly).
+    group.bench_function("DELEX key IFEQ token (prepared)", |b| {
+        b.iter(|| {
+            encode_delex_ifeq(&mut buf, black_box(key), black_box(token));
+            buf.clear();
+        })
+    });
+    group.bench_function("DELEX key IFEQ token (generic encoder, baseline)", |b| {
+        b.iter(|| {
+            encode_command(
+                &mut buf,
+                &[&b"DELEX"[..], black_box(key), b"IFEQ", black_box(token)],
+            );
             buf.clear();
         })
     });

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dragonlock::conn::{Connection, ConnectionConfig};
-use dragonlock::resp::{Decoder, EvalShaCommand, Frame, SetNxPxCommand};
+use dragonlock::resp::{encode_delex_ifeq, Decoder, EvalShaCommand, Frame, SetNxPxCommand};
 use dragonlock::{Redlock, RedlockOptions};
 use support::fake::{Action, FakeServer};
 use support::server::cluster;
@@ -94,6 +94,11 @@ fn decoding_lock_replies_and_encoding_lock_commands_allocate_nothing() {
                 &mut out,
                 &[b"lock:orders:42"],
                 &[b"0123456789abcdef0123456789abcdef"],
+            );
+            encode_delex_ifeq(
+                &mut out,
+                b"lock:orders:42",
+                b"0123456789abcdef0123456789abcdef",
             );
             out.clear();
         }

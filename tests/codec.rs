@@ -6,8 +6,8 @@ mod support {
 
 use bytes::{Bytes, BytesMut};
 use dragonlock::resp::{
-    encode_command, encode_frame, DecodeErrorKind as K, Decoder, DecoderConfig, EvalShaCommand,
-    Frame, ServerError, SetNxPxCommand,
+    encode_command, encode_delex_ifeq, encode_frame, DecodeErrorKind as K, Decoder, DecoderConfig,
+    EvalShaCommand, Frame, ServerError, SetNxPxCommand,
 };
 use proptest::prelude::*;
 use support::fixtures;
@@ -516,6 +516,19 @@ fn prepared_encoders_write_every_digit_count_exactly() {
         encode_command(&mut generic, &all);
         assert_eq!(prepared, generic, "{n} keys");
     }
+    for key_len in [0usize, 1, 9, 10, 99, 100, 101] {
+        let key = vec![b'k'; key_len];
+        for value_len in [0usize, 9, 10, 32, 100] {
+            let value = vec![b'v'; value_len];
+            for spare in [0usize, 1, 64] {
+                let mut prepared = BytesMut::with_capacity(spare);
+                encode_delex_ifeq(&mut prepared, &key, &value);
+                let mut generic = BytesMut::new();
+                encode_command(&mut generic, &[&b"DELEX"[..], &key, b"IFEQ", &value]);
+                assert_eq!(prepared, generic, "key of {key_len}, value of {value_len}");
+            }
+        }
+    }
 }
 
 /// `EVALSHA`'s keys and arguments come through the caller's `AsRef`, which the encoder calls
@@ -602,6 +615,10 @@ proptest! {
         all.extend(keys.iter().map(Vec::as_slice));
         all.extend(args.iter().map(Vec::as_slice));
         encode_command(&mut generic, &all);
+        prop_assert_eq!(&prepared, &generic);
+
+        encode_delex_ifeq(&mut prepared, &key, &token);
+        encode_command(&mut generic, &[&b"DELEX"[..], &key, b"IFEQ", &token]);
         prop_assert_eq!(prepared, generic);
     }
 }

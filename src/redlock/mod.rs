@@ -36,7 +36,7 @@ pub use lock::{Lock, LockSignal};
 
 use crate::conn::{Connection, ConnectionConfig, ReplyFuture, Script, ScriptCall};
 use crate::error::Error;
-use crate::resp::{encode_command, Frame, SetNxPxCommand};
+use crate::resp::{encode_delex_ifeq, Frame, SetNxPxCommand};
 use quorum::{Decision, QuorumCollector, Vote};
 use scripts::scripts;
 
@@ -663,7 +663,7 @@ impl Redlock {
         call: ScriptCall,
     ) {
         if !keys.is_multi() && node.has_delex() && !self.inner.options.force_script_release {
-            encode_command(buf, &[&b"DELEX"[..], &keys.all()[0], b"IFEQ", token]);
+            encode_delex_ifeq(buf, &keys.all()[0], token);
         } else {
             keys.release_script()
                 .encode(buf, call, keys.all(), &[&token[..]]);

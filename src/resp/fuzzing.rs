@@ -6,7 +6,8 @@ use std::ops::ControlFlow;
 use bytes::BytesMut;
 
 use super::{
-    encode_command, encode_frame, Decoder, DecoderConfig, EvalShaCommand, Frame, SetNxPxCommand,
+    encode_command, encode_delex_ifeq, encode_frame, Decoder, DecoderConfig, EvalShaCommand, Frame,
+    SetNxPxCommand,
 };
 
 /// Small limits so the fuzzer reaches them quickly.
@@ -147,6 +148,7 @@ fn prepared_agree(data: &[u8]) {
     prepared.extend_from_slice(b"x");
     SetNxPxCommand::new(ttl).encode(&mut prepared, key, token);
     EvalShaCommand::new(&[b'f'; 40]).encode(&mut prepared, &[key], &[token, key]);
+    encode_delex_ifeq(&mut prepared, key, token);
     let mut generic = BytesMut::from(&b"x"[..]);
     let ms = ttl.to_string();
     encode_command(
@@ -157,6 +159,7 @@ fn prepared_agree(data: &[u8]) {
         &mut generic,
         &[&b"EVALSHA"[..], &[b'f'; 40], b"1", key, token, key],
     );
+    encode_command(&mut generic, &[&b"DELEX"[..], key, b"IFEQ", token]);
     assert_eq!(
         prepared, generic,
         "a prepared encoder differs from the generic one"
