@@ -4,11 +4,13 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::{baseline_round, cmd, BaselineNode};
 use criterion::{criterion_group, criterion_main, Criterion};
-use dragonlock::conn::ConnectionConfig;
+use dragonlock::conn::{Connection, ConnectionConfig, ReplyFuture};
+use dragonlock::resp::SetNxPxCommand;
 use dragonlock::{Redlock, RedlockOptions};
 use rand::seq::SliceRandom;
 
@@ -27,7 +29,16 @@ fn thread_cpu() -> Duration {
 /// Two baselines: the issue's (release with a plain `DEL`, which is unsafe for a lock: it deletes
 /// whoever's key is there), and a like-for-like one releasing with the same compare-and-delete
 /// script, so the client's own cost can be told from the server's cost of a safe release.
-async fn interleaved(redlock: &Redlock, quorum_release: &Redlock, base: &mut [BaselineNode]) {
+///
+/// A fifth client, the connection layer alone (`Connection::send` to every node, a quorum of
+/// replies, the release by the same `EVALSHA`; no deadline timer, no Redlock bookkeeping), tells
+/// the connection's share of dragonlock's cost from the lock layer's.
+async fn interleaved(
+    redlock: &Redlock,
+    quorum_release: &Redlock,
+    base: &mut [BaselineNode],
+    bare: &[Connection],
+) {
     const ROUNDS: usize = 5_000;
     let token = b"0123456789abcdef0123456789abcdef";
     let sha = dragonlock::conn::Script::new(dragonlock::redlock::scripts::RELEASE);
@@ -35,9 +46,12 @@ async fn interleaved(redlock: &Redlock, quorum_release: &Redlock, base: &mut [Ba
     let del = vec![cmd(&[b"DEL", b"bench:del"]); 5];
     let set_cad = vec![cmd(&[b"SET", b"bench:cad", token, b"NX", b"PX", b"30000"]); 5];
     let cad = vec![cmd(&[b"EVALSHA", sha.sha().as_bytes(), b"1", b"bench:cad", token]); 5];
-    let mut times: [Vec<Duration>; 4] = Default::default();
-    let mut cpu = [Duration::ZERO; 4];
-    let mut order = [0usize, 1, 2, 3];
+    let set = SetNxPxCommand::new(30_000);
+    let mut times: [Vec<Duration>; 5] = Default::default();
+    let mut acquire: [Vec<Duration>; 5] = Default::default();
+    let mut release: [Vec<Duration>; 5] = Default::default();
+    let mut cpu = [Duration::ZERO; 5];
+    let mut order = [0usize, 1, 2, 3, 4];
     let mut rng = rand::rng();
     for i in 0..ROUNDS + 500 {
         // A new order every round. In a fixed order each client always follows the same other
@@ -47,32 +61,53 @@ async fn interleaved(redlock: &Redlock, quorum_release: &Redlock, base: &mut [Ba
         order.shuffle(&mut rng);
         for &k in &order {
             let (t0, c0) = (Instant::now(), thread_cpu());
-            match k {
+            // The acquire phase ends where the release phase starts.
+            let acquired = match k {
                 0 => {
                     baseline_round(base, &set_del, 3).await;
+                    let t = Instant::now();
                     baseline_round(base, &del, 3).await;
+                    t
                 }
                 1 => {
                     baseline_round(base, &set_cad, 3).await;
+                    let t = Instant::now();
                     baseline_round(base, &cad, 3).await;
+                    t
                 }
                 2 => {
                     let lock = redlock
                         .try_acquire("bench:dl", Duration::from_secs(30))
                         .await
                         .unwrap();
+                    let t = Instant::now();
                     lock.release().await.unwrap();
+                    t
+                }
+                4 => {
+                    bare_round(bare, |b| set.encode(b, b"bench:bare", token)).await;
+                    let t = Instant::now();
+                    bare_round(bare, |b| {
+                        sha.evalsha().encode(b, &[b"bench:bare"], &[token]);
+                    })
+                    .await;
+                    t
                 }
                 _ => {
                     let lock = quorum_release
                         .try_acquire("bench:dlq", Duration::from_secs(30))
                         .await
                         .unwrap();
+                    let t = Instant::now();
                     lock.release().await.unwrap();
+                    t
                 }
-            }
+            };
             if i >= 500 {
-                times[k].push(t0.elapsed());
+                let end = Instant::now();
+                times[k].push(end - t0);
+                acquire[k].push(acquired - t0);
+                release[k].push(end - acquired);
                 cpu[k] += thread_cpu() - c0;
             }
         }
@@ -86,11 +121,11 @@ async fn interleaved(redlock: &Redlock, quorum_release: &Redlock, base: &mut [Ba
         per(cpu[0]),
         per(cpu[1])
     );
-    for t in &mut times {
+    for t in times.iter_mut().chain(&mut acquire).chain(&mut release) {
         t.sort_unstable();
     }
     let q = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
-    let [del_t, cad_t, ours, ours_q] = &times;
+    let [del_t, cad_t, ours, ours_q, bare_t] = &times;
     let ratio = |a: &[Duration], b: &[Duration]| q(a, 0.5).as_secs_f64() / q(b, 0.5).as_secs_f64();
     eprintln!(
         "interleaved lock cycles ({ROUNDS} each), p50 / p99: dragonlock {:?} / {:?}; \
@@ -113,6 +148,59 @@ async fn interleaved(redlock: &Redlock, quorum_release: &Redlock, base: &mut [Ba
         ratio(ours_q, del_t),
         ratio(ours_q, cad_t),
     );
+    eprintln!(
+        "connection layer alone (quorum of 3 both ways, no timer): p50 {:?}, {:.3}x \
+         compare-and-delete; dragonlock with ReleaseWait::Quorum over it {:.3}x",
+        q(bare_t, 0.5),
+        ratio(bare_t, cad_t),
+        ratio(ours_q, bare_t),
+    );
+    // Where the gap is: each phase's p50 (the two phases' p50s need not add up to the cycle's).
+    for (phase, v) in [("acquire", &acquire), ("release", &release)] {
+        eprintln!(
+            "{phase} phase p50: dragonlock {:?}, with ReleaseWait::Quorum {:?}; baseline DEL {:?}, \
+             baseline compare-and-delete {:?}; connection layer alone {:?}",
+            q(&v[2], 0.5),
+            q(&v[3], 0.5),
+            q(&v[0], 0.5),
+            q(&v[1], 0.5),
+            q(&v[4], 0.5),
+        );
+    }
+}
+
+/// Sends one request to every connection at once and waits for `quorum` replies: the baseline's
+/// round, through the connection layer.
+async fn bare_round(conns: &[Connection], encode: impl Fn(&mut bytes::BytesMut)) {
+    const QUORUM: usize = 3;
+    let mut pending: [Option<ReplyFuture<'_>>; 5] = Default::default();
+    for (p, c) in pending.iter_mut().zip(conns) {
+        *p = Some(c.send(&encode).unwrap());
+    }
+    let mut got = 0;
+    std::future::poll_fn(|cx| {
+        for p in pending.iter_mut() {
+            if let Some(f) = p {
+                if let std::task::Poll::Ready(r) = std::pin::Pin::new(f).poll(cx) {
+                    // `+OK` to the SET, `:1` to the release: a refusal or an error (NOSCRIPT)
+                    // would make this a different cycle.
+                    let frame = r.unwrap();
+                    assert!(
+                        frame.is_ok() || frame.as_integer() == Some(1),
+                        "unexpected reply {frame:?}"
+                    );
+                    *p = None;
+                    got += 1;
+                }
+            }
+        }
+        if got >= QUORUM {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 fn cycle(c: &mut Criterion) {
@@ -143,7 +231,15 @@ fn cycle(c: &mut Criterion) {
         .map(|n| if n.has_delex() { "DELEX" } else { "EVALSHA" })
         .collect();
     eprintln!("release path per node: {paths:?}");
-    rt.block_on(interleaved(&redlock, &quorum_release, &mut base));
+    let bare: Vec<Connection> = rt.block_on(async {
+        let mut v = Vec::new();
+        for s in &servers {
+            let config = ConnectionConfig::from_url(&s.url()).unwrap();
+            v.push(Connection::connect(config).await.unwrap());
+        }
+        v
+    });
+    rt.block_on(interleaved(&redlock, &quorum_release, &mut base, &bare));
     let token = b"0123456789abcdef0123456789abcdef";
     let set = vec![cmd(&[b"SET", b"bench:base", token, b"NX", b"PX", b"30000"]); 5];
     let del = vec![cmd(&[b"DEL", b"bench:base"]); 5];
