@@ -84,6 +84,15 @@ async fn interleaved(
                     lock.release().await.unwrap();
                     t
                 }
+                3 => {
+                    let lock = quorum_release
+                        .try_acquire("bench:dlq", Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    let t = Instant::now();
+                    lock.release().await.unwrap();
+                    t
+                }
                 4 => {
                     bare_round(bare, |b| set.encode(b, b"bench:bare", token)).await;
                     let t = Instant::now();
@@ -93,15 +102,7 @@ async fn interleaved(
                     .await;
                     t
                 }
-                _ => {
-                    let lock = quorum_release
-                        .try_acquire("bench:dlq", Duration::from_secs(30))
-                        .await
-                        .unwrap();
-                    let t = Instant::now();
-                    lock.release().await.unwrap();
-                    t
-                }
+                _ => unreachable!("five clients"),
             };
             if i >= 500 {
                 let end = Instant::now();
@@ -115,11 +116,12 @@ async fn interleaved(
     let per = |c: Duration| c / ROUNDS as u32;
     eprintln!(
         "client CPU per cycle: dragonlock {:?} (quorum release {:?}); baseline DEL {:?}; \
-         baseline compare-and-delete {:?}",
+         baseline compare-and-delete {:?}; connection layer alone {:?}",
         per(cpu[2]),
         per(cpu[3]),
         per(cpu[0]),
-        per(cpu[1])
+        per(cpu[1]),
+        per(cpu[4])
     );
     for t in times.iter_mut().chain(&mut acquire).chain(&mut release) {
         t.sort_unstable();
@@ -169,7 +171,7 @@ async fn interleaved(
     }
 }
 
-/// Sends one request to every connection at once and waits for `quorum` replies: the baseline's
+/// Sends one request to every connection at once and waits for 3 replies: the baseline's
 /// round, through the connection layer.
 async fn bare_round(conns: &[Connection], encode: impl Fn(&mut bytes::BytesMut)) {
     const QUORUM: usize = 3;
