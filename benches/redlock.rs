@@ -63,36 +63,10 @@ async fn interleaved(
             let (t0, c0) = (Instant::now(), thread_cpu());
             // The acquire phase ends where the release phase starts.
             let acquired = match k {
-                0 => {
-                    baseline_round(base, &set_del, 3).await;
-                    let t = Instant::now();
-                    baseline_round(base, &del, 3).await;
-                    t
-                }
-                1 => {
-                    baseline_round(base, &set_cad, 3).await;
-                    let t = Instant::now();
-                    baseline_round(base, &cad, 3).await;
-                    t
-                }
-                2 => {
-                    let lock = redlock
-                        .try_acquire("bench:dl", Duration::from_secs(30))
-                        .await
-                        .unwrap();
-                    let t = Instant::now();
-                    lock.release().await.unwrap();
-                    t
-                }
-                3 => {
-                    let lock = quorum_release
-                        .try_acquire("bench:dlq", Duration::from_secs(30))
-                        .await
-                        .unwrap();
-                    let t = Instant::now();
-                    lock.release().await.unwrap();
-                    t
-                }
+                0 => baseline_cycle(base, &set_del, &del).await,
+                1 => baseline_cycle(base, &set_cad, &cad).await,
+                2 => dragonlock_cycle(redlock, "bench:dl").await,
+                3 => dragonlock_cycle(quorum_release, "bench:dlq").await,
                 4 => {
                     bare_round(bare, |b| set.encode(b, b"bench:bare", token)).await;
                     let t = Instant::now();
@@ -169,6 +143,30 @@ async fn interleaved(
             q(&v[4], 0.5),
         );
     }
+}
+
+/// The baseline's cycle: `acquire` to every node, a quorum of replies, then `release` the same
+/// way. Returns when the release phase started.
+async fn baseline_cycle(
+    base: &mut [BaselineNode],
+    acquire: &[Vec<u8>],
+    release: &[Vec<u8>],
+) -> Instant {
+    baseline_round(base, acquire, 3).await;
+    let released_at = Instant::now();
+    baseline_round(base, release, 3).await;
+    released_at
+}
+
+/// dragonlock's cycle: `try_acquire`, then `release`. Returns when the release phase started.
+async fn dragonlock_cycle(redlock: &Redlock, resource: &str) -> Instant {
+    let lock = redlock
+        .try_acquire(resource, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let released_at = Instant::now();
+    lock.release().await.unwrap();
+    released_at
 }
 
 /// Sends one request to every connection at once and waits for 3 replies: the baseline's
