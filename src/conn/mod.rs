@@ -247,6 +247,18 @@ impl Connection {
     /// # Cancel safety
     ///
     /// Dropping the future closes the connection being made.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::{Connection, ConnectionConfig};
+    ///
+    /// # async fn demo() -> Result<(), dragonlock::Error> {
+    /// let config = ConnectionConfig::from_url("redis://127.0.0.1:7001")?;
+    /// let conn = Connection::connect(config).await?;
+    /// assert!(conn.is_connected());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(config: ConnectionConfig) -> Result<Connection, Error> {
         let conn = Connection::start(config);
         conn.ready().await?;
@@ -267,6 +279,20 @@ impl Connection {
     /// # Cancel safety
     ///
     /// Cancel safe: it only watches.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::{Connection, ConnectionConfig};
+    ///
+    /// # async fn demo() -> Result<(), dragonlock::Error> {
+    /// let conn = Connection::start(ConnectionConfig::new("127.0.0.1", 7001));
+    /// if let Err(e) = conn.ready().await {
+    ///     // Still retrying in the background; requests fail at once until it is up.
+    ///     eprintln!("node down for now: {e}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn ready(&self) -> Result<(), Error> {
         loop {
             let notified = self.shared().changed.notified();
@@ -297,6 +323,18 @@ impl Connection {
     /// # Cancel safety
     ///
     /// Cancel safe: it only watches.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use dragonlock::conn::{Connection, ConnectionConfig};
+    ///
+    /// # async fn demo() -> Result<(), dragonlock::Error> {
+    /// let conn = Connection::start(ConnectionConfig::new("127.0.0.1", 7001));
+    /// conn.wait_connected(Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
         let wait = async {
             loop {
@@ -380,6 +418,22 @@ impl Connection {
     /// At once, without sending: `NotConnected` while the node is down (the authentication
     /// error instead, when the node is down because it refused our credentials), `Overloaded`
     /// past `max_in_flight`, `Closed` after the connection was closed.
+    ///
+    /// # Examples
+    ///
+    /// Two requests pipelined: both are on the wire before either reply is awaited.
+    ///
+    /// ```no_run
+    /// use dragonlock::resp::{encode_command, Frame};
+    ///
+    /// # async fn demo(conn: dragonlock::conn::Connection) -> Result<(), dragonlock::Error> {
+    /// let set = conn.send(|buf| encode_command(buf, &["SET", "k", "v", "NX", "PX", "5000"]))?;
+    /// let ttl = conn.send(|buf| encode_command(buf, &["PTTL", "k"]))?;
+    /// let (set, ttl) = (set.await?, ttl.await?);
+    /// assert!(set.is_ok() || set.is_null()); // +OK, or nil when the key existed
+    /// assert!(matches!(ttl, Frame::Integer(_)));
+    /// # Ok(()) }
+    /// ```
     pub fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<ReplyFuture<'_>, Error> {
         self.enqueue(None, encode)
     }
@@ -477,6 +531,19 @@ impl Connection {
     ///
     /// Cancel safe in the sense that matters for a pipeline: the command may still run, but its
     /// reply is read and discarded, never handed to another request.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: dragonlock::conn::Connection) -> Result<(), dragonlock::Error> {
+    /// conn.command(&["SET", "greeting", "hello"]).await?;
+    /// let reply = conn.command(&["GET", "greeting"]).await?;
+    /// assert_eq!(reply.as_bytes(), Some(&b"hello"[..]));
+    /// // An error reply is an `Err`, with its code typed.
+    /// let err = conn.command(&["INCR", "greeting"]).await.unwrap_err();
+    /// assert!(err.is_server());
+    /// # Ok(()) }
+    /// ```
     pub async fn command<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Frame, Error> {
         let reply = self
             .send(|buf| crate::resp::encode_command(buf, args))?
@@ -493,6 +560,20 @@ impl Connection {
     /// # Cancel safety
     ///
     /// As `command`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn demo(conn: dragonlock::conn::Connection) {
+    /// match conn.command_timeout(&["PING"], Duration::from_millis(50)).await {
+    ///     Ok(pong) => println!("{pong:?}"),
+    ///     Err(e) if e.is_timeout() => println!("slow node; its reply will be discarded"),
+    ///     Err(e) => println!("{e}"),
+    /// }
+    /// # }
+    /// ```
     pub async fn command_timeout<A: AsRef<[u8]>>(
         &self,
         args: &[A],
@@ -512,6 +593,18 @@ impl Connection {
     /// # Cancel safety
     ///
     /// As `command`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::Script;
+    ///
+    /// # async fn demo(conn: dragonlock::conn::Connection) -> Result<(), dragonlock::Error> {
+    /// let incr_by = Script::new("return redis.call('incrby', KEYS[1], ARGV[1])");
+    /// let total = conn.eval(&incr_by, &["counter"], &["5"]).await?.as_integer();
+    /// assert!(total.is_some());
+    /// # Ok(()) }
+    /// ```
     pub async fn eval<K: AsRef<[u8]>, A: AsRef<[u8]>>(
         &self,
         script: &Script,
@@ -572,6 +665,18 @@ impl ReplyFuture<'_> {
     ///
     /// As dropping the [`ReplyFuture`]: the request keeps its place, and its reply is read and
     /// thrown away when it comes, so no other caller ever gets it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// # async fn demo(conn: dragonlock::conn::Connection) -> Result<(), dragonlock::Error> {
+    /// let reply = conn.send(|buf| dragonlock::resp::encode_command(buf, &["PING"]))?;
+    /// let pong = reply.deadline(Instant::now() + Duration::from_millis(100)).await?;
+    /// # let _ = pong; Ok(()) }
+    /// ```
     pub async fn deadline(self, deadline: Instant) -> Result<Frame, Error> {
         match tokio::time::timeout_at(deadline, self).await {
             Ok(r) => r,

@@ -110,6 +110,20 @@ impl Lock {
     /// # Cancel safety
     ///
     /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// let lock = redlock.try_acquire("batch", std::time::Duration::from_secs(5)).await?;
+    /// tokio::select! {
+    ///     _ = do_the_work() => {}
+    ///     _ = lock.expired() => eprintln!("ran past the lock's validity: stop touching the data"),
+    /// }
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// # async fn do_the_work() {}
+    /// ```
     pub async fn expired(&self) {
         tokio::time::sleep_until(self.valid_until).await
     }
@@ -127,6 +141,18 @@ impl Lock {
     ///
     /// The release requests are sent when the future is first polled; dropping it afterwards
     /// only loses the count.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// let lock = redlock.try_acquire("job:7", std::time::Duration::from_secs(5)).await?;
+    /// let released_on = lock.release().await?;
+    /// if released_on < redlock.quorum() {
+    ///     // Some nodes did not answer in time; their keys run out at the ttl.
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn release(mut self) -> Result<usize, LockError> {
         self.done = true;
         self.release_now().await
@@ -141,6 +167,17 @@ impl Lock {
     /// # Cancel safety
     ///
     /// As `release`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// let mut lock = redlock.try_acquire("job:7", std::time::Duration::from_secs(5)).await?;
+    /// lock.release_ref().await?;
+    /// assert_eq!(lock.release_ref().await?, 0); // already released
+    /// assert!(!lock.is_valid());
+    /// # Ok(()) }
+    /// ```
     pub async fn release_ref(&mut self) -> Result<usize, LockError> {
         if self.done {
             return Ok(0);
@@ -199,6 +236,21 @@ impl Lock {
     ///
     /// Dropping the future leaves the lock as it was, or extended on some nodes: the local
     /// validity is not changed, so it stays on the safe side.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// let mut lock = redlock.try_acquire("job:7", Duration::from_secs(5)).await?;
+    /// if let Err(e) = lock.extend(Duration::from_secs(5)).await {
+    ///     assert!(e.is_lost() || e.kind() == dragonlock::LockErrorKind::ExtensionLimit);
+    ///     return Err(e); // stop working on the resource: the lock is no longer ours
+    /// }
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
         let redlock = &self.redlock;
         redlock.check_ttl(ttl)?;
@@ -329,6 +381,27 @@ impl LockSignal {
     /// # Cancel safety
     ///
     /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// redlock
+    ///     .with_lock("report", Duration::from_secs(3), None, |signal| async move {
+    ///         let worker = tokio::spawn(async move {
+    ///             tokio::select! {
+    ///                 _ = signal.lost() => eprintln!("lock lost: abandoning the partial report"),
+    ///                 _ = write_report() => {}
+    ///             }
+    ///         });
+    ///         let _ = worker.await;
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// # async fn write_report() {}
+    /// ```
     pub async fn lost(&self) {
         loop {
             let notified = self.inner.notify.notified();

@@ -294,6 +294,20 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// Dropping the future closes the connections it started; nothing is left running.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), dragonlock::Error> {
+    /// let redlock = dragonlock::Redlock::connect(&[
+    ///     "redis://127.0.0.1:7001",
+    ///     "redis://127.0.0.1:7002",
+    ///     "redis://127.0.0.1:7003",
+    /// ])
+    /// .await?;
+    /// assert_eq!(redlock.quorum(), 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Redlock, Error> {
         Redlock::connect_with(urls, RedlockOptions::default()).await
     }
@@ -307,6 +321,21 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// As `connect`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use dragonlock::{Redlock, RedlockOptions};
+    ///
+    /// # async fn demo() -> Result<(), dragonlock::Error> {
+    /// let options = RedlockOptions::default()
+    ///     .key_prefix("locks:")
+    ///     .retry_count(10)
+    ///     .retry_delay(Duration::from_millis(50), Duration::from_millis(20));
+    /// let redlock = Redlock::connect_with(&["redis://127.0.0.1:7001"], options).await?;
+    /// # let _ = redlock; Ok(()) }
+    /// ```
     pub async fn connect_with<S: AsRef<str>>(
         urls: &[S],
         options: RedlockOptions,
@@ -328,6 +357,21 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// Dropping the future closes the connections it started; nothing is left running.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::ConnectionConfig;
+    /// use dragonlock::{Redlock, RedlockOptions};
+    ///
+    /// # async fn demo() {
+    /// let configs = (7001..=7005)
+    ///     .map(|port| ConnectionConfig::new("127.0.0.1", port).credentials(None, "secret"))
+    ///     .collect();
+    /// let redlock = Redlock::from_configs(configs, RedlockOptions::default()).await;
+    /// assert_eq!(redlock.quorum(), 3);
+    /// # }
+    /// ```
     pub async fn from_configs(configs: Vec<ConnectionConfig>, options: RedlockOptions) -> Redlock {
         assert!(!configs.is_empty(), "Redlock needs at least one node");
         let s = scripts();
@@ -449,6 +493,18 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// As [`try_acquire`](Redlock::try_acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) {
+    /// match redlock.acquire("job:7", std::time::Duration::from_secs(5)).await {
+    ///     Ok(lock) => drop(lock), // released in the background
+    ///     Err(e) if e.is_cancelled() => println!("gave up: the acquire timeout ran out"),
+    ///     Err(e) => println!("last attempt: {e}, per node: {:?}", e.nodes()),
+    /// }
+    /// # }
+    /// ```
     pub async fn acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, LockError> {
         self.check_ttl(ttl)?;
         self.retrying(|| Keys::one(self.key(resource)), ttl).await
@@ -464,6 +520,18 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// As `try_acquire`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// let both = redlock
+    ///     .try_acquire_many(&["account:1", "account:2"], std::time::Duration::from_secs(5))
+    ///     .await?;
+    /// assert_eq!(both.resources().len(), 2);
+    /// both.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn try_acquire_many<S: AsRef<str>>(
         &self,
         resources: &[S],
@@ -482,6 +550,16 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// As `try_acquire`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// let (from, to) = ("account:9", "account:3"); // any order: keys are sorted
+    /// let both = redlock.acquire_many(&[from, to], std::time::Duration::from_secs(5)).await?;
+    /// both.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn acquire_many<S: AsRef<str>>(
         &self,
         resources: &[S],
