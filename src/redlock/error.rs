@@ -46,6 +46,29 @@ pub enum LockErrorKind {
 }
 
 /// A lock operation's failure: the kind, and what each node answered.
+///
+/// # Examples
+///
+/// ```no_run
+/// use dragonlock::{LockErrorKind, NodeResult};
+///
+/// # async fn demo(redlock: dragonlock::Redlock) {
+/// let Err(e) = redlock.try_acquire("job:7", std::time::Duration::from_secs(5)).await else {
+///     return;
+/// };
+/// match e.kind() {
+///     LockErrorKind::Busy => {} // try later
+///     LockErrorKind::Unavailable => {
+///         for (i, node) in e.nodes().iter().enumerate() {
+///             if let NodeResult::Failed(err) = node {
+///                 eprintln!("node {i}: {err}");
+///             }
+///         }
+///     }
+///     _ => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
 #[derive(Clone, PartialEq)]
 pub struct LockError {
     kind: LockErrorKind,

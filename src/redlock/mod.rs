@@ -57,6 +57,23 @@ pub const DEFAULT_MIN_VALIDITY: Duration = Duration::from_millis(1);
 pub const DEFAULT_RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The manager's options; every field has a default and a builder method.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dragonlock::{RedlockOptions, ReleaseWait};
+///
+/// let options = RedlockOptions::default()
+///     .key_prefix("locks:")
+///     .retry_count(3)
+///     .retry_delay(Duration::from_millis(20), Duration::from_millis(20))
+///     .acquire_timeout(Duration::from_secs(1))
+///     .release_wait(ReleaseWait::Quorum)
+///     .max_extensions(100)
+///     .restart_delay(Duration::from_secs(60));
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone)]
 pub struct RedlockOptions {
     pub(crate) drift_factor: f64,

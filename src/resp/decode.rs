@@ -105,6 +105,24 @@ impl Decoder {
     ///
     /// A [`DecodeError`] when the input is malformed or breaks a configured limit. The error names
     /// the offending byte and its offset from the start of the frame.
+    ///
+    /// # Examples
+    ///
+    /// A reply that arrives in two reads:
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use dragonlock::resp::{Decoder, Frame};
+    ///
+    /// let mut decoder = Decoder::default();
+    /// let mut buf = BytesMut::from(&b"$5\r\nhel"[..]);
+    /// assert_eq!(decoder.decode(&mut buf), Ok(None)); // not complete: nothing consumed
+    /// buf.extend_from_slice(b"lo\r\n+OK\r\n");
+    /// let frame = decoder.decode(&mut buf).unwrap().unwrap();
+    /// assert_eq!(frame.as_bytes(), Some(&b"hello"[..]));
+    /// assert!(decoder.decode(&mut buf).unwrap().unwrap().is_ok());
+    /// assert!(buf.is_empty());
+    /// ```
     #[inline]
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         // Between frames, the replies a lock client meets on every request are recognised whole

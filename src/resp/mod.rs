@@ -51,6 +51,22 @@ pub const MAX_FRAME_BYTES: usize = 128 << 20;
 
 /// The decoder's limits. Every count a peer declares is checked against these before anything is
 /// reserved for it.
+///
+/// # Examples
+///
+/// A hostile server declares a 1 GiB string: it is refused from the header alone, before
+/// anything is reserved for it.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use dragonlock::resp::{DecodeErrorKind, Decoder, DecoderConfig};
+///
+/// let mut decoder = Decoder::new(DecoderConfig::default().max_bulk_len(1 << 20));
+/// let mut buf = BytesMut::from(&b"$1073741824\r\n"[..]);
+/// let err = decoder.decode(&mut buf).unwrap_err();
+/// assert_eq!(err.kind(), DecodeErrorKind::BulkTooLong);
+/// assert!(err.is_limit());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderConfig {
     /// Deepest nesting of aggregates (attributes count). Capped at [`MAX_DEPTH_CEILING`].
