@@ -561,3 +561,55 @@ async fn dropping_a_redlock_or_its_construction_closes_its_connections() {
     );
     holder.abort();
 }
+
+/// Many locks renewed at once by one manager travel on its one connection per node: the
+/// renewals share each node's pipeline instead of opening sockets of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_renewed_locks_share_one_connection_per_node() {
+    const LOCKS: usize = 40;
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let renewed_twice = Arc::new(AtomicUsize::new(0));
+    let bodies = (0..LOCKS).map(|i| {
+        let (r, renewed_twice) = (r.clone(), renewed_twice.clone());
+        tokio::spawn(async move {
+            r.with_lock(
+                &format!("renewed:{i}"),
+                Duration::from_millis(600),
+                None,
+                |signal| async move {
+                    // Bounded: 200 × 20 ms; a renewal is due every 200 ms.
+                    let mut seen = signal.valid_until();
+                    let mut renewals = 0;
+                    for _ in 0..200 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if signal.valid_until() != seen {
+                            seen = signal.valid_until();
+                            renewals += 1;
+                        }
+                        if renewals == 2 {
+                            renewed_twice.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    // Keep renewing while the test counts connections.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                },
+            )
+            .await
+        })
+    });
+    let bodies: Vec<_> = bodies.collect();
+    assert!(
+        eventually(|| renewed_twice.load(Ordering::SeqCst) == LOCKS).await,
+        "only {} of {LOCKS} locks were renewed twice",
+        renewed_twice.load(Ordering::SeqCst)
+    );
+    for s in &servers {
+        assert_eq!(clients_on(s), 1, "renewals opened connections of their own");
+    }
+    for body in bodies {
+        body.await.unwrap().unwrap();
+    }
+    assert_eq!(wait_no_keys(&servers).await, vec![0; 3]);
+}
