@@ -148,7 +148,7 @@ impl Lock {
     /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
     /// let lock = redlock.try_acquire("job:7", std::time::Duration::from_secs(5)).await?;
     /// let released_on = lock.release().await?;
-    /// if released_on < redlock.quorum() {
+    /// if released_on < redlock.nodes().len() {
     ///     // Some nodes did not answer in time; their keys run out at the ttl.
     /// }
     /// # Ok(()) }
@@ -244,9 +244,12 @@ impl Lock {
     ///
     /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
     /// let mut lock = redlock.try_acquire("job:7", Duration::from_secs(5)).await?;
-    /// if let Err(e) = lock.extend(Duration::from_secs(5)).await {
-    ///     assert!(e.is_lost() || e.kind() == dragonlock::LockErrorKind::ExtensionLimit);
-    ///     return Err(e); // stop working on the resource: the lock is no longer ours
+    /// match lock.extend(Duration::from_secs(5)).await {
+    ///     Ok(()) => {}
+    ///     // Stop working on the resource: the lock is no longer ours.
+    ///     Err(e) if e.is_lost() => return Err(e),
+    ///     // Not extended (the extension limit, say), but still held as before.
+    ///     Err(e) => eprintln!("{e}; still held for {:?}", lock.remaining()),
     /// }
     /// lock.release().await?;
     /// # Ok(()) }
