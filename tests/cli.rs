@@ -114,6 +114,47 @@ fn bench_workloads_run_against_given_nodes() {
     }
 }
 
+/// `--release-wait` reaches the lock manager. With `quorum` a release returns when 2 of the 3
+/// nodes have deleted the key, so it never counts more than 2; with `all` it waits for the
+/// third as well. Each worker re-locks its own resource at once, so a release that returned
+/// without the key gone would show up as a busy answer.
+#[test]
+fn bench_release_wait_quorum_returns_at_the_quorum() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let run = |wait: &str| {
+        let o = dragonlock(&[
+            "bench",
+            "--nodes",
+            &nodes,
+            "--release-wait",
+            wait,
+            "--ops",
+            "300",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "3",
+            "--ttl",
+            "5s",
+            "--json",
+        ]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["setup"]["release_wait"], wait);
+        assert!(v["dragonlock"]["cycles"].as_u64().unwrap() >= 300);
+        assert_eq!(
+            v["dragonlock"]["outcomes"]["granted"],
+            v["dragonlock"]["cycles"]
+        );
+        v["dragonlock"]["nodes_per_release"].as_f64().unwrap()
+    };
+    let quorum = run("quorum");
+    assert!(quorum <= 2.0, "a quorum release counted {quorum} nodes");
+    let all = run("all");
+    assert!(all > 2.0, "releases waiting for all counted {all} nodes");
+}
+
 #[test]
 fn bad_input_exits_2_with_one_line() {
     let dead = format!("127.0.0.1:{}", free_port());

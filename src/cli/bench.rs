@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::{fail, node_configs, EXIT_UNAVAILABLE, EXIT_USAGE};
-use dragonlock::{LockErrorKind, Redlock, RedlockOptions};
+use dragonlock::{LockErrorKind, Redlock, RedlockOptions, ReleaseWait};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -25,6 +25,24 @@ pub enum Workload {
     Extend,
     /// Acquire then release three resources at once.
     Multi,
+}
+
+/// How long `release` waits: the CLI's face of [`ReleaseWait`].
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseWaitArg {
+    /// For every node's answer (the library's default): an exact count of nodes released.
+    All,
+    /// Until a quorum released; the other nodes still get the request.
+    Quorum,
+}
+
+impl From<ReleaseWaitArg> for ReleaseWait {
+    fn from(w: ReleaseWaitArg) -> ReleaseWait {
+        match w {
+            ReleaseWaitArg::All => ReleaseWait::All,
+            ReleaseWaitArg::Quorum => ReleaseWait::Quorum,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -63,6 +81,10 @@ pub struct BenchArgs {
     /// Release with the Lua script even where the server has DELEX.
     #[arg(long)]
     force_script: bool,
+    /// How long each of dragonlock's releases waits for the nodes' answers (the baseline always
+    /// stops at a quorum).
+    #[arg(long, value_enum, default_value = "all")]
+    release_wait: ReleaseWaitArg,
     /// Print the results as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -76,6 +98,10 @@ struct Outcomes {
     unavailable: u64,
     expired: u64,
     other: u64,
+    /// Releases that returned a count, and the nodes they counted: with `--release-wait all`
+    /// every node that deleted the key, with `quorum` the nodes that had when it returned.
+    releases: u64,
+    released_nodes: u64,
 }
 
 struct Results {
@@ -128,6 +154,8 @@ async fn gather(
         t.unavailable += o.unavailable;
         t.expired += o.expired;
         t.other += o.other;
+        t.releases += o.releases;
+        t.released_nodes += o.released_nodes;
     }
     r.cpu = cpu_time().saturating_sub(cpu0);
     r.elapsed = Instant::now()
@@ -210,6 +238,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     let options = RedlockOptions::default()
         .retry_count(0)
         .force_script_release(args.force_script)
+        .release_wait(args.release_wait.into())
         .connect_timeout(Duration::from_secs(3));
     let configs = configs
         .into_iter()
@@ -269,6 +298,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         "server_binary": server_bin,
         "protocol": info.protocol,
         "release_path": release_paths,
+        "release_wait": format!("{:?}", args.release_wait).to_lowercase(),
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "concurrency": args.concurrency,
         "ttl_ms": args.ttl.as_millis() as u64,
@@ -352,12 +382,9 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
                         match r {
                             Ok(lock) if workload == Workload::AcquireOnly => {
                                 lock.forget();
-                                (Ok(()), t1)
+                                (Ok(None), t1)
                             }
-                            Ok(lock) => {
-                                let _ = lock.release().await;
-                                (Ok(()), t1)
-                            }
+                            Ok(lock) => (Ok(lock.release().await.ok()), t1),
                             Err(e) => (Err(e.kind()), t1),
                         }
                     }
@@ -365,10 +392,7 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
                         let r = redlock.try_acquire_many(&multi, ttl).await;
                         let t1 = Instant::now();
                         match r {
-                            Ok(lock) => {
-                                let _ = lock.release().await;
-                                (Ok(()), t1)
-                            }
+                            Ok(lock) => (Ok(lock.release().await.ok()), t1),
                             Err(e) => (Err(e.kind()), t1),
                         }
                     }
@@ -377,7 +401,9 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
                             held = redlock.try_acquire(&own, ttl).await.ok();
                         }
                         let r = match held.as_mut() {
-                            Some(lock) => lock.extend(ttl).await.map_err(|e| e.kind()),
+                            Some(lock) => {
+                                lock.extend(ttl).await.map(|()| None).map_err(|e| e.kind())
+                            }
                             // The first acquire failed (busy or nodes down): count it as such.
                             None => Err(LockErrorKind::NoQuorum),
                         };
@@ -397,8 +423,12 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
                 let _ = cyc.record(ns(t2 - t0));
                 let _ = recent.record(ns(t2 - t0));
                 match outcome {
-                    Ok(()) => {
+                    Ok(released) => {
                         outcomes.granted += 1;
+                        if let Some(n) = released {
+                            outcomes.releases += 1;
+                            outcomes.released_nodes += n as u64;
+                        }
                         let _ = acq.record(ns(t1 - t0));
                         if t2 > t1 && !matches!(workload, Workload::AcquireOnly | Workload::Extend)
                         {
@@ -602,6 +632,7 @@ fn as_json(r: &Results) -> serde_json::Value {
         "release": summary(&r.release),
         "cycle": summary(&r.cycle),
         "outcomes": { "granted": o.granted, "busy": o.busy, "no_quorum": o.no_quorum, "unavailable": o.unavailable, "expired": o.expired, "other": o.other },
+        "nodes_per_release": (o.releases > 0).then(|| o.released_nodes as f64 / o.releases as f64),
     })
 }
 
@@ -626,12 +657,13 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
     }
     let s = &out["setup"];
     println!(
-        "setup: {} nodes ({} stopped), {}, RESP{}, release via {}, workload {}, concurrency {}, ttl {} ms, {} cores",
+        "setup: {} nodes ({} stopped), {}, RESP{}, release via {} (waits for {}), workload {}, concurrency {}, ttl {} ms, {} cores",
         s["nodes"].as_array().map(|a| a.len()).unwrap_or(0),
         s["nodes_down"],
         s["server"].as_str().unwrap_or(""),
         s["protocol"],
         s["release_path"],
+        s["release_wait"].as_str().unwrap_or(""),
         s["workload"].as_str().unwrap_or(""),
         s["concurrency"],
         s["ttl_ms"],
@@ -674,6 +706,9 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
         "outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, other {}",
         o["granted"], o["busy"], o["no_quorum"], o["unavailable"], o["expired"], o["other"]
     );
+    if let Some(n) = out["dragonlock"]["nodes_per_release"].as_f64() {
+        println!("released on {n:.2} nodes per release, on average");
+    }
     if let Some(r) = out.get("ratio_to_baseline") {
         println!(
             "ratio to baseline: throughput {}x, cycle p50 {}x, cycle p99 {}x",
