@@ -614,3 +614,69 @@ async fn many_renewed_locks_share_one_connection_per_node() {
     }
     assert_eq!(wait_no_keys(&servers).await, vec![0; 3]);
 }
+
+/// A `Lock`'s signal, for tasks that work under it without owning it: it follows a successful
+/// extension, fires when an extension fails, and fires at a release or a drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locks_signal_follows_extend_and_fires_on_loss_or_release() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default()).await;
+
+    let mut lock = r
+        .try_acquire("watched", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let signal = lock.signal();
+    assert!(!signal.is_lost());
+    assert_eq!(signal.valid_until(), lock.valid_until());
+    lock.extend(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        signal.valid_until(),
+        lock.valid_until(),
+        "follows the extension"
+    );
+    // A watcher in another task hears of the loss as soon as the extension fails.
+    let watcher = tokio::spawn({
+        let signal = signal.clone();
+        async move { signal.lost().await }
+    });
+    for s in &servers {
+        s.cmd(&["SET", "watched", "someone-else"]);
+    }
+    assert!(lock
+        .extend(Duration::from_secs(20))
+        .await
+        .unwrap_err()
+        .is_lost());
+    assert!(signal.is_lost());
+    tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the watcher was woken")
+        .unwrap();
+
+    // Released: the signal fires, and one asked for afterwards is fired already.
+    let mut lock = r
+        .try_acquire("released", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let signal = lock.signal();
+    lock.release_ref().await.unwrap();
+    assert!(signal.is_lost());
+    assert!(lock.signal().is_lost());
+    // Dropped (released in the background): the signal fires too.
+    let lock = r
+        .try_acquire("dropped", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let signal = lock.signal();
+    drop(lock);
+    assert!(signal.is_lost());
+    // Forgotten: still held until its validity runs out, and so is the signal.
+    let lock = r
+        .try_acquire("forgotten", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let signal = lock.signal();
+    lock.forget();
+    assert!(!signal.is_lost());
+}

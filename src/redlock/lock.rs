@@ -1,7 +1,7 @@
 //! A held lock, and the signal that tells a body its lock is gone.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -20,7 +20,8 @@ use crate::resp::Frame;
 /// The lock is yours until [`valid_until`](Lock::valid_until), measured on this process's
 /// monotonic clock with the drift allowance already taken off. Check [`is_valid`](Lock::is_valid)
 /// before acting on the protected resource, and use the [`token`](Lock::token) as a fencing
-/// value where the resource can check it.
+/// value where the resource can check it. Tasks that work under the lock without owning it
+/// can watch a [`signal`](Lock::signal).
 pub struct Lock {
     redlock: Redlock,
     keys: Keys,
@@ -30,6 +31,8 @@ pub struct Lock {
     extensions: u32,
     /// Released, lost or forgotten: nothing to do on drop.
     done: bool,
+    /// Made on the first call to `signal`, so a lock nobody watches allocates nothing.
+    signal: OnceLock<LockSignal>,
 }
 
 impl std::fmt::Debug for Lock {
@@ -58,6 +61,52 @@ impl Lock {
             valid_until,
             extensions: 0,
             done: false,
+            signal: OnceLock::new(),
+        }
+    }
+
+    /// A signal for the tasks that work under this lock: it fires when the lock is lost (its
+    /// validity runs out, or an [`extend`](Lock::extend) fails) and when it is released or
+    /// dropped. It follows successful extensions. Clone it freely; it outlives the `Lock`.
+    ///
+    /// The first call allocates the signal; a lock whose signal is never asked for costs
+    /// nothing extra.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// use std::time::Duration;
+    /// let mut lock = redlock.try_acquire("ledger", Duration::from_secs(5)).await?;
+    /// let signal = lock.signal();
+    /// let worker = tokio::spawn(async move {
+    ///     tokio::select! {
+    ///         _ = signal.lost() => {} // lost or released: stop writing
+    ///         _ = write_ledger() => {}
+    ///     }
+    /// });
+    /// lock.extend(Duration::from_secs(5)).await?; // the worker's signal follows
+    /// let _ = worker.await;
+    /// lock.release().await?; // fires the signal if the worker still runs
+    /// # Ok(()) }
+    /// # async fn write_ledger() {}
+    /// ```
+    pub fn signal(&self) -> LockSignal {
+        self.signal
+            .get_or_init(|| {
+                let signal = LockSignal::new(self.valid_until);
+                if self.done {
+                    signal.fire();
+                }
+                signal
+            })
+            .clone()
+    }
+
+    /// Tells the signal, if anyone asked for one, that the lock is no longer held.
+    fn fire_signal(&self) {
+        if let Some(signal) = self.signal.get() {
+            signal.fire();
         }
     }
 
@@ -155,6 +204,7 @@ impl Lock {
     /// ```
     pub async fn release(mut self) -> Result<usize, LockError> {
         self.done = true;
+        self.fire_signal();
         self.release_now().await
     }
 
@@ -183,6 +233,7 @@ impl Lock {
             return Ok(0);
         }
         self.done = true;
+        self.fire_signal();
         self.release_now().await
     }
 
@@ -267,6 +318,7 @@ impl Lock {
         }
         let start = Instant::now();
         if self.done || start >= self.valid_until {
+            self.fire_signal();
             return Err(LockError::new(LockErrorKind::Lost, NodeResults::new()));
         }
         let nodes = &redlock.inner.nodes;
@@ -299,11 +351,15 @@ impl Lock {
                 self.valid_until = new_valid_until;
                 self.ttl = ttl;
                 self.extensions += 1;
+                if let Some(signal) = self.signal.get() {
+                    signal.set_valid_until(new_valid_until);
+                }
                 Ok(())
             }
             _ => {
                 // Without a quorum the lock can no longer be trusted: stop claiming it.
                 self.valid_until = self.valid_until.min(Instant::now());
+                self.fire_signal();
                 Err(LockError::new(
                     LockErrorKind::Lost,
                     collector.results.clone(),
@@ -312,7 +368,8 @@ impl Lock {
         }
     }
 
-    /// Gives up the guard without releasing: the keys expire at their ttl.
+    /// Gives up the guard without releasing: the keys expire at their ttl, and the
+    /// [`signal`](Lock::signal) fires then.
     pub fn forget(mut self) {
         self.done = true;
     }
@@ -321,14 +378,16 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if !self.done {
+            self.fire_signal();
             self.redlock
                 .release_in_background(&self.keys, &self.token, |_| true);
         }
     }
 }
 
-/// Tells the body of [`Redlock::with_lock`] whether its lock still holds. Cheap to clone and
-/// to hand to sub-tasks.
+/// Tells the tasks working under a lock whether it still holds: from [`Lock::signal`], and
+/// handed to the body of [`Redlock::with_lock`]. It fires when the lock is lost or released.
+/// Cheap to clone and to hand to sub-tasks.
 #[derive(Clone, Debug)]
 pub struct LockSignal {
     inner: Arc<SignalState>,
@@ -365,7 +424,7 @@ impl LockSignal {
         self.inner.notify.notify_waiters();
     }
 
-    /// True once the lock is lost (a renewal failed, or its validity ran out).
+    /// True once the lock is lost (a renewal failed, or its validity ran out) or released.
     pub fn is_lost(&self) -> bool {
         self.inner.lost.load(Ordering::SeqCst) || Instant::now() >= self.valid_until()
     }
@@ -379,7 +438,7 @@ impl LockSignal {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Resolves when the lock is lost.
+    /// Resolves when the lock is lost or released.
     ///
     /// # Cancel safety
     ///

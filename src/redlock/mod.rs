@@ -766,7 +766,8 @@ impl Redlock {
     }
 
     /// Runs `body` while holding `resource`, renewing the lock every third of `ttl`, and
-    /// releases at the end. The body gets a [`LockSignal`] that fires if the lock is lost.
+    /// releases at the end. The body gets the lock's [`LockSignal`](Lock::signal): it fires if
+    /// the lock is lost, and at the release, for sub-tasks that outlive the body.
     ///
     /// `max_hold` bounds the total time the lock is renewed for; past it, renewals stop and the
     /// lock runs out.
@@ -805,8 +806,8 @@ impl Redlock {
         Fut: Future<Output = T>,
     {
         let mut lock = self.acquire(resource, ttl).await?;
-        let signal = LockSignal::new(lock.valid_until());
-        let body = body(signal.clone());
+        // The lock keeps the signal up to date: extended, lost, released.
+        let body = body(lock.signal());
         tokio::pin!(body);
         let hold_end = max_hold.map(|d| Instant::now() + d);
         let renew_every = ttl / 3;
@@ -820,18 +821,12 @@ impl Redlock {
                 }
                 _ = tokio::time::sleep_until(next_renewal), if renewing => {
                     match lock.extend(ttl).await {
-                        Ok(()) => {
-                            signal.set_valid_until(lock.valid_until());
-                            next_renewal = Instant::now() + renew_every;
-                        }
-                        Err(e) => {
-                            signal.fire();
-                            return Err(e.with_kind(LockErrorKind::Lost));
-                        }
+                        Ok(()) => next_renewal = Instant::now() + renew_every,
+                        Err(e) => return Err(e.with_kind(LockErrorKind::Lost)),
                     }
                 }
                 _ = tokio::time::sleep_until(lock.valid_until()) => {
-                    signal.fire();
+                    // Dropping the lock fires the signal (and releases whatever is left).
                     return Err(LockError::new(LockErrorKind::Lost, NodeResults::new()));
                 }
             }
