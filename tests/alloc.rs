@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use dragonlock::conn::{Connection, ConnectionConfig};
 use dragonlock::resp::{encode_delex_ifeq, Decoder, EvalShaCommand, Frame, SetNxPxCommand};
-use dragonlock::{Redlock, RedlockOptions};
+use dragonlock::{Redlock, RedlockOptions, ReleaseWait};
 use support::fake::{Action, FakeServer};
 use support::server::cluster;
 
@@ -146,16 +146,21 @@ fn connection_requests_allocate_nothing_in_steady_state() {
     });
 }
 
-/// Allocations made by `n` uncontended `try_acquire` + `release` cycles on `r`, after `warmup`
-/// cycles that let the slot tables and buffers grow to the load.
-async fn cycle_allocations(r: &Redlock, warmup: usize, n: usize) -> u64 {
+/// Allocations made by `n` uncontended `try_acquire` + `release` cycles on `r` (whose releases
+/// wait as `wait` says), after `warmup` cycles that let the slot tables and buffers grow to the
+/// load.
+async fn cycle_allocations(r: &Redlock, wait: ReleaseWait, warmup: usize, n: usize) -> u64 {
     let cycles = |count: usize| async move {
         for _ in 0..count {
             let lock = r
                 .try_acquire("orders:42", Duration::from_secs(30))
                 .await
                 .unwrap();
-            assert_eq!(lock.release().await.unwrap(), r.nodes().len());
+            let released = lock.release().await.unwrap();
+            match wait {
+                ReleaseWait::All => assert_eq!(released, r.nodes().len()),
+                ReleaseWait::Quorum => assert!(released >= r.quorum()),
+            }
         }
     };
     cycles(warmup).await;
@@ -176,12 +181,17 @@ fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
     let servers = cluster(5);
     current_thread().block_on(async {
         let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
-        let r = support::redlock_over(&urls, RedlockOptions::default()).await;
-        assert_eq!(
-            cycle_allocations(&r, 1_000, 10_000).await,
-            0,
-            "allocations over 10,000 acquire+release cycles"
-        );
+        // Quorum (the default) leaves late replies for the connections to read and drop; All
+        // waits for them. Both must allocate nothing.
+        for wait in [ReleaseWait::Quorum, ReleaseWait::All] {
+            let options = RedlockOptions::default().release_wait(wait);
+            let r = support::redlock_over(&urls, options).await;
+            assert_eq!(
+                cycle_allocations(&r, wait, 1_000, 10_000).await,
+                0,
+                "allocations over 10,000 acquire+release cycles, {wait:?}"
+            );
+        }
     });
 }
 
@@ -204,7 +214,7 @@ fn the_native_delex_path_allocates_nothing() {
         let r = support::redlock_over(&urls, RedlockOptions::default()).await;
         assert!(r.nodes().iter().all(|n| n.has_delex()));
         assert_eq!(
-            cycle_allocations(&r, 500, 5_000).await,
+            cycle_allocations(&r, ReleaseWait::Quorum, 500, 5_000).await,
             0,
             "allocations over 5,000 native-release cycles"
         );

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dragonlock::{Redlock, RedlockOptions};
+use dragonlock::{Redlock, RedlockOptions, ReleaseWait};
 use support::fake::{Action, FakeServer};
 use support::server::Server;
 
@@ -83,8 +83,10 @@ async fn fake(lying: bool) -> (FakeServer, Arc<Store>) {
     (FakeServer::start(true, handler).await, store)
 }
 
+/// These tests count the nodes each release reached, so releases wait for every node.
 async fn redlock(urls: Vec<String>, options: RedlockOptions) -> Redlock {
-    support::redlock_over(&urls, options.retry_count(0)).await
+    let options = options.retry_count(0).release_wait(ReleaseWait::All);
+    support::redlock_over(&urls, options).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

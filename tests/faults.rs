@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use dragonlock::conn::{Connection, ConnectionConfig};
-use dragonlock::{NodeResult, RedlockOptions};
+use dragonlock::{NodeResult, RedlockOptions, ReleaseWait};
 use support::proxy::{Direction, Fault, Proxy};
 use support::server::Server;
 
@@ -174,7 +174,9 @@ async fn black_holed_minority_and_majority() {
 async fn reset_minority_then_heal() {
     let (_servers, proxies) = support::proxy::proxied_cluster(5).await;
     let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
-    let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
+    // Counting the nodes released: wait for every node.
+    let options = RedlockOptions::default().release_wait(ReleaseWait::All);
+    let redlock = support::redlock_over(&urls, options).await;
     proxies[0].set(Fault::Reset);
     proxies[1].set(Fault::Reset);
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dragonlock::resp::Frame;
-use dragonlock::{NodeResult, Redlock, RedlockOptions};
+use dragonlock::{NodeResult, Redlock, RedlockOptions, ReleaseWait};
 use support::server::{cluster, Server};
 
 async fn redlock(servers: &[Server], options: RedlockOptions) -> Redlock {
@@ -42,7 +42,11 @@ async fn eventually(check: impl FnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_extend_release_with_prefix_and_validity() {
     let servers = cluster(3);
-    let r = redlock(&servers, RedlockOptions::default().key_prefix("app:")).await;
+    // Releases wait for every node here, so the keys are gone everywhere when they return.
+    let options = RedlockOptions::default()
+        .key_prefix("app:")
+        .release_wait(ReleaseWait::All);
+    let r = redlock(&servers, options).await;
     assert_eq!(r.quorum(), 2);
     let ttl = Duration::from_secs(10);
     let mut lock = r.try_acquire("res", ttl).await.unwrap();
@@ -190,7 +194,6 @@ async fn a_dead_or_stopped_minority_does_not_stop_the_lock() {
 /// Either way the release went to every node: once the stopped ones resume, no key is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_waits_for_every_node_or_for_a_quorum() {
-    use dragonlock::ReleaseWait;
     let mut servers = cluster(5);
     let ttl = Duration::from_secs(60);
     let hour = Duration::from_secs(3600);
@@ -352,7 +355,10 @@ async fn extension_limit_is_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_resource_locks_are_all_or_none() {
     let servers = cluster(3);
-    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let options = RedlockOptions::default()
+        .retry_count(0)
+        .release_wait(ReleaseWait::All);
+    let r = redlock(&servers, options).await;
     let a = r
         .try_acquire_many(&["a", "b", "c"], Duration::from_secs(10))
         .await

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dragonlock::resp::ServerErrorKind;
-use dragonlock::{NodeResult, RedlockOptions};
+use dragonlock::{NodeResult, RedlockOptions, ReleaseWait};
 use support::fake::{Action, FakeServer};
 use support::server::{cluster, Server};
 
@@ -159,8 +159,11 @@ async fn a_password_changed_under_a_live_client_is_an_auth_failure_on_that_node(
 async fn script_flush_while_locks_are_held() {
     let servers = cluster(3);
     let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
-    let redlock =
-        support::redlock_over(&urls, RedlockOptions::default().force_script_release(true)).await;
+    // Counting the nodes released: wait for every node.
+    let options = RedlockOptions::default()
+        .force_script_release(true)
+        .release_wait(ReleaseWait::All);
+    let redlock = support::redlock_over(&urls, options).await;
     let ttl = Duration::from_secs(5);
     let mut one = redlock.try_acquire("flush-one", ttl).await.unwrap();
     let mut many = redlock

@@ -30,9 +30,9 @@ pub enum Workload {
 /// How long `release` waits: the CLI's face of [`ReleaseWait`].
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReleaseWaitArg {
-    /// For every node's answer (the library's default): an exact count of nodes released.
+    /// For every node's answer: an exact count of nodes released.
     All,
-    /// Until a quorum released; the other nodes still get the request.
+    /// Until a quorum released (the library's default); the other nodes still get the request.
     Quorum,
 }
 
@@ -83,7 +83,7 @@ pub struct BenchArgs {
     force_script: bool,
     /// How long each of dragonlock's releases waits for the nodes' answers (the baseline always
     /// stops at a quorum).
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, value_enum, default_value = "quorum")]
     release_wait: ReleaseWaitArg,
     /// Print the results as one JSON object instead of a table.
     #[arg(long)]

@@ -178,8 +178,10 @@ impl Lock {
     }
 
     /// Releases the lock on every node (compare-and-delete, pipelined) and returns how many
-    /// nodes deleted the key. Waits for every answer, or only for a quorum's with
-    /// [`ReleaseWait::Quorum`], and at most the release timeout.
+    /// nodes had deleted the key when it returned. By default it returns once a quorum has
+    /// ([`ReleaseWait::Quorum`]; the other nodes still get the request); with
+    /// [`ReleaseWait::All`] it waits for every answer and the count is exact. Either way it
+    /// waits at most the release timeout.
     ///
     /// # Errors
     ///
