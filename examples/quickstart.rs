@@ -29,14 +29,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     lock.extend(Duration::from_secs(10)).await?;
     println!("extended: valid for {:?}", lock.remaining());
-    println!("released on {} nodes", lock.release().await?);
+    // Release returns once a quorum confirmed; the other nodes get the request too.
+    let confirmed = lock.release().await?;
+    println!(
+        "released: {confirmed} of {} nodes confirmed",
+        redlock.nodes().len()
+    );
 
     match redlock
         .try_acquire_many(&["account:1", "account:2"], Duration::from_secs(5))
         .await
     {
         Ok(both) => println!(
-            "both accounts locked; released on {} nodes",
+            "both accounts locked; released ({} nodes confirmed)",
             both.release().await?
         ),
         Err(e) if e.is_busy() => println!("an account is busy"),
