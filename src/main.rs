@@ -62,7 +62,7 @@ struct RunArgs {
     /// Lock ttl; the lock is renewed every third of it.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     ttl: Duration,
-    /// How long to wait for the lock.
+    /// How long to keep trying for the lock. 0s: one attempt.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     wait: Duration,
     /// After SIGTERM on a lost lock, how long before SIGKILL.
@@ -154,12 +154,19 @@ async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return fail(EXIT_USAGE, e),
     };
     let options = RedlockOptions::default()
-        .acquire_timeout(args.wait.max(Duration::from_millis(1)))
+        .acquire_timeout(args.wait)
         .retry_count(u32::MAX)
         .retry_delay(Duration::from_millis(50), Duration::from_millis(50))
         .connect_timeout(Duration::from_secs(2));
     let redlock = Redlock::from_configs(configs, options).await;
-    let mut lock = match redlock.acquire(&args.resource, args.ttl).await {
+    // No wait means one whole attempt (bounded by the lock's validity), not a zero time budget
+    // that would cancel the attempt in flight and call a free lock busy.
+    let acquired = if args.wait.is_zero() {
+        redlock.try_acquire(&args.resource, args.ttl).await
+    } else {
+        redlock.acquire(&args.resource, args.ttl).await
+    };
+    let mut lock = match acquired {
         Ok(lock) => lock,
         Err(e) if e.is_invalid() => return fail(EXIT_USAGE, e),
         Err(e)

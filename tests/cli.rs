@@ -304,3 +304,39 @@ fn run_with_no_reachable_quorum_is_unavailable() {
     ]);
     assert_eq!(code(&o), 69, "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `--wait 0s` (the default) means one attempt, not a 1 ms budget: behind nodes that answer
+/// 20 ms late, the one attempt still completes and the command runs. (It used to give up at
+/// 1 ms and report the free lock as busy: a loaded CI machine showed it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_wait_makes_one_whole_attempt_on_slow_nodes() {
+    use support::proxy::Fault;
+    let (_servers, proxies) = support::proxy::proxied_cluster(3).await;
+    for p in &proxies {
+        p.set(Fault::Delay {
+            fixed: Duration::from_millis(20),
+            jitter: Duration::ZERO,
+        });
+    }
+    let nodes = proxies
+        .iter()
+        .map(|p| format!("127.0.0.1:{}", p.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let o = tokio::task::spawn_blocking(move || {
+        dragonlock(&[
+            "run",
+            "--nodes",
+            &nodes,
+            "--resource",
+            "slow",
+            "--ttl",
+            "5s",
+            "--",
+            "true",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+}
