@@ -1,4 +1,4 @@
-//! A held lock, and the signal that tells a body its lock is gone.
+//! A held lock, and the signal that tells the tasks working under it that it is gone.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -205,9 +205,7 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn release(mut self) -> Result<usize, LockError> {
-        self.done = true;
-        self.fire_signal();
-        self.release_now().await
+        self.release_ref().await
     }
 
     /// Releases, and can be called more than once: later calls return `Ok(0)`.
