@@ -5,6 +5,9 @@
 //! - [`conn`]: one persistent, pipelined, cancel-safe connection per node.
 //! - [`redlock`]: the algorithm: [`Redlock`], [`Lock`], [`LockError`].
 //!
+//! Features (none by default): `cli` builds the `dragonlock` command, `testing` adds `local`
+//! (throwaway servers for tests and benches), `fuzzing` adds `resp::fuzzing`.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -20,6 +23,7 @@
 
 pub mod conn;
 mod error;
+#[cfg(feature = "testing")]
 pub mod local;
 pub mod redlock;
 pub mod resp;

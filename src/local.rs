@@ -2,6 +2,8 @@
 //! port, and the command line each server needs. `dragonlock bench` and the test harness both
 //! start their servers through this module, so the flags of each server are written once.
 //!
+//! Available with the `testing` feature (the `cli` feature turns it on too).
+//!
 //! Redis and Dragonfly differ here: Dragonfly takes `--dbfilename ''`, `--proactor_threads` and
 //! `--maxmemory`, does not daemonize, and aborts at start on any unknown environment variable
 //! whose name starts with `DFLY_`, so those are removed from its environment.

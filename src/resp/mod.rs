@@ -19,6 +19,7 @@ mod encode;
 mod error;
 mod frame;
 #[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
 pub use decode::Decoder;
