@@ -1,12 +1,14 @@
 //! The `dragonlock` command: `bench`, `run` and `ping`.
 //!
 //! Exit codes: 0 success (for `run`, the command's own code is passed through); 2 bad input;
-//! 69 unavailable (no quorum of nodes reachable); 75 busy (the lock stayed held by someone else
+//! 69 unavailable (no quorum of nodes reachable, or for `ping` able to vote); 78 (`ping`) a
+//! node is configured unsafely for locks; 75 busy (the lock stayed held by someone else
 //! for the whole `--wait`); 77 lost (`run`: the lock was lost while the command ran, and the
 //! command was stopped).
 
 mod cli {
     pub mod bench;
+    pub mod ping;
     pub mod servers;
 }
 
@@ -14,13 +16,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dragonlock::conn::{Connection, ConnectionConfig};
+use dragonlock::conn::ConnectionConfig;
 use dragonlock::{LockErrorKind, Redlock, RedlockOptions};
 
 /// Exit code: bad input.
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 /// Exit code: not enough nodes reachable for a quorum.
-const EXIT_UNAVAILABLE: u8 = 69;
+pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code: the lock was held by someone else until `--wait` ran out.
 const EXIT_BUSY: u8 = 75;
 /// Exit code: the lock was lost while the command ran.
@@ -43,12 +45,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Run a command while holding a lock, renewing it, and pass its exit code through.
     Run(RunArgs),
-    /// Check each node: reachable, server, version, protocol, round trip, scripts.
-    Ping {
-        /// Nodes: host:port or redis:// URLs, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        nodes: Vec<String>,
-    },
+    /// Check that the nodes are safe to lock on: reachability, round trip, server, role, eviction
+    /// policy, persistence against the restart rule, uptime, DELEX, duplicates; a verdict line.
+    Ping(cli::ping::PingArgs),
 }
 
 #[derive(clap::Args)]
@@ -96,55 +95,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Bench(args) => cli::bench::run(args).await,
             Command::Run(args) => run(args).await,
-            Command::Ping { nodes } => ping(nodes).await,
+            Command::Ping(args) => cli::ping::run(args).await,
         }
     })
-}
-
-async fn ping(nodes: Vec<String>) -> ExitCode {
-    let configs = match node_configs(&nodes) {
-        Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
-    };
-    let mut reachable = 0;
-    for config in configs {
-        let addr = config.addr();
-        let s = dragonlock::redlock::scripts::RELEASE;
-        let config = config
-            .script(dragonlock::conn::Script::new(s))
-            .connect_timeout(Duration::from_secs(1));
-        match Connection::connect(config).await {
-            Ok(conn) => {
-                let start = std::time::Instant::now();
-                let ok = conn.command(&["PING"]).await.is_ok();
-                let rtt = start.elapsed();
-                let info = conn.server_info().unwrap_or_default();
-                let server = match &info.dragonfly_version {
-                    Some(v) => format!("dragonfly {v}"),
-                    None => format!("{} {}", info.server, info.version),
-                };
-                println!(
-                    "{addr:<22} {} {server:<22} RESP{} rtt {:>8.1?} scripts {} delex {}",
-                    if ok { "up  " } else { "err " },
-                    info.protocol,
-                    rtt,
-                    if info.scripts_loaded {
-                        "loaded"
-                    } else {
-                        "missing"
-                    },
-                    if info.has_delex { "yes" } else { "no" },
-                );
-                reachable += 1;
-            }
-            Err(e) => println!("{addr:<22} down {e}"),
-        }
-    }
-    if reachable == 0 {
-        ExitCode::from(EXIT_UNAVAILABLE)
-    } else {
-        ExitCode::SUCCESS
-    }
 }
 
 async fn run(args: RunArgs) -> ExitCode {

@@ -1,0 +1,416 @@
+//! `dragonlock ping`: the check an operator runs before trusting a set of nodes with locks.
+//!
+//! For each node it reports reachability and round trip, the server and its version, and every
+//! setting that breaks Redlock's assumptions, then a verdict line. Findings come in two
+//! severities:
+//!
+//! | finding | severity | why |
+//! |---|---|---|
+//! | unreachable | counts against the quorum | a lock needs a majority of the *configured* nodes |
+//! | replica (`role:slave`) | unsafe | not an independent primary: it follows another node's keys |
+//! | `maxmemory-policy` `allkeys-*` / `volatile-*`, Dragonfly cache mode | unsafe | every lock key has a ttl, so both families may evict a held lock |
+//! | the same server named twice | unsafe | one server would cast two votes |
+//! | no fsync-always persistence and no `--restart-delay` | warning | a restart loses the keys, so clients need the delayed-restart rule |
+//! | up for less than `--restart-delay` | warning, does not vote | clients with that delay do not ask it yet |
+//!
+//! Exit codes: 0 safe (warnings allowed); 69 fewer than a quorum of nodes can vote (unreachable,
+//! unsafe or inside the restart delay); 78 a quorum can vote but some node is unsafe.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use dragonlock::conn::{Connection, ConnectionConfig};
+
+/// Exit code: a node is configured unsafely for locks (sysexits' `EX_CONFIG`).
+pub const EXIT_UNSAFE: u8 = 78;
+
+/// How many `PING`s the round trip is the best of: the first can pay for a cold path.
+const RTT_SAMPLES: usize = 3;
+
+#[derive(clap::Args)]
+pub struct PingArgs {
+    /// Nodes: host:port or redis:// URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// The clients' `restart_delay`: nodes up for less do not vote, and persistence that can lose
+    /// keys is then expected and not warned about.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    restart_delay: Option<Duration>,
+    /// How long to wait for each node's connect and handshake.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    timeout: Duration,
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Breaks mutual exclusion: the node must not be a lock node.
+    Unsafe,
+    /// Worth an operator's look; the node still votes.
+    Warning,
+    /// The node is healthy but does not vote now (inside the restart delay).
+    Sitting,
+}
+
+/// One thing found about one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub text: String,
+}
+
+/// What the server's `INFO` sections said, as far as lock safety goes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub role: String,
+    pub maxmemory_policy: String,
+    pub cache_mode: bool,
+    pub aof_enabled: bool,
+    pub appendfsync: String,
+    pub uptime: Option<Duration>,
+    /// Tells one server process from every other: `run_id` (Redis), else `master_replid`
+    /// (Dragonfly has no `run_id`; both report a replication id made at start).
+    pub identity: Option<String>,
+}
+
+/// `key:value` lines of `INFO` text.
+fn info_fields(text: &[u8]) -> impl Iterator<Item = (&str, &str)> {
+    text.split(|&b| b == b'\n').filter_map(|line| {
+        let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+        line.split_once(':')
+    })
+}
+
+impl NodeFacts {
+    /// Reads the fields that matter from `INFO` text (any sections, any order).
+    pub fn from_info(text: &[u8]) -> NodeFacts {
+        let mut f = NodeFacts::default();
+        let (mut run_id, mut replid) = (None, None);
+        for (k, v) in info_fields(text) {
+            match k {
+                "role" => f.role = v.to_string(),
+                "maxmemory_policy" => f.maxmemory_policy = v.to_string(),
+                "cache_mode" => f.cache_mode = v == "cache",
+                "aof_enabled" => f.aof_enabled = v == "1",
+                "uptime_in_seconds" => f.uptime = v.parse().ok().map(Duration::from_secs),
+                "run_id" if !v.is_empty() => run_id = Some(v.to_string()),
+                "master_replid" if !v.is_empty() => replid = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        f.identity = run_id.or(replid);
+        f
+    }
+
+    /// The findings about this node alone (duplicates are found across nodes).
+    pub fn findings(&self, restart_delay: Option<Duration>) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut add = |severity, text: String| out.push(Finding { severity, text });
+        if !self.role.is_empty() && self.role != "master" {
+            add(
+                Severity::Unsafe,
+                format!(
+                    "role {}: a replica is not an independent primary and must not be a lock node",
+                    self.role
+                ),
+            );
+        }
+        let policy = self.maxmemory_policy.as_str();
+        if policy.starts_with("allkeys-") {
+            add(
+                Severity::Unsafe,
+                format!("maxmemory-policy {policy}: any key can be evicted, a held lock's too"),
+            );
+        } else if policy.starts_with("volatile-") {
+            add(
+                Severity::Unsafe,
+                format!(
+                    "maxmemory-policy {policy}: keys with a ttl can be evicted, and every lock key has one"
+                ),
+            );
+        } else if self.cache_mode || policy == "eviction" {
+            add(
+                Severity::Unsafe,
+                "cache mode: Dragonfly evicts keys under memory pressure, lock keys included"
+                    .to_string(),
+            );
+        }
+        let durable = self.aof_enabled && self.appendfsync == "always";
+        match restart_delay {
+            None if !durable => add(
+                Severity::Warning,
+                "a restart loses its lock keys (no appendfsync always): clients need restart_delay \
+                 at least the longest ttl (pass --restart-delay to check uptime against it)"
+                    .to_string(),
+            ),
+            Some(delay) => {
+                if let Some(up) = self.uptime.filter(|up| *up < delay) {
+                    add(
+                        Severity::Sitting,
+                        format!(
+                            "up {}s, inside the restart delay of {}s: does not vote for {}s more",
+                            up.as_secs(),
+                            delay.as_secs(),
+                            (delay - up).as_secs()
+                        ),
+                    );
+                }
+            }
+            None => {}
+        }
+        out
+    }
+}
+
+/// One node's outcome.
+struct NodeReport {
+    addr: String,
+    result: Result<Reached, String>,
+    findings: Vec<Finding>,
+}
+
+struct Reached {
+    rtt: Duration,
+    server: String,
+    delex: bool,
+    facts: NodeFacts,
+}
+
+async fn probe(config: ConnectionConfig, timeout: Duration) -> Result<Reached, String> {
+    let conn = tokio::time::timeout(
+        timeout,
+        Connection::connect(config.connect_timeout(timeout)),
+    )
+    .await
+    .map_err(|_| format!("no answer within {timeout:?}"))?
+    .map_err(|e| e.to_string())?;
+    let mut rtt = Duration::MAX;
+    for _ in 0..RTT_SAMPLES {
+        let start = Instant::now();
+        conn.command_timeout(&["PING"], timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        rtt = rtt.min(start.elapsed());
+    }
+    let mut text = Vec::new();
+    for section in ["server", "replication", "persistence", "memory"] {
+        let reply = conn
+            .command_timeout(&["INFO", section], timeout)
+            .await
+            .map_err(|e| format!("INFO {section}: {e}"))?;
+        text.extend_from_slice(reply.as_bytes().unwrap_or_default());
+        text.push(b'\n');
+    }
+    let mut facts = NodeFacts::from_info(&text);
+    // Redis answers CONFIG GET; Dragonfly answers an empty map and has no AOF.
+    if let Ok(reply) = conn
+        .command_timeout(&["CONFIG", "GET", "appendfsync"], timeout)
+        .await
+    {
+        if let Some(v) = reply.map_get(b"appendfsync").and_then(|v| v.as_bytes()) {
+            facts.appendfsync = String::from_utf8_lossy(v).into_owned();
+        } else if let dragonlock::resp::Frame::Array(items) = &reply {
+            // RESP2: a flat [name, value] array.
+            if let Some(v) = items.get(1).and_then(|v| v.as_bytes()) {
+                facts.appendfsync = String::from_utf8_lossy(v).into_owned();
+            }
+        }
+    }
+    let info = conn.server_info().unwrap_or_default();
+    let server = match &info.dragonfly_version {
+        Some(v) => format!("dragonfly {v}"),
+        None => format!("{} {}", info.server, info.version),
+    };
+    Ok(Reached {
+        rtt,
+        server,
+        delex: info.has_delex,
+        facts,
+    })
+}
+
+pub async fn run(args: PingArgs) -> ExitCode {
+    let configs = match crate::node_configs(&args.nodes) {
+        Ok(c) => c,
+        Err(e) => return crate::fail(crate::EXIT_USAGE, e),
+    };
+    let quorum = configs.len() / 2 + 1;
+    // All nodes at once: a dead node costs one timeout, not one per node.
+    let probes: Vec<_> = configs
+        .into_iter()
+        .map(|config| {
+            let addr = config.addr();
+            (addr, tokio::spawn(probe(config, args.timeout)))
+        })
+        .collect();
+    let mut reports = Vec::with_capacity(probes.len());
+    for (addr, probe) in probes {
+        let result = probe.await.unwrap_or_else(|e| Err(e.to_string()));
+        let findings = match &result {
+            Ok(r) => r.facts.findings(args.restart_delay),
+            Err(_) => Vec::new(),
+        };
+        reports.push(NodeReport {
+            addr,
+            result,
+            findings,
+        });
+    }
+    mark_duplicates(&mut reports);
+
+    let mut voting = 0;
+    let mut unsafe_nodes = 0;
+    for r in &reports {
+        match &r.result {
+            Ok(n) => {
+                println!(
+                    "{:<22} up   {:<22} rtt {:>8.1?}  role {}  maxmemory-policy {}  delex {}",
+                    r.addr,
+                    n.server,
+                    n.rtt,
+                    if n.facts.role.is_empty() {
+                        "?"
+                    } else {
+                        &n.facts.role
+                    },
+                    if n.facts.maxmemory_policy.is_empty() {
+                        "?"
+                    } else {
+                        &n.facts.maxmemory_policy
+                    },
+                    if n.delex { "yes" } else { "no" },
+                );
+                let is_unsafe = r.findings.iter().any(|f| f.severity == Severity::Unsafe);
+                let sitting = r.findings.iter().any(|f| f.severity == Severity::Sitting);
+                unsafe_nodes += usize::from(is_unsafe);
+                voting += usize::from(!is_unsafe && !sitting);
+            }
+            Err(e) => println!("{:<22} down {e}", r.addr),
+        }
+        for f in &r.findings {
+            let tag = match f.severity {
+                Severity::Unsafe => "UNSAFE",
+                Severity::Warning => "warning",
+                Severity::Sitting => "sitting out",
+            };
+            println!("{:<22}   {tag}: {}", "", f.text);
+        }
+    }
+    let n = reports.len();
+    if voting < quorum {
+        println!("verdict: UNAVAILABLE: {voting} of {n} nodes can vote, a lock needs {quorum}");
+        ExitCode::from(crate::EXIT_UNAVAILABLE)
+    } else if unsafe_nodes > 0 {
+        println!(
+            "verdict: UNSAFE: {unsafe_nodes} of {n} nodes are configured unsafely for locks (quorum {quorum})"
+        );
+        ExitCode::from(EXIT_UNSAFE)
+    } else {
+        let warnings: usize = reports
+            .iter()
+            .map(|r| {
+                r.findings
+                    .iter()
+                    .filter(|f| f.severity == Severity::Warning)
+                    .count()
+            })
+            .sum();
+        println!(
+            "verdict: SAFE: {voting} of {n} nodes can vote, quorum {quorum}, {warnings} warnings"
+        );
+        ExitCode::SUCCESS
+    }
+}
+
+/// Two reachable nodes with one identity are one server named twice.
+fn mark_duplicates(reports: &mut [NodeReport]) {
+    let mut first: HashMap<String, String> = HashMap::new();
+    for r in reports.iter_mut() {
+        let Ok(n) = &r.result else { continue };
+        let Some(id) = &n.facts.identity else {
+            continue;
+        };
+        match first.get(id) {
+            Some(addr) => r.findings.push(Finding {
+                severity: Severity::Unsafe,
+                text: format!("the same server as {addr}: it would cast two votes"),
+            }),
+            None => {
+                first.insert(id.clone(), r.addr.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_info(server: &str, step: &str) -> Vec<u8> {
+        // The byte-exact replies captured from Redis 7.0.15 and Dragonfly 1.40.1.
+        let all: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/data/server-ops.json")).unwrap();
+        let reply = all[server]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == step)
+            .unwrap()["reply"]
+            .as_str()
+            .unwrap();
+        reply.chars().map(|c| c as u8).collect()
+    }
+
+    #[test]
+    fn both_servers_fixtures_read_as_safe_primaries() {
+        for server in ["redis-7.0.15", "dragonfly-1.40.1"] {
+            let mut text = fixture_info(server, "info_replication");
+            text.extend(fixture_info(server, "info_memory"));
+            text.extend(fixture_info(server, "info_persistence"));
+            let f = NodeFacts::from_info(&text);
+            assert_eq!(f.role, "master", "{server}");
+            assert_eq!(f.maxmemory_policy, "noeviction", "{server}");
+            assert!(f.identity.is_some(), "{server}: master_replid");
+            let findings = f.findings(Some(Duration::from_secs(0)));
+            assert!(findings.is_empty(), "{server}: {findings:?}");
+        }
+    }
+
+    #[test]
+    fn each_unsafe_setting_is_a_finding() {
+        let facts = |text: &str| NodeFacts::from_info(text.as_bytes());
+        let unsafe_count = |f: &NodeFacts| {
+            f.findings(Some(Duration::ZERO))
+                .iter()
+                .filter(|x| x.severity == Severity::Unsafe)
+                .count()
+        };
+        assert_eq!(unsafe_count(&facts("role:slave\r\n")), 1);
+        assert_eq!(unsafe_count(&facts("maxmemory_policy:allkeys-lru\r\n")), 1);
+        assert_eq!(unsafe_count(&facts("maxmemory_policy:volatile-ttl\r\n")), 1);
+        assert_eq!(unsafe_count(&facts("cache_mode:cache\r\n")), 1);
+        assert_eq!(
+            unsafe_count(&facts("maxmemory_policy:noeviction\r\nrole:master\r\n")),
+            0
+        );
+    }
+
+    #[test]
+    fn persistence_and_uptime_against_the_restart_delay() {
+        let mut f = NodeFacts::from_info(b"uptime_in_seconds:5\r\naof_enabled:0\r\n");
+        let warn = f.findings(None);
+        assert_eq!(warn.len(), 1);
+        assert_eq!(warn[0].severity, Severity::Warning);
+        let sit = f.findings(Some(Duration::from_secs(60)));
+        assert_eq!(sit.len(), 1);
+        assert_eq!(sit[0].severity, Severity::Sitting);
+        assert!(f.findings(Some(Duration::from_secs(5))).is_empty());
+        f.aof_enabled = true;
+        f.appendfsync = "always".into();
+        assert!(
+            f.findings(None).is_empty(),
+            "fsync always survives a restart"
+        );
+    }
+}
