@@ -43,6 +43,14 @@ pub enum LockErrorKind {
     ExtensionLimit,
     /// The request was invalid (ttl too small for the drift, empty resource list …).
     Invalid,
+    /// Fencing: some nodes have a counter for the resource but fewer than a quorum (a majority
+    /// restarted without persistence, or a node that did not answer may hold the only ones), so
+    /// no token can be proven larger than every earlier one. The keys were released. Reseed the
+    /// counter with [`Redlock::reseed_fence`](crate::Redlock::reseed_fence).
+    FenceUnavailable,
+    /// Fencing: the resource's counter reached
+    /// [`MAX_FENCING_TOKEN`](crate::redlock::fence::MAX_FENCING_TOKEN).
+    FenceOverflow,
 }
 
 /// A lock operation's failure: the kind, and what each node answered.
@@ -142,6 +150,11 @@ impl LockError {
     pub fn is_invalid(&self) -> bool {
         self.kind == LockErrorKind::Invalid
     }
+
+    /// No fencing token could be proven larger than every earlier one.
+    pub fn is_fence_unavailable(&self) -> bool {
+        self.kind == LockErrorKind::FenceUnavailable
+    }
 }
 
 impl fmt::Debug for LockError {
@@ -165,6 +178,10 @@ impl fmt::Display for LockError {
             LockErrorKind::Lost => "the lock was lost",
             LockErrorKind::ExtensionLimit => "the lock reached its extension limit",
             LockErrorKind::Invalid => "invalid lock request",
+            LockErrorKind::FenceUnavailable => {
+                "fewer than a quorum of nodes kept the resource's fencing counter"
+            }
+            LockErrorKind::FenceOverflow => "the resource's fencing tokens are used up",
         };
         f.write_str(what)?;
         if !self.reason.is_empty() {

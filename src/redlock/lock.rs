@@ -33,6 +33,8 @@ pub struct Lock {
     done: bool,
     /// Made on the first call to `signal`, so a lock nobody watches allocates nothing.
     signal: OnceLock<LockSignal>,
+    /// The fencing token, for locks taken with fencing on.
+    fence: Option<u64>,
 }
 
 impl std::fmt::Debug for Lock {
@@ -62,7 +64,21 @@ impl Lock {
             extensions: 0,
             done: false,
             signal: OnceLock::new(),
+            fence: None,
         }
+    }
+
+    pub(crate) fn with_fence(mut self, token: u64) -> Lock {
+        self.fence = Some(token);
+        self
+    }
+
+    /// The fencing token, when the manager has [fencing](super::RedlockOptions::fencing) on:
+    /// larger than the token of every grant of this resource that ended before this one's
+    /// acquire began. Hand it to the protected resource with every write, and have the
+    /// resource refuse a token lower than the highest it has seen. `None` without fencing.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.fence
     }
 
     /// A signal for the tasks that work under this lock: it fires when the lock is lost (its
@@ -94,7 +110,7 @@ impl Lock {
     pub fn signal(&self) -> LockSignal {
         self.signal
             .get_or_init(|| {
-                let signal = LockSignal::new(self.valid_until);
+                let signal = LockSignal::new(self.valid_until, self.fence);
                 if self.done {
                     signal.fire();
                 }
@@ -398,17 +414,25 @@ struct SignalState {
     lost: AtomicBool,
     notify: Notify,
     valid_until: Mutex<Instant>,
+    fence: Option<u64>,
 }
 
 impl LockSignal {
-    pub(crate) fn new(valid_until: Instant) -> LockSignal {
+    pub(crate) fn new(valid_until: Instant, fence: Option<u64>) -> LockSignal {
         LockSignal {
             inner: Arc::new(SignalState {
                 lost: AtomicBool::new(false),
                 notify: Notify::new(),
                 valid_until: Mutex::new(valid_until),
+                fence,
             }),
         }
+    }
+
+    /// The lock's fencing token, as [`Lock::fencing_token`]: what the body of
+    /// [`Redlock::with_lock`] hands to the protected resource.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.inner.fence
     }
 
     pub(crate) fn set_valid_until(&self, t: Instant) {

@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 mod error;
+pub mod fence;
 mod lock;
 mod quorum;
 pub mod scripts;
@@ -89,6 +90,8 @@ pub struct RedlockOptions {
     pub(crate) force_script_release: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) restart_delay: Option<Duration>,
+    pub(crate) fencing: bool,
+    pub(crate) fence_floor: u64,
 }
 
 impl Default for RedlockOptions {
@@ -107,6 +110,8 @@ impl Default for RedlockOptions {
             force_script_release: false,
             connect_timeout: crate::conn::DEFAULT_CONNECT_TIMEOUT,
             restart_delay: None,
+            fencing: false,
+            fence_floor: 1,
         }
     }
 }
@@ -181,6 +186,27 @@ impl RedlockOptions {
     /// always` should turn it on.
     pub fn restart_delay(mut self, delay: Duration) -> Self {
         self.restart_delay = Some(delay);
+        self
+    }
+
+    /// Fencing tokens (off by default): every acquire also picks a number larger than the token
+    /// of every grant of the resource that ended before it began, and
+    /// [`Lock::fencing_token`] returns it. One more round trip per acquire; single resources
+    /// only (`acquire_many` answers `Invalid`). The guarantee, its assumptions (the restart
+    /// rule at twice the longest ttl) and its proof are in [`fence`].
+    ///
+    /// An option of the manager rather than a second set of acquire calls, so that `with_lock`,
+    /// retries and every other acquire path fence alike, with one code path per option.
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.fencing = on;
+        self
+    }
+
+    /// The smallest fencing token handed out for any resource (default 1). After every node
+    /// lost its counters (indistinguishable from a resource never fenced), set it above the
+    /// protected store's highest token, or reseed that resource with [`Redlock::reseed_fence`].
+    pub fn fence_floor(mut self, floor: u64) -> Self {
+        self.fence_floor = floor.max(1);
         self
     }
 
@@ -402,13 +428,20 @@ impl Redlock {
         let nodes: Vec<Connection> = configs
             .into_iter()
             .map(|c| {
-                Connection::start(
-                    c.script(s.release.clone())
-                        .script(s.extend.clone())
-                        .script(s.multi_acquire.clone())
-                        .script(s.multi_release.clone())
-                        .script(s.multi_extend.clone()),
-                )
+                let c = c
+                    .script(s.release.clone())
+                    .script(s.extend.clone())
+                    .script(s.multi_acquire.clone())
+                    .script(s.multi_release.clone())
+                    .script(s.multi_extend.clone());
+                // The fencing scripts only where they are used: a connect loads each script.
+                Connection::start(if options.fencing {
+                    c.script(s.fence_acquire.clone())
+                        .script(s.fence_write.clone())
+                        .script(s.fence_reseed.clone())
+                } else {
+                    c
+                })
             })
             .collect();
         let wait = async {
@@ -643,6 +676,14 @@ impl Redlock {
 
     /// One acquire attempt over all nodes.
     async fn attempt(&self, keys: Keys, ttl: Duration) -> Result<Lock, LockError> {
+        if self.inner.options.fencing {
+            if keys.is_multi() {
+                return Err(LockError::invalid(
+                    "fencing tokens cover single resources, not acquire_many",
+                ));
+            }
+            return self.attempt_fenced(keys, ttl).await;
+        }
         let token = new_token();
         let ttl_ms = ttl.as_millis() as u64;
         let nodes = &self.inner.nodes;
@@ -712,26 +753,89 @@ impl Redlock {
             }
             Decision::Deadline => refuse(LockErrorKind::Expired),
             Decision::Impossible | Decision::AllDone => {
-                let n = nodes.len();
-                let refused = collector
-                    .results
-                    .iter()
-                    .filter(|r| matches!(r, NodeResult::Refused))
-                    .count();
-                let failed = collector
-                    .results
-                    .iter()
-                    .filter(|r| matches!(r, NodeResult::Failed(_)))
-                    .count();
-                let kind = if refused > n - self.inner.quorum {
-                    LockErrorKind::Busy
-                } else if failed > n - self.inner.quorum {
-                    LockErrorKind::Unavailable
-                } else {
-                    LockErrorKind::NoQuorum
-                };
-                refuse(kind)
+                refuse(self.failure_kind(&collector.results))
             }
+        }
+    }
+
+    /// Why an attempt without a quorum failed: busy when enough nodes refused that no quorum
+    /// was possible, unavailable when enough failed, else no quorum.
+    pub(crate) fn failure_kind(&self, results: &[NodeResult]) -> LockErrorKind {
+        let n = results.len();
+        let count = |f: fn(&NodeResult) -> bool| results.iter().filter(|r| f(r)).count();
+        let refused = count(|r| matches!(r, NodeResult::Refused));
+        let failed = count(|r| matches!(r, NodeResult::Failed(_)));
+        if refused > n - self.inner.quorum {
+            LockErrorKind::Busy
+        } else if failed > n - self.inner.quorum {
+            LockErrorKind::Unavailable
+        } else {
+            LockErrorKind::NoQuorum
+        }
+    }
+
+    /// Raises `resource`'s fencing counter to at least `at_least` on every node that answers,
+    /// creating it where it is missing: the way back after a majority of nodes lost their
+    /// counters ([`LockError::is_fence_unavailable`]). Take `at_least` from the protected
+    /// store: one more than the highest token it has accepted. Returns how many nodes now hold
+    /// a counter of at least `at_least`.
+    ///
+    /// # Errors
+    ///
+    /// `FenceUnavailable` when fewer than a quorum of nodes confirmed (the rest may be retried
+    /// later); `Invalid` for 0 or a value above [`fence::MAX_FENCING_TOKEN`].
+    ///
+    /// # Cancel safety
+    ///
+    /// The writes are sent when the future is first polled; dropping it afterwards loses only
+    /// the count. A write is raise-only, so sending it again is harmless.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// let highest_seen_by_the_store = 41_337;
+    /// redlock.reseed_fence("ledger", highest_seen_by_the_store + 1).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn reseed_fence(&self, resource: &str, at_least: u64) -> Result<usize, LockError> {
+        if at_least == 0 || at_least > fence::MAX_FENCING_TOKEN {
+            return Err(LockError::invalid(
+                "a fencing token is between 1 and 2^53 - 1",
+            ));
+        }
+        let key = fence::fence_key(&self.key(resource));
+        let keys = [&key[..]];
+        let mut v = itoa::Buffer::new();
+        let args = [v.format(at_least).as_bytes()];
+        let s = scripts();
+        let deadline = Instant::now() + self.inner.options.release_timeout;
+        let (_, collector) = self
+            .collect(
+                deadline,
+                true,
+                |buf, _| s.fence_reseed.encode(buf, ScriptCall::BySha, &keys, &args),
+                |f| match f {
+                    Frame::Integer(_) => Vote::Yes,
+                    Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
+                    Frame::Error(e) => Vote::Fail(Error::new(crate::ErrorKind::Server(e.clone()))),
+                    _ => Vote::Fail(Error::new(crate::ErrorKind::UnexpectedReply)),
+                },
+                |i| {
+                    self.inner.nodes[i].send(|buf| {
+                        s.fence_reseed
+                            .encode(buf, ScriptCall::WithSource, &keys, &args)
+                    })
+                },
+            )
+            .await;
+        if collector.granted() >= self.inner.quorum {
+            Ok(collector.granted())
+        } else {
+            Err(LockError::new(
+                LockErrorKind::FenceUnavailable,
+                collector.results.clone(),
+            ))
         }
     }
 

@@ -33,6 +33,9 @@ pub(crate) struct Scripts {
     pub multi_acquire: Script,
     pub multi_release: Script,
     pub multi_extend: Script,
+    pub fence_acquire: Script,
+    pub fence_write: Script,
+    pub fence_reseed: Script,
 }
 
 pub(crate) fn scripts() -> &'static Scripts {
@@ -43,5 +46,8 @@ pub(crate) fn scripts() -> &'static Scripts {
         multi_acquire: Script::new(MULTI_ACQUIRE),
         multi_release: Script::new(MULTI_RELEASE),
         multi_extend: Script::new(MULTI_EXTEND),
+        fence_acquire: Script::new(super::fence::FENCE_ACQUIRE),
+        fence_write: Script::new(super::fence::FENCE_WRITE),
+        fence_reseed: Script::new(super::fence::FENCE_RESEED),
     })
 }
