@@ -93,6 +93,25 @@ if mine and c then return 1 end return 0";
 pub const FENCE_RESEED: &str = "local c = redis.call('get', KEYS[1]) local v = ARGV[1] \
 if not c or #c < #v or (#c == #v and c < v) then redis.call('set', KEYS[1], v) return 1 end return 0";
 
+/// Two fencing protocols that look right and are not, for the safety checker's negative
+/// controls (set only through the `testing` feature). Never use them for anything else.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FenceProtocol {
+    /// The protocol above.
+    #[default]
+    Proven,
+    /// The token is the largest `INCR` of the fence counter on the nodes that granted the SET,
+    /// decided at the SET quorum, with no write step.
+    NaiveIncr,
+    /// Steps 1 and 2 as above, but step 3 (the write) skipped.
+    SkipWrite,
+}
+
+/// The naive protocol's step: `INCR` the counter where the SET was granted (-1 where refused).
+const NAIVE_ACQUIRE: &str = "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+return redis.call('incr', KEYS[2]) end return -1";
+
 /// What one node said in step 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NodeRead {
@@ -173,6 +192,16 @@ impl Redlock {
         let ms = ms.format(ttl.as_millis() as u64).as_bytes();
         let args = [&token[..], ms];
 
+        let protocol = self.inner.options.fence_protocol;
+        let naive = protocol == FenceProtocol::NaiveIncr;
+        // Made only for the negative control: a Script computes its SHA-1 and allocates.
+        let naive_script = naive.then(|| crate::conn::Script::new(NAIVE_ACQUIRE));
+        let step1 = naive_script.as_ref().unwrap_or(&s.fence_acquire);
+        let call = if naive {
+            ScriptCall::WithSource
+        } else {
+            ScriptCall::BySha
+        };
         let start = Instant::now();
         let valid_until = start + ttl - self.drift(ttl);
         let mut cleanup = super::CleanupOnDrop {
@@ -189,9 +218,7 @@ impl Redlock {
         let mut reads: SmallVec<[Option<NodeRead>; 7]> = SmallVec::from_elem(None, nodes.len());
         let mut retried: SmallVec<[bool; 7]> = SmallVec::from_elem(false, nodes.len());
         for (i, node) in nodes.iter().enumerate() {
-            let encode = |buf: &mut bytes::BytesMut| {
-                s.fence_acquire.encode(buf, ScriptCall::BySha, &both, &args)
-            };
+            let encode = |buf: &mut bytes::BytesMut| step1.encode(buf, call, &both, &args);
             let sent = match self.inner.options.restart_delay {
                 None => node.send(encode),
                 Some(delay) => node.send_if_up_for(delay, encode),
@@ -259,7 +286,7 @@ impl Redlock {
                     .filter(|r| r.counter.is_some())
                     .count();
                 let open = pending.iter().filter(|p| p.is_some()).count();
-                if granted >= quorum && (counted >= quorum || open == 0) {
+                if granted >= quorum && (naive || counted >= quorum || open == 0) {
                     return Poll::Ready(Decision::Quorum(Instant::now()));
                 }
                 if granted + open < quorum {
@@ -293,13 +320,24 @@ impl Redlock {
                 return refuse(kind, results.clone());
             }
         }
-        let fencing_token = match pick_token(&reads, quorum, self.inner.options.fence_floor) {
+        let picked = if naive {
+            let granted = reads.iter().flatten().filter(|r| r.granted);
+            Ok(granted.filter_map(|r| r.counter).max().unwrap_or(1))
+        } else {
+            pick_token(&reads, quorum, self.inner.options.fence_floor)
+        };
+        let fencing_token = match picked {
             Ok(t) => t,
             Err(NoToken::Unavailable) => {
                 return refuse(LockErrorKind::FenceUnavailable, results.clone())
             }
             Err(NoToken::Overflow) => return refuse(LockErrorKind::FenceOverflow, results.clone()),
         };
+
+        if protocol != FenceProtocol::Proven {
+            let lock = Lock::new(self.clone(), keys, token, ttl, valid_until);
+            return Ok(lock.with_fence(fencing_token));
+        }
 
         // Step 3: the raise-only write, counted where the lock key still holds our token.
         let mut t = itoa::Buffer::new();

@@ -92,6 +92,7 @@ pub struct RedlockOptions {
     pub(crate) restart_delay: Option<Duration>,
     pub(crate) fencing: bool,
     pub(crate) fence_floor: u64,
+    pub(crate) fence_protocol: fence::FenceProtocol,
 }
 
 impl Default for RedlockOptions {
@@ -112,6 +113,7 @@ impl Default for RedlockOptions {
             restart_delay: None,
             fencing: false,
             fence_floor: 1,
+            fence_protocol: fence::FenceProtocol::Proven,
         }
     }
 }
@@ -207,6 +209,14 @@ impl RedlockOptions {
     /// protected store's highest token, or reseed that resource with [`Redlock::reseed_fence`].
     pub fn fence_floor(mut self, floor: u64) -> Self {
         self.fence_floor = floor.max(1);
+        self
+    }
+
+    /// A broken fencing protocol, for the safety checker's negative controls.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn fence_protocol_for_tests(mut self, protocol: fence::FenceProtocol) -> Self {
+        self.fence_protocol = protocol;
         self
     }
 

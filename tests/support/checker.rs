@@ -6,6 +6,9 @@
 //! at the lock's validity, whichever comes first. Mutual exclusion holds when, per resource, no
 //! two intervals overlap. Liveness holds when, after the nemesis heals everything, every client
 //! acquires again within a bound.
+//!
+//! With fencing on, a second property: for every pair of grants of one resource where the first
+//! ended before the second's acquire began (on the same clock), the first's token is smaller.
 
 #![allow(dead_code)]
 
@@ -14,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dragonlock::redlock::fence::FenceProtocol;
 use dragonlock::{Redlock, RedlockOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -88,6 +92,16 @@ pub struct CheckerConfig {
     /// How long every client gets to acquire again after the heal.
     pub recovery_bound: Duration,
     pub seed: u64,
+    /// Fencing tokens, and which protocol makes them (the broken ones are negative controls).
+    pub fencing: Option<FenceProtocol>,
+    /// A node the nemesis never kills or restarts. Fenced runs keep one, so that no schedule of
+    /// restarts wipes the counters of every node: a resource whose every counter is gone looks
+    /// exactly like a new one, which is outside the fencing guarantee.
+    pub spare: Option<usize>,
+    /// Kills and restarts hit a minority only, whatever `majority_chance` says for the rest.
+    pub minority_restarts: bool,
+    /// The quiet time after each fault is healed, drawn from this range (milliseconds).
+    pub gap_ms: (u64, u64),
 }
 
 impl CheckerConfig {
@@ -108,7 +122,22 @@ impl CheckerConfig {
             restart_delay: Some(Duration::from_secs(1)),
             recovery_bound: Duration::from_secs(30),
             seed: seed(),
+            fencing: None,
+            spare: None,
+            minority_restarts: false,
+            gap_ms: (0, 300),
         }
+    }
+
+    /// Fencing tokens made by `protocol`, with the restart rule at twice the longest ttl (the
+    /// fencing guarantee's assumption; extensions draw from the same range).
+    pub fn fenced(mut self, protocol: FenceProtocol) -> CheckerConfig {
+        self.fencing = Some(protocol);
+        self.spare = Some(0);
+        self.restart_delay = self
+            .restart_delay
+            .map(|_| Duration::from_millis(2 * self.ttl_ms.1 + 200));
+        self
     }
 }
 
@@ -146,6 +175,14 @@ pub struct Report {
     pub majority_faults: u64,
     /// Overlapping grants on one resource: must be 0.
     pub violations: Vec<String>,
+    /// Fenced runs: a grant whose token was not larger than that of a grant that ended before
+    /// it began. Must be 0.
+    pub fence_violations: Vec<String>,
+    /// Fenced runs: acquires refused because too few nodes kept the counter.
+    pub fence_unavailable: u64,
+    /// Fenced runs: resources reseeded after the heal (from the highest token granted) and
+    /// then granted a token above it.
+    pub reseeded: u64,
     /// Per client, from the heal to its first grant; `None` when it did not recover in time.
     pub recoveries: Vec<Option<Duration>>,
 }
@@ -167,7 +204,8 @@ impl Report {
             .collect();
         format!(
             "safety: seed={} duration={:?} clients={}x{} resources={} ops={} grants={} extends={} \
-             extend_failures={} faults[{}] majority_faults={} violations={} longest_recovery={}",
+             extend_failures={} faults[{}] majority_faults={} violations={} fence_violations={} \
+             fence_unavailable={} reseeded={} spare={:?} longest_recovery={}",
             config.seed,
             config.duration,
             config.clients,
@@ -180,6 +218,10 @@ impl Report {
             faults.join(" "),
             self.majority_faults,
             self.violations.len(),
+            self.fence_violations.len(),
+            self.fence_unavailable,
+            self.reseeded,
+            config.spare,
             match self.longest_recovery() {
                 Some(d) => format!("{}ms", d.as_millis()),
                 None => "did-not-recover".into(),
@@ -194,12 +236,16 @@ struct Counters {
     grants: AtomicU64,
     extends: AtomicU64,
     extend_failures: AtomicU64,
+    fence_unavailable: AtomicU64,
 }
 
 struct Interval {
+    /// When the acquire that led to this grant began.
+    began: Instant,
     start: Instant,
     end: Instant,
     client: usize,
+    token: Option<u64>,
 }
 
 /// Runs one checker configuration to the end and reports.
@@ -211,6 +257,9 @@ pub async fn run(config: CheckerConfig) -> Report {
     if let Some(d) = config.restart_delay {
         options = options.restart_delay(d);
     }
+    if let Some(protocol) = config.fencing {
+        options = options.fencing(true).fence_protocol_for_tests(protocol);
+    }
     let mut clients = Vec::new();
     for _ in 0..config.clients {
         clients.push(super::redlock_over(&urls, options.clone()).await);
@@ -219,6 +268,17 @@ pub async fn run(config: CheckerConfig) -> Report {
         // Fresh servers: the rule keeps them from voting until they have been up this long (the
         // credited uptime is the report less a second).
         tokio::time::sleep(d + Duration::from_millis(1100)).await;
+    }
+
+    if config.fencing.is_some() {
+        // Every resource's counter on every node before the first fault (the spare keeps it).
+        for r in 0..config.resources {
+            let lock = clients[0]
+                .try_acquire(&format!("r{r}"), Duration::from_secs(1))
+                .await
+                .expect("a fenced grant on healthy nodes");
+            let _ = lock.release().await;
+        }
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -258,8 +318,14 @@ pub async fn run(config: CheckerConfig) -> Report {
 
     // Everything is healed now: each client must get a lock again.
     let recoveries = recover(&clients, config.recovery_bound).await;
+    let mut intervals = std::mem::take(&mut *intervals.lock().unwrap());
+    let reseeded = match config.fencing {
+        Some(_) => reseed(&clients[0], &intervals).await,
+        None => 0,
+    };
     drop(servers);
-    let violations = overlaps(&mut intervals.lock().unwrap());
+    let violations = overlaps(&mut intervals);
+    let fence_violations = fence_order(&intervals);
 
     Report {
         attempts: counters.attempts.load(Ordering::SeqCst),
@@ -269,8 +335,70 @@ pub async fn run(config: CheckerConfig) -> Report {
         faults,
         majority_faults,
         violations,
+        fence_violations,
+        fence_unavailable: counters.fence_unavailable.load(Ordering::SeqCst),
+        reseeded,
         recoveries,
     }
+}
+
+/// After the heal, as an operator would: each resource that refuses for lack of counters is
+/// reseeded from the highest token its grants carried, and must then grant a larger token.
+/// Returns how many resources needed it.
+async fn reseed(client: &Redlock, intervals: &BTreeMap<usize, Vec<Interval>>) -> u64 {
+    let mut reseeded = 0;
+    for (resource, list) in intervals {
+        let name = format!("r{resource}");
+        let highest = list.iter().filter_map(|i| i.token).max().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let lock = loop {
+            match client.try_acquire(&name, Duration::from_millis(500)).await {
+                Ok(lock) => break lock,
+                Err(e) if e.is_fence_unavailable() => {
+                    client.reseed_fence(&name, highest + 1).await.unwrap();
+                    reseeded += 1;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "{name} after the heal: {e}"),
+            }
+        };
+        let token = lock.fencing_token().unwrap();
+        assert!(token > highest, "{name}: token {token} after {highest}");
+        let _ = lock.release().await;
+    }
+    reseeded
+}
+
+/// Every grant whose token is not larger than that of a grant of the same resource that ended
+/// before this one's acquire began.
+fn fence_order(intervals: &BTreeMap<usize, Vec<Interval>>) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (resource, list) in intervals {
+        let mut by_end: Vec<&Interval> = list.iter().filter(|i| i.token.is_some()).collect();
+        by_end.sort_by_key(|i| i.end);
+        let mut by_began: Vec<&Interval> = by_end.clone();
+        by_began.sort_by_key(|i| i.began);
+        // Sweep: the largest token among grants that ended before each acquire began.
+        let (mut ended, mut highest) = (0, None::<(u64, usize)>);
+        for b in by_began {
+            while ended < by_end.len() && by_end[ended].end < b.began {
+                let a = by_end[ended];
+                if highest.is_none_or(|(t, _)| a.token.unwrap() > t) {
+                    highest = Some((a.token.unwrap(), a.client));
+                }
+                ended += 1;
+            }
+            if let Some((t, by)) = highest {
+                let tb = b.token.unwrap();
+                if tb <= t {
+                    violations.push(format!(
+                        "resource {resource}: client {} got token {tb} after client {by}'s {t} had ended",
+                        b.client
+                    ));
+                }
+            }
+        }
+    }
+    violations
 }
 
 /// Per client, how long after now it took to get a lock; `None` past `bound`.
@@ -343,9 +471,13 @@ async fn worker(
         let resource = rng.random_range(0..config.resources);
         let lock_ttl = ttl(&mut rng);
         counters.attempts.fetch_add(1, Ordering::Relaxed);
+        let began = Instant::now();
         let mut lock = match client.try_acquire(&format!("r{resource}"), lock_ttl).await {
             Ok(lock) => lock,
-            Err(_) => {
+            Err(e) => {
+                if e.is_fence_unavailable() {
+                    counters.fence_unavailable.fetch_add(1, Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
                 continue;
             }
@@ -375,9 +507,11 @@ async fn worker(
             .entry(resource)
             .or_default()
             .push(Interval {
+                began,
                 start,
                 end,
                 client: c,
+                token: lock.fencing_token(),
             });
         let _ = lock.release().await;
     }
@@ -397,14 +531,19 @@ fn nemesis(
     let n = servers.len();
     while std::time::Instant::now() < end {
         let kind = config.faults[rng.random_range(0..config.faults.len())];
-        let majority = rng.random_bool(config.majority_chance);
+        let loses_keys = matches!(kind, FaultKind::Kill | FaultKind::Restart);
+        let majority =
+            rng.random_bool(config.majority_chance) && !(loses_keys && config.minority_restarts);
         let victims_count = if majority {
             majority_faults += 1;
             n / 2 + 1
         } else {
             rng.random_range(1..=(n - 1) / 2)
         };
-        let mut order: Vec<usize> = (0..n).collect();
+        let mut order: Vec<usize> = (0..n)
+            .filter(|&v| !(loses_keys && config.spare == Some(v)))
+            .collect();
+        let n = order.len();
         for i in 0..victims_count {
             let j = rng.random_range(i..n);
             order.swap(i, j);
@@ -439,7 +578,9 @@ fn nemesis(
                 _ => proxies[v].heal(),
             }
         }
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..=300)));
+        std::thread::sleep(Duration::from_millis(
+            rng.random_range(config.gap_ms.0..=config.gap_ms.1),
+        ));
     }
     for (s, p) in servers.iter_mut().zip(&proxies) {
         p.heal();
