@@ -47,6 +47,8 @@ enum Command {
     /// dragonlock are forwarded to that group, and the lock is kept until the command exits;
     /// dragonlock then exits with the command's status (128 + signal if a signal killed it).
     /// Processes the command leaves in its group are stopped before the lock is released.
+    /// SIGTSTP (Ctrl-Z) stops the group with dragonlock; SIGCONT resumes it only if the lock
+    /// can still be kept, else the command is killed without running again (exit 77).
     ///
     /// If the lock is lost (a renewal fails, or none succeeded in time), the group gets
     /// SIGTERM, then SIGKILL after --grace; SIGKILL comes at the latest 50ms before the lock's
@@ -54,7 +56,8 @@ enum Command {
     ///
     /// If dragonlock itself is SIGKILLed, the kernel SIGKILLs the command's direct child, but
     /// not that child's own children: they may outlive the lock, which expires at its ttl.
-    /// Use `exec` in shell commands so that the worker is the direct child.
+    /// Use `exec` in shell commands so that the worker is the direct child. The command is not
+    /// the terminal's foreground group: if it reads from the terminal, it is stopped (SIGTTIN).
     Run(cli::run::RunArgs),
     /// Check each node: reachable, server, version, protocol, round trip, scripts.
     Ping {

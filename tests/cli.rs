@@ -676,3 +676,90 @@ fn run_rejects_a_grace_the_ttl_cannot_honour() {
         assert_eq!(err.lines().count(), 1, "{flags:?}: {err}");
     }
 }
+
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat[stat.rfind(')').unwrap() + 1..]
+                .trim_start()
+                .starts_with('T')
+        })
+        .unwrap_or(false)
+}
+
+/// Ctrl-Z (SIGTSTP to `dragonlock`, whose group the command is not in) stops the command with
+/// it, and a SIGCONT after the lock expired does not let the command run again: it is killed,
+/// exit 77. The command checks the lock's key on a node over and over: no check may find it
+/// gone. (Before the command had its own group, SIGTSTP stopped only dragonlock; with one, a
+/// plain stop would have left the command running without renewals.)
+#[test]
+fn run_suspended_past_the_validity_never_resumes_the_command() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let port = servers[0].port;
+    let scratch = Scratch::new("tstp");
+    let (pidfile, log) = (scratch.path("grandchild.pid"), scratch.path("checks.log"));
+    let script = format!(
+        "(i=0; while [ $i -lt 600 ]; do redis-cli -p {port} EXISTS tstp >> {log}; \
+         sleep 0.05; i=$((i+1)); done) & echo $! > {pidfile}; wait"
+    );
+    let child = spawn_run(
+        &scratch,
+        &[
+            "--nodes",
+            &nodes,
+            "--resource",
+            "tstp",
+            "--ttl",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let dragonlock_pid = child.id() as i32;
+    let _stuck = KillOnDrop(dragonlock_pid); // a failed test must not leave it stopped
+    let grandchild = pid_in(&pidfile);
+    let _cleanup = KillOnDrop(grandchild);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the command never checked the key"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child; no memory is touched.
+    unsafe { libc::kill(dragonlock_pid, libc::SIGTSTP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stopped(grandchild) {
+        assert!(
+            Instant::now() < deadline,
+            "SIGTSTP did not stop the command"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Suspended until the lock's key has expired on every node.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while servers
+        .iter()
+        .any(|s| s.cmd(&["EXISTS", "tstp"]).as_integer() != Some(0))
+    {
+        assert!(Instant::now() < deadline, "the lock's key never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(dragonlock_pid, libc::SIGCONT) };
+    let (status, err) = exit_within(&scratch, child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(77), "{status:?}: {err}");
+    assert!(
+        gone_within(grandchild, Duration::from_secs(10)),
+        "the command outlived the lock"
+    );
+    let checks = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        checks.lines().all(|l| l.trim() == "1"),
+        "the command ran while the lock's key was gone: {checks:?}"
+    );
+}

@@ -7,6 +7,8 @@
 //! |-----------|-----------------------------------------|------------------------------------------|
 //! | acquiring | SIGTERM / SIGINT / SIGHUP               | give up, exit 128 + signal               |
 //! | running   | SIGTERM / SIGINT / SIGHUP               | forward it to the group, keep running    |
+//! | running   | SIGTSTP (Ctrl-Z)                        | SIGSTOP the group, then stop ourselves   |
+//! | running   | SIGCONT                                 | resume the group if before the stop time |
 //! | running   | renewal due (every ttl/3)               | extend, still watching everything else   |
 //! | running   | the extend failed                       | stopping, SIGKILL by the old validity    |
 //! | running   | `valid_until - grace - KILL_MARGIN`     | stopping (a renewal in flight is dropped)|
@@ -26,7 +28,14 @@
 //! its ttl while they may still run. Making the direct child a small supervisor of its own
 //! would only move the problem one level down (it can be SIGKILLed too); the way to cover it is
 //! a service manager that kills the whole cgroup (systemd's `KillMode=control-group`), or a
-//! command that `exec`s its worker so that the direct child is the worker.
+//! command that `exec`s its worker so that the direct child is the worker. SIGSTOP (which,
+//! unlike SIGTSTP, cannot be caught) likewise stops the renewals and not the command.
+//!
+//! The command's group is not the terminal's foreground group, so a command that reads from the
+//! terminal is stopped by SIGTTIN, as under GNU `timeout`, which runs its command in a group of
+//! its own for the same reason. Handing the terminal to the command's group would let Ctrl-Z
+//! stop the command and not us, the shell waiting on a job that never stops; `run` is meant for
+//! unattended commands.
 
 use std::future::Future;
 use std::io;
@@ -70,9 +79,9 @@ pub struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     wait: Duration,
     /// When the lock is lost: time between SIGTERM and SIGKILL to the command's process group.
-    /// SIGKILL always comes 50ms before the lock's validity ends, so --grace must be less than
-    /// ttl/3 - 50ms (longer is rejected with exit 2). Default: ttl/5 (2s for a 10s ttl). Also
-    /// the time processes left in the group after the command exits get before SIGKILL.
+    /// SIGKILL comes at the latest 50ms before the lock's validity ends, so --grace must be
+    /// less than ttl/3 - 50ms (longer is rejected with exit 2). Default: ttl/5 (2s for a 10s
+    /// ttl). Also what processes left in the group after the command exits get before SIGKILL.
     #[arg(long, value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
     /// The command and its arguments.
@@ -133,11 +142,15 @@ fn exit_code(status: io::Result<ExitStatus>) -> u8 {
     }
 }
 
-/// The signals `dragonlock` forwards to the command's group instead of dying of them.
+/// The signals `dragonlock` handles itself: SIGTERM, SIGINT and SIGHUP, forwarded to the
+/// command's group instead of killing us; SIGTSTP and SIGCONT, for job control (see
+/// [`Group::on_signal`]).
 struct Forwarded {
     term: Signal,
     int: Signal,
     hup: Signal,
+    tstp: Signal,
+    cont: Signal,
 }
 
 impl Forwarded {
@@ -146,6 +159,8 @@ impl Forwarded {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            tstp: signal(SignalKind::from_raw(libc::SIGTSTP))?,
+            cont: signal(SignalKind::from_raw(libc::SIGCONT))?,
         })
     }
 
@@ -165,8 +180,16 @@ impl Forwarded {
             _ = next(&mut self.term) => libc::SIGTERM,
             _ = next(&mut self.int) => libc::SIGINT,
             _ = next(&mut self.hup) => libc::SIGHUP,
+            _ = next(&mut self.tstp) => libc::SIGTSTP,
+            _ = next(&mut self.cont) => libc::SIGCONT,
         }
     }
+}
+
+/// Stops this whole process, as SIGTSTP would have without our handler, until a SIGCONT.
+fn stop_self() {
+    // SAFETY: raise(3) with a constant signal touches no memory.
+    unsafe { libc::raise(libc::SIGSTOP) };
 }
 
 /// The command: its process group, and the signals to forward to it.
@@ -178,6 +201,9 @@ struct Group {
     signals: Forwarded,
     /// The leader's exit code, once it has been reaped.
     exit: Option<u8>,
+    /// Until when a SIGCONT may resume the group: the time the stop would start (see
+    /// [`Group::on_signal`]).
+    resume_until: Instant,
 }
 
 impl Group {
@@ -218,6 +244,7 @@ impl Group {
             pgid,
             signals,
             exit: None,
+            resume_until: Instant::now(),
         })
     }
 
@@ -227,6 +254,30 @@ impl Group {
         // the group lives (the kernel does not reuse a pid that is a live group's id); once the
         // group is empty the call fails with ESRCH, which is the answer we want.
         unsafe { libc::killpg(self.pgid, sig) };
+    }
+
+    /// Acts on a signal we received.
+    ///
+    /// - SIGTERM, SIGINT, SIGHUP: forwarded to the group.
+    /// - SIGTSTP (Ctrl-Z reaches our group only, the command is not in it): the group gets
+    ///   SIGSTOP, which it cannot ignore, and then we stop ourselves; stopping only ourselves
+    ///   would stop the renewals and leave the command running.
+    /// - SIGCONT (`fg`, `bg`): the group resumes only if the lock can still be trusted (before
+    ///   the time the stop would start). Otherwise it stays stopped, and the stop that follows
+    ///   kills it without letting it run again.
+    fn on_signal(&self, sig: libc::c_int) {
+        match sig {
+            libc::SIGTSTP => {
+                self.signal(libc::SIGSTOP);
+                stop_self();
+            }
+            libc::SIGCONT => {
+                if Instant::now() < self.resume_until {
+                    self.signal(libc::SIGCONT);
+                }
+            }
+            sig => self.signal(sig),
+        }
     }
 
     /// True while some process of the group still exists (a zombie counts until reaped).
@@ -268,7 +319,7 @@ impl Group {
                     self.exit = Some(code);
                     return code;
                 }
-                sig = self.signals.recv() => self.signal(sig),
+                sig = self.signals.recv() => self.on_signal(sig),
             }
         }
     }
@@ -292,7 +343,7 @@ impl Group {
                 return false;
             }
             tokio::select! {
-                sig = self.signals.recv() => self.signal(sig),
+                sig = self.signals.recv() => self.on_signal(sig),
                 _ = sleep_until((now + GROUP_POLL).min(deadline)) => {}
             }
         }
@@ -314,14 +365,22 @@ impl Group {
     }
 }
 
-/// Races `fut` against the forwarded signals: `Err(signal)` if one came first.
+/// Races `fut` against SIGTERM, SIGINT and SIGHUP: `Err(signal)` if one came first. SIGTSTP
+/// stops us as it would without a handler.
 async fn unless_signalled<T>(
     signals: &mut Forwarded,
     fut: impl Future<Output = T>,
 ) -> Result<T, libc::c_int> {
-    tokio::select! {
-        out = fut => Ok(out),
-        sig = signals.recv() => Err(sig),
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            sig = signals.recv() => match sig {
+                libc::SIGTSTP => stop_self(),
+                libc::SIGCONT => {}
+                sig => return Err(sig),
+            },
+        }
     }
 }
 
@@ -449,6 +508,7 @@ async fn hold(lock: &mut Lock, group: &mut Group, ttl: Duration, grace: Duration
         let stop_at = kill_deadline(valid_until)
             .checked_sub(grace)
             .unwrap_or_else(Instant::now);
+        group.resume_until = stop_at;
         let too_late = Ending::Lost {
             why: "the lock could not be renewed in time".into(),
             kill_at: kill_deadline(valid_until),
