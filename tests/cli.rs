@@ -699,9 +699,10 @@ fn run_suspended_past_the_validity_never_resumes_the_command() {
     let port = servers[0].port;
     let scratch = Scratch::new("tstp");
     let (pidfile, log) = (scratch.path("grandchild.pid"), scratch.path("checks.log"));
+    let leader_pidfile = scratch.path("leader.pid");
     let script = format!(
         "(i=0; while [ $i -lt 600 ]; do redis-cli -p {port} EXISTS tstp >> {log}; \
-         sleep 0.05; i=$((i+1)); done) & echo $! > {pidfile}; wait"
+         sleep 0.05; i=$((i+1)); done) & echo $! > {pidfile}; echo $$ > {leader_pidfile}; wait"
     );
     let child = spawn_run(
         &scratch,
@@ -722,6 +723,7 @@ fn run_suspended_past_the_validity_never_resumes_the_command() {
     let _stuck = KillOnDrop(dragonlock_pid); // a failed test must not leave it stopped
     let grandchild = pid_in(&pidfile);
     let _cleanup = KillOnDrop(grandchild);
+    let leader = pid_in(&leader_pidfile);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
         assert!(
@@ -733,10 +735,15 @@ fn run_suspended_past_the_validity_never_resumes_the_command() {
     // SAFETY: kill(2) on our own child; no memory is touched.
     unsafe { libc::kill(dragonlock_pid, libc::SIGTSTP) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !stopped(grandchild) {
+    // The shell waiting for its job: stopped ('T'). (Its job may be caught in the middle of a
+    // vfork, waiting uninterruptibly for a stopped child: 'D', so it is not the one looked at;
+    // the checks below show that it ran no more.)
+    while !stopped(leader) {
         assert!(
             Instant::now() < deadline,
-            "SIGTSTP did not stop the command"
+            "SIGTSTP did not stop the command: {:?}; dragonlock: {:?}",
+            std::fs::read_to_string(format!("/proc/{leader}/stat")),
+            std::fs::read_to_string(scratch.path("dragonlock.stderr")),
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -94,7 +94,9 @@ pub struct RunArgs {
 /// tried: a renewal is due ttl/3 after the last one, the stop starts `grace + KILL_MARGIN`
 /// before the validity (about a whole ttl after that renewal) ends, so `grace + KILL_MARGIN <
 /// ttl/3` leaves the extend at least a third of the ttl (less the drift allowance) to answer.
-/// The default, ttl/5, is well inside that for any ttl above 375 ms.
+/// The default, ttl/5, is well inside that for any ttl above 375 ms. A `--grace` too long is
+/// refused, not clamped: a grace silently cut short would surprise a command that counts on it
+/// to clean up.
 pub(crate) fn grace_for(ttl: Duration, grace: Option<Duration>) -> Result<Duration, String> {
     let fmt = |d: Duration| {
         humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
