@@ -772,3 +772,43 @@ fn run_suspended_past_the_validity_never_resumes_the_command() {
         "the command ran while the lock's key was gone: {checks:?}"
     );
 }
+
+#[test]
+fn run_fenced_exports_a_token_that_grows_from_one_holder_to_the_next() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let token = |_: usize| {
+        let o = dragonlock(&[
+            "run",
+            "--nodes",
+            &nodes,
+            "--resource",
+            "store",
+            "--fenced",
+            "--",
+            "sh",
+            "-c",
+            "echo $DRAGONLOCK_FENCING_TOKEN",
+        ]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let tokens: Vec<u64> = (0..3).map(token).collect();
+    assert_eq!(tokens, [1, 2, 3]);
+    // Without --fenced there is no token.
+    let o = dragonlock(&[
+        "run",
+        "--nodes",
+        &nodes,
+        "--resource",
+        "store",
+        "--",
+        "sh",
+        "-c",
+        "echo \"[$DRAGONLOCK_FENCING_TOKEN]\"",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+}

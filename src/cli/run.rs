@@ -84,6 +84,16 @@ pub struct RunArgs {
     /// ttl). Also what processes left in the group after the command exits get before SIGKILL.
     #[arg(long, value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
+    /// Take a fencing token with the lock and export it to the command as
+    /// DRAGONLOCK_FENCING_TOKEN: larger than the token of every earlier holder of the resource
+    /// whose lock ended before this one began. Pass it with every write to the protected store,
+    /// and have the store refuse a token lower than the highest it has seen. Needs
+    /// --restart-delay of at least twice the ttl where the nodes restart without persistence.
+    #[arg(long)]
+    fenced: bool,
+    /// The delayed-restart rule: a node whose server has been up for less does not vote.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    restart_delay: Option<Duration>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -211,7 +221,7 @@ struct Group {
 impl Group {
     /// Spawns `command` as the leader of a new process group, set to be SIGKILLed by the kernel
     /// if this process dies.
-    fn spawn(command: &[String], signals: Forwarded) -> io::Result<Group> {
+    fn spawn(command: &[String], fence: Option<u64>, signals: Forwarded) -> io::Result<Group> {
         // PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the
         // process. This runs in the future that `main` drives with `block_on` on the main
         // thread, which lives until the process exits; spawning from a runtime worker would
@@ -221,6 +231,9 @@ impl Group {
         let parent = std::process::id() as libc::pid_t;
         let mut cmd = tokio::process::Command::new(&command[0]);
         cmd.args(&command[1..]).process_group(0).kill_on_drop(true);
+        if let Some(token) = fence {
+            cmd.env("DRAGONLOCK_FENCING_TOKEN", token.to_string());
+        }
         // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
         // calls are allowed: prctl(2) and getppid(2) are, and the error values are built
         // without allocating. It captures only a pid_t.
@@ -421,7 +434,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
     // in many containers, would otherwise leave them as zombies that still count as members).
     // SAFETY: prctl(2) with integer arguments only; it changes this process's own attributes.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
-    let options = RedlockOptions::default()
+    let mut options = RedlockOptions::default().fencing(args.fenced);
+    if let Some(delay) = args.restart_delay {
+        options = options.restart_delay(delay);
+    }
+    let options = options
         .acquire_timeout(args.wait)
         .retry_count(u32::MAX)
         .retry_delay(Duration::from_millis(50), Duration::from_millis(50))
@@ -460,7 +477,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
         Err(e) => return fail(EXIT_UNAVAILABLE, e),
     };
-    let mut group = match Group::spawn(&args.command, signals) {
+    let mut group = match Group::spawn(&args.command, lock.fencing_token(), signals) {
         Ok(g) => g,
         Err(e) => {
             let _ = lock.release_ref().await;
