@@ -158,7 +158,11 @@ async fn run(args: RunArgs) -> ExitCode {
         .retry_count(u32::MAX)
         .retry_delay(Duration::from_millis(50), Duration::from_millis(50))
         .connect_timeout(Duration::from_secs(2));
-    let redlock = Redlock::from_configs(configs, options).await;
+    let redlock = match Redlock::from_configs(configs, options).await {
+        Ok(r) => r,
+        // An empty or repeated node list.
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     // No wait means one whole attempt (bounded by the lock's validity), not a zero time budget
     // that would cancel the attempt in flight and call a free lock busy.
     let acquired = if args.wait.is_zero() {
@@ -169,12 +173,8 @@ async fn run(args: RunArgs) -> ExitCode {
     let mut lock = match acquired {
         Ok(lock) => lock,
         Err(e) if e.is_invalid() => return fail(EXIT_USAGE, e),
-        Err(e)
-            if e.is_busy()
-                || (e.is_cancelled()
-                    && redlock.nodes().iter().filter(|n| n.is_connected()).count()
-                        >= redlock.quorum()) =>
-        {
+        // Out of time: busy when the last attempt was refused by a quorum.
+        Err(e) if e.is_busy() || e.last_attempt() == Some(LockErrorKind::Busy) => {
             return fail(
                 EXIT_BUSY,
                 format!("{} is held by someone else", args.resource),

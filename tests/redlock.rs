@@ -328,8 +328,9 @@ async fn extend_never_resurrects_or_steals() {
     let err = mine.extend(Duration::from_secs(10)).await.unwrap_err();
     assert!(err.is_lost(), "{err:?}");
     assert!(!mine.is_valid());
-    // And cannot release someone else's key.
-    assert_eq!(mine.release().await.unwrap(), 0);
+    // And cannot release someone else's key; the release says the lock was not held.
+    let err = mine.release().await.unwrap_err();
+    assert!(err.is_not_held(), "{err:?}");
     for s in &servers {
         assert_eq!(
             s.cmd(&["GET", "taken"]).as_bytes(),
