@@ -806,7 +806,10 @@ async fn releasing_an_expired_lock_is_an_error_not_a_count() {
     assert!(eventually(gone).await, "the keys never expired");
     let err = lock.release_ref().await.unwrap_err();
     assert!(err.is_not_held(), "{err:?}");
-    assert!(err.nodes().iter().all(|n| *n == NodeResult::Refused), "{err:?}");
+    assert!(
+        err.nodes().iter().all(|n| *n == NodeResult::Refused),
+        "{err:?}"
+    );
     assert_eq!(err.resource(), Some("outlived"));
     assert_eq!(lock.release_ref().await.unwrap(), 0, "nothing left to do");
 }
@@ -933,6 +936,15 @@ async fn one_server_listed_twice_is_a_configuration_error() {
             "{err:?}"
         );
     }
+    // Nothing listening: only the addresses can tell, before any handshake.
+    let down = support::server::free_port();
+    let urls = [
+        format!("127.0.0.1:{down}"),
+        format!("redis://localhost:{down}"),
+    ];
+    let options = RedlockOptions::default().connect_timeout(Duration::from_millis(200));
+    let err = Redlock::connect_with(&urls, options).await.unwrap_err();
+    assert!(err.is_duplicate_node(), "{err:?}");
     // The same server behind a proxy: another address, the same process.
     let proxy = support::proxy::Proxy::to_port(p).await;
     let urls = [servers[0].url(), servers[1].url(), proxy.url()];
