@@ -252,10 +252,14 @@ fn a_busy_answer_allocates_nothing_on_five_nodes() {
         busy(1_000).await;
         let before = allocations();
         busy(10_000).await;
-        assert_eq!(
-            allocations() - before,
-            0,
-            "allocations over 10,000 busy answers"
-        );
+        // Nothing per answer (a message formatted or a key copied to the heap would be 10,000).
+        // Not exactly 0: each busy answer leaves requests in flight that nobody awaits (the
+        // nodes after the decision, and their cleanup releases), and on a loaded machine the
+        // connections' tables grow to that load now and then: 0 in most release runs, up to
+        // 46 seen (debug, load average 10 on 2 cores, 2026-11-30). That growth is the
+        // connection layer's (ARCHITECTURE.md invariant 7); tighten to 0 once its tables have
+        // a fixed capacity.
+        let made = allocations() - before;
+        assert!(made < 100, "{made} allocations over 10,000 busy answers");
     });
 }
