@@ -321,8 +321,10 @@ impl Redlock {
     ///
     /// # Errors
     ///
-    /// An invalid URL. Unreachable nodes are not an error: they are retried in the background,
-    /// and a lock only needs a quorum.
+    /// An invalid URL, an empty list, or one server listed twice (see
+    /// [`from_configs`](Redlock::from_configs)); all `is_config()`. Unreachable nodes are not
+    /// an error: they are retried in the background, and a lock only needs a quorum
+    /// ([`wait_for_quorum`](Redlock::wait_for_quorum) waits for one).
     ///
     /// # Cancel safety
     ///
