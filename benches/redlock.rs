@@ -215,11 +215,15 @@ fn cycle(c: &mut Criterion) {
         .collect();
     // The default releases at a quorum; `All` waits for every node, as redsync and
     // node-redlock do.
-    let all_release = rt.block_on(Redlock::from_configs(
-        configs.clone(),
-        RedlockOptions::default().release_wait(dragonlock::ReleaseWait::All),
-    ));
-    let redlock = rt.block_on(Redlock::from_configs(configs, RedlockOptions::default()));
+    let all_release = rt
+        .block_on(Redlock::from_configs(
+            configs.clone(),
+            RedlockOptions::default().release_wait(dragonlock::ReleaseWait::All),
+        ))
+        .unwrap();
+    let redlock = rt
+        .block_on(Redlock::from_configs(configs, RedlockOptions::default()))
+        .unwrap();
     let mut base: Vec<BaselineNode> = rt.block_on(async {
         let mut v = Vec::new();
         for s in &servers {

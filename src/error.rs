@@ -43,6 +43,26 @@ pub enum ErrorKind {
     Closed,
     /// A connection URL or option is invalid.
     InvalidConfig(&'static str),
+    /// Two configured nodes are one server (the same address spelled differently, or the same
+    /// server process found behind two addresses at handshake): it would vote twice, and one
+    /// crash would take two votes. `first` and `second` are the nodes' positions in the list
+    /// given; `detail` names them and says how they were found to be one.
+    DuplicateNode {
+        /// The earlier node's position.
+        first: usize,
+        /// The later node's position.
+        second: usize,
+        /// The addresses and the evidence, for the message.
+        detail: std::sync::Arc<str>,
+    },
+    /// Fewer nodes than a quorum were connected when the wait for them ran out
+    /// ([`Redlock::wait_for_quorum`](crate::Redlock::wait_for_quorum)).
+    QuorumNotConnected {
+        /// Nodes connected when the wait ended.
+        connected: usize,
+        /// Nodes needed.
+        quorum: usize,
+    },
     /// The reply has a shape the command never produces.
     UnexpectedReply,
     /// The node's server process started less than the Redlock restart delay ago: it may have
@@ -112,7 +132,22 @@ impl Error {
                 | ErrorKind::Protocol(_)
                 | ErrorKind::UnsolicitedReply
                 | ErrorKind::Restarted
+                | ErrorKind::QuorumNotConnected { .. }
         )
+    }
+
+    /// The configuration is wrong: an invalid URL or option, no node at all, or one server
+    /// listed twice ([`ErrorKind::DuplicateNode`]). Retrying cannot help.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::InvalidConfig(_) | ErrorKind::DuplicateNode { .. }
+        )
+    }
+
+    /// One server was configured as two nodes.
+    pub fn is_duplicate_node(&self) -> bool {
+        matches!(self.kind, ErrorKind::DuplicateNode { .. })
     }
 
     /// The node restarted too recently to vote in a Redlock acquire.
@@ -186,6 +221,15 @@ impl fmt::Display for Error {
             ErrorKind::Overloaded => f.write_str("too many requests in flight"),
             ErrorKind::Closed => f.write_str("connection closed"),
             ErrorKind::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            ErrorKind::DuplicateNode { detail, .. } => write!(
+                f,
+                "invalid configuration: {detail}; list each server once (a server listed twice \
+                 votes twice, and one crash takes both votes)"
+            ),
+            ErrorKind::QuorumNotConnected { connected, quorum } => write!(
+                f,
+                "only {connected} nodes connected, {quorum} needed for a quorum"
+            ),
             ErrorKind::UnexpectedReply => f.write_str("unexpected reply"),
             ErrorKind::Restarted => {
                 f.write_str("the node restarted too recently to vote (restart delay)")

@@ -328,8 +328,9 @@ async fn extend_never_resurrects_or_steals() {
     let err = mine.extend(Duration::from_secs(10)).await.unwrap_err();
     assert!(err.is_lost(), "{err:?}");
     assert!(!mine.is_valid());
-    // And cannot release someone else's key.
-    assert_eq!(mine.release().await.unwrap(), 0);
+    // And cannot release someone else's key; the release says the lock was not held.
+    let err = mine.release().await.unwrap_err();
+    assert!(err.is_not_held(), "{err:?}");
     for s in &servers {
         assert_eq!(
             s.cmd(&["GET", "taken"]).as_bytes(),
@@ -685,4 +686,313 @@ async fn a_locks_signal_follows_extend_and_fires_on_loss_or_release() {
     let signal = lock.signal();
     lock.forget();
     assert!(!signal.is_lost());
+}
+
+/// `with_lock` keeps polling its body while a renewal waits on stalled nodes: the renewal runs
+/// beside the body, never instead of it. Three of five nodes are stopped once the body runs,
+/// so the renewal can reach only two and cannot finish before the lock's validity runs out.
+/// The test waits until the live nodes have seen the renewal, then pings the body: an answer
+/// can only come from a body polled while that renewal is in flight (a body that is not
+/// polled answers nothing, and is dropped when the renewal fails at the validity's end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_polls_the_body_while_a_renewal_is_stalled() {
+    let mut servers = cluster(5);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (ping_tx, mut ping_rx) = tokio::sync::mpsc::channel::<u32>(1);
+    let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<u32>(1);
+    // ttl 6 s: the renewal is due after 2 s and cannot finish before the validity ends (~6 s).
+    let work = tokio::spawn({
+        let r = r.clone();
+        async move {
+            r.with_lock(
+                "stalled-renewal",
+                Duration::from_secs(6),
+                None,
+                |_signal| async move {
+                    let _ = started_tx.send(());
+                    // Ends when the test hangs up.
+                    while let Some(n) = ping_rx.recv().await {
+                        if pong_tx.send(n).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+            )
+            .await
+        }
+    });
+    started_rx.await.unwrap();
+    for s in &mut servers[..3] {
+        s.stop();
+    }
+    let evalsha = |s: &Server| s.command_calls("evalsha");
+    let before: Vec<u64> = servers[3..].iter().map(evalsha).collect();
+    let renewal_sent = || {
+        servers[3..]
+            .iter()
+            .zip(&before)
+            .all(|(s, b)| evalsha(s) > *b)
+    };
+    assert!(
+        support::eventually(Duration::from_secs(10), renewal_sent).await,
+        "the renewal never reached the live nodes"
+    );
+    ping_tx.send(7).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(30), pong_rx.recv())
+        .await
+        .expect("bounded wait");
+    assert_eq!(
+        pong,
+        Some(7),
+        "the body answered while the renewal was in flight"
+    );
+    drop(ping_tx);
+    for s in &mut servers[..3] {
+        s.cont();
+    }
+    // The body ended while the lock was held; the release behind the stalled nodes is bounded.
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .expect("with_lock returns")
+        .unwrap()
+        .unwrap();
+}
+
+/// Past `max_hold` the renewals stop; the body still running when the lock then runs out is
+/// dropped, and the error says why with its own kind, not as a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_reports_max_hold_with_its_own_kind() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let err = r
+        .with_lock(
+            "held-too-long",
+            Duration::from_millis(300),
+            Some(Duration::from_millis(400)),
+            |_signal| async {
+                // Longer than max_hold plus a ttl: only the lock's end stops it.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_max_hold_exceeded(), "{err:?}");
+    assert!(!err.is_lost(), "{err:?}");
+    assert_eq!(err.resource(), Some("held-too-long"));
+    assert!(err.to_string().contains("max_hold"), "{err}");
+}
+
+/// A lock released after it expired: the release is an error that says the lock was no longer
+/// held (the critical section outlived it), with each node's answer, not `Ok(0)`. A second
+/// `release_ref` releases nothing and says so with `Ok(0)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_an_expired_lock_is_an_error_not_a_count() {
+    let servers = cluster(3);
+    let r = redlock(
+        &servers,
+        RedlockOptions::default().release_wait(ReleaseWait::All),
+    )
+    .await;
+    let mut lock = r
+        .try_acquire("outlived", Duration::from_millis(200))
+        .await
+        .unwrap();
+    let gone = || {
+        servers
+            .iter()
+            .all(|s| s.cmd(&["EXISTS", "outlived"]).as_integer() == Some(0))
+    };
+    assert!(eventually(gone).await, "the keys never expired");
+    let err = lock.release_ref().await.unwrap_err();
+    assert!(err.is_not_held(), "{err:?}");
+    assert!(
+        err.nodes().iter().all(|n| *n == NodeResult::Refused),
+        "{err:?}"
+    );
+    assert_eq!(err.resource(), Some("outlived"));
+    assert_eq!(lock.release_ref().await.unwrap(), 0, "nothing left to do");
+}
+
+/// `acquire` with a time budget shorter than its retry delay: the sleep is shortened so one
+/// more attempt fits, and running out of time is one kind, `Timeout`, that carries the last
+/// attempt's verdict and answers. Attempts are counted on the servers (`SET` calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_uses_its_whole_budget_and_reports_a_timeout() {
+    let servers = cluster(3);
+    let holder = redlock(&servers, RedlockOptions::default()).await;
+    let _held = holder
+        .try_acquire("budget", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Every node has the holder's key (and its SET counted) before counting starts.
+    for s in &servers {
+        assert!(eventually(|| s.cmd(&["EXISTS", "budget"]).as_integer() == Some(1)).await);
+    }
+    let sets = |s: &Server| s.command_calls("set");
+    let before: Vec<u64> = servers.iter().map(sets).collect();
+    let options = RedlockOptions::default()
+        .retry_count(10)
+        .retry_delay(Duration::from_millis(50), Duration::ZERO)
+        .acquire_timeout(Duration::from_millis(30));
+    let r = redlock(&servers, options).await;
+    let err = r
+        .acquire("budget", Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(err.last_attempt().is_some(), "{err:?}");
+    assert_eq!(err.nodes().len(), 3, "{err:?}");
+    assert_eq!(err.resource(), Some("budget"));
+    // Two attempts at least, each sending its SET to every node (the last SETs may still be
+    // on their way when the acquire returns: bounded wait).
+    let two_attempts = || servers.iter().zip(&before).all(|(s, b)| sets(s) - b >= 2);
+    assert!(
+        eventually(two_attempts).await,
+        "SET calls per node: {:?}",
+        servers
+            .iter()
+            .zip(&before)
+            .map(|(s, b)| sets(s) - b)
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A busy answer on five healthy nodes blames none of them: the nodes the collector decided
+/// without are `NotAwaited`, not failed or silent; the message names the resource and every
+/// node's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_answer_names_the_resource_and_nodes_and_blames_no_healthy_node() {
+    let servers = cluster(5);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let _held = r
+        .try_acquire("contended", Duration::from_secs(60))
+        .await
+        .unwrap();
+    for s in &servers {
+        assert!(eventually(|| s.cmd(&["EXISTS", "contended"]).as_integer() == Some(1)).await);
+    }
+    // Bounded: a handful of tries, until one is decided before some node answered (the usual
+    // case: it stops at three refusals of five).
+    let mut saw_not_awaited = false;
+    for _ in 0..20 {
+        let err = r
+            .try_acquire("contended", Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(err.is_busy(), "{err:?}");
+        assert!(
+            err.nodes()
+                .iter()
+                .all(|n| matches!(n, NodeResult::Refused | NodeResult::NotAwaited)),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(!text.contains("failed"), "{text}");
+        assert!(!text.contains("silent"), "{text}");
+        assert!(text.contains("\"contended\""), "{text}");
+        for s in &servers {
+            assert!(text.contains(&s.addr()), "{text}");
+        }
+        if err.nodes().contains(&NodeResult::NotAwaited) {
+            assert!(text.contains("not awaited"), "{text}");
+            saw_not_awaited = true;
+            break;
+        }
+    }
+    assert!(
+        saw_not_awaited,
+        "every busy answer waited for all five nodes"
+    );
+}
+
+/// No node, or one server listed twice, is a configuration error: spelled differently (found
+/// before connecting), or behind a second address (found at the handshake by its `run_id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_listed_twice_is_a_configuration_error() {
+    let servers = cluster(2);
+    let err = Redlock::from_configs(Vec::new(), RedlockOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err:?}");
+    let p = servers[0].port;
+    for twice in [
+        format!("redis://127.0.0.1:{p}"),
+        format!("localhost:{p}"),
+        format!("redis://LOCALHOST:{p}/2"),
+    ] {
+        let urls = [servers[0].addr(), servers[1].url(), twice.clone()];
+        let err = Redlock::connect(&urls).await.unwrap_err();
+        assert!(err.is_duplicate_node(), "{twice}: {err:?}");
+        assert!(
+            matches!(
+                err.kind(),
+                dragonlock::ErrorKind::DuplicateNode {
+                    first: 0,
+                    second: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    // Nothing listening: only the addresses can tell, before any handshake.
+    let down = support::server::free_port();
+    let urls = [
+        format!("127.0.0.1:{down}"),
+        format!("redis://localhost:{down}"),
+    ];
+    let options = RedlockOptions::default().connect_timeout(Duration::from_millis(200));
+    let err = Redlock::connect_with(&urls, options).await.unwrap_err();
+    assert!(err.is_duplicate_node(), "{err:?}");
+    // The same server behind a proxy: another address, the same process.
+    let proxy = support::proxy::Proxy::to_port(p).await;
+    let urls = [servers[0].url(), servers[1].url(), proxy.url()];
+    let err = Redlock::connect(&urls).await.unwrap_err();
+    assert!(err.is_duplicate_node(), "{err:?}");
+    assert!(err.to_string().contains("run_id"), "{err}");
+    // Distinct servers are fine.
+    let urls = [servers[0].url(), servers[1].url()];
+    let r = Redlock::connect(&urls).await.unwrap();
+    r.wait_for_quorum(Duration::from_secs(10)).await.unwrap();
+}
+
+/// `connect` returns with a minority of nodes up (the rest are retried in the background);
+/// `wait_for_quorum` waits for enough of them, and says so with a typed error when they do not
+/// come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_quorum_waits_for_enough_nodes_or_says_how_many_came() {
+    let mut servers = cluster(3);
+    servers[1].kill9();
+    servers[2].kill9();
+    let configs = servers
+        .iter()
+        .map(|s| {
+            dragonlock::conn::ConnectionConfig::from_url(&s.url())
+                .unwrap()
+                .backoff(Duration::from_millis(5), Duration::from_millis(100))
+        })
+        .collect();
+    let options = RedlockOptions::default().connect_timeout(Duration::from_secs(2));
+    let r = Redlock::from_configs(configs, options).await.unwrap();
+    let err = r
+        .wait_for_quorum(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(
+        err.kind(),
+        &dragonlock::ErrorKind::QuorumNotConnected {
+            connected: 1,
+            quorum: 2
+        }
+    );
+    servers[1].restart();
+    r.wait_for_quorum(Duration::from_secs(10)).await.unwrap();
+    r.try_acquire("quorum-up", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
 }

@@ -244,7 +244,11 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         .into_iter()
         .map(|c| c.handshake_timeout(Duration::from_secs(2)))
         .collect();
-    let redlock = Redlock::from_configs(configs, options).await;
+    let redlock = match Redlock::from_configs(configs, options).await {
+        Ok(r) => r,
+        // An empty or repeated node list.
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     let up: Vec<bool> = redlock.nodes().iter().map(|n| n.is_connected()).collect();
     if args.nodes_down == 0 {
         if let Some(i) = up.iter().position(|u| !u) {

@@ -47,7 +47,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{sleep_until, Instant};
 
 use crate::{fail, node_configs, EXIT_BUSY, EXIT_LOST, EXIT_UNAVAILABLE, EXIT_USAGE};
-use dragonlock::{Lock, Redlock, RedlockOptions};
+use dragonlock::{Lock, LockErrorKind, Redlock, RedlockOptions};
 
 /// Time kept between the SIGKILL of the command's group and the end of the lock's validity.
 /// The validity already has the clock-drift allowance taken off; this covers the rest: our own
@@ -444,32 +444,29 @@ pub async fn run(args: RunArgs) -> ExitCode {
         .retry_delay(Duration::from_millis(50), Duration::from_millis(50))
         .connect_timeout(Duration::from_secs(2));
     let acquired = unless_signalled(&mut signals, async {
-        let redlock = Redlock::from_configs(configs, options).await;
+        // An empty or repeated node list is a usage error.
+        let redlock = Redlock::from_configs(configs, options).await?;
         // No wait means one whole attempt (bounded by the lock's validity), not a zero time
         // budget that would cancel the attempt in flight and call a free lock busy.
-        let acquired = if args.wait.is_zero() {
+        Ok::<_, dragonlock::Error>(if args.wait.is_zero() {
             redlock.try_acquire(&args.resource, args.ttl).await
         } else {
             redlock.acquire(&args.resource, args.ttl).await
-        };
-        (redlock, acquired)
+        })
     })
     .await;
     // A signal while acquiring: nothing runs yet. An attempt in flight is dropped; whatever
     // keys it set expire at the ttl.
-    let (redlock, acquired) = match acquired {
-        Ok(a) => a,
+    let acquired = match acquired {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return fail(EXIT_USAGE, e),
         Err(sig) => return ExitCode::from(128 + sig as u8),
     };
     let mut lock = match acquired {
         Ok(lock) => lock,
         Err(e) if e.is_invalid() => return fail(EXIT_USAGE, e),
-        Err(e)
-            if e.is_busy()
-                || (e.is_cancelled()
-                    && redlock.nodes().iter().filter(|n| n.is_connected()).count()
-                        >= redlock.quorum()) =>
-        {
+        // Out of time: busy when the last attempt was refused by a quorum.
+        Err(e) if e.is_busy() || e.last_attempt() == Some(LockErrorKind::Busy) => {
             return fail(
                 EXIT_BUSY,
                 format!("{} is held by someone else", args.resource),

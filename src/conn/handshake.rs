@@ -25,9 +25,11 @@ pub(super) async fn establish(config: &ConnectionConfig) -> Result<(TcpStream, S
     .map_err(|_| Error::new(ErrorKind::Timeout))??;
     stream.set_nodelay(true)?;
     let mut stream = stream;
-    let info = tokio::time::timeout(config.handshake_timeout, handshake(&mut stream, config))
+    let mut info = tokio::time::timeout(config.handshake_timeout, handshake(&mut stream, config))
         .await
         .map_err(|_| Error::new(ErrorKind::Timeout))??;
+    // Redlock tells duplicate nodes apart by it (the same server under two names).
+    info.peer_addr = stream.peer_addr().ok();
     Ok((stream, info))
 }
 

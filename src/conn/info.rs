@@ -44,6 +44,12 @@ pub struct ServerInfo {
     /// How long the server process had been running, as it said (`uptime_in_seconds`: the
     /// difference of two whole-second clock readings, so up to a second more than the truth).
     pub uptime: Option<Duration>,
+    /// The port the server says it listens on (`tcp_port` in `INFO server`; Redis and Dragonfly
+    /// both report it). With the start time it tells Dragonfly processes apart, which have no
+    /// `run_id`.
+    pub tcp_port: Option<u16>,
+    /// The address the connection reached (the socket's peer), after name resolution.
+    pub peer_addr: Option<std::net::SocketAddr>,
     /// The server has `DELEX key IFEQ value` (native compare-and-delete).
     pub has_delex: bool,
     /// Every registered script was loaded.
@@ -90,6 +96,9 @@ impl ServerInfo {
                     uptime = std::str::from_utf8(value)
                         .ok()
                         .and_then(|v| v.parse::<u64>().ok())
+                }
+                b"tcp_port" => {
+                    self.tcp_port = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
                 }
                 b"redis_version" if self.version.is_empty() => self.version = value_str(),
                 b"dragonfly_version" if self.dragonfly_version.is_none() => {

@@ -1,13 +1,18 @@
 //! Lock outcomes a caller can act on without parsing strings.
 
 use std::fmt;
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::Key;
 use crate::error::Error;
 
 /// What one node answered.
+///
+/// `#[non_exhaustive]`: a later version may tell more cases apart; match with a `_` arm.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum NodeResult {
     /// It said yes (`OK`, or a script's `1`).
     Granted,
@@ -15,8 +20,26 @@ pub enum NodeResult {
     Refused,
     /// It failed: socket, protocol or server error (`LOADING`, `READONLY`, `OOM`, `NOAUTH` …).
     Failed(Error),
-    /// No answer before the deadline.
+    /// No answer before the deadline (the lock's validity, the release timeout, or the acquire
+    /// time budget): the node was waited for and stayed silent.
     NoReply,
+    /// Not waited for: the outcome was decided (a quorum, or a quorum made impossible by the
+    /// others' answers) before this node answered. Nothing is known to be wrong with it; its
+    /// answer is read and dropped by the connection when it comes.
+    NotAwaited,
+}
+
+impl NodeResult {
+    /// A short description, for messages.
+    fn describe(&self) -> &'static str {
+        match self {
+            NodeResult::Granted => "granted",
+            NodeResult::Refused => "refused",
+            NodeResult::Failed(_) => "failed",
+            NodeResult::NoReply => "no reply",
+            NodeResult::NotAwaited => "not awaited",
+        }
+    }
 }
 
 /// Per-node detail, in the order the nodes were configured. Inline for up to 7 nodes.
@@ -30,15 +53,28 @@ pub enum LockErrorKind {
     Busy,
     /// Mixed answers: neither busy nor unavailable alone, but no quorum.
     NoQuorum,
-    /// Infrastructure errors on enough nodes to make a quorum impossible.
+    /// Infrastructure errors (or, for a release, silence) on enough nodes to make a quorum
+    /// impossible.
     Unavailable,
     /// The quorum came too late: the lock's validity ran out (or fell below the minimum) while
     /// acquiring. It was released.
     Expired,
-    /// `acquire` ran out of its total time budget before an attempt could finish.
-    Cancelled,
+    /// `acquire` ran out of its total time budget
+    /// ([`RedlockOptions::acquire_timeout`](crate::RedlockOptions::acquire_timeout)).
+    /// [`last_attempt`](LockError::last_attempt) tells how the last attempt failed (`Busy`,
+    /// `Unavailable` …) and [`nodes`](LockError::nodes) holds its per-node answers.
+    Timeout,
     /// The lock was lost: its validity ran out, or an extension failed.
     Lost,
+    /// [`Redlock::with_lock`](crate::Redlock::with_lock) renewed the lock for its whole
+    /// `max_hold`, stopped renewing, and the lock's validity then ran out while the body was
+    /// still running. The body was dropped. Not a failure of the nodes: the body took longer
+    /// than the caller allowed.
+    MaxHoldExceeded,
+    /// A release was confirmed by fewer than a quorum of nodes because a quorum no longer held
+    /// the key with this lock's token: it expired (or was taken over) before the release. Work
+    /// done under the lock may have overlapped another holder's.
+    NotHeld,
     /// The lock was extended as many times as allowed.
     ExtensionLimit,
     /// The request was invalid (ttl too small for the drift, empty resource list …).
@@ -53,7 +89,38 @@ pub enum LockErrorKind {
     FenceOverflow,
 }
 
-/// A lock operation's failure: the kind, and what each node answered.
+impl LockErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            LockErrorKind::Busy => "the resource is locked by someone else",
+            LockErrorKind::NoQuorum => "no quorum of nodes agreed",
+            LockErrorKind::Unavailable => "too many nodes are unavailable for a quorum",
+            LockErrorKind::Expired => "the lock's validity ran out while acquiring",
+            LockErrorKind::Timeout => "the acquire time budget ran out",
+            LockErrorKind::Lost => "the lock was lost",
+            LockErrorKind::MaxHoldExceeded => {
+                "the lock ran out after max_hold stopped its renewals, with the body still running"
+            }
+            LockErrorKind::NotHeld => {
+                "the release found the lock no longer held on a quorum (it expired or was taken over)"
+            }
+            LockErrorKind::ExtensionLimit => "the lock reached its extension limit",
+            LockErrorKind::Invalid => "invalid lock request",
+            LockErrorKind::FenceUnavailable => {
+                "fewer than a quorum of nodes kept the resource's fencing counter"
+            }
+            LockErrorKind::FenceOverflow => "the resource's fencing tokens are used up",
+        }
+    }
+}
+
+/// A lock operation's failure: the kind, what each node answered, and which resource it was
+/// about.
+///
+/// The message names the resource and every node by address, with its answer. Building it
+/// costs nothing on the hot path: the first key is kept inline (up to 64 bytes) and the
+/// addresses are shared with the manager (a reference count, not a copy), so a busy answer
+/// still allocates nothing; the text is only formatted when the error is displayed.
 ///
 /// # Examples
 ///
@@ -69,7 +136,7 @@ pub enum LockErrorKind {
 ///     LockErrorKind::Unavailable => {
 ///         for (i, node) in e.nodes().iter().enumerate() {
 ///             if let NodeResult::Failed(err) = node {
-///                 eprintln!("node {i}: {err}");
+///                 eprintln!("node {} ({i}): {err}", e.node_addr(i).unwrap_or("?"));
 ///             }
 ///         }
 ///     }
@@ -80,24 +147,35 @@ pub enum LockErrorKind {
 #[derive(Clone, PartialEq)]
 pub struct LockError {
     kind: LockErrorKind,
+    /// For `Timeout`: how the last attempt failed.
+    last_attempt: Option<LockErrorKind>,
     nodes: NodeResults,
     reason: &'static str,
+    /// The first key (prefix included); empty when no resource was involved.
+    resource: Key,
+    /// How many more keys a multi-resource lock had (`u32` keeps the error within 400 bytes).
+    more_resources: u32,
+    /// Every node's address, in configured order, shared with the manager.
+    addrs: Option<Arc<[Box<str>]>>,
 }
 
 impl LockError {
     pub(crate) fn new(kind: LockErrorKind, nodes: NodeResults) -> LockError {
         LockError {
             kind,
+            last_attempt: None,
             nodes,
             reason: "",
+            resource: Key::new(),
+            more_resources: 0,
+            addrs: None,
         }
     }
 
     pub(crate) fn invalid(reason: &'static str) -> LockError {
         LockError {
-            kind: LockErrorKind::Invalid,
-            nodes: NodeResults::new(),
             reason,
+            ..LockError::new(LockErrorKind::Invalid, NodeResults::new())
         }
     }
 
@@ -106,14 +184,58 @@ impl LockError {
         self
     }
 
+    /// Names the resource and the nodes' addresses, for the message. Copies the first key
+    /// (inline up to 64 bytes) and bumps a reference count: no allocation for keys that fit.
+    pub(crate) fn about(mut self, keys: &[Key], addrs: &Arc<[Box<str>]>) -> LockError {
+        if let Some(first) = keys.first() {
+            self.resource.clone_from(first);
+        }
+        self.more_resources = u32::try_from(keys.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        self.addrs = Some(addrs.clone());
+        self
+    }
+
+    /// This attempt's failure, turned into the acquire's `Timeout` (it keeps the kind as
+    /// [`last_attempt`](LockError::last_attempt), and the per-node answers).
+    pub(crate) fn timed_out(mut self) -> LockError {
+        if self.kind != LockErrorKind::Timeout {
+            self.last_attempt = Some(self.kind);
+            self.kind = LockErrorKind::Timeout;
+        }
+        self
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> LockErrorKind {
         self.kind
     }
 
-    /// What each node answered (empty when no node was asked).
+    /// For [`LockErrorKind::Timeout`]: the kind the last attempt failed with (`Busy`,
+    /// `Unavailable`, `NoQuorum`, `Expired`), which is what the caller would have got without
+    /// a time budget. `None` for other kinds.
+    pub fn last_attempt(&self) -> Option<LockErrorKind> {
+        self.last_attempt
+    }
+
+    /// What each node answered (empty when no node was asked). For a `Timeout`, the last
+    /// attempt's answers.
     pub fn nodes(&self) -> &[NodeResult] {
         &self.nodes
+    }
+
+    /// The resource (key, prefix included) the operation was about; for a multi-resource lock,
+    /// the first in sorted order. `None` for errors about no resource (`Invalid`).
+    pub fn resource(&self) -> Option<&str> {
+        if self.resource.is_empty() {
+            None
+        } else {
+            std::str::from_utf8(&self.resource).ok()
+        }
+    }
+
+    /// The address (`host:port`) of node `i`, as configured, when known.
+    pub fn node_addr(&self, i: usize) -> Option<&str> {
+        self.addrs.as_ref()?.get(i).map(|a| &**a)
     }
 
     /// Held by someone else.
@@ -136,14 +258,29 @@ impl LockError {
         self.kind == LockErrorKind::Expired
     }
 
-    /// The acquire time budget ran out.
-    pub fn is_cancelled(&self) -> bool {
-        self.kind == LockErrorKind::Cancelled
+    /// The acquire time budget ran out (see [`last_attempt`](LockError::last_attempt)).
+    pub fn is_timeout(&self) -> bool {
+        self.kind == LockErrorKind::Timeout
     }
 
     /// The lock was lost.
     pub fn is_lost(&self) -> bool {
         self.kind == LockErrorKind::Lost
+    }
+
+    /// `with_lock`'s `max_hold` ran out with the body still running.
+    pub fn is_max_hold_exceeded(&self) -> bool {
+        self.kind == LockErrorKind::MaxHoldExceeded
+    }
+
+    /// A release found the lock no longer held on a quorum.
+    pub fn is_not_held(&self) -> bool {
+        self.kind == LockErrorKind::NotHeld
+    }
+
+    /// The extension limit was reached.
+    pub fn is_extension_limit(&self) -> bool {
+        self.kind == LockErrorKind::ExtensionLimit
     }
 
     /// Invalid arguments.
@@ -161,6 +298,8 @@ impl fmt::Debug for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockError")
             .field("kind", &self.kind)
+            .field("last_attempt", &self.last_attempt)
+            .field("resource", &self.resource())
             .field("nodes", &self.nodes)
             .field("reason", &self.reason)
             .finish()
@@ -169,44 +308,110 @@ impl fmt::Debug for LockError {
 
 impl fmt::Display for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match self.kind {
-            LockErrorKind::Busy => "the resource is locked by someone else",
-            LockErrorKind::NoQuorum => "no quorum of nodes agreed",
-            LockErrorKind::Unavailable => "too many nodes are unavailable for a quorum",
-            LockErrorKind::Expired => "the lock's validity ran out while acquiring",
-            LockErrorKind::Cancelled => "the acquire time budget ran out",
-            LockErrorKind::Lost => "the lock was lost",
-            LockErrorKind::ExtensionLimit => "the lock reached its extension limit",
-            LockErrorKind::Invalid => "invalid lock request",
-            LockErrorKind::FenceUnavailable => {
-                "fewer than a quorum of nodes kept the resource's fencing counter"
-            }
-            LockErrorKind::FenceOverflow => "the resource's fencing tokens are used up",
-        };
-        f.write_str(what)?;
+        f.write_str(self.kind.describe())?;
         if !self.reason.is_empty() {
             write!(f, ": {}", self.reason)?;
         }
-        let granted = self
-            .nodes
-            .iter()
-            .filter(|n| matches!(n, NodeResult::Granted))
-            .count();
-        let refused = self
-            .nodes
-            .iter()
-            .filter(|n| matches!(n, NodeResult::Refused))
-            .count();
-        let failed = self.nodes.len() - granted - refused;
-        if !self.nodes.is_empty() {
-            write!(
-                f,
-                " ({granted} granted, {refused} refused, {failed} failed or silent of {})",
-                self.nodes.len()
-            )?;
+        if let Some(last) = self.last_attempt {
+            write!(f, "; the last attempt: {}", last.describe())?;
         }
-        Ok(())
+        if let Some(resource) = self.resource() {
+            write!(f, "; resource {resource:?}")?;
+            if self.more_resources > 0 {
+                write!(f, " and {} more", self.more_resources)?;
+            }
+        }
+        if self.nodes.is_empty() {
+            return Ok(());
+        }
+        let count = |want: fn(&NodeResult) -> bool| self.nodes.iter().filter(|n| want(n)).count();
+        let granted = count(|n| matches!(n, NodeResult::Granted));
+        let refused = count(|n| matches!(n, NodeResult::Refused));
+        write!(f, " ({granted} granted, {refused} refused")?;
+        for (what, n) in [
+            ("failed", count(|n| matches!(n, NodeResult::Failed(_)))),
+            ("silent", count(|n| matches!(n, NodeResult::NoReply))),
+            (
+                "not awaited",
+                count(|n| matches!(n, NodeResult::NotAwaited)),
+            ),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {what}")?;
+            }
+        }
+        write!(f, " of {}:", self.nodes.len())?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            match self.node_addr(i) {
+                Some(addr) => write!(f, "{sep}{addr} {}", node.describe())?,
+                None => write!(f, "{sep}node {i} {}", node.describe())?,
+            }
+            if let NodeResult::Failed(e) = node {
+                write!(f, " ({e})")?;
+            }
+        }
+        f.write_str(")")
     }
 }
 
 impl std::error::Error for LockError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn addrs() -> Arc<[Box<str>]> {
+        ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+            .iter()
+            .map(|a| Box::from(*a))
+            .collect()
+    }
+
+    /// A busy answer names the resource and every node, and does not call the nodes that were
+    /// never waited for failed or silent.
+    #[test]
+    fn a_busy_message_names_the_resource_and_each_node_and_keeps_not_awaited_apart() {
+        let nodes: NodeResults = smallvec::smallvec![
+            NodeResult::Refused,
+            NodeResult::Refused,
+            NodeResult::NotAwaited,
+        ];
+        let key: Key = Key::from_slice(b"orders:42");
+        let e = LockError::new(LockErrorKind::Busy, nodes).about(&[key], &addrs());
+        let text = e.to_string();
+        assert_eq!(
+            text,
+            "the resource is locked by someone else; resource \"orders:42\" (0 granted, 2 \
+             refused, 1 not awaited of 3: 127.0.0.1:7001 refused, 127.0.0.1:7002 refused, \
+             127.0.0.1:7003 not awaited)"
+        );
+        assert!(!text.contains("failed"), "{text}");
+        assert!(!text.contains("silent"), "{text}");
+        assert_eq!(e.resource(), Some("orders:42"));
+        assert_eq!(e.node_addr(2), Some("127.0.0.1:7003"));
+    }
+
+    #[test]
+    fn failures_and_silence_are_told_apart_with_the_cause() {
+        let nodes: NodeResults = smallvec::smallvec![
+            NodeResult::Granted,
+            NodeResult::Failed(Error::new(ErrorKind::NotConnected)),
+            NodeResult::NoReply,
+        ];
+        let keys = [Key::from_slice(b"a"), Key::from_slice(b"b")];
+        let e = LockError::new(LockErrorKind::NoQuorum, nodes)
+            .about(&keys, &addrs())
+            .timed_out();
+        assert!(e.is_timeout());
+        assert_eq!(e.last_attempt(), Some(LockErrorKind::NoQuorum));
+        assert_eq!(
+            e.to_string(),
+            "the acquire time budget ran out; the last attempt: no quorum of nodes agreed; \
+             resource \"a\" and 1 more (1 granted, 0 refused, 1 failed, 1 silent of 3: \
+             127.0.0.1:7001 granted, 127.0.0.1:7002 failed (not connected), 127.0.0.1:7003 \
+             no reply)"
+        );
+    }
+}

@@ -180,6 +180,7 @@ impl Redlock {
         &self,
         keys: Keys,
         ttl: std::time::Duration,
+        cut: Option<Instant>,
     ) -> Result<Lock, LockError> {
         let token = super::new_token();
         let nodes = &self.inner.nodes;
@@ -214,7 +215,8 @@ impl Redlock {
         // Step 1: every node, then wait for a SET quorum and a quorum of counters (or every
         // answer, or the deadline, or a SET quorum that became impossible).
         let mut pending: SmallVec<[Option<ReplyFuture<'_>>; 7]> = SmallVec::new();
-        let mut results: NodeResults = SmallVec::from_elem(NodeResult::NoReply, nodes.len());
+        // Until a node answers it was not awaited; at the deadline the silent ones are NoReply.
+        let mut results: NodeResults = SmallVec::from_elem(NodeResult::NotAwaited, nodes.len());
         let mut reads: SmallVec<[Option<NodeRead>; 7]> = SmallVec::from_elem(None, nodes.len());
         let mut retried: SmallVec<[bool; 7]> = SmallVec::from_elem(false, nodes.len());
         for (i, node) in nodes.iter().enumerate() {
@@ -231,7 +233,10 @@ impl Redlock {
                 }
             }
         }
-        let sleep = tokio::time::sleep_until(valid_until);
+        // The acquire budget's end cuts the attempt where it comes first.
+        let cut = cut.filter(|&c| c < valid_until);
+        let deadline = cut.unwrap_or(valid_until);
+        let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
         let decided = poll_fn(|cx| {
             for i in 0..pending.len() {
@@ -294,6 +299,11 @@ impl Redlock {
                 }
             }
             if sleep.as_mut().poll(cx).is_ready() {
+                for (pending, result) in pending.iter().zip(results.iter_mut()) {
+                    if pending.is_some() {
+                        *result = NodeResult::NoReply;
+                    }
+                }
                 return Poll::Ready(Decision::Deadline);
             }
             Poll::Pending
@@ -304,19 +314,23 @@ impl Redlock {
         drop(cleanup);
 
         let might_hold = |i: usize| match &results[i] {
-            NodeResult::Granted | NodeResult::NoReply => true,
+            NodeResult::Granted | NodeResult::NoReply | NodeResult::NotAwaited => true,
             NodeResult::Failed(e) => e.maybe_executed(),
             _ => false,
         };
         let refuse = |kind, results: NodeResults| {
             self.release_in_background(&keys, &token, might_hold);
-            Err(LockError::new(kind, results))
+            Err(self.lock_error(kind, results, &keys))
         };
         match decided {
             Decision::Quorum(_) => {}
+            // Cut by the acquire budget: the verdict so far (the caller makes it `Timeout`).
+            Decision::Deadline if cut.is_some() => {
+                return refuse(self.classify_failure(&results, false), results.clone())
+            }
             Decision::Deadline => return refuse(LockErrorKind::Expired, results.clone()),
             Decision::Impossible | Decision::AllDone => {
-                let kind = self.failure_kind(&results);
+                let kind = self.classify_failure(&results, false);
                 return refuse(kind, results.clone());
             }
         }
@@ -350,7 +364,7 @@ impl Redlock {
         };
         let (decision, collector) = self
             .collect(
-                valid_until,
+                deadline,
                 false,
                 |buf, node| {
                     let args = args_for(node);
@@ -376,17 +390,20 @@ impl Redlock {
             Decision::Quorum(at) if at + self.inner.options.min_validity <= valid_until => Ok(
                 Lock::new(self.clone(), keys, token, ttl, valid_until).with_fence(fencing_token),
             ),
+            Decision::Deadline if cut.is_some() => {
+                self.release_in_background(&keys, &token, |_| true);
+                let kind = self.classify_failure(&collector.results, false);
+                Err(self.lock_error(kind, collector.results.clone(), &keys))
+            }
             Decision::Quorum(_) | Decision::Deadline => {
                 self.release_in_background(&keys, &token, |_| true);
-                Err(LockError::new(
-                    LockErrorKind::Expired,
-                    collector.results.clone(),
-                ))
+                let results = collector.results.clone();
+                Err(self.lock_error(LockErrorKind::Expired, results, &keys))
             }
             Decision::Impossible | Decision::AllDone => {
                 self.release_in_background(&keys, &token, |_| true);
-                let kind = self.failure_kind(&collector.results);
-                Err(LockError::new(kind, collector.results.clone()))
+                let kind = self.classify_failure(&collector.results, false);
+                Err(self.lock_error(kind, collector.results.clone(), &keys))
             }
         }
     }

@@ -194,15 +194,25 @@ impl Lock {
     }
 
     /// Releases the lock on every node (compare-and-delete, pipelined) and returns how many
-    /// nodes had deleted the key when it returned. By default it returns once a quorum has
-    /// ([`ReleaseWait::Quorum`]; the other nodes still get the request); with
-    /// [`ReleaseWait::All`] it waits for every answer and the count is exact. Either way it
-    /// waits at most the release timeout.
+    /// nodes confirmed that they deleted the key with this lock's token when it returned. By
+    /// default it returns once a quorum has ([`ReleaseWait::Quorum`]: the count is then at least
+    /// the quorum, not necessarily every node that will release; the others still get the
+    /// request); with [`ReleaseWait::All`] it waits for every answer and the count is exact.
+    /// Either way it waits at most the release timeout.
+    ///
+    /// A release confirmed by fewer than a quorum is an error, in both modes: the caller must
+    /// learn that its critical section may have outlived the lock (redsync returns
+    /// `ErrLockAlreadyExpired`, node-redlock fails such a release too).
     ///
     /// # Errors
     ///
-    /// None so far: a node that fails or is silent simply does not count (its key runs out at
-    /// the ttl). The `Result` leaves room for stricter modes.
+    /// With each node's answer in [`LockError::nodes`]:
+    /// - [`LockErrorKind::NotHeld`] when more nodes than the quorum can spare no longer had the
+    ///   key with this token: the lock expired (or was taken over) before the release, and work
+    ///   done under it may have overlapped another holder's.
+    /// - `Unavailable` when more nodes than that failed or stayed silent until the release
+    ///   timeout: whether the lock was still held is unknown; the keys run out at their ttl.
+    /// - `NoQuorum` for a mix of the two.
     ///
     /// # Cancel safety
     ///
@@ -214,9 +224,10 @@ impl Lock {
     /// ```no_run
     /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
     /// let lock = redlock.try_acquire("job:7", std::time::Duration::from_secs(5)).await?;
-    /// let released_on = lock.release().await?;
-    /// if released_on < redlock.nodes().len() {
-    ///     // Some nodes did not answer in time; their keys run out at the ttl.
+    /// match lock.release().await {
+    ///     Ok(released_on) => assert!(released_on >= redlock.quorum()),
+    ///     Err(e) if e.is_not_held() => eprintln!("the work outlived the lock: {e}"),
+    ///     Err(e) => eprintln!("release not confirmed, the keys run out at the ttl: {e}"),
     /// }
     /// # Ok(()) }
     /// ```
@@ -224,11 +235,15 @@ impl Lock {
         self.release_ref().await
     }
 
-    /// Releases, and can be called more than once: later calls return `Ok(0)`.
+    /// Releases, and can be called more than once: the first call does the release (and
+    /// reports as [`release`](Lock::release) does, errors included); later calls release
+    /// nothing and return `Ok(0)`, whatever the first returned. So does a call after
+    /// [`forget`](Lock::forget). A count of 0 is never a successful release (that is at least
+    /// the quorum), so it always means "nothing done by this call".
     ///
     /// # Errors
     ///
-    /// As [`release`](Lock::release).
+    /// As `release`, on the first call.
     ///
     /// # Cancel safety
     ///
@@ -285,7 +300,17 @@ impl Lock {
                 },
             )
             .await;
-        Ok(collector.granted())
+        let granted = collector.granted();
+        if granted >= redlock.inner.quorum {
+            return Ok(granted);
+        }
+        // A quorum no longer holds our token: the lock ran out (or was taken) before the
+        // release; or too many failed or were silent to tell.
+        let kind = match redlock.classify_failure(&collector.results, true) {
+            LockErrorKind::Busy => LockErrorKind::NotHeld,
+            kind => kind,
+        };
+        Err(redlock.lock_error(kind, collector.results.clone(), &self.keys))
     }
 
     /// Extends the lock to `ttl` from now on every node that still holds it with this token
@@ -322,48 +347,44 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
+        self.check_extend(ttl)?;
+        let r = extend_on_nodes(
+            &self.redlock,
+            &self.keys,
+            &self.token,
+            self.valid_until,
+            ttl,
+        )
+        .await;
+        self.apply_extension(ttl, r)
+    }
+
+    /// What `extend` checks before asking the nodes: the ttl, the extension limit, and that
+    /// the lock is still held (firing the signal if it is not).
+    pub(crate) fn check_extend(&self, ttl: Duration) -> Result<(), LockError> {
         let redlock = &self.redlock;
         redlock.check_ttl(ttl)?;
         if let Some(max) = redlock.inner.options.max_extensions {
             if self.extensions >= max {
-                return Err(LockError::new(
-                    LockErrorKind::ExtensionLimit,
-                    NodeResults::new(),
-                ));
+                return Err(self.error(LockErrorKind::ExtensionLimit, NodeResults::new()));
             }
         }
-        let start = Instant::now();
-        if self.done || start >= self.valid_until {
+        if self.done || Instant::now() >= self.valid_until {
             self.fire_signal();
-            return Err(LockError::new(LockErrorKind::Lost, NodeResults::new()));
+            return Err(self.error(LockErrorKind::Lost, NodeResults::new()));
         }
-        let nodes = &redlock.inner.nodes;
-        let mut ms = itoa::Buffer::new();
-        let ms = ms.format(ttl.as_millis() as u64).as_bytes();
-        let new_valid_until = start + ttl - redlock.drift(ttl);
-        // The extension must complete while the current lock still holds.
-        let deadline = self.valid_until.min(new_valid_until);
-        let (keys, script, args) = (&self.keys, self.keys.extend_script(), [&self.token[..], ms]);
-        let (decision, collector) = redlock
-            .collect(
-                deadline,
-                false,
-                |buf, _| script.encode(buf, ScriptCall::BySha, keys.all(), &args),
-                |f| match f {
-                    Frame::Integer(1) => Vote::Yes,
-                    Frame::Integer(_) => Vote::No,
-                    Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
-                    Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
-                    _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
-                },
-                |i| {
-                    nodes[i]
-                        .send(|buf| script.encode(buf, ScriptCall::WithSource, keys.all(), &args))
-                },
-            )
-            .await;
-        match decision {
-            Decision::Quorum(at) if at + redlock.inner.options.min_validity <= new_valid_until => {
+        Ok(())
+    }
+
+    /// Takes the outcome of [`extend_on_nodes`] into the lock: the new validity, or, without a
+    /// quorum, the lock is no longer trusted.
+    pub(crate) fn apply_extension(
+        &mut self,
+        ttl: Duration,
+        outcome: Result<Instant, LockError>,
+    ) -> Result<(), LockError> {
+        match outcome {
+            Ok(new_valid_until) => {
                 self.valid_until = new_valid_until;
                 self.ttl = ttl;
                 self.extensions += 1;
@@ -372,16 +393,24 @@ impl Lock {
                 }
                 Ok(())
             }
-            _ => {
+            Err(e) => {
                 // Without a quorum the lock can no longer be trusted: stop claiming it.
                 self.valid_until = self.valid_until.min(Instant::now());
                 self.fire_signal();
-                Err(LockError::new(
-                    LockErrorKind::Lost,
-                    collector.results.clone(),
-                ))
+                Err(e)
             }
         }
+    }
+
+    /// Owned copies of what an extension needs (a reference count, a key copied inline, the
+    /// token), so that [`Redlock::with_lock`] can keep one in flight beside the body while the
+    /// lock itself stays free to be updated.
+    pub(crate) fn renewal(&self) -> (Redlock, Keys, Token) {
+        (self.redlock.clone(), self.keys.clone(), self.token)
+    }
+
+    pub(crate) fn error(&self, kind: LockErrorKind, nodes: NodeResults) -> LockError {
+        self.redlock.lock_error(kind, nodes, &self.keys)
     }
 
     /// Gives up the guard without releasing: the keys expire at their ttl, and the
@@ -398,6 +427,48 @@ impl Drop for Lock {
             self.redlock
                 .release_in_background(&self.keys, &self.token, |_| true);
         }
+    }
+}
+
+/// Extends `keys` (held with `token`, valid until `valid_until`) to `ttl` from now on every node
+/// (compare-and-`PEXPIRE`), and returns the new validity. Succeeds only with a quorum inside the
+/// current validity; otherwise `Lost`, with each node's answer. Changes nothing locally: the
+/// caller applies the outcome ([`Lock::apply_extension`]).
+pub(crate) async fn extend_on_nodes(
+    redlock: &Redlock,
+    keys: &Keys,
+    token: &Token,
+    valid_until: Instant,
+    ttl: Duration,
+) -> Result<Instant, LockError> {
+    let start = Instant::now();
+    let nodes = &redlock.inner.nodes;
+    let mut ms = itoa::Buffer::new();
+    let ms = ms.format(ttl.as_millis() as u64).as_bytes();
+    let new_valid_until = start + ttl - redlock.drift(ttl);
+    // The extension must complete while the current lock still holds.
+    let deadline = valid_until.min(new_valid_until);
+    let (script, args) = (keys.extend_script(), [&token[..], ms]);
+    let (decision, collector) = redlock
+        .collect(
+            deadline,
+            false,
+            |buf, _| script.encode(buf, ScriptCall::BySha, keys.all(), &args),
+            |f| match f {
+                Frame::Integer(1) => Vote::Yes,
+                Frame::Integer(_) => Vote::No,
+                Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
+                Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
+                _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
+            },
+            |i| nodes[i].send(|buf| script.encode(buf, ScriptCall::WithSource, keys.all(), &args)),
+        )
+        .await;
+    match decision {
+        Decision::Quorum(at) if at + redlock.inner.options.min_validity <= new_valid_until => {
+            Ok(new_valid_until)
+        }
+        _ => Err(redlock.lock_error(LockErrorKind::Lost, collector.results.clone(), keys)),
     }
 }
 

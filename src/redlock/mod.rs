@@ -20,6 +20,7 @@
 mod error;
 pub mod fence;
 mod lock;
+mod nodes;
 mod quorum;
 pub mod scripts;
 
@@ -54,6 +55,12 @@ pub const DEFAULT_RETRY_JITTER: Duration = Duration::from_millis(50);
 /// Default smallest validity a granted lock may have; below it the lock is released and the
 /// acquire reports `Expired`.
 pub const DEFAULT_MIN_VALIDITY: Duration = Duration::from_millis(1);
+/// The least time the final attempt of an [`acquire`](Redlock::acquire) with a time budget is
+/// given: its sleep is shortened so it starts this long (or as long as the slowest attempt so
+/// far took, if more) before the budget ends. Two milliseconds cover a local round trip plus
+/// the timer's millisecond granularity; it is also the most an attempt that starts late may
+/// run past the budget.
+pub const MIN_LAST_ATTEMPT: Duration = Duration::from_millis(2);
 /// Default bound on how long an explicit release waits for the nodes' answers.
 pub const DEFAULT_RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -311,6 +318,8 @@ fn new_token() -> Token {
 
 pub(crate) struct Inner {
     pub(crate) nodes: Vec<Connection>,
+    /// Every node's `host:port`, in order; shared into each `LockError` for its message.
+    pub(crate) addrs: Arc<[Box<str>]>,
     pub(crate) options: RedlockOptions,
     pub(crate) quorum: usize,
 }
@@ -348,8 +357,10 @@ impl Redlock {
     ///
     /// # Errors
     ///
-    /// An invalid URL. Unreachable nodes are not an error: they are retried in the background,
-    /// and a lock only needs a quorum.
+    /// An invalid URL, an empty list, or one server listed twice (see
+    /// [`from_configs`](Redlock::from_configs)); all `is_config()`. Unreachable nodes are not
+    /// an error: they are retried in the background, and a lock only needs a quorum
+    /// ([`wait_for_quorum`](Redlock::wait_for_quorum) waits for one).
     ///
     /// # Cancel safety
     ///
@@ -404,15 +415,27 @@ impl Redlock {
             .iter()
             .map(|u| ConnectionConfig::from_url(u.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Redlock::from_configs(configs, options).await)
+        Redlock::from_configs(configs, options).await
     }
 
     /// Builds a manager from connection configs, registering the lock scripts on each, and
     /// waits (up to the options' connect timeout) for each node's first connect attempt.
     ///
-    /// # Panics
+    /// Each server must be listed once: a server listed twice would vote twice. Addresses are
+    /// compared before connecting, in a normal form (`127.0.0.1:7701`,
+    /// `redis://127.0.0.1:7701` and `localhost:7701` are one), and the nodes connected at the
+    /// end of the wait are compared by what their handshakes tell (the socket address reached,
+    /// Redis's `run_id`, Dragonfly's port and start time checked with a probe key). A duplicate
+    /// that connects only later is found by [`wait_for_quorum`](Redlock::wait_for_quorum).
     ///
-    /// When `configs` is empty.
+    /// Unreachable nodes are not an error: they are retried in the background, and a lock only
+    /// needs a quorum. [`wait_for_quorum`](Redlock::wait_for_quorum) waits for one.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) for an empty list,
+    /// [`ErrorKind::DuplicateNode`](crate::ErrorKind::DuplicateNode) for a server listed twice
+    /// (both [`is_config`](crate::Error::is_config)). The connections are closed then.
     ///
     /// # Cancel safety
     ///
@@ -424,16 +447,19 @@ impl Redlock {
     /// use dragonlock::conn::ConnectionConfig;
     /// use dragonlock::{Redlock, RedlockOptions};
     ///
-    /// # async fn demo() {
+    /// # async fn demo() -> Result<(), dragonlock::Error> {
     /// let configs = (7001..=7005)
     ///     .map(|port| ConnectionConfig::new("127.0.0.1", port).credentials(None, "secret"))
     ///     .collect();
-    /// let redlock = Redlock::from_configs(configs, RedlockOptions::default()).await;
+    /// let redlock = Redlock::from_configs(configs, RedlockOptions::default()).await?;
     /// assert_eq!(redlock.quorum(), 3);
-    /// # }
+    /// # Ok(()) }
     /// ```
-    pub async fn from_configs(configs: Vec<ConnectionConfig>, options: RedlockOptions) -> Redlock {
-        assert!(!configs.is_empty(), "Redlock needs at least one node");
+    pub async fn from_configs(
+        configs: Vec<ConnectionConfig>,
+        options: RedlockOptions,
+    ) -> Result<Redlock, Error> {
+        nodes::check_configs(configs.iter())?;
         let s = scripts();
         let nodes: Vec<Connection> = configs
             .into_iter()
@@ -460,21 +486,53 @@ impl Redlock {
             }
         };
         let _ = tokio::time::timeout(options.connect_timeout, wait).await;
-        Redlock::from_connections(nodes, options)
+        let redlock = Redlock::build(nodes, options);
+        redlock.check_servers().await?;
+        Ok(redlock)
     }
 
     /// Builds a manager over connections already made. They should have the lock scripts
     /// registered (see [`mod@scripts`]); without them the first use of each falls back to `EVAL`.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// When `nodes` is empty.
-    pub fn from_connections(nodes: Vec<Connection>, options: RedlockOptions) -> Redlock {
-        assert!(!nodes.is_empty(), "Redlock needs at least one node");
+    /// As [`from_configs`](Redlock::from_configs), except that, since this does not wait, the
+    /// handshakes are compared only where they are certain (the socket address reached,
+    /// Redis's `run_id`); a Dragonfly listed twice under different addresses is found by
+    /// [`wait_for_quorum`](Redlock::wait_for_quorum), which can probe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::{Connection, ConnectionConfig};
+    /// use dragonlock::{Redlock, RedlockOptions};
+    ///
+    /// # fn demo() -> Result<(), dragonlock::Error> {
+    /// let nodes = (7001..=7003)
+    ///     .map(|port| Connection::start(ConnectionConfig::new("127.0.0.1", port)))
+    ///     .collect();
+    /// let redlock = Redlock::from_connections(nodes, RedlockOptions::default())?;
+    /// assert_eq!(redlock.quorum(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_connections(
+        nodes: Vec<Connection>,
+        options: RedlockOptions,
+    ) -> Result<Redlock, Error> {
+        nodes::check_configs(nodes.iter().map(|n| n.config()))?;
+        let redlock = Redlock::build(nodes, options);
+        // Suspicions need a probe, which needs to wait: left to `wait_for_quorum`.
+        redlock.check_servers_now()?;
+        Ok(redlock)
+    }
+
+    fn build(nodes: Vec<Connection>, options: RedlockOptions) -> Redlock {
         let quorum = nodes.len() / 2 + 1;
+        let addrs = nodes.iter().map(|n| n.config().addr().into()).collect();
         Redlock {
             inner: Arc::new(Inner {
                 nodes,
+                addrs,
                 options,
                 quorum,
             }),
@@ -546,16 +604,28 @@ impl Redlock {
     /// ```
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, LockError> {
         self.check_ttl(ttl)?;
-        self.attempt(Keys::one(self.key(resource)), ttl).await
+        self.attempt(Keys::one(self.key(resource)), ttl, None).await
     }
 
     /// Takes `resource` for `ttl`, retrying with a jittered delay until the retry count or the
     /// acquire timeout is spent.
     ///
+    /// With an [`acquire_timeout`](RedlockOptions::acquire_timeout), the budget is used to the
+    /// end: when the next delay would pass it, the sleep is shortened so that one last attempt
+    /// starts just before the end (as long before it as the slowest attempt so far took, at
+    /// least [`MIN_LAST_ATTEMPT`]). Every attempt is cut at the budget's end (an attempt that
+    /// starts late still gets `MIN_LAST_ATTEMPT`), so the call returns by the end of the budget,
+    /// give or take that much and the runtime's timer granularity, even when nodes are silent.
+    /// A cut attempt is decided on the answers it has, and what it may have set is released in
+    /// the background, as after any failed attempt.
+    ///
     /// # Errors
     ///
-    /// The last attempt's error; [`LockErrorKind::Cancelled`] when the time budget ran out
-    /// before an attempt finished.
+    /// When the retries are spent first: the last attempt's error (`Busy`, `Unavailable`,
+    /// `NoQuorum`, `Expired`), with each node's answer. When the time budget runs out first:
+    /// [`LockErrorKind::Timeout`], whose [`last_attempt`](LockError::last_attempt) is the kind
+    /// the last attempt failed with and whose [`nodes`](LockError::nodes) are its answers.
+    /// `Invalid` for a ttl not larger than the drift allowance.
     ///
     /// # Cancel safety
     ///
@@ -564,11 +634,14 @@ impl Redlock {
     /// # Examples
     ///
     /// ```no_run
+    /// use dragonlock::LockErrorKind;
     /// # async fn demo(redlock: dragonlock::Redlock) {
     /// match redlock.acquire("job:7", std::time::Duration::from_secs(5)).await {
     ///     Ok(lock) => drop(lock), // released in the background
-    ///     Err(e) if e.is_cancelled() => println!("gave up: the acquire timeout ran out"),
-    ///     Err(e) => println!("last attempt: {e}, per node: {:?}", e.nodes()),
+    ///     Err(e) if e.is_timeout() && e.last_attempt() == Some(LockErrorKind::Busy) => {
+    ///         println!("still held by someone else when the acquire timeout ran out: {e}")
+    ///     }
+    ///     Err(e) => println!("could not lock: {e}, per node: {:?}", e.nodes()),
     /// }
     /// # }
     /// ```
@@ -605,7 +678,7 @@ impl Redlock {
         ttl: Duration,
     ) -> Result<Lock, LockError> {
         self.check_ttl(ttl)?;
-        self.attempt(self.many_keys(resources)?, ttl).await
+        self.attempt(self.many_keys(resources)?, ttl, None).await
     }
 
     /// [`try_acquire_many`](Redlock::try_acquire_many) with retries, as [`acquire`](Redlock::acquire).
@@ -650,49 +723,63 @@ impl Redlock {
     async fn retrying(&self, keys: impl Fn() -> Keys, ttl: Duration) -> Result<Lock, LockError> {
         let o = &self.inner.options;
         let budget_end = o.acquire_timeout.map(|t| Instant::now() + t);
-        let mut attempt = 0;
+        let mut retries = 0;
+        // How long the last attempt took to decide: the time the final attempt is given
+        // before the budget ends (at least `MIN_LAST_ATTEMPT`).
+        let mut last_took = MIN_LAST_ATTEMPT;
+        // Set when the sleep was shortened to fit the budget: the next attempt is the last.
+        let mut final_attempt = false;
         loop {
-            let result = match budget_end {
-                Some(end) => match tokio::time::timeout_at(end, self.attempt(keys(), ttl)).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(LockError::new(LockErrorKind::Cancelled, NodeResults::new()))
-                    }
-                },
-                None => self.attempt(keys(), ttl).await,
-            };
-            let err = match result {
+            let started = Instant::now();
+            // Every attempt is cut at the budget's end, but is given at least
+            // `MIN_LAST_ATTEMPT`, so one that starts late still has a round trip's time.
+            let cut = budget_end.map(|end| end.max(started + MIN_LAST_ATTEMPT));
+            let err = match self.attempt(keys(), ttl, cut).await {
                 Ok(lock) => return Ok(lock),
                 Err(e) => e,
             };
-            if attempt >= o.retry_count {
+            last_took = last_took.max(started.elapsed());
+            let now = Instant::now();
+            if final_attempt || budget_end.is_some_and(|end| now >= end) {
+                return Err(err.timed_out());
+            }
+            if retries >= o.retry_count {
                 return Err(err);
             }
-            attempt += 1;
+            retries += 1;
             let jitter = if o.retry_jitter.is_zero() {
                 Duration::ZERO
             } else {
                 Duration::from_nanos(rand::rng().random_range(0..=o.retry_jitter.as_nanos() as u64))
             };
-            let wake = Instant::now() + o.retry_delay + jitter;
+            let mut wake = now + o.retry_delay + jitter;
             if let Some(end) = budget_end {
-                if wake >= end {
-                    return Err(err);
+                // The last sleep is shortened so that one more attempt fits before the end.
+                let last_start = end.checked_sub(last_took).unwrap_or(now).max(now);
+                if wake >= last_start {
+                    wake = last_start;
+                    final_attempt = true;
                 }
             }
             tokio::time::sleep_until(wake).await;
         }
     }
 
-    /// One acquire attempt over all nodes.
-    async fn attempt(&self, keys: Keys, ttl: Duration) -> Result<Lock, LockError> {
+    /// One acquire attempt over all nodes, decided by the lock's validity or at `cut` (the
+    /// acquire budget's end), whichever is first.
+    async fn attempt(
+        &self,
+        keys: Keys,
+        ttl: Duration,
+        cut: Option<Instant>,
+    ) -> Result<Lock, LockError> {
         if self.inner.options.fencing {
             if keys.is_multi() {
                 return Err(LockError::invalid(
                     "fencing tokens cover single resources, not acquire_many",
                 ));
             }
-            return self.attempt_fenced(keys, ttl).await;
+            return self.attempt_fenced(keys, ttl, cut).await;
         }
         let token = new_token();
         let ttl_ms = ttl.as_millis() as u64;
@@ -746,13 +833,15 @@ impl Redlock {
                     .encode(buf, ScriptCall::WithSource, keys.all(), &args)
             })
         };
-        let decision = collector.run(valid_until, false, classify, resend).await;
+        let cut = cut.filter(|&c| c < valid_until);
+        let deadline = cut.unwrap_or(valid_until);
+        let decision = collector.run(deadline, false, classify, resend).await;
         cleanup.armed = false;
         drop(cleanup);
 
         let refuse = |kind| {
             self.release_in_background(&keys, &token, |i| collector.might_hold(i));
-            Err(LockError::new(kind, collector.results.clone()))
+            Err(self.lock_error(kind, collector.results.clone(), &keys))
         };
         match decision {
             Decision::Quorum(at) => {
@@ -761,23 +850,35 @@ impl Redlock {
                 }
                 Ok(Lock::new(self.clone(), keys, token, ttl, valid_until))
             }
+            // Cut by the acquire budget: the verdict of the answers so far (the caller turns
+            // it into `Timeout`).
+            Decision::Deadline if cut.is_some() => {
+                refuse(self.classify_failure(&collector.results, false))
+            }
             Decision::Deadline => refuse(LockErrorKind::Expired),
             Decision::Impossible | Decision::AllDone => {
-                refuse(self.failure_kind(&collector.results))
+                refuse(self.classify_failure(&collector.results, false))
             }
         }
     }
 
-    /// Why an attempt without a quorum failed: busy when enough nodes refused that no quorum
-    /// was possible, unavailable when enough failed, else no quorum.
-    pub(crate) fn failure_kind(&self, results: &[NodeResult]) -> LockErrorKind {
-        let n = results.len();
-        let count = |f: fn(&NodeResult) -> bool| results.iter().filter(|r| f(r)).count();
-        let refused = count(|r| matches!(r, NodeResult::Refused));
-        let failed = count(|r| matches!(r, NodeResult::Failed(_)));
-        if refused > n - self.inner.quorum {
+    /// Why a collection without a quorum failed: `Busy` when more nodes refused than the
+    /// quorum can spare, `Unavailable` when more failed (with `silent_fails`, silent nodes count
+    /// as failed: a release has no other deadline to blame), else `NoQuorum`.
+    pub(crate) fn classify_failure(
+        &self,
+        results: &[NodeResult],
+        silent_fails: bool,
+    ) -> LockErrorKind {
+        let spare = results.len() - self.inner.quorum;
+        let count = |want: &dyn Fn(&NodeResult) -> bool| results.iter().filter(|r| want(r)).count();
+        let refused = count(&|r| matches!(r, NodeResult::Refused));
+        let failed = count(&|r| {
+            matches!(r, NodeResult::Failed(_)) || (silent_fails && matches!(r, NodeResult::NoReply))
+        });
+        if refused > spare {
             LockErrorKind::Busy
-        } else if failed > n - self.inner.quorum {
+        } else if failed > spare {
             LockErrorKind::Unavailable
         } else {
             LockErrorKind::NoQuorum
@@ -849,6 +950,17 @@ impl Redlock {
         }
     }
 
+    /// A lock error that names the resource and the nodes' addresses (no allocation: see
+    /// [`LockError`]).
+    pub(crate) fn lock_error(
+        &self,
+        kind: LockErrorKind,
+        results: NodeResults,
+        keys: &Keys,
+    ) -> LockError {
+        LockError::new(kind, results).about(keys.all(), &self.inner.addrs)
+    }
+
     /// Queues a release on every node for which `which` is true, without waiting for answers:
     /// the requests follow the acquire on the same FIFO connection, so they run after it.
     pub(crate) fn release_in_background(
@@ -890,15 +1002,24 @@ impl Redlock {
     /// releases at the end. The body gets the lock's [`LockSignal`](Lock::signal): it fires if
     /// the lock is lost, and at the release, for sub-tasks that outlive the body.
     ///
-    /// `max_hold` bounds the total time the lock is renewed for; past it, renewals stop and the
-    /// lock runs out.
+    /// The body is polled all the time, renewals included: a renewal runs beside it (one in
+    /// flight at a time), never instead of it, so nodes that are slow to answer an extension
+    /// never hold the body up.
+    ///
+    /// `max_hold` bounds the time the lock is renewed for: no renewal starts after it. The lock
+    /// then runs out at the end of its last validity, and a body still running at that moment
+    /// is dropped with [`LockErrorKind::MaxHoldExceeded`]. The lock is held for at most
+    /// `max_hold` plus one `ttl`.
     ///
     /// # Errors
     ///
-    /// The acquire's error when the lock could not be taken (`is_busy()`, …), or
-    /// [`LockErrorKind::Lost`] when a renewal failed or the validity ran out while the body was
-    /// running. In the second case the body is dropped at that moment, mid-way: work done under
-    /// a lock that is no longer held must not continue.
+    /// The acquire's error when the lock could not be taken (`is_busy()`, …). Once the body
+    /// runs, it is dropped at the moment the lock stops being held, mid-way (work done under a
+    /// lock that is no longer held must not continue), with:
+    /// - [`LockErrorKind::Lost`] when a renewal failed (with each node's answer) or the
+    ///   validity ran out while renewals were still due;
+    /// - [`LockErrorKind::MaxHoldExceeded`] when `max_hold` had stopped the renewals;
+    /// - [`LockErrorKind::ExtensionLimit`] when the configured extension limit had.
     ///
     /// # Cancel safety
     ///
@@ -926,29 +1047,86 @@ impl Redlock {
         F: FnOnce(LockSignal) -> Fut,
         Fut: Future<Output = T>,
     {
+        use std::pin::pin;
+        use std::task::Poll;
+
+        /// What woke the loop below. Moved once per renewal, never stored: the size difference
+        /// (the error's inline per-node detail) costs nothing.
+        #[allow(clippy::large_enum_variant)]
+        enum Step<T> {
+            Done(T),
+            RenewalDue,
+            Renewed(Result<Instant, LockError>),
+            Expired,
+        }
+
         let mut lock = self.acquire(resource, ttl).await?;
         // The lock keeps the signal up to date: extended, lost, released.
-        let body = body(lock.signal());
-        tokio::pin!(body);
+        let mut body = pin!(body(lock.signal()));
         let hold_end = max_hold.map(|d| Instant::now() + d);
         let renew_every = ttl / 3;
-        let mut next_renewal = Instant::now() + renew_every;
+        // An extension in flight borrows these copies, not `lock`, which is updated between
+        // polls (its validity, its signal).
+        let (redlock, keys, token) = lock.renewal();
+        let extend = |valid_until| lock::extend_on_nodes(&redlock, &keys, &token, valid_until, ttl);
+        // Made once to fix the future's type, and emptied at once: nothing is sent until polled.
+        let mut renewal = pin!(Some(extend(lock.valid_until())));
+        renewal.set(None);
+        let mut renew_at = pin!(tokio::time::sleep_until(Instant::now() + renew_every));
+        let mut expiry = pin!(tokio::time::sleep_until(lock.valid_until()));
+        // Why renewals stopped, if they did: the kind the lock's expiry is reported with.
+        let mut stopped: Option<LockErrorKind> = None;
         loop {
-            let renewing = hold_end.is_none_or(|end| next_renewal < end);
-            tokio::select! {
-                out = &mut body => {
+            // The body first, every time: nothing below waits without polling it.
+            let step = std::future::poll_fn(|cx| {
+                if let Poll::Ready(out) = body.as_mut().poll(cx) {
+                    return Poll::Ready(Step::Done(out));
+                }
+                if let Some(extending) = renewal.as_mut().as_pin_mut() {
+                    if let Poll::Ready(outcome) = extending.poll(cx) {
+                        return Poll::Ready(Step::Renewed(outcome));
+                    }
+                } else if stopped.is_none() && renew_at.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::RenewalDue);
+                }
+                if expiry.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::Expired);
+                }
+                Poll::Pending
+            })
+            .await;
+            match step {
+                Step::Done(out) => {
+                    // A release the nodes did not confirm changes nothing for the caller: the
+                    // body finished while the lock was held (else it would have been dropped).
                     let _ = lock.release().await;
                     return Ok(out);
                 }
-                _ = tokio::time::sleep_until(next_renewal), if renewing => {
-                    match lock.extend(ttl).await {
-                        Ok(()) => next_renewal = Instant::now() + renew_every,
+                Step::RenewalDue => {
+                    if hold_end.is_some_and(|end| Instant::now() >= end) {
+                        stopped = Some(LockErrorKind::MaxHoldExceeded);
+                        continue;
+                    }
+                    match lock.check_extend(ttl) {
+                        Ok(()) => renewal.set(Some(extend(lock.valid_until()))),
+                        Err(e) if e.kind() == LockErrorKind::ExtensionLimit => {
+                            stopped = Some(LockErrorKind::ExtensionLimit);
+                        }
                         Err(e) => return Err(e.with_kind(LockErrorKind::Lost)),
                     }
                 }
-                _ = tokio::time::sleep_until(lock.valid_until()) => {
+                Step::Renewed(outcome) => {
+                    renewal.set(None);
+                    // On failure the lock stops claiming to be held and fires the signal; the
+                    // body is dropped on return, and the lock with it (a background release).
+                    lock.apply_extension(ttl, outcome)?;
+                    expiry.as_mut().reset(lock.valid_until());
+                    renew_at.as_mut().reset(Instant::now() + renew_every);
+                }
+                Step::Expired => {
                     // Dropping the lock fires the signal (and releases whatever is left).
-                    return Err(LockError::new(LockErrorKind::Lost, NodeResults::new()));
+                    let kind = stopped.unwrap_or(LockErrorKind::Lost);
+                    return Err(lock.error(kind, NodeResults::new()));
                 }
             }
         }

@@ -49,7 +49,9 @@ impl<'a> QuorumCollector<'a> {
         QuorumCollector {
             pending: SmallVec::with_capacity(nodes),
             retried: SmallVec::from_elem(false, nodes),
-            results: SmallVec::from_elem(NodeResult::NoReply, nodes),
+            // Until a node answers it was not awaited; at the deadline the silent ones become
+            // `NoReply` (see `run`).
+            results: SmallVec::from_elem(NodeResult::NotAwaited, nodes),
             quorum,
             yes: 0,
             settled: 0,
@@ -79,7 +81,7 @@ impl<'a> QuorumCollector<'a> {
     /// those whose request went out before the connection failed (it may have run).
     pub fn might_hold(&self, i: usize) -> bool {
         match &self.results[i] {
-            NodeResult::Granted | NodeResult::NoReply => true,
+            NodeResult::Granted | NodeResult::NoReply | NodeResult::NotAwaited => true,
             NodeResult::Failed(e) => e.maybe_executed(),
             NodeResult::Refused => false,
         }
@@ -168,6 +170,13 @@ impl<'a> QuorumCollector<'a> {
                 }
             }
             if sleep.as_mut().poll(cx).is_ready() {
+                // Waited for until the deadline and silent: `NoReply`. Nodes left unanswered
+                // by an earlier decision stay `NotAwaited`.
+                for (pending, result) in self.pending.iter().zip(self.results.iter_mut()) {
+                    if pending.is_some() {
+                        *result = NodeResult::NoReply;
+                    }
+                }
                 return Poll::Ready(Decision::Deadline);
             }
             Poll::Pending

@@ -72,7 +72,7 @@ impl FakeServer {
                             .iter()
                             .map(|f| f.as_bytes().unwrap_or_default().to_vec())
                             .collect();
-                        let action = handshake_reply(dragonfly, uptime, &args)
+                        let action = handshake_reply(dragonfly, uptime, port, &args)
                             .unwrap_or_else(|| handler(&args));
                         let ok = match action {
                             Action::Reply(bytes) => sock.write_all(&bytes).await.is_ok(),
@@ -120,7 +120,7 @@ fn upper(a: &[u8]) -> String {
 
 /// The handshake commands, answered with the exact bytes the real servers gave
 /// (`tests/data/server-replies.json`).
-fn handshake_reply(dragonfly: bool, uptime: u64, args: &[Vec<u8>]) -> Option<Action> {
+fn handshake_reply(dragonfly: bool, uptime: u64, port: u16, args: &[Vec<u8>]) -> Option<Action> {
     let name = upper(args.first()?);
     let sub = args.get(1).map(|a| upper(a)).unwrap_or_default();
     let bytes: Vec<u8> = match (name.as_str(), sub.as_str()) {
@@ -128,9 +128,10 @@ fn handshake_reply(dragonfly: bool, uptime: u64, args: &[Vec<u8>]) -> Option<Act
         ("HELLO", "3") => super::fixtures::reply("redis", "hello3"),
         ("INFO", _) => {
             let text = if dragonfly {
-                format!("# Server\r\nredis_version:7.4.0\r\ndragonfly_version:df-v1.40.1\r\nuptime_in_seconds:{uptime}\r\n")
+                format!("# Server\r\nredis_version:7.4.0\r\ndragonfly_version:df-v1.40.1\r\ntcp_port:{port}\r\nuptime_in_seconds:{uptime}\r\n")
             } else {
-                format!("# Server\r\nredis_version:7.0.15\r\nrun_id:fakefakefakefakefakefakefakefakefakefake\r\nuptime_in_seconds:{uptime}\r\n")
+                // A run_id of its own per fake (per port), as distinct servers have.
+                format!("# Server\r\nredis_version:7.0.15\r\nrun_id:fake{port:036}\r\ntcp_port:{port}\r\nuptime_in_seconds:{uptime}\r\n")
             };
             format!("${}\r\n{}\r\n", text.len(), text).into_bytes()
         }

@@ -31,7 +31,9 @@ pub async fn redlock_over_configs(
         .into_iter()
         .map(|c| c.backoff(Duration::from_millis(5), Duration::from_millis(200)))
         .collect();
-    let r = Redlock::from_configs(configs, options.connect_timeout(Duration::from_secs(5))).await;
+    let r = Redlock::from_configs(configs, options.connect_timeout(Duration::from_secs(5)))
+        .await
+        .unwrap();
     for n in r.nodes() {
         n.wait_connected(Duration::from_secs(5)).await.unwrap();
     }

@@ -156,10 +156,34 @@ impl Server {
         self.stopped = false;
     }
 
-    /// SIGSTOP: the process stays, its sockets stay open, nothing is answered.
+    /// SIGSTOP: the process stays, its sockets stay open, nothing is answered. Returns once
+    /// every thread is stopped: `kill` returns before that, and a command sent in between can
+    /// still be answered (see `/work/shared/fixtures/README.md`). Bounded: 5 s.
     pub fn stop(&mut self) {
-        dragonlock::local::pause(self.pid() as u32);
+        let pid = self.pid();
+        dragonlock::local::pause(pid as u32);
         self.stopped = true;
+        let all_stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("status"))
+                    .map(|s| {
+                        s.lines()
+                            .any(|l| l.starts_with("State:") && l.contains("T ("))
+                    })
+                    .unwrap_or(false)
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_stopped() {
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} did not stop within 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT.
@@ -214,6 +238,18 @@ impl Server {
             }
         }
         last
+    }
+
+    /// `calls` of `command` in `INFO commandstats` (0 when it was never called).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info = self.cmd(&["INFO", "commandstats"]);
+        let text = String::from_utf8_lossy(info.as_bytes().unwrap()).into_owned();
+        let prefix = format!("cmdstat_{command}:calls=");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map(|n| n.trim().parse().unwrap())
+            .unwrap_or(0)
     }
 
     /// Runs a command and decodes the reply.
