@@ -159,3 +159,88 @@ async fn with_lock_hands_the_token_to_the_body_and_plain_locks_have_none() {
     let err = r.try_acquire_many(&["a", "b"], TTL).await.unwrap_err();
     assert!(err.is_invalid(), "fencing covers single resources: {err:?}");
 }
+
+/// Found by review: a reseed below a surviving counter handed out a token a paused holder
+/// already had. The reseed now raises every node to the largest counter any node kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reseed_below_a_surviving_counter_still_passes_it() {
+    let mut servers = cluster(3);
+    let r = fenced(&servers).await;
+    for _ in 0..10 {
+        r.try_acquire("s2", TTL)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    servers[0].restart();
+    servers[1].restart();
+    for n in &r.nodes()[..2] {
+        n.wait_connected(Duration::from_secs(5)).await.unwrap();
+    }
+    assert!(r
+        .try_acquire("s2", TTL)
+        .await
+        .unwrap_err()
+        .is_fence_unavailable());
+    // The store saw only 7; node 2 still has 10.
+    r.reseed_fence("s2", 8).await.unwrap();
+    for s in &servers {
+        let c = s.cmd(&["GET", "s2:dragonlock-fence"]);
+        assert_eq!(
+            c.as_bytes(),
+            Some(&b"10"[..]),
+            "every node raised to the survivor's 10"
+        );
+    }
+    let lock = r.try_acquire("s2", TTL).await.unwrap();
+    assert_eq!(lock.fencing_token(), Some(11));
+}
+
+/// Found by review: a counter that is not a canonical number (`007`, `-5`, `abc`) was read one
+/// way by one script and compared another way by the next. Now it is an error, and nothing is
+/// left set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_counter_is_an_error_and_sets_nothing() {
+    let servers = cluster(3);
+    let r = fenced(&servers).await;
+    for bad in ["007", "-5", "abc", "99999999999999999"] {
+        for s in &servers {
+            s.cmd(&["SET", "m:dragonlock-fence", bad]);
+        }
+        let err = r.try_acquire("m", TTL).await.unwrap_err();
+        let failed = err
+            .nodes()
+            .iter()
+            .filter(|n| matches!(n, NodeResult::Failed(e) if e.is_server()))
+            .count();
+        assert!(err.is_unavailable() && failed >= 2, "{bad}: {err:?}");
+        for s in &servers {
+            assert_eq!(s.cmd(&["EXISTS", "m"]).as_integer(), Some(0), "{bad}");
+        }
+    }
+    // A reseed replaces the malformed counter.
+    r.reseed_fence("m", 50).await.unwrap();
+    assert_eq!(
+        r.try_acquire("m", TTL).await.unwrap().fencing_token(),
+        Some(51)
+    );
+    // A resource named like a counter key is refused, not left busy forever.
+    let err = r.try_acquire("r1:dragonlock-fence", TTL).await.unwrap_err();
+    assert!(err.is_invalid(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_resource_with_a_node_down_says_why() {
+    let mut servers = cluster(3);
+    let r = fenced(&servers).await;
+    servers[2].kill9();
+    let err = r.try_acquire("fresh", TTL).await.unwrap_err();
+    assert!(err.is_fence_unavailable());
+    assert!(
+        err.to_string()
+            .contains("a new resource needs every node to answer"),
+        "{err}"
+    );
+}

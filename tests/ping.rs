@@ -146,3 +146,45 @@ fn fresh_nodes_sit_out_the_restart_delay_and_durable_ones_need_none() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("0 warnings"), "{out}");
 }
+
+/// Found by review: with most nodes unsafe, the verdict said "unavailable" (69) and a script
+/// checking for 78 missed them. An unsafe node now decides the verdict.
+#[test]
+fn unsafe_nodes_decide_the_verdict_even_without_a_quorum() {
+    if !redis_only("unsafe_nodes_decide_the_verdict_even_without_a_quorum") {
+        return;
+    }
+    let servers = cluster(3);
+    servers[0].cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    servers[1].cmd(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    let o = ping(&["--nodes", &nodes(&servers)]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(78), "{out}");
+    assert!(out.contains("verdict: UNSAFE: 2 of 3"), "{out}");
+}
+
+#[test]
+fn a_primary_with_replicas_and_snapshots_get_warnings() {
+    if !redis_only("a_primary_with_replicas_and_snapshots_get_warnings") {
+        return;
+    }
+    let servers = cluster(4);
+    let primary = servers[0].port.to_string();
+    servers[3].cmd(&["REPLICAOF", "127.0.0.1", &primary]);
+    servers[1].cmd(&["CONFIG", "SET", "save", "3600 1"]);
+    let connected = (0..500).any(|_| {
+        let info = servers[0].cmd(&["INFO", "replication"]);
+        let text = String::from_utf8_lossy(info.as_bytes().unwrap_or_default()).into_owned();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        text.contains("connected_slaves:1")
+    });
+    assert!(connected, "the replica never connected");
+    let three = nodes(&servers[..3]);
+    let o = ping(&["--nodes", &three, "--restart-delay", "1s"]);
+    let out = stdout(&o);
+    assert!(out.contains("warning: 1 replica(s)"), "{out}");
+    assert!(
+        out.contains("warning: restarts from a snapshot (save '3600 1')"),
+        "{out}"
+    );
+}

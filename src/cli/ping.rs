@@ -10,11 +10,15 @@
 //! | replica (`role:slave`) | unsafe | not an independent primary: it follows another node's keys |
 //! | `maxmemory-policy` `allkeys-*` / `volatile-*`, Dragonfly cache mode | unsafe | every lock key has a ttl, so both families may evict a held lock |
 //! | the same server named twice | unsafe | one server would cast two votes |
-//! | no fsync-always persistence and no `--restart-delay` | warning | a restart loses the keys, so clients need the delayed-restart rule |
-//! | up for less than `--restart-delay` | warning, does not vote | clients with that delay do not ask it yet |
+//! | a primary with replicas | warning | a failover can promote a replica without the newest keys |
+//! | snapshots (`save` points, AOF not `always`) | warning | a crash restores older lock keys and fencing counters: tokens can go backwards |
+//! | Dragonfly (persistence not readable) | warning | the same, if it restores snapshots |
+//! | no persistence and no `--restart-delay` | warning | a restart loses the keys, so clients need the delayed-restart rule |
+//! | up for less than `--restart-delay` (less the second clients discount) | sitting out, does not vote | clients with that delay do not ask it yet |
 //!
-//! Exit codes: 0 safe (warnings allowed); 69 fewer than a quorum of nodes can vote (unreachable,
-//! unsafe or inside the restart delay); 78 a quorum can vote but some node is unsafe.
+//! Exit codes: 0 safe (warnings allowed); 78 some node is configured unsafely (whatever else);
+//! 69 no node is unsafe, but fewer than a quorum can vote (unreachable, or inside the restart
+//! delay).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -68,6 +72,11 @@ pub struct NodeFacts {
     pub cache_mode: bool,
     pub aof_enabled: bool,
     pub appendfsync: String,
+    /// Redis's `save` points (`CONFIG GET save`); `None` where the server does not say
+    /// (Dragonfly answers `CONFIG GET` with an empty map).
+    pub save: Option<String>,
+    pub dragonfly: bool,
+    pub replicas: u64,
     pub uptime: Option<Duration>,
     /// Tells one server process from every other: `run_id` (Redis), else `master_replid`
     /// (Dragonfly has no `run_id`; both report a replication id made at start).
@@ -93,6 +102,8 @@ impl NodeFacts {
                 "maxmemory_policy" => f.maxmemory_policy = v.to_string(),
                 "cache_mode" => f.cache_mode = v == "cache",
                 "aof_enabled" => f.aof_enabled = v == "1",
+                "dragonfly_version" => f.dragonfly = true,
+                "connected_slaves" => f.replicas = v.parse().unwrap_or(0),
                 "uptime_in_seconds" => f.uptime = v.parse().ok().map(Duration::from_secs),
                 "run_id" if !v.is_empty() => run_id = Some(v.to_string()),
                 "master_replid" if !v.is_empty() => replid = Some(v.to_string()),
@@ -136,28 +147,71 @@ impl NodeFacts {
                     .to_string(),
             );
         }
-        let durable = self.aof_enabled && self.appendfsync == "always";
-        match restart_delay {
-            None if !durable => add(
+        if self.replicas > 0 {
+            add(
                 Severity::Warning,
-                "a restart loses its lock keys (no appendfsync always): clients need restart_delay \
-                 at least the longest ttl (pass --restart-delay to check uptime against it)"
+                format!(
+                    "{} replica(s): a failover can promote one that lacks the newest lock keys and \
+                     fencing counters; lock nodes should be standalone primaries",
+                    self.replicas
+                ),
+            );
+        }
+        let durable = self.aof_enabled && self.appendfsync == "always";
+        let snapshots =
+            self.save.as_deref().is_some_and(|s| !s.is_empty()) || (self.aof_enabled && !durable);
+        if durable {
+            // Every write survives a restart: nothing is forgotten, nothing rolled back.
+        } else if snapshots {
+            add(
+                Severity::Warning,
+                format!(
+                    "restarts from a snapshot ({}): after a crash it brings back older lock keys \
+                     and fencing counters, so fencing tokens can go backwards; fence only on \
+                     nodes with appendfsync always or no persistence",
+                    if self.aof_enabled {
+                        format!("appendfsync {}", self.appendfsync)
+                    } else {
+                        format!("save '{}'", self.save.as_deref().unwrap_or_default())
+                    }
+                ),
+            );
+        } else if self.dragonfly {
+            add(
+                Severity::Warning,
+                "persistence cannot be read from Dragonfly: fenced locks need no snapshots to \
+                 restore from (--dbfilename '') and, as for every node without persistence, \
+                 clients with restart_delay at least twice the longest ttl"
                     .to_string(),
-            ),
-            Some(delay) => {
-                if let Some(up) = self.uptime.filter(|up| *up < delay) {
-                    add(
-                        Severity::Sitting,
-                        format!(
-                            "up {}s, inside the restart delay of {}s: does not vote for {}s more",
-                            up.as_secs(),
-                            delay.as_secs(),
-                            (delay - up).as_secs()
-                        ),
-                    );
-                }
+            );
+        } else if restart_delay.is_none() {
+            add(
+                Severity::Warning,
+                "a restart loses its lock keys (no persistence): clients need restart_delay at \
+                 least the longest ttl, twice it for fencing (pass --restart-delay to check \
+                 uptime against it)"
+                    .to_string(),
+            );
+        }
+        if let Some(delay) = restart_delay {
+            // As the clients count it: the reported uptime can run a second ahead, so they
+            // credit one second less.
+            let credited = self
+                .uptime
+                .map(|up| up.saturating_sub(Duration::from_secs(1)));
+            if let Some(up) = credited.filter(|up| *up < delay) {
+                let left = (delay - up).as_secs_f64().ceil() as u64;
+                add(
+                    Severity::Sitting,
+                    format!(
+                        "up {}s (credited {}s), inside the restart delay of {}s: does not vote \
+                         for {left}s more",
+                        self.uptime.unwrap_or_default().as_secs(),
+                        up.as_secs(),
+                        delay.as_secs(),
+                    ),
+                );
             }
-            None => {}
         }
         out
     }
@@ -204,19 +258,10 @@ async fn probe(config: ConnectionConfig, timeout: Duration) -> Result<Reached, S
     }
     let mut facts = NodeFacts::from_info(&text);
     // Redis answers CONFIG GET; Dragonfly answers an empty map and has no AOF.
-    if let Ok(reply) = conn
-        .command_timeout(&["CONFIG", "GET", "appendfsync"], timeout)
+    facts.appendfsync = config_get(&conn, "appendfsync", timeout)
         .await
-    {
-        if let Some(v) = reply.map_get(b"appendfsync").and_then(|v| v.as_bytes()) {
-            facts.appendfsync = String::from_utf8_lossy(v).into_owned();
-        } else if let dragonlock::resp::Frame::Array(items) = &reply {
-            // RESP2: a flat [name, value] array.
-            if let Some(v) = items.get(1).and_then(|v| v.as_bytes()) {
-                facts.appendfsync = String::from_utf8_lossy(v).into_owned();
-            }
-        }
-    }
+        .unwrap_or_default();
+    facts.save = config_get(&conn, "save", timeout).await;
     let info = conn.server_info().unwrap_or_default();
     let server = match &info.dragonfly_version {
         Some(v) => format!("dragonfly {v}"),
@@ -228,6 +273,23 @@ async fn probe(config: ConnectionConfig, timeout: Duration) -> Result<Reached, S
         delex: info.has_delex,
         facts,
     })
+}
+
+/// One `CONFIG GET` value; `None` when the server does not say.
+async fn config_get(conn: &Connection, name: &str, timeout: Duration) -> Option<String> {
+    let reply = conn
+        .command_timeout(&["CONFIG", "GET", name], timeout)
+        .await
+        .ok()?;
+    let value = match reply.map_get(name.as_bytes()) {
+        Some(v) => v.as_bytes(),
+        // RESP2: a flat [name, value] array.
+        None => match &reply {
+            dragonlock::resp::Frame::Array(items) => items.get(1).and_then(|v| v.as_bytes()),
+            _ => None,
+        },
+    }?;
+    Some(String::from_utf8_lossy(value).into_owned())
 }
 
 pub async fn run(args: PingArgs) -> ExitCode {
@@ -298,14 +360,16 @@ pub async fn run(args: PingArgs) -> ExitCode {
         }
     }
     let n = reports.len();
-    if voting < quorum {
-        println!("verdict: UNAVAILABLE: {voting} of {n} nodes can vote, a lock needs {quorum}");
-        ExitCode::from(crate::EXIT_UNAVAILABLE)
-    } else if unsafe_nodes > 0 {
+    // An unsafe node comes first: it needs fixing whether or not a quorum could vote without it.
+    if unsafe_nodes > 0 {
         println!(
-            "verdict: UNSAFE: {unsafe_nodes} of {n} nodes are configured unsafely for locks (quorum {quorum})"
+            "verdict: UNSAFE: {unsafe_nodes} of {n} nodes are configured unsafely for locks \
+             ({voting} can vote, quorum {quorum})"
         );
         ExitCode::from(EXIT_UNSAFE)
+    } else if voting < quorum {
+        println!("verdict: UNAVAILABLE: {voting} of {n} nodes can vote, a lock needs {quorum}");
+        ExitCode::from(crate::EXIT_UNAVAILABLE)
     } else {
         let warnings: usize = reports
             .iter()
@@ -405,7 +469,20 @@ mod tests {
         let sit = f.findings(Some(Duration::from_secs(60)));
         assert_eq!(sit.len(), 1);
         assert_eq!(sit[0].severity, Severity::Sitting);
-        assert!(f.findings(Some(Duration::from_secs(5))).is_empty());
+        // Clients credit a second less than the report: 5 s up does not satisfy a 5 s delay.
+        assert_eq!(f.findings(Some(Duration::from_secs(5))).len(), 1);
+        assert!(f.findings(Some(Duration::from_secs(4))).is_empty());
+        // Snapshots roll keys and counters back after a crash: a warning, delay or not.
+        f.save = Some("3600 1".into());
+        let snap = f.findings(Some(Duration::from_secs(1)));
+        assert!(
+            snap[0].text.contains("restarts from a snapshot"),
+            "{snap:?}"
+        );
+        f.aof_enabled = true;
+        f.appendfsync = "everysec".into();
+        assert!(f.findings(None)[0].text.contains("appendfsync everysec"));
+        f.save = None;
         f.aof_enabled = true;
         f.appendfsync = "always".into();
         assert!(

@@ -419,6 +419,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(g) => g,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    if args.fenced {
+        match fence_restart_rule(args.ttl, args.restart_delay) {
+            Ok(None) => {}
+            Ok(Some(warning)) => eprintln!("dragonlock: warning: {warning}"),
+            Err(e) => return fail(EXIT_USAGE, e),
+        }
+    }
     let configs = match node_configs(&args.nodes) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -549,11 +556,32 @@ async fn hold(lock: &mut Lock, group: &mut Group, ttl: Duration, grace: Duration
             // now, and is SIGKILLed by the old validity at the latest.
             Err(e) => {
                 return Ending::Lost {
-                    why: format!("the lock was lost ({e})"),
+                    why: format!("the renewal failed: {e}"),
                     kill_at: kill_deadline(valid_until),
                 }
             }
         }
+    }
+}
+
+/// The fencing guarantee needs the restart rule at twice the ttl (see `redlock::fence`). Too
+/// short a rule is refused; none at all is allowed with a warning, since nodes that keep no data
+/// or fsync every write need none.
+pub(crate) fn fence_restart_rule(
+    ttl: Duration,
+    restart_delay: Option<Duration>,
+) -> Result<Option<String>, String> {
+    match restart_delay {
+        Some(d) if d < ttl * 2 => Err(format!(
+            "--fenced needs --restart-delay of at least twice --ttl ({:?}); {d:?} is shorter",
+            ttl * 2
+        )),
+        Some(_) => Ok(None),
+        None => Ok(Some(format!(
+            "--fenced without --restart-delay: tokens can repeat if a node restarts without \
+             persistence; pass --restart-delay {:?} or more unless the nodes fsync every write",
+            ttl * 2
+        ))),
     }
 }
 
@@ -562,6 +590,14 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn fenced_runs_need_the_restart_rule_at_twice_the_ttl() {
+        let ttl = 10_000 * MS;
+        assert!(fence_restart_rule(ttl, Some(19_999 * MS)).is_err());
+        assert_eq!(fence_restart_rule(ttl, Some(20_000 * MS)), Ok(None));
+        assert!(fence_restart_rule(ttl, None).unwrap().is_some());
+    }
 
     #[test]
     fn grace_must_end_inside_the_renewal_window() {

@@ -186,6 +186,11 @@ impl LockError {
 
     /// Names the resource and the nodes' addresses, for the message. Copies the first key
     /// (inline up to 64 bytes) and bumps a reference count: no allocation for keys that fit.
+    pub(crate) fn because(mut self, reason: &'static str) -> LockError {
+        self.reason = reason;
+        self
+    }
+
     pub(crate) fn about(mut self, keys: &[Key], addrs: &Arc<[Box<str>]>) -> LockError {
         if let Some(first) = keys.first() {
             self.resource.clone_from(first);

@@ -2,7 +2,8 @@
 //!
 //! A fenced acquire is a normal acquire plus one round trip. Each node keeps, next to the lock
 //! key, a counter key for the resource (the lock key with [`FENCE_SUFFIX`]), which only ever
-//! rises and has no ttl.
+//! rises and has no ttl: one small key per fenced resource stays on every node for good, so
+//! fence long-lived resources, not one name per job.
 //!
 //! ```text
 //!  1. read:  on every node, one script: SET lock token NX PX ttl, and answer the counter
@@ -41,7 +42,13 @@
 //! stay fewer than a quorum. So the invariant holds; and B, whose reads all come after A ended,
 //! takes the maximum over a quorum of counters, which includes one of at least `token(A)`.
 //!
-//! What breaks it: a restart rule shorter than twice the ttl; clocks outside the drift bound;
+//! What breaks it: a node that restarts from an **older snapshot** (Redis's default `save`
+//! points, AOF with `appendfsync everysec`, Dragonfly snapshots, after a crash): its counter
+//! comes back lower instead of missing, which the proof does not allow (found by review with
+//! three real servers: token 6 after token 10). Fenced locks need nodes that either keep no data
+//! across restarts or fsync every write (`appendfsync always`); `dragonlock ping` warns about
+//! the others. Also: a restart rule shorter than twice the ttl; clocks outside the drift bound
+//! (a node's wall clock stepped forward also shortens the uptime the restart rule reads);
 //! and the loss of the counters of every node that had one (every node wiped at once, or a
 //! majority wiped while the others never had a counter for the resource): that looks exactly
 //! like a resource nobody fenced before, and starts again at the floor. Set a floor
@@ -71,27 +78,49 @@ pub const FENCE_SUFFIX: &str = ":dragonlock-fence";
 /// the counter as a number. At a million grants a second that is 285 years of one resource.
 pub const MAX_FENCING_TOKEN: u64 = (1 << 53) - 1;
 
+// A counter is a canonical decimal between 1 and `MAX_FENCING_TOKEN`: no sign, no leading
+// zero, no spaces. Each script begins with the same `bad` check: anything else in the key
+// (written by someone else, or by hand) is refused with an error reply before anything is set,
+// rather than read as a number by one script and compared as a string by another (`"007"` is 7
+// to `tonumber` and smaller than `"8"` to the comparison).
+
 /// Step 1 on one node: `SET lock token NX PX ttl`, and the counter. One integer, so the reply
 /// takes the decoder's allocation-free path: the counter `c` (0 when missing) when the SET was
-/// granted, `-(c + 1)` when it was refused.
-pub const FENCE_ACQUIRE: &str = "local c = redis.call('get', KEYS[2]) local n = 0 \
-if c then n = tonumber(c) end \
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return n end return -n - 1";
+/// granted, `-(c + 1)` when it was refused. A malformed counter is an error, and nothing is set.
+pub const FENCE_ACQUIRE: &str = concat!(
+    "local function bad(c) return not string.match(c, '^[1-9][0-9]*$') or #c > 16 ",
+    "or tonumber(c) > 9007199254740991 end ",
+    "local c = redis.call('get', KEYS[2]) local n = 0 ",
+    "if c then if bad(c) then return redis.error_reply('FENCE malformed fencing counter') end n = tonumber(c) end ",
+    "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return n end return -n - 1"
+);
 
-/// Step 3 on one node: raise the counter to `ARGV[2]` (compared as decimal strings, so no
-/// precision is lost). A missing counter is created only where the lock key holds our token
-/// `ARGV[1]` and `ARGV[3]` is `1`: the node's SET grant reached us inside the validity (a late
-/// grant must not create a counter; the proof below needs it). Answers 1 where the lock key
+/// Step 3 on one node: raise the counter to `ARGV[2]` (compared as decimal strings of canonical
+/// form, so no precision is lost). A missing counter is created only where the lock key holds
+/// our token `ARGV[1]` and `ARGV[3]` is `1`: the node's SET grant reached us inside the validity
+/// (a late grant must not create a counter; the proof needs it). Answers 1 where the lock key
 /// holds our token and the counter is now at least the token: only those writes count.
-pub const FENCE_WRITE: &str = "local mine = redis.call('get', KEYS[1]) == ARGV[1] \
-local c = redis.call('get', KEYS[2]) local v = ARGV[2] \
-if c then if #c < #v or (#c == #v and c < v) then redis.call('set', KEYS[2], v) end \
-elseif mine and ARGV[3] == '1' then redis.call('set', KEYS[2], v) c = v end \
-if mine and c then return 1 end return 0";
+pub const FENCE_WRITE: &str = concat!(
+    "local function bad(c) return not string.match(c, '^[1-9][0-9]*$') or #c > 16 ",
+    "or tonumber(c) > 9007199254740991 end ",
+    "local mine = redis.call('get', KEYS[1]) == ARGV[1] ",
+    "local c = redis.call('get', KEYS[2]) local v = ARGV[2] ",
+    "if c then if bad(c) then return redis.error_reply('FENCE malformed fencing counter') end ",
+    "if #c < #v or (#c == #v and c < v) then redis.call('set', KEYS[2], v) end ",
+    "elseif mine and ARGV[3] == '1' then redis.call('set', KEYS[2], v) c = v end ",
+    "if mine and c then return 1 end return 0"
+);
 
-/// The operator's reseed: raise the counter to `ARGV[1]`, creating it when missing.
-pub const FENCE_RESEED: &str = "local c = redis.call('get', KEYS[1]) local v = ARGV[1] \
-if not c or #c < #v or (#c == #v and c < v) then redis.call('set', KEYS[1], v) return 1 end return 0";
+/// The operator's reseed: raise the counter to `ARGV[1]`, creating it when missing (a malformed
+/// one is replaced). Answers the counter as it is afterwards, so the client can raise every node
+/// to the largest it saw.
+pub const FENCE_RESEED: &str = concat!(
+    "local function bad(c) return not string.match(c, '^[1-9][0-9]*$') or #c > 16 ",
+    "or tonumber(c) > 9007199254740991 end ",
+    "local c = redis.call('get', KEYS[1]) local v = ARGV[1] ",
+    "if not c or bad(c) or #c < #v or (#c == #v and c < v) then redis.call('set', KEYS[1], v) c = v end ",
+    "return tonumber(c)"
+);
 
 /// Two fencing protocols that look right and are not, for the safety checker's negative
 /// controls (set only through the `testing` feature). Never use them for anything else.
@@ -137,8 +166,11 @@ impl NodeRead {
 /// Why no token could be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NoToken {
-    /// Some nodes have counters but fewer than a quorum, or not every node answered "missing".
-    Unavailable,
+    /// Some nodes have counters, but fewer than a quorum.
+    TooFewCounters,
+    /// No node that answered has a counter, but not every node answered: a new resource, or
+    /// one whose counters live only on the silent nodes.
+    NotEveryNodeAnswered,
     /// The next token would pass [`MAX_FENCING_TOKEN`].
     Overflow,
 }
@@ -157,8 +189,10 @@ pub(crate) fn pick_token(
         present.iter().copied().max().unwrap_or(0)
     } else if present.is_empty() && reads.iter().all(Option::is_some) {
         0 // a resource no node has a counter for
+    } else if present.is_empty() {
+        return Err(NoToken::NotEveryNodeAnswered);
     } else {
-        return Err(NoToken::Unavailable);
+        return Err(NoToken::TooFewCounters);
     };
     let token = base.checked_add(1).ok_or(NoToken::Overflow)?.max(floor);
     if token > MAX_FENCING_TOKEN {
@@ -342,8 +376,17 @@ impl Redlock {
         };
         let fencing_token = match picked {
             Ok(t) => t,
-            Err(NoToken::Unavailable) => {
-                return refuse(LockErrorKind::FenceUnavailable, results.clone())
+            Err(NoToken::TooFewCounters) => {
+                let e = refuse(LockErrorKind::FenceUnavailable, results.clone());
+                return e.map_err(|e| {
+                    e.because("fewer than a quorum of nodes still have the counter (restarted without persistence?): reseed_fence")
+                });
+            }
+            Err(NoToken::NotEveryNodeAnswered) => {
+                let e = refuse(LockErrorKind::FenceUnavailable, results.clone());
+                return e.map_err(|e| {
+                    e.because("no node that answered has a counter: a new resource needs every node to answer, or a reseed_fence")
+                });
             }
             Err(NoToken::Overflow) => return refuse(LockErrorKind::FenceOverflow, results.clone()),
         };
@@ -480,13 +523,13 @@ mod tests {
             read(false, Some(41)),
             read(true, None),
         ];
-        assert_eq!(pick_token(&reads, 3, 1), Err(NoToken::Unavailable));
+        assert_eq!(pick_token(&reads, 3, 1), Err(NoToken::TooFewCounters));
         // Every node answered and none has a counter: a new resource.
         let reads = [read(true, None), read(true, None), read(false, None)];
         assert_eq!(pick_token(&reads, 2, 1), Ok(1));
         // No counters, but one node did not answer: it may hold the only counters left.
         let reads = [read(true, None), read(true, None), None];
-        assert_eq!(pick_token(&reads, 2, 1), Err(NoToken::Unavailable));
+        assert_eq!(pick_token(&reads, 2, 1), Err(NoToken::NotEveryNodeAnswered));
     }
 
     #[test]

@@ -779,6 +779,11 @@ impl Redlock {
                     "fencing tokens cover single resources, not acquire_many",
                 ));
             }
+            if keys.all()[0].ends_with(fence::FENCE_SUFFIX.as_bytes()) {
+                return Err(LockError::invalid(
+                    "a fenced resource's key may not end with the fencing counter's suffix",
+                ));
+            }
             return self.attempt_fenced(keys, ttl, cut).await;
         }
         let token = new_token();
@@ -886,10 +891,18 @@ impl Redlock {
     }
 
     /// Raises `resource`'s fencing counter to at least `at_least` on every node that answers,
-    /// creating it where it is missing: the way back after a majority of nodes lost their
-    /// counters ([`LockError::is_fence_unavailable`]). Take `at_least` from the protected
-    /// store: one more than the highest token it has accepted. Returns how many nodes now hold
-    /// a counter of at least `at_least`.
+    /// creating it where it is missing, then raises every node to the largest counter any of
+    /// them still had: the way back after a majority of nodes lost their counters
+    /// ([`LockError::is_fence_unavailable`]). Returns how many nodes now hold a counter of at
+    /// least that value.
+    ///
+    /// Choose `at_least` above every token that may have been handed out before the loss, not
+    /// just above the highest the protected store has seen: a holder paused since before the
+    /// loss may carry a larger token the store has not seen yet, and if new tokens do not pass
+    /// it, the store cannot refuse that holder. The surviving counters are taken into account
+    /// here, but the lost ones may have been higher. A safe choice is the store's highest plus
+    /// more than the number of grants that can have happened since the store last saw a write
+    /// (tokens go up to 2^53 − 1, so a margin of a million costs nothing).
     ///
     /// # Errors
     ///
@@ -899,14 +912,16 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// The writes are sent when the future is first polled; dropping it afterwards loses only
-    /// the count. A write is raise-only, so sending it again is harmless.
+    /// the count. A write only raises, so sending it again is harmless.
     ///
     /// # Examples
     ///
     /// ```no_run
     /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
     /// let highest_seen_by_the_store = 41_337;
-    /// redlock.reseed_fence("ledger", highest_seen_by_the_store + 1).await?;
+    /// redlock
+    ///     .reseed_fence("ledger", highest_seen_by_the_store + 1_000_000)
+    ///     .await?;
     /// # Ok(()) }
     /// ```
     pub async fn reseed_fence(&self, resource: &str, at_least: u64) -> Result<usize, LockError> {
@@ -916,18 +931,39 @@ impl Redlock {
             ));
         }
         let key = fence::fence_key(&self.key(resource));
-        let keys = [&key[..]];
+        // First to `at_least`, then (if some node had more) everywhere to the largest seen.
+        let mut target = at_least;
+        loop {
+            let (confirmed, highest, results) = self.raise_fence(&key, target).await;
+            if confirmed < self.inner.quorum {
+                return Err(LockError::new(LockErrorKind::FenceUnavailable, results));
+            }
+            if highest <= target {
+                return Ok(confirmed);
+            }
+            target = highest;
+        }
+    }
+
+    /// One reseed round: how many nodes confirmed, the largest counter they answered, and the
+    /// per-node answers.
+    async fn raise_fence(&self, key: &[u8], to: u64) -> (usize, u64, NodeResults) {
+        let keys = [key];
         let mut v = itoa::Buffer::new();
-        let args = [v.format(at_least).as_bytes()];
+        let args = [v.format(to).as_bytes()];
         let s = scripts();
         let deadline = Instant::now() + self.inner.options.release_timeout;
+        let highest = std::cell::Cell::new(0u64);
         let (_, collector) = self
             .collect(
                 deadline,
                 true,
                 |buf, _| s.fence_reseed.encode(buf, ScriptCall::BySha, &keys, &args),
                 |f| match f {
-                    Frame::Integer(_) => Vote::Yes,
+                    Frame::Integer(n) => {
+                        highest.set(highest.get().max(*n as u64));
+                        Vote::Yes
+                    }
                     Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
                     Frame::Error(e) => Vote::Fail(Error::new(crate::ErrorKind::Server(e.clone()))),
                     _ => Vote::Fail(Error::new(crate::ErrorKind::UnexpectedReply)),
@@ -940,14 +976,11 @@ impl Redlock {
                 },
             )
             .await;
-        if collector.granted() >= self.inner.quorum {
-            Ok(collector.granted())
-        } else {
-            Err(LockError::new(
-                LockErrorKind::FenceUnavailable,
-                collector.results.clone(),
-            ))
-        }
+        (
+            collector.granted(),
+            highest.get(),
+            collector.results.clone(),
+        )
     }
 
     /// A lock error that names the resource and the nodes' addresses (no allocation: see
