@@ -6,6 +6,7 @@
 //! command was stopped).
 
 mod cli {
+    pub mod baseline;
     pub mod bench;
     pub mod servers;
 }

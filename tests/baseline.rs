@@ -1,0 +1,174 @@
+//! The single-loop baseline (`src/cli/baseline.rs`) against fake nodes whose every answer is
+//! known in advance: it must count each reply for the operation it belongs to, late votes and
+//! cleanup answers included.
+
+#[allow(dead_code)]
+#[path = "../src/cli/baseline.rs"]
+mod baseline;
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baseline::Baseline;
+use dragonlock::LockErrorKind;
+use support::fake::{Action, FakeServer, Handler};
+
+/// FNV-1a of the key: its bits say how each node answers it.
+fn bits(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key {
+        h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+    }
+    h ^ (h >> 29)
+}
+
+/// Node `j` says yes to the `SET` of `key` when bit `j` is set, and yes to its release when
+/// bit `4 + j` is. Bit 3 makes node 2 trickle its `SET` answer one byte at a time: its replies
+/// come split across reads, and late, after the other two decided.
+fn set_yes(key: &[u8], j: usize) -> bool {
+    bits(key) >> j & 1 == 1
+}
+fn release_yes(key: &[u8], j: usize) -> bool {
+    bits(key) >> (4 + j) & 1 == 1
+}
+
+fn node(j: usize, cleanups: Arc<AtomicUsize>) -> Handler {
+    Arc::new(move |args: &[Vec<u8>]| {
+        let reply = |bytes: &[u8]| Action::Reply(bytes.to_vec());
+        match args[0].as_slice() {
+            b"SET" => {
+                let key = &args[1];
+                // Both RESP2 and RESP3 nulls.
+                let bytes: &[u8] = match (set_yes(key, j), j) {
+                    (true, _) => b"+OK\r\n",
+                    (false, 1) => b"_\r\n",
+                    (false, _) => b"$-1\r\n",
+                };
+                if j == 2 && bits(key) >> 3 & 1 == 1 {
+                    Action::Trickle(bytes.to_vec(), Duration::from_millis(1))
+                } else {
+                    reply(bytes)
+                }
+            }
+            b"EVALSHA" if release_yes(&args[3], j) => reply(b":1\r\n"),
+            b"EVALSHA" => reply(b":0\r\n"),
+            // The cleanup after a refused acquire, with the script's source.
+            b"EVAL" => {
+                cleanups.fetch_add(1, Ordering::SeqCst);
+                reply(b":0\r\n")
+            }
+            _ => reply(b"-ERR unexpected\r\n"),
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_counts_for_its_own_operation() {
+    const CALLERS: usize = 6;
+    const OPS: usize = 40;
+    let cleanups = Arc::new(AtomicUsize::new(0));
+    let mut fakes = Vec::new();
+    for j in 0..3 {
+        fakes.push(FakeServer::start(false, node(j, cleanups.clone())).await);
+    }
+    let addrs: Vec<String> = fakes
+        .iter()
+        .map(|f| format!("127.0.0.1:{}", f.port))
+        .collect();
+    let ttl = Duration::from_secs(30);
+    let mut base = Baseline::connect(&addrs, 3, ttl, false, CALLERS)
+        .await
+        .unwrap();
+    assert_eq!(base.release_command(), "evalsha");
+    let mut callers = Vec::new();
+    for c in 0..CALLERS {
+        let mut client = base.client();
+        callers.push(tokio::spawn(async move {
+            // (granted, busy, released on a quorum, released short of one)
+            let mut seen = [0usize; 4];
+            for i in 0..OPS {
+                let name = format!("c{c}:{i}");
+                let key = name.as_bytes();
+                let yes = (0..3).filter(|&j| set_yes(key, j)).count();
+                match client.acquire(key).await {
+                    Ok(token) => {
+                        assert!(yes >= 2, "{name} granted on {yes} yes votes");
+                        seen[0] += 1;
+                        let released = client.release(key, &token).await;
+                        let ones = (0..3).filter(|&j| release_yes(key, j)).count();
+                        assert!(released <= ones, "{name}: {released} of {ones}");
+                        assert_eq!(released >= 2, ones >= 2, "{name}: {released} of {ones}");
+                        seen[if released >= 2 { 2 } else { 3 }] += 1;
+                    }
+                    Err(kind) => {
+                        assert_eq!(kind, LockErrorKind::Busy, "{name}");
+                        assert!(yes <= 1, "{name} refused on {yes} yes votes");
+                        seen[1] += 1;
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    let mut seen = [0usize; 4];
+    for c in callers {
+        let s = tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("callers finish")
+            .unwrap();
+        for (t, s) in seen.iter_mut().zip(s) {
+            *t += s;
+        }
+    }
+    // Not vacuous: every kind of answer was met.
+    assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    // A refused acquire is decided at its second no, so it releases on at least one node: the
+    // one that said yes, or the one that had not answered yet.
+    let refused = seen[1];
+    assert!(
+        support::eventually(Duration::from_secs(5), || cleanups.load(Ordering::SeqCst)
+            >= refused)
+        .await,
+        "{} cleanups for {refused} refused acquires",
+        cleanups.load(Ordering::SeqCst)
+    );
+}
+
+/// Nodes that never answer: the validity deadline decides (`Expired`), and the key is
+/// released on the node that said yes and on the silent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_without_a_quorum_expires_at_its_validity() {
+    let cleanups = Arc::new(AtomicUsize::new(0));
+    let seen = cleanups.clone();
+    let yes: Handler = Arc::new(move |args: &[Vec<u8>]| match args[0].as_slice() {
+        b"SET" => Action::Reply(b"+OK\r\n".to_vec()),
+        _ => {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Action::Reply(b":1\r\n".to_vec())
+        }
+    });
+    let silent: Handler = Arc::new(|_: &[Vec<u8>]| Action::Silent);
+    let fakes = [
+        FakeServer::start(false, yes).await,
+        FakeServer::start(false, silent.clone()).await,
+        FakeServer::start(false, silent).await,
+    ];
+    let addrs: Vec<String> = fakes
+        .iter()
+        .map(|f| format!("127.0.0.1:{}", f.port))
+        .collect();
+    let ttl = Duration::from_millis(100);
+    let mut base = Baseline::connect(&addrs, 3, ttl, false, 1).await.unwrap();
+    let mut client = base.client();
+    let r = tokio::time::timeout(Duration::from_secs(10), client.acquire(b"k"))
+        .await
+        .expect("decided at the deadline");
+    assert_eq!(r, Err(LockErrorKind::Expired));
+    assert!(
+        support::eventually(Duration::from_secs(5), || cleanups.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+}
