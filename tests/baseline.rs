@@ -7,6 +7,7 @@
 mod baseline;
 mod support;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,4 +172,50 @@ async fn an_acquire_without_a_quorum_expires_at_its_validity() {
             == 1)
         .await
     );
+}
+
+/// Counts its wakes.
+struct Flag(AtomicUsize);
+
+impl std::task::Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A future may be polled with a new waker (the current-thread runtime's `block_on` does
+/// it), and then the new one must be woken, not only the one handed over with the operation.
+/// On a current-thread runtime the loop cannot run between the two polls, so both are pending.
+#[tokio::test]
+async fn the_newest_waker_is_woken() {
+    let yes: Handler = Arc::new(|_: &[Vec<u8>]| Action::Reply(b"+OK\r\n".to_vec()));
+    let fake = FakeServer::start(false, yes).await;
+    let addrs = [format!("127.0.0.1:{}", fake.port)];
+    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, 1)
+        .await
+        .unwrap();
+    let mut client = base.client();
+    let mut acquire = std::pin::pin!(client.acquire(b"k"));
+    let (first, second) = (
+        Arc::new(Flag(AtomicUsize::new(0))),
+        Arc::new(Flag(AtomicUsize::new(0))),
+    );
+    for flag in [&first, &second] {
+        let waker = std::task::Waker::from(flag.clone());
+        let poll = acquire
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        assert!(poll.is_pending());
+    }
+    assert!(
+        support::eventually(Duration::from_secs(10), || second.0.load(Ordering::SeqCst)
+            > 0)
+        .await,
+        "the second waker was not woken"
+    );
+    let waker = std::task::Waker::from(second.clone());
+    let poll = acquire
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    assert!(matches!(poll, std::task::Poll::Ready(Ok(_))), "{poll:?}");
 }

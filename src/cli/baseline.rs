@@ -64,7 +64,7 @@ use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -148,10 +148,24 @@ struct Queue {
     closed: bool,
 }
 
+/// Where one caller learns its outcomes.
+///
+/// The waker normally travels with the submission, so deciding an operation costs one atomic
+/// and one wake. A future may be polled with a new waker, though (tokio's current-thread
+/// `block_on` does it), and then only the newest may be relied on: the caller parks it in
+/// `moved_to` and sets `moved`, and the loop wakes that one too from then on. Both sides use
+/// `SeqCst` (outcome, then `moved`; `moved`, then outcome): either the loop sees `moved`, or
+/// the caller's second look sees the outcome.
+struct Lane {
+    /// `ticket << 32 | outcome` of the caller's latest decided operation.
+    outcome: AtomicU64,
+    moved: AtomicBool,
+    moved_to: Mutex<Option<Waker>>,
+}
+
 struct Shared {
     queue: Mutex<Queue>,
-    /// One per caller: `ticket << 32 | outcome` of its latest decided operation.
-    lanes: Box<[AtomicU64]>,
+    lanes: Box<[Lane]>,
 }
 
 impl Shared {
@@ -162,10 +176,21 @@ impl Shared {
     /// Publishes an outcome. `fetch_max`: an operation whose caller went away, decided late,
     /// never overwrites the caller's newer one (tickets only grow).
     fn publish(&self, op: &mut Submit, outcome: u32) {
+        let lane = &self.lanes[op.lane];
         let v = (op.ticket as u64) << 32 | outcome as u64;
-        self.lanes[op.lane].fetch_max(v, Ordering::AcqRel);
+        lane.outcome.fetch_max(v, Ordering::SeqCst);
         if let Some(w) = op.waker.take() {
             w.wake();
+        }
+        if lane.moved.load(Ordering::SeqCst) {
+            let moved = lane
+                .moved_to
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(w) = moved {
+                w.wake();
+            }
         }
     }
 }
@@ -292,7 +317,13 @@ impl Baseline {
                 loop_waker: None,
                 closed: false,
             }),
-            lanes: (0..callers).map(|_| AtomicU64::new(0)).collect(),
+            lanes: (0..callers)
+                .map(|_| Lane {
+                    outcome: AtomicU64::new(0),
+                    moved: AtomicBool::new(false),
+                    moved_to: Mutex::new(None),
+                })
+                .collect(),
         });
         let the_loop = Loop {
             shared: shared.clone(),
@@ -403,14 +434,23 @@ impl Client {
         let (ticket, lane) = (self.ticket, &self.shared.lanes[self.lane]);
         let mut submitted: Option<Waker> = None;
         poll_fn(|cx| {
-            if let Some(w) = &submitted {
-                let v = lane.load(Ordering::Acquire);
-                if (v >> 32) as u32 == ticket {
-                    return Poll::Ready(v as u32);
+            let decided = || {
+                let v = lane.outcome.load(Ordering::SeqCst);
+                ((v >> 32) as u32 == ticket).then_some(v as u32)
+            };
+            if let Some(w) = &mut submitted {
+                if let Some(outcome) = decided() {
+                    return Poll::Ready(outcome);
                 }
-                // The loop wakes the waker it was handed; a different task polling now would
-                // never be woken.
-                assert!(w.will_wake(cx.waker()), "baseline ops stay in their task");
+                if !w.will_wake(cx.waker()) {
+                    // Polled with a new waker: see `Lane`.
+                    *w = cx.waker().clone();
+                    *lane.moved_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+                    lane.moved.store(true, Ordering::SeqCst);
+                    if let Some(outcome) = decided() {
+                        return Poll::Ready(outcome);
+                    }
+                }
                 return Poll::Pending;
             }
             // The clock starts before the operation is handed over.

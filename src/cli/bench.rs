@@ -1,4 +1,13 @@
 //! `dragonlock bench`: lock throughput and latency, with an optional same-run baseline.
+//!
+//! `--baseline` runs the single-loop client (`cli/baseline.rs`) after dragonlock, with the
+//! same workers, workload and servers. The JSON then has `baseline` (shaped as `dragonlock`),
+//! `ratio_to_baseline` (`throughput`: dragonlock's rate over the baseline's; `cycle_p50`,
+//! `cycle_p99`: dragonlock's latency over the baseline's), `setup.baseline` (`"single-loop"`)
+//! and `setup.baseline_release` (`"evalsha"`, `"delex"` or `"mixed"`). The keys are the ones
+//! the older baseline had (until 2026-11-30: a plain socket per worker per node, released
+//! with `DEL`), plus the two `setup` keys; figures from before that date compare against
+//! that weaker client.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -622,6 +631,9 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
         s["ttl_ms"],
         s["cores"],
     );
+    if let Some(release) = s["baseline_release"].as_str() {
+        println!("baseline: the single-loop client, releasing via {release} at the quorum");
+    }
     println!();
     println!(
         "{:<22} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
