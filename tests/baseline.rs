@@ -16,6 +16,33 @@ use baseline::Baseline;
 use dragonlock::LockErrorKind;
 use support::fake::{Action, FakeServer, Handler};
 
+struct Counting;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
+// const-initialised thread-local Cell, which needs no allocation to access.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+/// Counts allocations per thread: each test runs its own current-thread runtime (or, with
+/// worker threads, is not counted), so tests in parallel do not disturb each other.
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
 /// FNV-1a of the key: its bits say how each node answers it.
 fn bits(key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -218,4 +245,51 @@ async fn the_newest_waker_is_woken() {
         .as_mut()
         .poll(&mut std::task::Context::from_waker(&waker));
     assert!(matches!(poll, std::task::Poll::Ready(Ok(_))), "{poll:?}");
+}
+
+/// Nothing is allocated per lock cycle: eight callers on one current-thread runtime (the loop
+/// and the callers all on this thread, whose allocations are counted), 2,000 cycles after a
+/// warm-up, against real servers.
+#[tokio::test]
+async fn a_lock_cycle_allocates_nothing() {
+    const CALLERS: usize = 8;
+    let servers = support::server::cluster(3);
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr()).collect();
+    let mut base = Baseline::connect(&addrs, 3, Duration::from_secs(10), false, CALLERS)
+        .await
+        .unwrap();
+    let cycles = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..CALLERS {
+        let (mut client, cycles, stop) = (base.client(), cycles.clone(), stop.clone());
+        let key = format!("alloc:{c}").into_bytes();
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let token = client.acquire(&key).await.unwrap();
+                assert!(client.release(&key, &token).await >= 2);
+                cycles.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // Waits (bounded in polls and time) until `n` cycles are done; yielding allocates nothing.
+    let until = |n: usize| {
+        let cycles = cycles.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while cycles.load(Ordering::SeqCst) < n {
+                assert!(std::time::Instant::now() < deadline, "cycles stalled");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    until(500).await;
+    let (before, from) = (ALLOCS.with(|c| c.get()), cycles.load(Ordering::SeqCst));
+    until(from + 2_000).await;
+    let allocated = ALLOCS.with(|c| c.get()) - before;
+    stop.store(true, Ordering::SeqCst);
+    for c in callers {
+        c.await.unwrap();
+    }
+    assert_eq!(allocated, 0, "allocations over 2,000 lock cycles");
 }
