@@ -293,3 +293,52 @@ async fn a_lock_cycle_allocates_nothing() {
     }
     assert_eq!(allocated, 0, "allocations over 2,000 lock cycles");
 }
+
+/// Where `COMMAND INFO DELEX` finds the command (fakes that answer like Dragonfly), the release
+/// is `DELEX key IFEQ token`, as dragonlock's; with `force_script`, the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_is_delex_where_the_server_has_it() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let handler: Handler = Arc::new(move |args: &[Vec<u8>]| {
+        let name = String::from_utf8_lossy(&args[0]).into_owned();
+        let reply: &[u8] = match name.as_str() {
+            "SET" => b"+OK\r\n",
+            "DELEX" if args[2] == b"IFEQ" => b":1\r\n",
+            "EVALSHA" => b":1\r\n",
+            _ => b"-ERR unexpected\r\n",
+        };
+        log.lock().unwrap().push(name);
+        Action::Reply(reply.to_vec())
+    });
+    let mut fakes = Vec::new();
+    for _ in 0..3 {
+        fakes.push(FakeServer::start(true, handler.clone()).await);
+    }
+    let addrs: Vec<String> = fakes
+        .iter()
+        .map(|f| format!("127.0.0.1:{}", f.port))
+        .collect();
+    for (force_script, release) in [(false, "DELEX"), (true, "EVALSHA")] {
+        seen.lock().unwrap().clear();
+        let ttl = Duration::from_secs(5);
+        let mut base = Baseline::connect(&addrs, 3, ttl, force_script, 1)
+            .await
+            .unwrap();
+        assert_eq!(base.release_command(), release.to_lowercase());
+        let mut client = base.client();
+        let token = client.acquire(b"k").await.unwrap();
+        assert!(client.release(b"k", &token).await >= 2);
+        // Every node gets the release; the third may still be on its way.
+        let all_in = || seen.lock().unwrap().len() == 6;
+        assert!(support::eventually(Duration::from_secs(5), all_in).await);
+        let mut names = seen.lock().unwrap().clone();
+        names.sort();
+        let want: Vec<String> = [release; 3]
+            .into_iter()
+            .chain(["SET"; 3])
+            .map(String::from)
+            .collect();
+        assert_eq!(names, want);
+    }
+}
