@@ -7,6 +7,7 @@
 //! command's process group was stopped).
 
 mod cli {
+    pub mod baseline;
     pub mod bench;
     pub mod ping;
     pub mod run;

@@ -812,3 +812,113 @@ fn run_fenced_exports_a_token_that_grows_from_one_holder_to_the_next() {
     ]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
 }
+
+/// Reads `INFO commandstats` into (command, calls) pairs.
+fn command_calls(server: &support::server::Server) -> Vec<(String, u64)> {
+    let info = server.cmd(&["INFO", "commandstats"]);
+    let text = String::from_utf8_lossy(info.as_bytes().unwrap()).into_owned();
+    text.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// `bench --baseline` runs the single-loop baseline with the same workers, and it releases with
+/// the command dragonlock uses on the server: on Redis 7.0 (no `DELEX`) `EVALSHA` of the
+/// release script, never a plain `DEL`. The servers' own counters say so: every release of
+/// either client reaches every node as one `EVALSHA`, and nothing but the script deletes.
+#[test]
+fn bench_baseline_is_the_single_loop_releasing_like_dragonlock() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    for s in &servers {
+        s.cmd(&["CONFIG", "RESETSTAT"]);
+    }
+    let o = dragonlock(&[
+        "bench",
+        "--nodes",
+        &nodes,
+        "--baseline",
+        "--ops",
+        "200",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "4",
+        "--ttl",
+        "5s",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["setup"]["baseline"], "single-loop");
+    assert_eq!(v["setup"]["baseline_release"], "evalsha");
+    let (ours, base) = (&v["dragonlock"], &v["baseline"]);
+    let base_cycles = base["cycles"].as_u64().unwrap();
+    assert!(base_cycles >= 200, "{base}");
+    assert_eq!(base["outcomes"]["granted"], base["cycles"]);
+    // Quorum releases: at least 2 of the 3 nodes had released when each returned.
+    assert!(base["nodes_per_release"].as_f64().unwrap() >= 2.0, "{base}");
+    let releases = ours["cycles"].as_u64().unwrap() + base_cycles;
+    for s in &servers {
+        let calls = command_calls(s);
+        let count = |c: &str| calls.iter().find(|(n, _)| n == c).map_or(0, |(_, k)| *k);
+        assert_eq!(count("evalsha"), releases, "{calls:?}");
+        assert_eq!(count("set"), releases, "{calls:?}");
+        // Redis counts the script's own `redis.call('del')` too: one per release, so a plain
+        // `DEL` anywhere would show as more.
+        assert_eq!(count("del"), releases, "{calls:?}");
+        assert_eq!(count("eval"), 0, "{calls:?}");
+    }
+
+    // Contended: one key, four callers, one attempt each time (the bench's policy for both
+    // clients): every cycle is granted or busy, and some of each.
+    let o = dragonlock(&[
+        "bench",
+        "--nodes",
+        &nodes,
+        "--baseline",
+        "--workload",
+        "contended",
+        "--resources",
+        "1",
+        "--ops",
+        "400",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "4",
+        "--ttl",
+        "5s",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let b = &v["baseline"]["outcomes"];
+    let (granted, busy) = (b["granted"].as_u64().unwrap(), b["busy"].as_u64().unwrap());
+    assert!(granted > 0, "{b}");
+    assert_eq!(
+        granted + busy,
+        v["baseline"]["cycles"].as_u64().unwrap(),
+        "{b}"
+    );
+
+    // Workloads the baseline does not have are refused, not compared against something else.
+    let o = dragonlock(&[
+        "bench",
+        "--nodes",
+        &nodes,
+        "--baseline",
+        "--workload",
+        "multi",
+    ]);
+    assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+}

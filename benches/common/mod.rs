@@ -1,5 +1,6 @@
-//! Shared by the network benches: real servers (the test harness) and the hand-written
-//! baseline client that every ratio is measured against.
+//! Shared by the network benches: real servers (the test harness) and the plain-socket
+//! baseline, whose one caller does its own I/O (the one-caller floor next to the single-loop
+//! baseline in `src/cli/baseline.rs`, which the lock-cycle ratios are quoted against).
 
 #![allow(dead_code)]
 

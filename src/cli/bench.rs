@@ -1,4 +1,13 @@
 //! `dragonlock bench`: lock throughput and latency, with an optional same-run baseline.
+//!
+//! `--baseline` runs the single-loop client (`cli/baseline.rs`) after dragonlock, with the
+//! same workers, workload and servers. The JSON then has `baseline` (shaped as `dragonlock`),
+//! `ratio_to_baseline` (`throughput`: dragonlock's rate over the baseline's; `cycle_p50`,
+//! `cycle_p99`: dragonlock's latency over the baseline's), `setup.baseline` (`"single-loop"`)
+//! and `setup.baseline_release` (`"evalsha"`, `"delex"` or `"mixed"`). The keys are the ones
+//! the older baseline had (until 2026-11-30: a plain socket per worker per node, released
+//! with `DEL`), plus the two `setup` keys; figures from before that date compare against
+//! that weaker client.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -7,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
+use crate::cli::baseline::{self, Baseline};
 use crate::{fail, node_configs, EXIT_UNAVAILABLE, EXIT_USAGE};
 use dragonlock::{LockErrorKind, Redlock, RedlockOptions, ReleaseWait};
 
@@ -74,15 +82,16 @@ pub struct BenchArgs {
     /// Start this many of the local servers stopped (SIGSTOP): a dead minority should cost nothing.
     #[arg(long, default_value_t = 0)]
     nodes_down: usize,
-    /// Also run the minimal hand-written client (plain sockets, SET NX PX and DEL to all nodes,
-    /// quorum of replies) in the same run, and print the ratio.
+    /// Also run the single-loop baseline (one task owning every node socket, the same lock
+    /// cycle and release command as dragonlock) with the same workers, and print the ratios.
+    /// Workloads: uncontended, contended, acquire-only.
     #[arg(long)]
     baseline: bool,
     /// Release with the Lua script even where the server has DELEX.
     #[arg(long)]
     force_script: bool,
     /// How long each of dragonlock's releases waits for the nodes' answers (the baseline always
-    /// stops at a quorum).
+    /// stops at a quorum, as `quorum` does).
     #[arg(long, value_enum, default_value = "quorum")]
     release_wait: ReleaseWaitArg,
     /// Print the results as one JSON object instead of a table.
@@ -169,6 +178,20 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
 
+/// The live progress line's histogram: 2 significant digits are plenty for a p99 shown once a
+/// second, and merging one costs an eighth of a 3-digit one (27,648 counters walked per merge).
+fn coarse_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("histogram bounds")
+}
+
+/// How often a worker merges its progress histogram into the shared one: as often as the line
+/// is printed. It was every 200 ms, with 3-digit histograms: 64 workers then walked and cleared
+/// 320 × 27,648 counters a second, about 2% of a core (~0.5 µs of "client CPU" per cycle at
+/// 45k cycles/s, estimated), charged to both clients alike, which narrowed every CPU ratio.
+/// Under callgrind, where a run is ~50x slower and time-driven work grows with it, the merges
+/// were over 90% of the instructions at 64 workers.
+const PROGRESS_FLUSH: Duration = Duration::from_secs(1);
+
 fn cpu_time() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we pass and nothing else.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -201,6 +224,12 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     }
     if args.workload == Workload::Contended && args.resources == 0 {
         return fail(EXIT_USAGE, "--resources must be at least 1");
+    }
+    if args.baseline && matches!(args.workload, Workload::Extend | Workload::Multi) {
+        return fail(
+            EXIT_USAGE,
+            "--baseline runs the uncontended, contended and acquire-only workloads",
+        );
     }
     let mut local = Vec::new();
     let mut server_bin = String::new();
@@ -282,7 +311,8 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         })
         .collect();
 
-    let results = measure(&args, &redlock).await;
+    let results = measure(&args, |_| Runner::Dragonlock(redlock.clone()), "bench").await;
+    let mut baseline_release = None;
     let baseline = if args.baseline {
         let live: Vec<String> = addrs
             .iter()
@@ -290,7 +320,20 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             .filter(|(_, u)| **u)
             .map(|(a, _)| a.clone())
             .collect();
-        Some(measure_baseline(&args, &live, redlock.quorum()).await)
+        let connected = Baseline::connect(
+            &live,
+            addrs.len(),
+            args.ttl,
+            args.force_script,
+            args.concurrency,
+        )
+        .await;
+        let mut base = match connected {
+            Ok(b) => b,
+            Err(e) => return fail(EXIT_UNAVAILABLE, format!("baseline: {e}")),
+        };
+        baseline_release = Some(base.release_command());
+        Some(measure(&args, |_| Runner::Baseline(base.client()), "bench:base").await)
     } else {
         None
     };
@@ -303,6 +346,8 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         "protocol": info.protocol,
         "release_path": release_paths,
         "release_wait": format!("{:?}", args.release_wait).to_lowercase(),
+        "baseline": args.baseline.then_some("single-loop"),
+        "baseline_release": baseline_release,
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "concurrency": args.concurrency,
         "ttl_ms": args.ttl.as_millis() as u64,
@@ -324,11 +369,23 @@ fn classify(outcomes: &mut Outcomes, kind: LockErrorKind) {
     }
 }
 
-async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
+/// Who a worker's cycles go through.
+enum Runner {
+    Dragonlock(Redlock),
+    Baseline(baseline::Client),
+}
+
+/// Runs `args.concurrency` workers, each with the client `runner` makes for it, on keys under
+/// `prefix`.
+async fn measure(
+    args: &BenchArgs,
+    mut runner: impl FnMut(usize) -> Runner,
+    prefix: &str,
+) -> Results {
     let progress = Arc::new(Progress {
         cycles: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-        recent: Mutex::new(hist()),
+        recent: Mutex::new(coarse_hist()),
         done: AtomicBool::new(false),
     });
     let start = Instant::now();
@@ -343,18 +400,20 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
     ));
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let redlock = redlock.clone();
+        let mut runner = runner(w);
         let progress = progress.clone();
         let (workload, ttl, resources) = (args.workload, args.ttl, args.resources);
+        let prefix = prefix.to_string();
         workers.push(tokio::spawn(async move {
-            let (mut acq, mut rel, mut cyc, mut recent) = (hist(), hist(), hist(), hist());
+            let (mut acq, mut rel, mut cyc) = (hist(), hist(), hist());
+            let mut recent = coarse_hist();
             let mut outcomes = Outcomes::default();
             let mut cycles = 0u64;
-            let own = format!("bench:w{w}");
+            let own = format!("{prefix}:w{w}");
             let multi = [
-                format!("bench:w{w}:a"),
-                format!("bench:w{w}:b"),
-                format!("bench:w{w}:c"),
+                format!("{prefix}:w{w}:a"),
+                format!("{prefix}:w{w}:b"),
+                format!("{prefix}:w{w}:c"),
             ];
             let mut held = None;
             let mut i = 0u64;
@@ -367,12 +426,13 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
                 let measuring = now >= measure_from;
                 i += 1;
                 let t0 = Instant::now();
-                let (outcome, t1) = match workload {
-                    Workload::Uncontended | Workload::Contended | Workload::AcquireOnly => {
+                let (outcome, t1) = match (workload, &mut runner) {
+                    (Workload::Uncontended | Workload::Contended | Workload::AcquireOnly, r) => {
                         let contended;
                         let resource: &str = match workload {
                             Workload::Contended => {
-                                contended = format!("bench:shared:{}", i as usize % resources);
+                                let n = i as usize % resources;
+                                contended = format!("{prefix}:shared:{n}");
                                 &contended
                             }
                             Workload::AcquireOnly => {
@@ -381,18 +441,11 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
                             }
                             _ => &own,
                         };
-                        let r = redlock.try_acquire(resource, ttl).await;
-                        let t1 = Instant::now();
-                        match r {
-                            Ok(lock) if workload == Workload::AcquireOnly => {
-                                lock.forget();
-                                (Ok(None), t1)
-                            }
-                            Ok(lock) => (Ok(lock.release().await.ok()), t1),
-                            Err(e) => (Err(e.kind()), t1),
-                        }
+                        let release = workload != Workload::AcquireOnly;
+                        single_key_cycle(r, resource, ttl, release).await
                     }
-                    Workload::Multi => {
+                    (_, Runner::Baseline(_)) => unreachable!("refused before the run"),
+                    (Workload::Multi, Runner::Dragonlock(redlock)) => {
                         let r = redlock.try_acquire_many(&multi, ttl).await;
                         let t1 = Instant::now();
                         match r {
@@ -400,7 +453,7 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
                             Err(e) => (Err(e.kind()), t1),
                         }
                     }
-                    Workload::Extend => {
+                    (Workload::Extend, Runner::Dragonlock(redlock)) => {
                         if held.is_none() {
                             held = redlock.try_acquire(&own, ttl).await.ok();
                         }
@@ -445,7 +498,7 @@ async fn measure(args: &BenchArgs, redlock: &Redlock) -> Results {
                     }
                 }
                 progress.cycles.fetch_add(1, Ordering::Relaxed);
-                if t2 - last_flush > Duration::from_millis(200) {
+                if t2 - last_flush > PROGRESS_FLUSH {
                     last_flush = t2;
                     if let Ok(mut r) = progress.recent.lock() {
                         let _ = r.add(&recent);
@@ -506,114 +559,38 @@ async fn show_progress(p: Arc<Progress>, from: Instant, end: Instant, quiet: boo
     }
 }
 
-/// The baseline: per worker, one plain socket per node; `SET … NX PX` to every node at once, a
-/// quorum of replies, then `DEL` the same way.
-async fn measure_baseline(args: &BenchArgs, addrs: &[String], quorum: usize) -> Results {
-    let start = Instant::now();
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
-    let per_worker_ops = args.ops.map(|o| o.div_ceil(args.concurrency as u64));
-    let mut workers = Vec::new();
-    for w in 0..args.concurrency {
-        let addrs = addrs.to_vec();
-        let ttl_ms = args.ttl.as_millis().to_string();
-        workers.push(tokio::spawn(async move {
-            let mut socks = Vec::new();
-            for a in &addrs {
-                let s = TcpStream::connect(a).await.expect("baseline connect");
-                s.set_nodelay(true).ok();
-                socks.push((s, Vec::<u8>::with_capacity(256), 0usize));
-            }
-            let key = format!("bench:base:{w}");
-            let mut set = bytes::BytesMut::new();
-            dragonlock::resp::encode_command(
-                &mut set,
-                &[
-                    "SET",
-                    &key,
-                    "0123456789abcdef0123456789abcdef",
-                    "NX",
-                    "PX",
-                    &ttl_ms,
-                ],
-            );
-            let mut del = bytes::BytesMut::new();
-            dragonlock::resp::encode_command(&mut del, &["DEL", &key]);
-            let (mut acq, mut rel, mut cyc) = (hist(), hist(), hist());
-            let mut cycles = 0u64;
-            loop {
-                let now = Instant::now();
-                if now >= end || per_worker_ops.is_some_and(|o| cycles >= o) {
-                    break;
+/// One cycle on one key: acquire, then (with `release`) release. Returns the outcome (the
+/// nodes released, when a release ran) and when the acquire returned.
+async fn single_key_cycle(
+    runner: &mut Runner,
+    resource: &str,
+    ttl: Duration,
+    release: bool,
+) -> (Result<Option<usize>, LockErrorKind>, Instant) {
+    match runner {
+        Runner::Dragonlock(redlock) => {
+            let r = redlock.try_acquire(resource, ttl).await;
+            let t1 = Instant::now();
+            match r {
+                Ok(lock) if !release => {
+                    lock.forget();
+                    (Ok(None), t1)
                 }
-                let t0 = Instant::now();
-                quorum_round(&mut socks, &set, quorum).await;
-                let t1 = Instant::now();
-                quorum_round(&mut socks, &del, quorum).await;
-                let t2 = Instant::now();
-                if t0 >= measure_from {
-                    cycles += 1;
-                    let _ = acq.record((t1 - t0).as_nanos() as u64);
-                    let _ = rel.record((t2 - t1).as_nanos() as u64);
-                    let _ = cyc.record((t2 - t0).as_nanos() as u64);
-                }
-            }
-            let outcomes = Outcomes {
-                granted: cycles,
-                ..Outcomes::default()
-            };
-            WorkerOut {
-                acquire: acq,
-                release: rel,
-                cycle: cyc,
-                outcomes,
-                cycles,
-            }
-        }));
-    }
-    gather(workers, measure_from, end).await
-}
-
-/// Sends `frame` on every socket, then reads until `quorum` sockets answered this round. Every
-/// reply the baseline sees is one line, so a reply is counted at its LF. Replies still owed from
-/// the previous round are read first.
-async fn quorum_round(socks: &mut [(TcpStream, Vec<u8>, usize)], frame: &[u8], quorum: usize) {
-    for (s, _, owed) in socks.iter_mut() {
-        s.write_all(frame).await.expect("baseline write");
-        *owed += 1;
-    }
-    // A fixed array: the baseline allocates nothing per round either.
-    let mut answered = [false; 16];
-    assert!(socks.len() <= answered.len());
-    std::future::poll_fn(|cx| {
-        for (i, (s, buf, owed)) in socks.iter_mut().enumerate() {
-            loop {
-                while let Some(p) = memchr::memchr(b'\n', buf) {
-                    buf.drain(..=p);
-                    *owed -= 1;
-                    if *owed == 0 {
-                        answered[i] = true;
-                    }
-                }
-                if *owed == 0 || s.poll_read_ready(cx).is_pending() {
-                    break;
-                }
-                let mut chunk = [0u8; 1024];
-                match s.try_read(&mut chunk) {
-                    Ok(0) => panic!("baseline: server closed"),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => panic!("baseline: {e}"),
-                }
+                Ok(lock) => (Ok(lock.release().await.ok()), t1),
+                Err(e) => (Err(e.kind()), t1),
             }
         }
-        if answered.iter().filter(|a| **a).count() >= quorum {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
+        Runner::Baseline(client) => {
+            let key = resource.as_bytes();
+            let r = client.acquire(key).await;
+            let t1 = Instant::now();
+            match r {
+                Ok(_) if !release => (Ok(None), t1),
+                Ok(token) => (Ok(Some(client.release(key, &token).await)), t1),
+                Err(kind) => (Err(kind), t1),
+            }
         }
-    })
-    .await
+    }
 }
 
 fn summary(h: &Histogram<u64>) -> serde_json::Value {
@@ -673,6 +650,9 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
         s["ttl_ms"],
         s["cores"],
     );
+    if let Some(release) = s["baseline_release"].as_str() {
+        println!("baseline: the single-loop client, releasing via {release} at the quorum");
+    }
     println!();
     println!(
         "{:<22} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",

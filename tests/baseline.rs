@@ -1,0 +1,344 @@
+//! The single-loop baseline (`src/cli/baseline.rs`) against fake nodes whose every answer is
+//! known in advance: it must count each reply for the operation it belongs to, late votes and
+//! cleanup answers included.
+
+#[allow(dead_code)]
+#[path = "../src/cli/baseline.rs"]
+mod baseline;
+mod support;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baseline::Baseline;
+use dragonlock::LockErrorKind;
+use support::fake::{Action, FakeServer, Handler};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
+// const-initialised thread-local Cell, which needs no allocation to access.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+/// Counts allocations per thread: each test runs its own current-thread runtime (or, with
+/// worker threads, is not counted), so tests in parallel do not disturb each other.
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// FNV-1a of the key: its bits say how each node answers it.
+fn bits(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key {
+        h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+    }
+    h ^ (h >> 29)
+}
+
+/// Node `j` says yes to the `SET` of `key` when bit `j` is set, and yes to its release when
+/// bit `4 + j` is. Bit 3 makes node 2 trickle its `SET` answer one byte at a time: its replies
+/// come split across reads, and late, after the other two decided.
+fn set_yes(key: &[u8], j: usize) -> bool {
+    bits(key) >> j & 1 == 1
+}
+fn release_yes(key: &[u8], j: usize) -> bool {
+    bits(key) >> (4 + j) & 1 == 1
+}
+
+fn node(j: usize, cleanups: Arc<AtomicUsize>) -> Handler {
+    Arc::new(move |args: &[Vec<u8>]| {
+        let reply = |bytes: &[u8]| Action::Reply(bytes.to_vec());
+        match args[0].as_slice() {
+            b"SET" => {
+                let key = &args[1];
+                // Both RESP2 and RESP3 nulls.
+                let bytes: &[u8] = match (set_yes(key, j), j) {
+                    (true, _) => b"+OK\r\n",
+                    (false, 1) => b"_\r\n",
+                    (false, _) => b"$-1\r\n",
+                };
+                if j == 2 && bits(key) >> 3 & 1 == 1 {
+                    Action::Trickle(bytes.to_vec(), Duration::from_millis(1))
+                } else {
+                    reply(bytes)
+                }
+            }
+            b"EVALSHA" if release_yes(&args[3], j) => reply(b":1\r\n"),
+            b"EVALSHA" => reply(b":0\r\n"),
+            // The cleanup after a refused acquire, with the script's source.
+            b"EVAL" => {
+                cleanups.fetch_add(1, Ordering::SeqCst);
+                reply(b":0\r\n")
+            }
+            _ => reply(b"-ERR unexpected\r\n"),
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_counts_for_its_own_operation() {
+    const CALLERS: usize = 6;
+    const OPS: usize = 40;
+    let cleanups = Arc::new(AtomicUsize::new(0));
+    let mut fakes = Vec::new();
+    for j in 0..3 {
+        fakes.push(FakeServer::start(false, node(j, cleanups.clone())).await);
+    }
+    let addrs: Vec<String> = fakes
+        .iter()
+        .map(|f| format!("127.0.0.1:{}", f.port))
+        .collect();
+    let ttl = Duration::from_secs(30);
+    let mut base = Baseline::connect(&addrs, 3, ttl, false, CALLERS)
+        .await
+        .unwrap();
+    assert_eq!(base.release_command(), "evalsha");
+    let mut callers = Vec::new();
+    for c in 0..CALLERS {
+        let mut client = base.client();
+        callers.push(tokio::spawn(async move {
+            // (granted, busy, released on a quorum, released short of one)
+            let mut seen = [0usize; 4];
+            for i in 0..OPS {
+                let name = format!("c{c}:{i}");
+                let key = name.as_bytes();
+                let yes = (0..3).filter(|&j| set_yes(key, j)).count();
+                match client.acquire(key).await {
+                    Ok(token) => {
+                        assert!(yes >= 2, "{name} granted on {yes} yes votes");
+                        seen[0] += 1;
+                        let released = client.release(key, &token).await;
+                        let ones = (0..3).filter(|&j| release_yes(key, j)).count();
+                        assert!(released <= ones, "{name}: {released} of {ones}");
+                        assert_eq!(released >= 2, ones >= 2, "{name}: {released} of {ones}");
+                        seen[if released >= 2 { 2 } else { 3 }] += 1;
+                    }
+                    Err(kind) => {
+                        assert_eq!(kind, LockErrorKind::Busy, "{name}");
+                        assert!(yes <= 1, "{name} refused on {yes} yes votes");
+                        seen[1] += 1;
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    let mut seen = [0usize; 4];
+    for c in callers {
+        let s = tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("callers finish")
+            .unwrap();
+        for (t, s) in seen.iter_mut().zip(s) {
+            *t += s;
+        }
+    }
+    // Not vacuous: every kind of answer was met.
+    assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    // A refused acquire is decided at its second no, so it releases on at least one node: the
+    // one that said yes, or the one that had not answered yet.
+    let refused = seen[1];
+    assert!(
+        support::eventually(Duration::from_secs(5), || cleanups.load(Ordering::SeqCst)
+            >= refused)
+        .await,
+        "{} cleanups for {refused} refused acquires",
+        cleanups.load(Ordering::SeqCst)
+    );
+}
+
+/// Nodes that never answer: the validity deadline decides (`Expired`), and the key is
+/// released on the node that said yes and on the silent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_without_a_quorum_expires_at_its_validity() {
+    let cleanups = Arc::new(AtomicUsize::new(0));
+    let seen = cleanups.clone();
+    let yes: Handler = Arc::new(move |args: &[Vec<u8>]| match args[0].as_slice() {
+        b"SET" => Action::Reply(b"+OK\r\n".to_vec()),
+        _ => {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Action::Reply(b":1\r\n".to_vec())
+        }
+    });
+    let silent: Handler = Arc::new(|_: &[Vec<u8>]| Action::Silent);
+    let fakes = [
+        FakeServer::start(false, yes).await,
+        FakeServer::start(false, silent.clone()).await,
+        FakeServer::start(false, silent).await,
+    ];
+    let addrs: Vec<String> = fakes
+        .iter()
+        .map(|f| format!("127.0.0.1:{}", f.port))
+        .collect();
+    let ttl = Duration::from_millis(100);
+    let mut base = Baseline::connect(&addrs, 3, ttl, false, 1).await.unwrap();
+    let mut client = base.client();
+    let r = tokio::time::timeout(Duration::from_secs(10), client.acquire(b"k"))
+        .await
+        .expect("decided at the deadline");
+    assert_eq!(r, Err(LockErrorKind::Expired));
+    assert!(
+        support::eventually(Duration::from_secs(5), || cleanups.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+}
+
+/// Counts its wakes.
+struct Flag(AtomicUsize);
+
+impl std::task::Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A future may be polled with a new waker (the current-thread runtime's `block_on` does
+/// it), and then the new one must be woken, not only the one handed over with the operation.
+/// On a current-thread runtime the loop cannot run between the two polls, so both are pending.
+#[tokio::test]
+async fn the_newest_waker_is_woken() {
+    let yes: Handler = Arc::new(|_: &[Vec<u8>]| Action::Reply(b"+OK\r\n".to_vec()));
+    let fake = FakeServer::start(false, yes).await;
+    let addrs = [format!("127.0.0.1:{}", fake.port)];
+    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, 1)
+        .await
+        .unwrap();
+    let mut client = base.client();
+    let mut acquire = std::pin::pin!(client.acquire(b"k"));
+    let (first, second) = (
+        Arc::new(Flag(AtomicUsize::new(0))),
+        Arc::new(Flag(AtomicUsize::new(0))),
+    );
+    for flag in [&first, &second] {
+        let waker = std::task::Waker::from(flag.clone());
+        let poll = acquire
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        assert!(poll.is_pending());
+    }
+    assert!(
+        support::eventually(Duration::from_secs(10), || second.0.load(Ordering::SeqCst)
+            > 0)
+        .await,
+        "the second waker was not woken"
+    );
+    let waker = std::task::Waker::from(second.clone());
+    let poll = acquire
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    assert!(matches!(poll, std::task::Poll::Ready(Ok(_))), "{poll:?}");
+}
+
+/// Nothing is allocated per lock cycle: eight callers on one current-thread runtime (the loop
+/// and the callers all on this thread, whose allocations are counted), 2,000 cycles after a
+/// warm-up, against real servers.
+#[tokio::test]
+async fn a_lock_cycle_allocates_nothing() {
+    const CALLERS: usize = 8;
+    let servers = support::server::cluster(3);
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr()).collect();
+    let mut base = Baseline::connect(&addrs, 3, Duration::from_secs(10), false, CALLERS)
+        .await
+        .unwrap();
+    let cycles = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..CALLERS {
+        let (mut client, cycles, stop) = (base.client(), cycles.clone(), stop.clone());
+        let key = format!("alloc:{c}").into_bytes();
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let token = client.acquire(&key).await.unwrap();
+                assert!(client.release(&key, &token).await >= 2);
+                cycles.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // Waits (bounded in polls and time) until `n` cycles are done; yielding allocates nothing.
+    let until = |n: usize| {
+        let cycles = cycles.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while cycles.load(Ordering::SeqCst) < n {
+                assert!(std::time::Instant::now() < deadline, "cycles stalled");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    until(500).await;
+    let (before, from) = (ALLOCS.with(|c| c.get()), cycles.load(Ordering::SeqCst));
+    until(from + 2_000).await;
+    let allocated = ALLOCS.with(|c| c.get()) - before;
+    stop.store(true, Ordering::SeqCst);
+    for c in callers {
+        c.await.unwrap();
+    }
+    assert_eq!(allocated, 0, "allocations over 2,000 lock cycles");
+}
+
+/// Where `COMMAND INFO DELEX` finds the command (fakes that answer like Dragonfly), the release
+/// is `DELEX key IFEQ token`, as dragonlock's; with `force_script`, the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_is_delex_where_the_server_has_it() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let handler: Handler = Arc::new(move |args: &[Vec<u8>]| {
+        let name = String::from_utf8_lossy(&args[0]).into_owned();
+        let reply: &[u8] = match name.as_str() {
+            "SET" => b"+OK\r\n",
+            "DELEX" if args[2] == b"IFEQ" => b":1\r\n",
+            "EVALSHA" => b":1\r\n",
+            _ => b"-ERR unexpected\r\n",
+        };
+        log.lock().unwrap().push(name);
+        Action::Reply(reply.to_vec())
+    });
+    let mut fakes = Vec::new();
+    for _ in 0..3 {
+        fakes.push(FakeServer::start(true, handler.clone()).await);
+    }
+    let addrs: Vec<String> = fakes
+        .iter()
+        .map(|f| format!("127.0.0.1:{}", f.port))
+        .collect();
+    for (force_script, release) in [(false, "DELEX"), (true, "EVALSHA")] {
+        seen.lock().unwrap().clear();
+        let ttl = Duration::from_secs(5);
+        let mut base = Baseline::connect(&addrs, 3, ttl, force_script, 1)
+            .await
+            .unwrap();
+        assert_eq!(base.release_command(), release.to_lowercase());
+        let mut client = base.client();
+        let token = client.acquire(b"k").await.unwrap();
+        assert!(client.release(b"k", &token).await >= 2);
+        // Every node gets the release; the third may still be on its way.
+        let all_in = || seen.lock().unwrap().len() == 6;
+        assert!(support::eventually(Duration::from_secs(5), all_in).await);
+        let mut names = seen.lock().unwrap().clone();
+        names.sort();
+        let want: Vec<String> = [release; 3]
+            .into_iter()
+            .chain(["SET"; 3])
+            .map(String::from)
+            .collect();
+        assert_eq!(names, want);
+    }
+}
