@@ -40,12 +40,16 @@ fn thread_cpu() -> Duration {
 /// that was here is gone: a `DEL` release is unsafe for a lock, and what it measured, the
 /// server's cost of the release script, is recorded in `DESIGN.md`.)
 ///
+/// A sixth client, dragonlock with fencing tokens on (one more round trip per acquire), gives
+/// the fenced cycle's cost as a ratio to the plain one.
+///
 /// A fifth client, the connection layer alone (`Connection::send` to every node, a quorum of
 /// replies, the release by the same `EVALSHA`; no deadline timer, no Redlock bookkeeping), tells
 /// the connection's share of dragonlock's cost from the lock layer's.
 async fn interleaved(
     redlock: &Redlock,
     all_release: &Redlock,
+    fenced: &Redlock,
     single: &mut baseline::Client,
     base: &mut [BaselineNode],
     bare: &[Connection],
@@ -56,11 +60,11 @@ async fn interleaved(
     let set_cad = vec![cmd(&[b"SET", b"bench:cad", token, b"NX", b"PX", b"30000"]); 5];
     let cad = vec![cmd(&[b"EVALSHA", sha.sha().as_bytes(), b"1", b"bench:cad", token]); 5];
     let set = SetNxPxCommand::new(30_000);
-    let mut times: [Vec<Duration>; 5] = Default::default();
-    let mut acquire: [Vec<Duration>; 5] = Default::default();
-    let mut release: [Vec<Duration>; 5] = Default::default();
-    let mut cpu = [Duration::ZERO; 5];
-    let mut order = [0usize, 1, 2, 3, 4];
+    let mut times: [Vec<Duration>; 6] = Default::default();
+    let mut acquire: [Vec<Duration>; 6] = Default::default();
+    let mut release: [Vec<Duration>; 6] = Default::default();
+    let mut cpu = [Duration::ZERO; 6];
+    let mut order = [0usize, 1, 2, 3, 4, 5];
     let mut rng = rand::rng();
     for i in 0..ROUNDS + 500 {
         // A new order every round. In a fixed order each client always follows the same other
@@ -85,7 +89,8 @@ async fn interleaved(
                     .await;
                     t
                 }
-                _ => unreachable!("five clients"),
+                5 => dragonlock_cycle(fenced, "bench:fenced").await,
+                _ => unreachable!("six clients"),
             };
             if i >= 500 {
                 let end = Instant::now();
@@ -110,7 +115,7 @@ async fn interleaved(
         t.sort_unstable();
     }
     let q = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
-    let [sl_t, cad_t, ours, ours_all, bare_t] = &times;
+    let [sl_t, cad_t, ours, ours_all, bare_t, fenced_t] = &times;
     let ratio = |a: &[Duration], b: &[Duration]| q(a, 0.5).as_secs_f64() / q(b, 0.5).as_secs_f64();
     eprintln!(
         "interleaved lock cycles ({ROUNDS} each), p50 / p99: dragonlock {:?} / {:?}; \
@@ -141,6 +146,15 @@ async fn interleaved(
         q(bare_t, 0.5),
         ratio(bare_t, sl_t),
         ratio(ours, bare_t),
+    );
+    eprintln!(
+        "fenced (fencing tokens on): p50 {:?} / p99 {:?}, {:.3}x dragonlock's plain cycle, \
+         {:.3}x the single loop; client CPU per cycle {:?}",
+        q(fenced_t, 0.5),
+        q(fenced_t, 0.99),
+        ratio(fenced_t, ours),
+        ratio(fenced_t, sl_t),
+        per(cpu[5]),
     );
     // Where the gap is: each phase's p50 (the two phases' p50s need not add up to the cycle's).
     for (phase, v) in [("acquire", &acquire), ("release", &release)] {
@@ -241,6 +255,12 @@ fn cycle(c: &mut Criterion) {
             RedlockOptions::default().release_wait(dragonlock::ReleaseWait::All),
         ))
         .unwrap();
+    let fenced = rt
+        .block_on(Redlock::from_configs(
+            configs.clone(),
+            RedlockOptions::default().fencing(true),
+        ))
+        .unwrap();
     let redlock = rt
         .block_on(Redlock::from_configs(configs, RedlockOptions::default()))
         .unwrap();
@@ -278,6 +298,7 @@ fn cycle(c: &mut Criterion) {
     rt.block_on(interleaved(
         &redlock,
         &all_release,
+        &fenced,
         &mut single,
         &mut base,
         &bare,
