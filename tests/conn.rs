@@ -269,6 +269,71 @@ async fn handshake_reports_the_server(protocol: Protocol) {
     );
 }
 
+/// The slot table is a bound: a request holds its slot until its reply is taken, so with
+/// `max_in_flight(4)` a fifth request is refused at once, unsent, even after the four were
+/// answered, and taking (or dropping) a reply frees a slot. The runtime is current_thread, so
+/// the driver cannot run between the sends: what is in flight is exactly what was sent.
+#[tokio::test]
+async fn a_full_slot_table_refuses_with_overloaded_until_a_reply_is_taken() {
+    let server = Server::start();
+    let conn = Connection::connect(config(&server, Protocol::Resp3).max_in_flight(4))
+        .await
+        .unwrap();
+    let ping = |b: &mut bytes::BytesMut| dragonlock::resp::encode_command(b, &["PING"]);
+    let mut futs: Vec<_> = (0..4).map(|_| conn.send(ping).unwrap()).collect();
+    let err = conn.send(ping).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Overloaded), "{err:?}");
+    // Answered, not taken: the slots are still held.
+    assert!(support::eventually(Duration::from_secs(5), || conn.in_flight() == 0).await);
+    assert_eq!(conn.slots_in_use(), 4);
+    let err = conn.send(ping).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Overloaded), "{err:?}");
+    let first = futs.remove(0).await.unwrap();
+    assert_eq!(first.as_bytes(), Some(&b"PONG"[..]));
+    let fifth = conn.send(ping).unwrap();
+    assert!(
+        conn.send(ping).is_err(),
+        "one slot was freed, and it is taken again"
+    );
+    drop(futs);
+    assert_eq!(fifth.await.unwrap().as_bytes(), Some(&b"PONG"[..]));
+    assert_eq!(conn.slots_in_use(), 0);
+    assert_eq!(conn.connects(), 1);
+}
+
+/// The write buffer is the other bound: while the driver has not written what callers queued
+/// (current_thread again: it cannot run between the sends), requests are refused once less than
+/// `COMMAND_ROOM` is left, and accepted again once it has written them. Every reply still goes
+/// to its own request.
+#[tokio::test]
+async fn a_full_write_buffer_refuses_with_overloaded_until_the_driver_wrote_it() {
+    let server = Server::start();
+    let conn = Connection::connect(
+        config(&server, Protocol::Resp3).write_buffer(dragonlock::conn::MIN_BUFFER),
+    )
+    .await
+    .unwrap();
+    let mut sent = Vec::new();
+    let err = loop {
+        let payload = format!("{:0>100}", sent.len());
+        match conn.send(|b| dragonlock::resp::encode_command(b, &["ECHO", &payload])) {
+            Ok(f) => sent.push((payload, f)),
+            Err(e) => break e,
+        }
+        assert!(sent.len() < 1_000, "never refused");
+    };
+    assert!(matches!(err.kind(), ErrorKind::Overloaded), "{err:?}");
+    // 122 bytes a command: at least (4 KiB - 1 KiB) / 122 of them fit before the refusal.
+    assert!(sent.len() >= 25, "refused after {}", sent.len());
+    for (payload, f) in sent {
+        assert_eq!(f.await.unwrap().as_bytes(), Some(payload.as_bytes()));
+    }
+    assert_eq!(
+        conn.command(&["ECHO", "after"]).await.unwrap().as_bytes(),
+        Some(&b"after"[..])
+    );
+}
+
 #[tokio::test]
 async fn urls_parse_and_bad_ones_are_refused() {
     let c = ConnectionConfig::from_url("dragonfly://u:p@127.0.0.1:7001/4").unwrap();
