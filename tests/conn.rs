@@ -12,10 +12,15 @@ use dragonlock::resp::Frame;
 use dragonlock::ErrorKind;
 use rand::Rng;
 use support::fake::{Action, FakeServer};
+use support::proxy::{Direction, Fault, Proxy};
 use support::server::{Server, ServerOptions};
 
 fn config(server: &Server, protocol: Protocol) -> ConnectionConfig {
-    ConnectionConfig::from_url(&server.url())
+    config_for(&server.url(), protocol)
+}
+
+fn config_for(url: &str, protocol: Protocol) -> ConnectionConfig {
+    ConnectionConfig::from_url(url)
         .unwrap()
         .protocol(protocol)
         .backoff(Duration::from_millis(5), Duration::from_millis(100))
@@ -170,12 +175,15 @@ async fn futures_poll_once<F: std::future::Future + ?Sized>(
 
 async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Protocol) {
     let mut server = Server::start();
-    let conn = Connection::connect(config(&server, protocol))
+    // The fault proxy holds the requests on their way to the server, so they are in flight
+    // when it dies (on both servers: `DEBUG SLEEP` is Redis only).
+    let proxy = Proxy::to_port(server.port).await;
+    let conn = Connection::connect(config_for(&proxy.url(), protocol))
         .await
         .unwrap();
-    // Requests in flight behind a slow command.
-    let slow = conn
-        .send(|b| dragonlock::resp::encode_command(b, &["DEBUG", "SLEEP", "5"]))
+    proxy.set(Fault::BlackHole(Direction::ToServer));
+    let first = conn
+        .send(|b| dragonlock::resp::encode_command(b, &["ECHO", "first"]))
         .unwrap();
     let mut behind = Vec::new();
     for i in 0..10 {
@@ -184,9 +192,11 @@ async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Pr
             c.command(&["ECHO", &i.to_string()]).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every request is sent (bounded wait: the tasks run on a loaded machine too).
+    let all_sent = support::eventually(Duration::from_secs(5), || conn.in_flight() == 11).await;
+    assert!(all_sent, "{} in flight", conn.in_flight());
     server.kill9();
-    let err = slow.await.unwrap_err();
+    let err = first.await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
     for b in behind {
         let err = b.await.unwrap().unwrap_err();
@@ -195,6 +205,7 @@ async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Pr
     // While down: refused at once, without being sent.
     let err = conn.command(&["PING"]).await.unwrap_err();
     assert!(err.is_not_sent(), "{err:?}");
+    proxy.heal();
     server.restart();
     conn.wait_connected(Duration::from_secs(10)).await.unwrap();
     assert_eq!(

@@ -2,7 +2,8 @@
 //!
 //! The binary is `$DRAGONLOCK_SERVER_BIN` when set, else `redis-server` on PATH. A Dragonfly
 //! binary (told apart by its `--version` output) gets Dragonfly's flags, and `DFLY_*` variables
-//! are removed from its environment (Dragonfly aborts on unknown ones).
+//! are removed from its environment (Dragonfly aborts on unknown ones). ACL users are made the
+//! same way on both, with `ACL SETUSER` once the server is up (`server-ops.json`: `+OK` on both).
 
 #![allow(dead_code)]
 
@@ -37,7 +38,8 @@ pub fn binary() -> &'static (PathBuf, Flavor) {
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
     pub requirepass: Option<String>,
-    /// ACL users as (name, password) with every permission.
+    /// ACL users as (name, password) with every permission on every key, made with
+    /// `ACL SETUSER name on >password ~* +@all` at each start.
     pub users: Vec<(String, String)>,
 }
 
@@ -80,17 +82,6 @@ impl Server {
                 if let Some(p) = &self.options.requirepass {
                     cmd.args(["--requirepass", p]);
                 }
-                for (user, pass) in &self.options.users {
-                    cmd.args([
-                        "--user",
-                        user,
-                        "on",
-                        &format!(">{pass}"),
-                        "~*",
-                        "&*",
-                        "+@all",
-                    ]);
-                }
             }
             Flavor::Dragonfly => {
                 if let Some(p) = &self.options.requirepass {
@@ -108,6 +99,18 @@ impl Server {
         );
         self.stopped = false;
         self.wait_ready();
+        for (user, pass) in self.options.users.clone() {
+            let reply = self.raw(&[
+                "ACL",
+                "SETUSER",
+                &user,
+                "on",
+                &format!(">{pass}"),
+                "~*",
+                "+@all",
+            ]);
+            assert_eq!(reply, b"+OK\r\n", "ACL SETUSER {user}");
+        }
     }
 
     fn wait_ready(&mut self) {
@@ -156,10 +159,21 @@ impl Server {
         self.stopped = false;
     }
 
-    /// SIGSTOP: the process stays, its sockets stay open, nothing is answered.
+    /// SIGSTOP: the process stays, its sockets stay open, nothing is answered. Returns once every
+    /// thread of the process is stopped: `kill` returns before that, and a command sent in
+    /// between can still be answered (seen on Dragonfly: a lock granted by "stopped" nodes).
     pub fn stop(&mut self) {
-        dragonlock::local::pause(self.pid() as u32);
+        let pid = self.pid();
+        dragonlock::local::pause(pid as u32);
         self.stopped = true;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "server {pid} not stopped 5 s after SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT.
@@ -224,6 +238,20 @@ impl Server {
             .unwrap()
             .unwrap()
     }
+}
+
+/// True when every thread of `pid` is in state `T (stopped)`, from `/proc/PID/task/*/status`.
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("status")).is_ok_and(|status| {
+            status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains("T (stopped)"))
+        })
+    })
 }
 
 pub fn encode(args: &[&str]) -> Vec<u8> {
