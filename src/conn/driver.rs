@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use rand::Rng;
 use smallvec::SmallVec;
 use tokio::io::Interest;
@@ -151,6 +151,9 @@ struct Io {
     read_buf: BytesMut,
     /// The bytes being written; swapped with the shared write buffer when empty.
     out: BytesMut,
+    /// How much of `out` is written: a cursor rather than `advance`, so the buffer's start never
+    /// moves and clearing it gives back its whole room, with nothing to reclaim.
+    written: usize,
 }
 
 /// Runs the I/O loop until the connection fails or is closed; returns why it ended.
@@ -161,6 +164,7 @@ async fn serve(shared: &Shared, stream: Arc<TcpStream>) -> Error {
         decoder: Decoder::new(shared.config.decoder),
         read_buf: BytesMut::with_capacity(shared.config.read_buffer),
         out: BytesMut::with_capacity(shared.config.write_buffer),
+        written: 0,
     };
     poll_fn(|cx| poll_serve(shared, &mut io, cx)).await
 }
@@ -189,23 +193,25 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
         }
 
         // Write as much as the socket takes.
-        while !io.out.is_empty() {
+        while io.written < io.out.len() {
             match io.stream.poll_write_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
                 Poll::Ready(Ok(())) => {}
             }
-            match io.stream.try_write(&io.out) {
+            match io.stream.try_write(&io.out[io.written..]) {
                 Ok(n) => {
-                    io.out.advance(n);
+                    io.written += n;
                     progressed = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(e.into()),
             }
         }
-        if io.out.is_empty() {
-            // Give it back its whole room before callers fill it again (see `reset_buffer`).
+        if io.written == io.out.len() && !io.out.is_empty() {
+            // All written: empty, with its whole room, before callers fill it again. Its start
+            // moved only if a caller's direct write was partial (see `reset_buffer`).
+            io.written = 0;
             reset_buffer(&mut io.out, shared.config.write_buffer);
         }
 
@@ -260,16 +266,22 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
 /// several reads into the same memory. Only a frame too large to move cheaply (over a quarter of
 /// the buffer) or pinned by a caller's zero-copy frame makes it allocate, and the buffer goes
 /// back to `capacity` once it is empty again.
+#[inline]
 fn make_read_room(buf: &mut BytesMut, capacity: usize) {
+    let room = buf.capacity() - buf.len();
+    // The common case: a few replies were read and consumed since the last move.
+    if room >= capacity / 2 && room <= capacity {
+        return;
+    }
+    more_read_room(buf, capacity);
+}
+
+#[inline(never)]
+fn more_read_room(buf: &mut BytesMut, capacity: usize) {
+    let half = capacity / 2;
     if buf.is_empty() {
         reset_buffer(buf, capacity);
-        return;
-    }
-    let half = capacity / 2;
-    if buf.capacity() - buf.len() >= half {
-        return;
-    }
-    if !buf.try_reclaim(half) {
+    } else if buf.capacity() - buf.len() < half && !buf.try_reclaim(half) {
         buf.reserve(half);
     }
 }

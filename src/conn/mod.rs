@@ -120,11 +120,19 @@ impl Shared {
     }
 }
 
-/// Empties `buf` and gives it back exactly `capacity` bytes of room. After writes or reads have
-/// consumed it from the front, its room is only what lies past the end until its start is moved
-/// back; after an oversized command or frame it is larger than configured.
+/// Empties `buf` and gives it back exactly `capacity` bytes of room. After reads or a partial
+/// write have consumed it from the front, its room is only what lies past the end until its
+/// start is moved back; after an oversized command or frame it is larger than configured.
+#[inline]
 fn reset_buffer(buf: &mut BytesMut, capacity: usize) {
     buf.clear();
+    if buf.capacity() != capacity {
+        restore_capacity(buf, capacity);
+    }
+}
+
+#[inline(never)]
+fn restore_capacity(buf: &mut BytesMut, capacity: usize) {
     // With nothing kept, this only moves the start back to the allocation's: no copy and no
     // allocation. It fails only for a read buffer still shared with a frame a caller keeps.
     if !buf.try_reclaim(capacity) || buf.capacity() > capacity {
