@@ -202,7 +202,7 @@ fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
         // Quorum (the default) leaves late replies for the connections to read and drop; All
         // waits for them. Both must allocate nothing.
         for wait in [ReleaseWait::Quorum, ReleaseWait::All] {
-            let options = support::counted_releases(RedlockOptions::default().release_wait(wait));
+            let options = RedlockOptions::default().release_wait(wait);
             let r = support::redlock_over(&urls, options).await;
             assert_eq!(
                 cycle_allocations(&r, wait, 10_000).await,
@@ -229,8 +229,7 @@ fn the_native_delex_path_allocates_nothing() {
         .collect();
     current_thread().block_on(async {
         let urls: Vec<String> = fakes.iter().map(|f| f.url()).collect();
-        let options = support::counted_releases(RedlockOptions::default());
-        let r = support::redlock_over(&urls, options).await;
+        let r = support::redlock_over(&urls, RedlockOptions::default()).await;
         assert!(r.nodes().iter().all(|n| n.has_delex()));
         assert_eq!(
             cycle_allocations(&r, ReleaseWait::Quorum, 5_000).await,

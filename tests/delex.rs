@@ -94,7 +94,7 @@ async fn fake_of(dragonfly: bool, lying: bool) -> (FakeServer, Arc<Store>) {
 
 /// These tests count the nodes each release reached, so releases wait for every node.
 async fn redlock(urls: Vec<String>, options: RedlockOptions) -> Redlock {
-    let options = support::counted_releases(options.retry_count(0).release_wait(ReleaseWait::All));
+    let options = options.retry_count(0).release_wait(ReleaseWait::All);
     support::redlock_over(&urls, options).await
 }
 

@@ -175,8 +175,7 @@ async fn reset_minority_then_heal() {
     let (_servers, proxies) = support::proxy::proxied_cluster(5).await;
     let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
     // Counting the nodes released: wait for every node.
-    let options =
-        support::counted_releases(RedlockOptions::default().release_wait(ReleaseWait::All));
+    let options = RedlockOptions::default().release_wait(ReleaseWait::All);
     let redlock = support::redlock_over(&urls, options).await;
     proxies[0].set(Fault::Reset);
     proxies[1].set(Fault::Reset);

@@ -62,9 +62,7 @@ async fn refusing_nodes_are_typed_failures_counted_in_the_quorum() {
         // Three real nodes and two refusing ones: a quorum of three.
         let mut urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
         urls.extend(fakes[..2].iter().map(FakeServer::url));
-        let redlock =
-            support::redlock_over(&urls, support::counted_releases(RedlockOptions::default()))
-                .await;
+        let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
         let lock = redlock
             .try_acquire("refused", Duration::from_secs(2))
             .await
@@ -74,9 +72,7 @@ async fn refusing_nodes_are_typed_failures_counted_in_the_quorum() {
         // Two real nodes and three refusing ones: no quorum is possible.
         let mut urls: Vec<String> = servers[..2].iter().map(|s| s.url()).collect();
         urls.extend(fakes.iter().map(FakeServer::url));
-        let redlock =
-            support::redlock_over(&urls, support::counted_releases(RedlockOptions::default()))
-                .await;
+        let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
         let err = redlock
             .try_acquire("refused", Duration::from_secs(2))
             .await
@@ -129,8 +125,7 @@ async fn a_password_changed_under_a_live_client_is_an_auth_failure_on_that_node(
     // error and closes nothing).
     let proxy = Proxy::to_port(servers[0].port).await;
     let urls = [proxy.url(), servers[1].url(), servers[2].url()];
-    let redlock =
-        support::redlock_over(&urls, support::counted_releases(RedlockOptions::default())).await;
+    let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
     raw_session(&servers[0], &[&["CONFIG", "SET", "requirepass", "changed"]]);
     proxy.set(Fault::Reset);
     // The reset must have been carried out before the heal replaces it (bounded wait).
@@ -176,11 +171,9 @@ async fn script_flush_while_locks_are_held() {
     let servers = cluster(3);
     let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
     // Counting the nodes released: wait for every node.
-    let options = support::counted_releases(
-        RedlockOptions::default()
-            .force_script_release(true)
-            .release_wait(ReleaseWait::All),
-    );
+    let options = RedlockOptions::default()
+        .force_script_release(true)
+        .release_wait(ReleaseWait::All);
     let redlock = support::redlock_over(&urls, options).await;
     let ttl = Duration::from_secs(5);
     let mut one = redlock.try_acquire("flush-one", ttl).await.unwrap();
@@ -230,8 +223,7 @@ async fn script_flush_while_locks_are_held() {
 async fn a_restart_while_held_loses_that_node_only() {
     let mut servers = cluster(3);
     let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
-    let redlock =
-        support::redlock_over(&urls, support::counted_releases(RedlockOptions::default())).await;
+    let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
     let ttl = Duration::from_secs(5);
     let mut lock = redlock.try_acquire("restarted", ttl).await.unwrap();
     let before = redlock.nodes()[0].connects();

@@ -12,17 +12,6 @@ use std::time::Duration;
 use dragonlock::conn::ConnectionConfig;
 use dragonlock::{Redlock, RedlockOptions};
 
-/// The release timeout for tests that assert how many nodes a release reached. The default
-/// (500 ms) is a production bound, and on a loaded 2-core machine two of five live nodes once
-/// answered a release later than that, so an exact count failed. A release still returns as
-/// soon as the replies it waits for are in; only a stalled node makes it wait this long.
-pub const COUNTED_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `options` for a test that asserts release counts: see [`COUNTED_RELEASE_TIMEOUT`].
-pub fn counted_releases(options: RedlockOptions) -> RedlockOptions {
-    options.release_timeout(COUNTED_RELEASE_TIMEOUT)
-}
-
 /// A Redlock over `urls` with fast reconnects (5 ms doubling to 200 ms), once every node is
 /// connected (bounded: 5 s each).
 pub async fn redlock_over<S: AsRef<str>>(urls: &[S], options: RedlockOptions) -> Redlock {
