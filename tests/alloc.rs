@@ -179,6 +179,18 @@ fn seed_thread_rng() {
     let _ = rand::random::<u64>();
 }
 
+/// Waits (bounded: 10 s) until no request is in flight on any node of `r`. A release that
+/// returned at the quorum leaves requests in flight; before the next phase locks the same key
+/// through another `Redlock` (other connections, so no ordering), they must have run, or the
+/// nodes still holding the old key vote no and the next release finds nothing of its own there.
+async fn drained(r: &Redlock) {
+    let done = support::eventually(Duration::from_secs(10), || {
+        r.nodes().iter().all(|n| n.in_flight() == 0)
+    })
+    .await;
+    assert!(done, "requests still in flight after 10 s");
+}
+
 /// Allocations made by `n` cycles on `r`, counted from the first one.
 async fn cycle_allocations(r: &Redlock, wait: ReleaseWait, n: usize) -> u64 {
     seed_thread_rng();
@@ -209,6 +221,7 @@ fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
                 0,
                 "allocations over 10,000 acquire+release cycles, {wait:?}"
             );
+            drained(&r).await;
         }
     });
 }
@@ -296,9 +309,9 @@ async fn worst_interleaving_allocations(
     // 2. The burst (the proxy is told outside the counted window: its channel is not ours).
     proxy.set(Fault::None);
     let before = allocations();
-    let drained = support::eventually(Duration::from_secs(10), || slow.in_flight() == 0).await;
+    let read = support::eventually(Duration::from_secs(10), || slow.in_flight() == 0).await;
     count(before);
-    assert!(drained, "the held replies were read");
+    assert!(read, "the held replies were read");
     assert_eq!(
         slow.connects(),
         1,
@@ -315,6 +328,7 @@ async fn worst_interleaving_allocations(
     count(before);
     proxy.set(Fault::None);
     assert_eq!(slow.connects(), 1);
+    drained(&r).await;
     counted
 }
 
