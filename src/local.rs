@@ -6,7 +6,9 @@
 //!
 //! Redis and Dragonfly differ here: Dragonfly takes `--dbfilename ''`, `--proactor_threads` and
 //! `--maxmemory`, does not daemonize, and aborts at start on any unknown environment variable
-//! whose name starts with `DFLY_`, so those are removed from its environment.
+//! whose name starts with `DFLY_`, so those are removed from its environment. By default it
+//! also tries to reach its vendor's update server once at start (`version_check`): a throwaway
+//! server on 127.0.0.1 has no business on the network, so it gets `--version_check=false`.
 
 use std::io;
 use std::net::TcpListener;
@@ -77,6 +79,7 @@ pub fn server_command(bin: &Path, flavor: Flavor, port: u16, dir: &Path) -> Comm
         Flavor::Dragonfly => {
             cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dbfilename", ""]);
             cmd.args(["--proactor_threads", "1", "--maxmemory", "512mb"]);
+            cmd.arg("--version_check=false");
             remove_dfly_vars(&mut cmd);
         }
     }
@@ -111,5 +114,44 @@ pub fn signal(pid: u32, sig: i32) {
     // may already be gone). Exercised by every test that stops a server (tests/redlock.rs).
     unsafe {
         libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flavor: Flavor) -> Vec<String> {
+        let cmd = server_command(Path::new("server"), flavor, 7001, Path::new("/tmp"));
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The flags the fixtures' README (`shared/fixtures`) lists for starting Dragonfly 1.40.1,
+    /// and no update check: a throwaway server makes no connection off the machine.
+    #[test]
+    fn dragonfly_starts_without_its_version_check_and_with_its_own_flags() {
+        let df = args(Flavor::Dragonfly);
+        assert!(df.iter().any(|a| a == "--version_check=false"), "{df:?}");
+        for flag in [
+            "--port",
+            "--bind",
+            "--dbfilename",
+            "--proactor_threads",
+            "--maxmemory",
+        ] {
+            assert!(df.iter().any(|a| a == flag), "{flag} missing: {df:?}");
+        }
+        assert!(!df.iter().any(|a| a == "--daemonize"), "{df:?}");
+        let redis = args(Flavor::Redis);
+        assert!(
+            !redis.iter().any(|a| a.contains("version_check")),
+            "{redis:?}"
+        );
+        assert!(
+            redis.windows(2).any(|w| w == ["--daemonize", "no"]),
+            "{redis:?}"
+        );
     }
 }

@@ -272,6 +272,22 @@ fn hostile_declarations_fail_fast_without_allocating_for_them() {
     assert_eq!(err_kind(&deep), K::TooDeep);
 }
 
+/// `max_depth` is a public field, so a config can be written past the builder's cap. The
+/// decoder lowers it to the ceiling itself: the build recurses once per level, and a depth the
+/// scan allowed but the thread's stack could not hold would be a crash, not an error.
+#[test]
+fn a_depth_set_past_the_ceiling_through_the_field_is_held_to_the_ceiling() {
+    let cfg = DecoderConfig {
+        max_depth: 100_000,
+        ..DecoderConfig::default()
+    };
+    let dec = Decoder::new(cfg);
+    assert_eq!(dec.config().max_depth, dragonlock::resp::MAX_DEPTH_CEILING);
+    let mut nest = b"*1\r\n".repeat(dragonlock::resp::MAX_DEPTH_CEILING + 1);
+    nest.extend_from_slice(b":1\r\n");
+    assert_eq!(decode_with(cfg, &nest), K::TooDeep);
+}
+
 #[test]
 fn limits_hold_at_n_and_fail_at_n_plus_one() {
     // Depth.

@@ -12,10 +12,15 @@ use dragonlock::resp::Frame;
 use dragonlock::ErrorKind;
 use rand::Rng;
 use support::fake::{Action, FakeServer};
+use support::proxy::{Direction, Fault, Proxy};
 use support::server::{Server, ServerOptions};
 
 fn config(server: &Server, protocol: Protocol) -> ConnectionConfig {
-    ConnectionConfig::from_url(&server.url())
+    config_for(&server.url(), protocol)
+}
+
+fn config_for(url: &str, protocol: Protocol) -> ConnectionConfig {
+    ConnectionConfig::from_url(url)
         .unwrap()
         .protocol(protocol)
         .backoff(Duration::from_millis(5), Duration::from_millis(100))
@@ -170,12 +175,15 @@ async fn futures_poll_once<F: std::future::Future + ?Sized>(
 
 async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Protocol) {
     let mut server = Server::start();
-    let conn = Connection::connect(config(&server, protocol))
+    // The fault proxy holds the requests on their way to the server, so they are in flight
+    // when it dies (on both servers: `DEBUG SLEEP` is Redis only).
+    let proxy = Proxy::to_port(server.port).await;
+    let conn = Connection::connect(config_for(&proxy.url(), protocol))
         .await
         .unwrap();
-    // Requests in flight behind a slow command.
-    let slow = conn
-        .send(|b| dragonlock::resp::encode_command(b, &["DEBUG", "SLEEP", "5"]))
+    proxy.set(Fault::BlackHole(Direction::ToServer));
+    let first = conn
+        .send(|b| dragonlock::resp::encode_command(b, &["ECHO", "first"]))
         .unwrap();
     let mut behind = Vec::new();
     for i in 0..10 {
@@ -184,9 +192,11 @@ async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Pr
             c.command(&["ECHO", &i.to_string()]).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every request is sent (bounded wait: the tasks run on a loaded machine too).
+    let all_sent = support::eventually(Duration::from_secs(5), || conn.in_flight() == 11).await;
+    assert!(all_sent, "{} in flight", conn.in_flight());
     server.kill9();
-    let err = slow.await.unwrap_err();
+    let err = first.await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
     for b in behind {
         let err = b.await.unwrap().unwrap_err();
@@ -195,6 +205,7 @@ async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Pr
     // While down: refused at once, without being sent.
     let err = conn.command(&["PING"]).await.unwrap_err();
     assert!(err.is_not_sent(), "{err:?}");
+    proxy.heal();
     server.restart();
     conn.wait_connected(Duration::from_secs(10)).await.unwrap();
     assert_eq!(
@@ -266,6 +277,71 @@ async fn handshake_reports_the_server(protocol: Protocol) {
         server.cmd(&["EXISTS", "in-db-3"]),
         Frame::Integer(0),
         "the key went to db 3, not 0"
+    );
+}
+
+/// The slot table is a bound: a request holds its slot until its reply is taken, so with
+/// `max_in_flight(4)` a fifth request is refused at once, unsent, even after the four were
+/// answered, and taking (or dropping) a reply frees a slot. The runtime is current_thread, so
+/// the driver cannot run between the sends: what is in flight is exactly what was sent.
+#[tokio::test]
+async fn a_full_slot_table_refuses_with_overloaded_until_a_reply_is_taken() {
+    let server = Server::start();
+    let conn = Connection::connect(config(&server, Protocol::Resp3).max_in_flight(4))
+        .await
+        .unwrap();
+    let ping = |b: &mut bytes::BytesMut| dragonlock::resp::encode_command(b, &["PING"]);
+    let mut futs: Vec<_> = (0..4).map(|_| conn.send(ping).unwrap()).collect();
+    let err = conn.send(ping).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Overloaded), "{err:?}");
+    // Answered, not taken: the slots are still held.
+    assert!(support::eventually(Duration::from_secs(5), || conn.in_flight() == 0).await);
+    assert_eq!(conn.slots_in_use(), 4);
+    let err = conn.send(ping).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Overloaded), "{err:?}");
+    let first = futs.remove(0).await.unwrap();
+    assert_eq!(first.as_bytes(), Some(&b"PONG"[..]));
+    let fifth = conn.send(ping).unwrap();
+    assert!(
+        conn.send(ping).is_err(),
+        "one slot was freed, and it is taken again"
+    );
+    drop(futs);
+    assert_eq!(fifth.await.unwrap().as_bytes(), Some(&b"PONG"[..]));
+    assert_eq!(conn.slots_in_use(), 0);
+    assert_eq!(conn.connects(), 1);
+}
+
+/// The write buffer is the other bound: while the driver has not written what callers queued
+/// (current_thread again: it cannot run between the sends), requests are refused once less than
+/// `COMMAND_ROOM` is left, and accepted again once it has written them. Every reply still goes
+/// to its own request.
+#[tokio::test]
+async fn a_full_write_buffer_refuses_with_overloaded_until_the_driver_wrote_it() {
+    let server = Server::start();
+    let conn = Connection::connect(
+        config(&server, Protocol::Resp3).write_buffer(dragonlock::conn::MIN_BUFFER),
+    )
+    .await
+    .unwrap();
+    let mut sent = Vec::new();
+    let err = loop {
+        let payload = format!("{:0>100}", sent.len());
+        match conn.send(|b| dragonlock::resp::encode_command(b, &["ECHO", &payload])) {
+            Ok(f) => sent.push((payload, f)),
+            Err(e) => break e,
+        }
+        assert!(sent.len() < 1_000, "never refused");
+    };
+    assert!(matches!(err.kind(), ErrorKind::Overloaded), "{err:?}");
+    // 122 bytes a command: at least (4 KiB - 1 KiB) / 122 of them fit before the refusal.
+    assert!(sent.len() >= 25, "refused after {}", sent.len());
+    for (payload, f) in sent {
+        assert_eq!(f.await.unwrap().as_bytes(), Some(payload.as_bytes()));
+    }
+    assert_eq!(
+        conn.command(&["ECHO", "after"]).await.unwrap().as_bytes(),
+        Some(&b"after"[..])
     );
 }
 

@@ -1,5 +1,6 @@
-//! The native compare-and-delete path (`DELEX key IFEQ token`), against a fake that answers like
-//! Dragonfly 1.40.1 (exact handshake bytes from the fixtures) and keeps real key state.
+//! The native compare-and-delete path (`DELEX key IFEQ token`), against fakes that answer like
+//! Dragonfly 1.40.1 or Redis 7.0.15 (exact handshake bytes from the fixtures) and keep real key
+//! state, and beside a real server of either kind.
 
 mod support;
 
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dragonlock::resp::Frame;
 use dragonlock::{NodeResult, Redlock, RedlockOptions, ReleaseWait};
 use support::fake::{Action, FakeServer};
 use support::server::Server;
@@ -19,8 +21,15 @@ struct Store {
 }
 
 /// A fake with `SET NX PX`, `GET`, `DEL`, `DELEX … IFEQ`, `PEXPIRE`, `PTTL` and the release
-/// script via `EVAL`. With `lying`, it claims `DELEX` at handshake but answers it as unknown.
+/// script via `EVAL`, answering like Dragonfly. With `lying`, it claims `DELEX` at handshake but
+/// answers it as unknown.
 async fn fake(lying: bool) -> (FakeServer, Arc<Store>) {
+    fake_of(true, lying).await
+}
+
+/// [`fake`], answering like Dragonfly (`dragonfly`) or like Redis 7.0.15: no `DELEX` at
+/// handshake, and `unknown command` for it.
+async fn fake_of(dragonfly: bool, lying: bool) -> (FakeServer, Arc<Store>) {
     let store = Arc::new(Store {
         keys: Mutex::new(HashMap::new()),
         delex_calls: AtomicUsize::new(0),
@@ -46,7 +55,7 @@ async fn fake(lying: bool) -> (FakeServer, Arc<Store>) {
                 None => b"_\r\n".to_vec(),
             },
             "DEL" => format!(":{}\r\n", u8::from(keys.remove(&args[1]).is_some())).into_bytes(),
-            "DELEX" if lying => b"-ERR unknown command `DELEX`\r\n".to_vec(),
+            "DELEX" if lying || !dragonfly => b"-ERR unknown command `DELEX`\r\n".to_vec(),
             "DELEX" => {
                 s.delex_calls.fetch_add(1, Ordering::SeqCst);
                 assert_eq!(args[2], b"IFEQ");
@@ -80,7 +89,7 @@ async fn fake(lying: bool) -> (FakeServer, Arc<Store>) {
         };
         Action::Reply(reply)
     });
-    (FakeServer::start(true, handler).await, store)
+    (FakeServer::start(dragonfly, handler).await, store)
 }
 
 /// These tests count the nodes each release reached, so releases wait for every node.
@@ -145,28 +154,43 @@ async fn nodes_with_delex_release_natively_and_only_a_matching_token() {
     }
 }
 
+/// Old and new nodes in one cluster: each releases the way it can. The old node is a fake that
+/// answers like Redis 7.0.15 (no `DELEX`: the script), the new one a fake that answers like
+/// Dragonfly (`DELEX`), and the real server goes by what its own `COMMAND INFO DELEX` says
+/// (Redis 7.0.15: the script; Dragonfly, or Redis 8.4 and later: `DELEX`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_cluster_releases_on_every_node() {
-    let real = [Server::start(), Server::start()];
-    let (fake, store) = fake(false).await;
+    let real = Server::start();
+    // `*1 nil` where the command does not exist (fixtures: `command_info_delex_resp2`).
+    let real_has_delex = match real.cmd(&["COMMAND", "INFO", "DELEX"]) {
+        Frame::Array(info) => info.iter().any(|f| !f.is_null()),
+        other => panic!("COMMAND INFO DELEX: {other:?}"),
+    };
+    let (old, old_store) = fake_of(false, false).await;
+    let (new, new_store) = fake_of(true, false).await;
     let r = redlock(
-        vec![real[0].url(), real[1].url(), fake.url()],
+        vec![real.url(), old.url(), new.url()],
         RedlockOptions::default(),
     )
     .await;
     assert_eq!(
         r.nodes().iter().map(|n| n.has_delex()).collect::<Vec<_>>(),
-        vec![false, false, true]
+        vec![real_has_delex, false, true]
     );
     let lock = r
         .try_acquire("mixed", Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(lock.release().await.unwrap(), 3);
-    assert_eq!(store.delex_calls.load(Ordering::SeqCst), 1);
-    for s in &real {
-        assert_eq!(s.cmd(&["EXISTS", "mixed"]).as_integer(), Some(0));
+    assert_eq!(new_store.delex_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(new_store.eval_calls.load(Ordering::SeqCst), 0);
+    // The old node was never sent DELEX: the script by SHA, then by source after NOSCRIPT.
+    assert_eq!(old_store.delex_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(old_store.eval_calls.load(Ordering::SeqCst), 1);
+    for store in [&old_store, &new_store] {
+        assert!(store.keys.lock().unwrap().is_empty());
     }
+    assert_eq!(real.cmd(&["EXISTS", "mixed"]).as_integer(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

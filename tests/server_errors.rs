@@ -11,6 +11,7 @@ use std::time::Duration;
 use dragonlock::resp::ServerErrorKind;
 use dragonlock::{NodeResult, RedlockOptions, ReleaseWait};
 use support::fake::{Action, FakeServer};
+use support::proxy::{Fault, Proxy};
 use support::server::{cluster, Server};
 
 async fn refusing_fake(reply: &'static [u8]) -> FakeServer {
@@ -120,15 +121,25 @@ fn raw_session(server: &Server, commands: &[&[&str]]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_changed_under_a_live_client_is_an_auth_failure_on_that_node() {
     let servers = cluster(3);
-    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    // The first node is reached through the fault proxy, whose reset drops the live connection
+    // on both servers (Dragonfly answers `CLIENT KILL TYPE normal SKIPME yes` with a syntax
+    // error and closes nothing).
+    let proxy = Proxy::to_port(servers[0].port).await;
+    let urls = [proxy.url(), servers[1].url(), servers[2].url()];
     let redlock = support::redlock_over(&urls, RedlockOptions::default()).await;
-    raw_session(
-        &servers[0],
-        &[
-            &["CONFIG", "SET", "requirepass", "changed"],
-            &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
-        ],
-    );
+    raw_session(&servers[0], &[&["CONFIG", "SET", "requirepass", "changed"]]);
+    proxy.set(Fault::Reset);
+    // The reset must have been carried out before the heal replaces it (bounded wait).
+    let reset = support::eventually(Duration::from_secs(5), || {
+        proxy
+            .stats
+            .resets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    })
+    .await;
+    assert!(reset, "the proxy reset the live connection");
+    proxy.heal();
     let node = &redlock.nodes()[0];
     support::eventually(Duration::from_secs(5), || {
         node.last_error().is_some_and(|e| e.is_auth()) && !node.is_connected()

@@ -269,9 +269,15 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         .force_script_release(args.force_script)
         .release_wait(args.release_wait.into())
         .connect_timeout(Duration::from_secs(3));
+    // Each worker holds a slot per node while it waits, and another for a reply that comes after
+    // the quorum: four per worker leaves room, so the bench measures the nodes, not the bound.
+    let slots = (4 * args.concurrency).max(dragonlock::conn::DEFAULT_MAX_IN_FLIGHT);
     let configs = configs
         .into_iter()
-        .map(|c| c.handshake_timeout(Duration::from_secs(2)))
+        .map(|c| {
+            c.handshake_timeout(Duration::from_secs(2))
+                .max_in_flight(slots)
+        })
         .collect();
     let redlock = match Redlock::from_configs(configs, options).await {
         Ok(r) => r,

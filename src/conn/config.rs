@@ -23,10 +23,45 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// they are never retried in a tight loop.
 pub const AUTH_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Default most requests in flight on one connection. Past it, requests fail at once with
-/// `Overloaded` instead of queueing without bound. 64 Ki replies of a lock client are about
-/// 1 MiB of buffered bytes.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 64 * 1024;
+/// Default most requests on one connection whose reply has not been taken yet (in flight, or
+/// answered and not yet polled). Past it, requests fail at once with `Overloaded` instead of
+/// queueing. The slot table is allocated whole at start, 72 bytes a slot, so 1,024 slots are
+/// 72 KiB per connection. A lock operation holds one slot per node while it waits, plus at most
+/// one per phase for a node that answers after the quorum: 1,024 covers 512 lock operations at
+/// once on a node that stalls, twice the 256 concurrent workers the benchmarks drive. A node
+/// further behind than that is not keeping up, and failing fast on it (it counts as a failed
+/// node for that attempt) is better than holding more memory for it.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// The largest `max_in_flight` accepted (larger values are clamped): 1 Mi slots are 72 MiB, far
+/// past what one lock client's connection should hold.
+pub const MAX_IN_FLIGHT_LIMIT: usize = 1 << 20;
+
+/// Default capacity of each of the connection's two write buffers (callers encode into one while
+/// the driver writes the other). A lock command is 60–130 bytes, so 32 KiB holds about 250 of
+/// them queued between two writes: one from each of 256 concurrent lock operations, the most
+/// the benchmarks drive. Past it (less than [`COMMAND_ROOM`] left), requests fail with
+/// `Overloaded` until the driver has written what is queued.
+pub const DEFAULT_WRITE_BUFFER: usize = 32 * 1024;
+
+/// Default capacity of the read buffer. A lock reply is 3–5 bytes, so one read takes thousands
+/// of them; a burst larger than the buffer is read in several reads, never by growing it. Only
+/// a single frame larger than half the buffer makes it grow, and it shrinks back once that
+/// frame is consumed.
+pub const DEFAULT_READ_BUFFER: usize = 16 * 1024;
+
+/// Room kept for the command being encoded: a request is refused (`Overloaded`) when the write
+/// buffer already holds commands and less than this is left. A lock command whose key is under
+/// 800 bytes fits, so the lock path never grows the buffer. A larger command (an 8 MiB `ECHO`)
+/// is still accepted into an empty buffer, which then grows for it.
+pub const COMMAND_ROOM: usize = 1024;
+
+/// The smallest buffer capacity accepted (smaller values are raised to it): a few lock commands
+/// and the room for one more.
+pub const MIN_BUFFER: usize = 4 * 1024;
+
+/// The largest buffer capacity accepted (larger values are lowered to it).
+pub const MAX_BUFFER: usize = 64 * 1024 * 1024;
 
 /// Which RESP version to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +73,24 @@ pub enum Protocol {
 }
 
 /// How to reach and talk to one node.
+///
+/// # Memory
+///
+/// A connection allocates what it needs for requests once, when it starts, and then never
+/// grows it while requests come and go, whatever the interleaving of requests and replies:
+///
+/// | what | size with the defaults |
+/// |---|---|
+/// | slot table: [`max_in_flight`](ConnectionConfig::max_in_flight) × 72 bytes | 72 KiB |
+/// | two write buffers of [`write_buffer`](ConnectionConfig::write_buffer) | 64 KiB |
+/// | read buffer of [`read_buffer`](ConnectionConfig::read_buffer) | 16 KiB |
+/// | decoder stack: `max_depth` × 16 bytes, inline up to 16 levels | 512 bytes |
+///
+/// About 152 KiB per node with the defaults, plus the kernel's socket buffers. Requests past
+/// either bound fail at once with `Overloaded`, without being sent. Two things may still
+/// allocate, both chosen by the caller: a command larger than what is left of the write buffer
+/// (it grows for that command), and a reply frame larger than half the read buffer (it grows,
+/// then shrinks back), besides the frames themselves when they are aggregates or kept payloads.
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
     pub(crate) host: String,
@@ -52,6 +105,8 @@ pub struct ConnectionConfig {
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) max_in_flight: usize,
+    pub(crate) write_buffer: usize,
+    pub(crate) read_buffer: usize,
     pub(crate) decoder: DecoderConfig,
     pub(crate) scripts: Vec<Script>,
     pub(crate) probe_delex: bool,
@@ -73,6 +128,8 @@ impl ConnectionConfig {
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            write_buffer: DEFAULT_WRITE_BUFFER,
+            read_buffer: DEFAULT_READ_BUFFER,
             decoder: DecoderConfig::default(),
             scripts: Vec::new(),
             probe_delex: true,
@@ -197,9 +254,27 @@ impl ConnectionConfig {
         self
     }
 
-    /// The most requests in flight before new ones fail with `Overloaded`.
+    /// The most requests whose reply has not been taken yet (in flight, or answered and not yet
+    /// polled) before new ones fail with `Overloaded`: the size of the slot table, allocated
+    /// whole when the connection starts (72 bytes a slot). Clamped to 1 ..=
+    /// [`MAX_IN_FLIGHT_LIMIT`]; the default is [`DEFAULT_MAX_IN_FLIGHT`].
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
+        self.max_in_flight = n.clamp(1, MAX_IN_FLIGHT_LIMIT);
+        self
+    }
+
+    /// The capacity of each of the two write buffers, allocated when the connection starts.
+    /// Requests fail with `Overloaded` while less than [`COMMAND_ROOM`] of it is left. Clamped
+    /// to [`MIN_BUFFER`] ..= [`MAX_BUFFER`]; the default is [`DEFAULT_WRITE_BUFFER`].
+    pub fn write_buffer(mut self, bytes: usize) -> Self {
+        self.write_buffer = bytes.clamp(MIN_BUFFER, MAX_BUFFER);
+        self
+    }
+
+    /// The capacity of the read buffer, allocated at each connect. Clamped to [`MIN_BUFFER`]
+    /// ..= [`MAX_BUFFER`]; the default is [`DEFAULT_READ_BUFFER`].
+    pub fn read_buffer(mut self, bytes: usize) -> Self {
+        self.read_buffer = bytes.clamp(MIN_BUFFER, MAX_BUFFER);
         self
     }
 

@@ -21,20 +21,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use rand::Rng;
 use smallvec::SmallVec;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{handshake, Shared, Status};
+use super::{handshake, reset_buffer, Shared, Status};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Decoder;
-
-/// Bytes reserved for each read: a lock reply is 4-5 bytes, so 16 KiB takes thousands of them
-/// per syscall when the pipeline is deep.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Loop turns before the driver yields to other tasks, so a fire hose on one socket cannot starve
 /// the runtime's other tasks.
@@ -129,13 +125,13 @@ fn fail_in_flight(shared: &Shared, error: Error) {
         let mut st = shared.lock();
         st.status = Status::Down;
         st.socket = None;
-        st.write_buf.clear();
+        reset_buffer(&mut st.write_buf, shared.config.write_buffer);
         st.driver_waker = None;
         st.driver_writing = false;
-        while let Some(id) = st.queue.pop_front() {
-            let slot = &mut st.slots[id as usize];
+        while let Some(id) = st.slots.pop_oldest() {
+            let slot = st.slots.get_mut(id);
             if slot.abandoned {
-                Shared::free_slot(&mut st, id);
+                st.slots.release(id);
             } else {
                 slot.reply = Some(Err(error.clone()));
                 if let Some(w) = slot.waker.take() {
@@ -155,6 +151,9 @@ struct Io {
     read_buf: BytesMut,
     /// The bytes being written; swapped with the shared write buffer when empty.
     out: BytesMut,
+    /// How much of `out` is written: a cursor rather than `advance`, so the buffer's start never
+    /// moves and clearing it gives back its whole room, with nothing to reclaim.
+    written: usize,
 }
 
 /// Runs the I/O loop until the connection fails or is closed; returns why it ended.
@@ -163,8 +162,9 @@ async fn serve(shared: &Shared, stream: Arc<TcpStream>) -> Error {
     let mut io = Io {
         stream,
         decoder: Decoder::new(shared.config.decoder),
-        read_buf: BytesMut::with_capacity(READ_CHUNK),
-        out: BytesMut::with_capacity(super::INITIAL_WRITE_CAPACITY),
+        read_buf: BytesMut::with_capacity(shared.config.read_buffer),
+        out: BytesMut::with_capacity(shared.config.write_buffer),
+        written: 0,
     };
     poll_fn(|cx| poll_serve(shared, &mut io, cx)).await
 }
@@ -193,24 +193,26 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
         }
 
         // Write as much as the socket takes.
-        while !io.out.is_empty() {
+        while io.written < io.out.len() {
             match io.stream.poll_write_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
                 Poll::Ready(Ok(())) => {}
             }
-            match io.stream.try_write(&io.out) {
+            match io.stream.try_write(&io.out[io.written..]) {
                 Ok(n) => {
-                    io.out.advance(n);
+                    io.written += n;
                     progressed = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(e.into()),
             }
         }
-        if io.out.is_empty() {
-            // Reset the offset so the buffer's whole capacity is reused.
-            io.out.clear();
+        if io.written == io.out.len() && !io.out.is_empty() {
+            // All written: empty, with its whole room, before callers fill it again. Its start
+            // moved only if a caller's direct write was partial (see `reset_buffer`).
+            io.written = 0;
+            reset_buffer(&mut io.out, shared.config.write_buffer);
         }
 
         // Read everything available and hand out the replies.
@@ -220,7 +222,7 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
                 Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
                 Poll::Ready(Ok(())) => {}
             }
-            io.read_buf.reserve(READ_CHUNK);
+            make_read_room(&mut io.read_buf, shared.config.read_buffer);
             let spare = io.read_buf.capacity() - io.read_buf.len();
             let mut n = 0;
             let read = io.stream.try_io(Interest::READABLE, || {
@@ -254,6 +256,36 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
     Poll::Pending
 }
 
+/// Makes room in the read buffer for the next read, without allocating in any burst of small
+/// replies.
+///
+/// Reads append past what the buffer holds, and `dispatch` consumes the complete frames from the
+/// front, so between reads it keeps at most the start of one frame. Once less than half of
+/// `capacity` is left past the end, those kept bytes move to the front (`try_reclaim`: a copy of
+/// part of one frame, never an allocation), so a burst larger than the buffer is read in
+/// several reads into the same memory. Only a frame too large to move cheaply (over a quarter of
+/// the buffer) or pinned by a caller's zero-copy frame makes it allocate, and the buffer goes
+/// back to `capacity` once it is empty again.
+#[inline]
+fn make_read_room(buf: &mut BytesMut, capacity: usize) {
+    let room = buf.capacity() - buf.len();
+    // The common case: a few replies were read and consumed since the last move.
+    if room >= capacity / 2 && room <= capacity {
+        return;
+    }
+    more_read_room(buf, capacity);
+}
+
+#[inline(never)]
+fn more_read_room(buf: &mut BytesMut, capacity: usize) {
+    let half = capacity / 2;
+    if buf.is_empty() {
+        reset_buffer(buf, capacity);
+    } else if buf.capacity() - buf.len() < half && !buf.try_reclaim(half) {
+        buf.reserve(half);
+    }
+}
+
 /// Decodes every complete frame in `buf` and gives each reply to the oldest request in flight.
 fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Result<(), Error> {
     loop {
@@ -266,13 +298,13 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
                     st.pushes += 1;
                     return ControlFlow::Continue(());
                 }
-                let Some(id) = st.queue.pop_front() else {
+                let Some(id) = st.slots.pop_oldest() else {
                     result = Err(Error::new(ErrorKind::UnsolicitedReply));
                     return ControlFlow::Break(());
                 };
-                let slot = &mut st.slots[id as usize];
+                let slot = st.slots.get_mut(id);
                 if slot.abandoned {
-                    Shared::free_slot(&mut st, id);
+                    st.slots.release(id);
                 } else {
                     slot.reply = Some(Ok(frame));
                     if let Some(w) = slot.waker.take() {

@@ -6,7 +6,8 @@
 //! accumulated in one syscall, reads, decodes, and fills the slots in first-in first-out order.
 //!
 //! Layout:
-//! - `mod.rs`: [`Connection`], the slot table and [`ReplyFuture`].
+//! - `mod.rs`: [`Connection`] and [`ReplyFuture`].
+//! - `slots.rs`: the slot table, with the in-flight queue and the free list threaded through it.
 //! - `driver.rs`: the driver task: I/O loop, failure handling, reconnect with backoff.
 //! - `handshake.rs`: `HELLO`/`AUTH`/`SELECT`, server facts, script loading, in one round trip.
 //! - `config.rs`: [`ConnectionConfig`] and URL parsing. `info.rs`: [`ServerInfo`].
@@ -18,15 +19,20 @@
 //! - On EOF, a socket error or a protocol error, every request in flight fails at once, and the
 //!   driver alone reconnects (exponential backoff, full jitter).
 //! - While the node is not connected, requests fail at once: a dead node costs nothing.
-//! - Nothing is allocated per request once the slot table and buffers have grown to the load.
+//! - Nothing is allocated per request, under any interleaving of requests and replies: the slot
+//!   table (with the in-flight queue and the free list inside it), the write buffers and the
+//!   read buffer have fixed capacities chosen when the connection starts (see
+//!   [`ConnectionConfig`]'s memory table), and never grow. At either bound a request is
+//!   refused with `Overloaded` before it is sent. Only a caller's oversized command or reply
+//!   makes a buffer grow (the read buffer shrinks back).
 
 mod config;
 mod driver;
 mod handshake;
 mod info;
 mod script;
+mod slots;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,18 +46,16 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use config::{
-    ConnectionConfig, Protocol, AUTH_FAILURE_BACKOFF, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT,
+    ConnectionConfig, Protocol, AUTH_FAILURE_BACKOFF, COMMAND_ROOM, DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_READ_BUFFER, DEFAULT_WRITE_BUFFER, MAX_BUFFER, MAX_IN_FLIGHT_LIMIT, MIN_BUFFER,
 };
 pub use info::{RestartMarker, ServerInfo};
 pub use script::{Script, ScriptCall};
 
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
-
-/// Write buffer capacity reserved at start: enough for a few hundred lock commands, so a burst
-/// does not grow it in steps.
-const INITIAL_WRITE_CAPACITY: usize = 16 * 1024;
+use slots::SlotTable;
 
 /// A caller writes its request to the socket itself only while at most this many requests are
 /// in flight. One covers the lock path's common case, a release sent while the acquire's `SET`
@@ -71,24 +75,13 @@ enum Status {
     Down,
 }
 
-/// One request's place: its reply once it came, and who to wake.
-#[derive(Debug, Default)]
-struct Slot {
-    reply: Option<Result<Frame, Error>>,
-    waker: Option<Waker>,
-    /// The caller dropped its `ReplyFuture`: the reply is read and thrown away.
-    abandoned: bool,
-}
-
 struct State {
     status: Status,
     closed: bool,
     /// Commands not yet handed to the driver, in queue order.
     write_buf: BytesMut,
-    /// Slot ids of the requests in flight, oldest first.
-    queue: VecDeque<u32>,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// Every request's place, with the in-flight queue (oldest first) and the free list.
+    slots: SlotTable,
     /// Set while the driver waits for work; whoever adds work takes it and wakes the driver.
     driver_waker: Option<Waker>,
     /// The driver holds bytes it took from `write_buf` and has not finished writing: nobody
@@ -125,25 +118,37 @@ impl Shared {
         // plain assignments), so poisoning is ignored rather than spread.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    fn free_slot(st: &mut State, id: u32) {
-        let slot = &mut st.slots[id as usize];
-        slot.reply = None;
-        slot.waker = None;
-        slot.abandoned = false;
-        st.free.push(id);
+/// Empties `buf` and gives it back exactly `capacity` bytes of room. After reads or a partial
+/// write have consumed it from the front, its room is only what lies past the end until its
+/// start is moved back; after an oversized command or frame it is larger than configured.
+#[inline]
+fn reset_buffer(buf: &mut BytesMut, capacity: usize) {
+    buf.clear();
+    if buf.capacity() != capacity {
+        restore_capacity(buf, capacity);
+    }
+}
+
+#[inline(never)]
+fn restore_capacity(buf: &mut BytesMut, capacity: usize) {
+    // With nothing kept, this only moves the start back to the allocation's: no copy and no
+    // allocation. It fails only for a read buffer still shared with a frame a caller keeps.
+    if !buf.try_reclaim(capacity) || buf.capacity() > capacity {
+        *buf = BytesMut::with_capacity(capacity);
     }
 }
 
 /// Writes the write buffer straight to the socket; true when all of it went. Whatever did not go
 /// (a full socket buffer, or an error the driver will meet and handle) stays for the driver.
-fn write_now(st: &mut State) -> bool {
+fn write_now(st: &mut State, capacity: usize) -> bool {
     let Some(socket) = &st.socket else {
         return false;
     };
     match socket.try_write(&st.write_buf) {
         Ok(n) if n == st.write_buf.len() => {
-            st.write_buf.clear();
+            reset_buffer(&mut st.write_buf, capacity);
             true
         }
         Ok(n) => {
@@ -209,14 +214,11 @@ impl Connection {
     /// [`ready`](Connection::ready) to wait for it. Must be called inside a tokio runtime.
     pub fn start(config: ConnectionConfig) -> Connection {
         let shared = Arc::new(Shared {
-            config,
             state: Mutex::new(State {
                 status: Status::Starting,
                 closed: false,
-                write_buf: BytesMut::with_capacity(INITIAL_WRITE_CAPACITY),
-                queue: VecDeque::with_capacity(64),
-                slots: Vec::with_capacity(64),
-                free: Vec::with_capacity(64),
+                write_buf: BytesMut::with_capacity(config.write_buffer),
+                slots: SlotTable::new(config.max_in_flight),
                 driver_waker: None,
                 driver_writing: false,
                 socket: None,
@@ -227,6 +229,7 @@ impl Connection {
                 pushes: 0,
                 uptime_at: None,
             }),
+            config,
             changed: Notify::new(),
             shutdown: Notify::new(),
             delex: AtomicBool::new(false),
@@ -402,9 +405,15 @@ impl Connection {
         self.shared().lock().pushes
     }
 
-    /// Requests in flight now.
+    /// Requests in flight now: sent, and not answered yet.
     pub fn in_flight(&self) -> usize {
-        self.shared().lock().queue.len()
+        self.shared().lock().slots.queued()
+    }
+
+    /// Requests holding a slot now: in flight, or answered and not yet taken by their future.
+    /// At [`max_in_flight`](ConnectionConfig::max_in_flight), `send` refuses with `Overloaded`.
+    pub fn slots_in_use(&self) -> usize {
+        self.shared().lock().slots.used()
     }
 
     /// Queues one request: `encode` writes the command into the write buffer, and the returned
@@ -417,7 +426,9 @@ impl Connection {
     ///
     /// At once, without sending: `NotConnected` while the node is down (the authentication
     /// error instead, when the node is down because it refused our credentials), `Overloaded`
-    /// past `max_in_flight`, `Closed` after the connection was closed.
+    /// when every slot is in use ([`max_in_flight`](ConnectionConfig::max_in_flight) requests
+    /// whose reply has not been taken) or the write buffer has less than
+    /// [`COMMAND_ROOM`] left, `Closed` after the connection was closed.
     ///
     /// # Examples
     ///
@@ -476,16 +487,15 @@ impl Connection {
                 return Err(Error::new(ErrorKind::Restarted));
             }
         }
-        if st.queue.len() >= shared.config.max_in_flight {
+        // Both bounds are checked before anything is written, so a refused request leaves no
+        // trace. The slot is taken only after `encode` returned: an encoder that panics must
+        // not leave a queued slot without a request, which would hand the next reply to it.
+        if !st.slots.has_free()
+            || (!st.write_buf.is_empty()
+                && st.write_buf.len() + COMMAND_ROOM > shared.config.write_buffer)
+        {
             return Err(Error::new(ErrorKind::Overloaded));
         }
-        let id = match st.free.pop() {
-            Some(id) => id,
-            None => {
-                st.slots.push(Slot::default());
-                (st.slots.len() - 1) as u32
-            }
-        };
         // Write directly when the socket is free and the connection is not busy. Free: nothing
         // waits to be written, the driver holds nothing half-written (it writes only bytes it
         // took from `write_buf` under this lock, and says so in `driver_writing`), and it is
@@ -493,13 +503,13 @@ impl Connection {
         // requests in flight. Then this caller writes its request itself and the driver is not
         // woken: one task hop less. Busier connections leave requests to pile up in the buffer
         // for the driver to write in one burst, which is worth more under load than the hop.
-        let idle = st.queue.len() <= DIRECT_WRITE_MAX_IN_FLIGHT
+        let idle = st.slots.queued() <= DIRECT_WRITE_MAX_IN_FLIGHT
             && st.write_buf.is_empty()
             && !st.driver_writing
             && st.driver_waker.is_some();
         encode(&mut st.write_buf);
-        st.queue.push_back(id);
-        if idle && write_now(&mut st) {
+        let id = st.slots.take().expect("checked above, under the same lock");
+        if idle && write_now(&mut st, shared.config.write_buffer) {
             drop(st);
             return Ok(ReplyFuture {
                 shared,
@@ -691,9 +701,9 @@ impl Future for ReplyFuture<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         assert!(!self.done, "ReplyFuture polled after completion");
         let mut st = self.shared.lock();
-        let slot = &mut st.slots[self.id as usize];
+        let slot = st.slots.get_mut(self.id);
         if let Some(reply) = slot.reply.take() {
-            Shared::free_slot(&mut st, self.id);
+            st.slots.release(self.id);
             drop(st);
             self.done = true;
             return Poll::Ready(reply);
@@ -712,9 +722,9 @@ impl Drop for ReplyFuture<'_> {
             return;
         }
         let mut st = self.shared.lock();
-        let slot = &mut st.slots[self.id as usize];
+        let slot = st.slots.get_mut(self.id);
         if slot.reply.is_some() {
-            Shared::free_slot(&mut st, self.id);
+            st.slots.release(self.id);
         } else {
             slot.abandoned = true;
             slot.waker = None;

@@ -61,7 +61,8 @@ pub struct Decoder {
     line_searched: usize,
     /// End (exclusive, CRLF included) of the bulk payload being waited for.
     payload_end: Option<usize>,
-    /// Open aggregates; bounded by `config.max_depth`.
+    /// Open aggregates; bounded by `config.max_depth`, and given that capacity when the
+    /// decoder is made, so a deep reply never grows it (inline up to 16 levels).
     stack: SmallVec<[Open; 16]>,
 }
 
@@ -72,14 +73,17 @@ impl Default for Decoder {
 }
 
 impl Decoder {
-    /// A decoder with the given limits.
-    pub fn new(config: DecoderConfig) -> Decoder {
+    /// A decoder with the given limits. A `max_depth` set past
+    /// [`MAX_DEPTH_CEILING`](super::MAX_DEPTH_CEILING) through the public field is lowered to it
+    /// here, since the build recurses once per level.
+    pub fn new(mut config: DecoderConfig) -> Decoder {
+        config.max_depth = config.max_depth.min(super::MAX_DEPTH_CEILING);
         Decoder {
             config,
             scanned: 0,
             line_searched: 0,
             payload_end: None,
-            stack: SmallVec::new(),
+            stack: SmallVec::with_capacity(config.max_depth),
         }
     }
 

@@ -40,6 +40,16 @@ pub async fn redlock_over_configs(
     r
 }
 
+/// Says, by the test's name, that part of a test does not run on this server and why. Written
+/// to the process's stderr directly, past the test harness's capture, so the reason shows in
+/// every run's log, passing or not: a skipped check is never a silent pass.
+pub fn not_on_this_server(test: &str, reason: &str) {
+    use std::io::Write;
+    let flavor = server::binary().1;
+    let line = format!("{test}: not run on {flavor:?}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 /// True once `check` holds, polling every 20 ms for at most `within`. For effects that are on
 /// their way (requests sent whose answers were not awaited, a reconnect, a key running out).
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {

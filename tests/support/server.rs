@@ -2,7 +2,8 @@
 //!
 //! The binary is `$DRAGONLOCK_SERVER_BIN` when set, else `redis-server` on PATH. A Dragonfly
 //! binary (told apart by its `--version` output) gets Dragonfly's flags, and `DFLY_*` variables
-//! are removed from its environment (Dragonfly aborts on unknown ones).
+//! are removed from its environment (Dragonfly aborts on unknown ones). ACL users are made the
+//! same way on both, with `ACL SETUSER` once the server is up (`server-ops.json`: `+OK` on both).
 
 #![allow(dead_code)]
 
@@ -37,7 +38,8 @@ pub fn binary() -> &'static (PathBuf, Flavor) {
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
     pub requirepass: Option<String>,
-    /// ACL users as (name, password) with every permission.
+    /// ACL users as (name, password) with every permission on every key, made with
+    /// `ACL SETUSER name on >password ~* +@all` at each start.
     pub users: Vec<(String, String)>,
 }
 
@@ -55,23 +57,36 @@ impl Server {
         Server::start_with(ServerOptions::default())
     }
 
+    /// Starts a server on a port that was free a moment ago. Another process can take that port
+    /// before the server binds it (any outgoing connection's ephemeral port comes from the same
+    /// range): then the server exits at start, or another server answers on the port. Either
+    /// way this start is abandoned and another port is tried (at most 5).
     pub fn start_with(options: ServerOptions) -> Server {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("dragonlock-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Server {
-            port,
-            options,
-            child: None,
-            dir,
-            stopped: false,
-        };
-        s.spawn();
-        s
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("dragonlock-test-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut s = Server {
+                port,
+                options: options.clone(),
+                child: None,
+                dir,
+                stopped: false,
+            };
+            match s.spawn() {
+                Ok(()) => return s,
+                // Dropping `s` kills what is left of the process and removes its directory.
+                Err(why) => failures.push(format!("port {port}: {why}")),
+            }
+        }
+        panic!("no server started in 5 attempts: {failures:#?}");
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process on `self.port` and waits until it serves; `Err` when it exited at start
+    /// or when the server answering on the port is not this process.
+    fn spawn(&mut self) -> Result<(), String> {
         let (bin, flavor) = binary();
         let mut cmd = dragonlock::local::server_command(bin, *flavor, self.port, &self.dir);
         match flavor {
@@ -79,17 +94,6 @@ impl Server {
                 cmd.args(["--enable-debug-command", "yes"]);
                 if let Some(p) = &self.options.requirepass {
                     cmd.args(["--requirepass", p]);
-                }
-                for (user, pass) in &self.options.users {
-                    cmd.args([
-                        "--user",
-                        user,
-                        "on",
-                        &format!(">{pass}"),
-                        "~*",
-                        "&*",
-                        "+@all",
-                    ]);
                 }
             }
             Flavor::Dragonfly => {
@@ -107,15 +111,28 @@ impl Server {
                 .unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}")),
         );
         self.stopped = false;
-        self.wait_ready();
+        self.wait_ready()?;
+        for (user, pass) in self.options.users.clone() {
+            let reply = self.raw(&[
+                "ACL",
+                "SETUSER",
+                &user,
+                "on",
+                &format!(">{pass}"),
+                "~*",
+                "+@all",
+            ]);
+            assert_eq!(reply, b"+OK\r\n", "ACL SETUSER {user}");
+        }
+        Ok(())
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-                panic!("server exited at start ({status}): {log}");
+                return Err(format!("server exited at start ({status}): {log}"));
             }
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 s.set_read_timeout(Some(Duration::from_millis(500))).ok();
@@ -123,13 +140,36 @@ impl Server {
                 if s.write_all(b"PING\r\n").is_ok() {
                     let mut buf = [0u8; 64];
                     if matches!(s.read(&mut buf), Ok(n) if n > 0) {
-                        return;
+                        quit(s);
+                        return self.check_it_is_ours();
                     }
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("server on port {} did not start within 15 s", self.port);
+    }
+
+    /// Whoever answered on the port is this process: it reports our child's pid (Redis's
+    /// `process_id`), and the child is still running (a server that lost the port exits).
+    fn check_it_is_ours(&mut self) -> Result<(), String> {
+        let info = String::from_utf8_lossy(&self.raw(&["INFO", "server"])).into_owned();
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        if let Some(reported) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .map(str::trim)
+        {
+            if reported != pid {
+                return Err(format!(
+                    "another server (pid {reported}) answers on the port"
+                ));
+            }
+        }
+        match self.child.as_mut().unwrap().try_wait().unwrap() {
+            Some(status) => Err(format!("exited after another server answered ({status})")),
+            None => Ok(()),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -156,31 +196,18 @@ impl Server {
         self.stopped = false;
     }
 
-    /// SIGSTOP: the process stays, its sockets stay open, nothing is answered. Returns once
-    /// every thread is stopped: `kill` returns before that, and a command sent in between can
-    /// still be answered (see `/work/shared/fixtures/README.md`). Bounded: 5 s.
+    /// SIGSTOP: the process stays, its sockets stay open, nothing is answered. Returns once every
+    /// thread of the process is stopped: `kill` returns before that, and a command sent in
+    /// between can still be answered (seen on Dragonfly: a lock granted by "stopped" nodes).
     pub fn stop(&mut self) {
         let pid = self.pid();
         dragonlock::local::pause(pid as u32);
         self.stopped = true;
-        let all_stopped = || {
-            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-                return false;
-            };
-            tasks.flatten().all(|t| {
-                std::fs::read_to_string(t.path().join("status"))
-                    .map(|s| {
-                        s.lines()
-                            .any(|l| l.starts_with("State:") && l.contains("T ("))
-                    })
-                    .unwrap_or(false)
-            })
-        };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !all_stopped() {
+        while !all_threads_stopped(pid) {
             assert!(
                 Instant::now() < deadline,
-                "pid {pid} did not stop within 5 s"
+                "server {pid} not stopped 5 s after SIGSTOP"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -197,11 +224,21 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill9();
         let deadline = Instant::now() + Duration::from_secs(10);
-        // The port can linger briefly after the kill.
-        while TcpListener::bind(("127.0.0.1", self.port)).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        loop {
+            // The port can linger briefly after the kill, and another process can take it in
+            // the moment between this check and the bind: then wait and try again (bounded).
+            while TcpListener::bind(("127.0.0.1", self.port)).is_err() && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            match self.spawn() {
+                Ok(()) => return,
+                Err(why) if Instant::now() >= deadline => {
+                    panic!("no restart on port {} within 10 s: {why}", self.port)
+                }
+                Err(_) => self.kill9(),
+            }
         }
-        self.spawn();
     }
 
     pub fn is_running(&self) -> bool {
@@ -237,6 +274,7 @@ impl Server {
                 }
             }
         }
+        quit(s);
         last
     }
 
@@ -260,6 +298,38 @@ impl Server {
             .unwrap()
             .unwrap()
     }
+}
+
+/// Closes a harness connection so that the server has forgotten it when this returns: `QUIT`,
+/// then read until the server closes its side, which it does after freeing the client. A plain
+/// close is processed whenever the server gets to it, and a test that counts the server's
+/// clients (`INFO clients`) right after would count the harness's connections too (seen under
+/// load: 2 where a fresh server should have had none).
+fn quit(mut s: TcpStream) {
+    if s.write_all(&encode(&["QUIT"])).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 64];
+    for _ in 0..100 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// True when every thread of `pid` is in state `T (stopped)`, from `/proc/PID/task/*/status`.
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("status")).is_ok_and(|status| {
+            status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains("T (stopped)"))
+        })
+    })
 }
 
 pub fn encode(args: &[&str]) -> Vec<u8> {
