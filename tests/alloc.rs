@@ -163,9 +163,17 @@ async fn cycles(r: &Redlock, wait: ReleaseWait, n: usize, exact: bool) {
             .try_acquire("orders:42", Duration::from_secs(30))
             .await
             .unwrap();
-        let released = lock.release().await.unwrap();
+        let released = lock.release().await;
+        if !exact {
+            // A 5 ms release timeout on a loaded machine can see fewer than a quorum answer,
+            // which a release reports as an error; only that it returned is asserted here.
+            if let Ok(n) = released {
+                assert!(n <= r.nodes().len());
+            }
+            continue;
+        }
+        let released = released.unwrap();
         match wait {
-            _ if !exact => assert!(released <= r.nodes().len()),
             ReleaseWait::All => assert_eq!(released, r.nodes().len()),
             ReleaseWait::Quorum => assert!(released >= r.quorum()),
         }
@@ -214,7 +222,12 @@ fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
         // Quorum (the default) leaves late replies for the connections to read and drop; All
         // waits for them. Both must allocate nothing.
         for wait in [ReleaseWait::Quorum, ReleaseWait::All] {
-            let options = RedlockOptions::default().release_wait(wait);
+            // A release that finds fewer than a quorum answering in time is an error; what is
+            // counted here is allocations, so the timeout is far beyond any stall of a loaded
+            // machine (500 ms, the default, was seen passing with every node silent).
+            let options = RedlockOptions::default()
+                .release_wait(wait)
+                .release_timeout(Duration::from_secs(30));
             let r = support::redlock_over(&urls, options).await;
             assert_eq!(
                 cycle_allocations(&r, wait, 10_000).await,
