@@ -1181,3 +1181,73 @@ fn bench_production_options_reach_the_manager() {
     ]);
     assert_eq!(v["dragonlock"]["outcomes"]["granted"], 5);
 }
+
+/// `--rate`: an open-loop run at a rate the servers easily keep up with reports the achieved
+/// rate (bounded by the schedule: no more cycles than slots in the window), and latency from
+/// each cycle's intended start, which is never below the latency from its actual start. A rate
+/// no client can reach is said to be missed.
+#[test]
+fn bench_open_loop_reports_the_achieved_rate_and_corrected_latency() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--rate",
+        "200",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--concurrency",
+        "4",
+        "--ttl",
+        "5s",
+        "--baseline",
+    ]);
+    assert_eq!(v["setup"]["rate"], 200);
+    for client in ["dragonlock", "baseline"] {
+        let c = &v[client];
+        let cycles = c["cycles"].as_u64().unwrap();
+        // The window holds 400 slots; a run that keeps up (any machine does, at 200/s) runs
+        // them; one that falls behind runs fewer, never more.
+        assert!((1..=400).contains(&cycles), "{client}: {c}");
+        let ol = &c["open_loop"];
+        assert_eq!(ol["target_per_sec"], 200, "{client}: {ol}");
+        let achieved = ol["achieved_per_sec"].as_f64().unwrap();
+        assert!((20.0..=2000.0).contains(&achieved), "{client}: {ol}");
+        assert!(ol["reached"].is_boolean());
+        let (corrected, actual) = (&c["cycle_corrected"], &c["cycle"]);
+        assert_eq!(corrected["count"], actual["count"], "{client}");
+        for q in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+            assert!(
+                corrected[q].as_f64().unwrap() >= actual[q].as_f64().unwrap(),
+                "{client} {q}: {corrected} against {actual}"
+            );
+        }
+    }
+    // A closed-loop run has neither.
+    let v = bench_json(&[
+        "--nodes", &nodes, "--ops", "10", "--warmup", "0s", "--ttl", "5s",
+    ]);
+    assert!(v["dragonlock"].get("open_loop").is_none());
+    assert!(v["dragonlock"].get("cycle_corrected").is_none());
+    // Two workers cannot start 10 million cycles a second.
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--rate",
+        "10000000",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(v["dragonlock"]["open_loop"]["reached"], false);
+    let o = dragonlock(&["bench", "--nodes", &nodes, "--rate", "0"]);
+    assert_eq!(code(&o), 2);
+}

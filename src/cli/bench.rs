@@ -16,6 +16,16 @@
 //! (contended only), `key_prefix`, `retries`, `retry_delay_ms` and `restart_delay_ms`.
 //! `ratio_to_baseline.throughput` is the grants/s ratio, `ratio_to_baseline.attempts` the
 //! attempts/s one.
+//!
+//! Open loop (`--rate N`): cycle k is meant to start at `k / N` seconds into the run (warm-up
+//! included; only slots meant for the measured window are measured), the workers taking the
+//! slots in order as each becomes free. `setup.rate` is N, and each client's JSON adds
+//! `open_loop` (`target_per_sec`, `achieved_per_sec`: measured cycles over the window;
+//! `reached`: at least 95% of the target) and `cycle_corrected` (shaped as `cycle`, measured
+//! from each cycle's intended start: the latency a caller arriving on schedule sees, queueing
+//! behind late cycles included). `cycle` stays the uncorrected time from the cycle's actual
+//! start. The corrected figures include the timer's lateness in waking a worker for its slot
+//! (up to about a millisecond in tokio).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -122,6 +132,12 @@ pub struct BenchArgs {
     /// --duration, whichever comes first).
     #[arg(long)]
     ops: Option<u64>,
+    /// Open loop: start this many cycles a second in all, at fixed intended start times shared
+    /// by the workers, and measure each cycle's latency from its intended start as well
+    /// (coordinated omission corrected, as wrk2 does). Without it, each worker starts its next
+    /// cycle when the last one ends (closed loop).
+    #[arg(long)]
+    rate: Option<u64>,
     /// Warm-up before measuring.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     warmup: Duration,
@@ -207,6 +223,8 @@ struct Results {
     acquire: Histogram<u64>,
     release: Histogram<u64>,
     cycle: Histogram<u64>,
+    /// Open loop only: each cycle from its intended start (coordinated omission corrected).
+    cycle_corrected: Histogram<u64>,
     outcomes: Outcomes,
     cpu: Duration,
 }
@@ -216,6 +234,8 @@ struct WorkerOut {
     acquire: Histogram<u64>,
     release: Histogram<u64>,
     cycle: Histogram<u64>,
+    /// Open loop only: each cycle from its intended start (coordinated omission corrected).
+    cycle_corrected: Histogram<u64>,
     outcomes: Outcomes,
     cycles: u64,
     /// The worker's client, and the locks acquire-only kept, for the release after the run.
@@ -240,6 +260,7 @@ async fn gather(
         acquire: hist(),
         release: hist(),
         cycle: hist(),
+        cycle_corrected: hist(),
         outcomes: Outcomes::default(),
         cpu: Duration::ZERO,
     };
@@ -252,6 +273,7 @@ async fn gather(
         r.acquire.add(&w.acquire).ok();
         r.release.add(&w.release).ok();
         r.cycle.add(&w.cycle).ok();
+        r.cycle_corrected.add(&w.cycle_corrected).ok();
         r.cycles += w.cycles;
         let (t, o) = (&mut r.outcomes, w.outcomes);
         t.granted += o.granted;
@@ -337,6 +359,9 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     }
     if args.workload == Workload::Contended && args.resources == 0 {
         return fail(EXIT_USAGE, "--resources must be at least 1");
+    }
+    if args.rate == Some(0) {
+        return fail(EXIT_USAGE, "--rate must be at least 1 cycle a second");
     }
     if args.keys.is_some() && args.workload != Workload::Contended {
         return fail(
@@ -506,6 +531,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         "concurrency": args.concurrency,
         "ttl_ms": args.ttl.as_millis() as u64,
         "ops": args.ops,
+        "rate": args.rate,
         "keys": (args.workload == Workload::Contended).then(|| key_mode_name(args.keys())),
         "zipf_s": (args.workload == Workload::Contended && args.keys() == KeysArg::Zipf).then_some(args.zipf_s),
         "key_prefix": args.key_prefix,
@@ -554,6 +580,9 @@ async fn measure(
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
+    // `--rate`: cycle k of the run is meant to start at `start + k / rate`; the workers take
+    // the slots in order from this counter.
+    let schedule = args.rate.map(|_| Arc::new(AtomicU64::new(0)));
     let reporter =
         (!args.json).then(|| tokio::spawn(show_progress(progress.clone(), measure_from, end)));
     let mut workers = Vec::new();
@@ -562,11 +591,14 @@ async fn measure(
         let progress = progress.clone();
         let (workload, ttl, resources) = (args.workload, args.ttl, args.resources);
         let retry = args.retries > 0;
+        let schedule = schedule.clone();
+        let rate = args.rate.unwrap_or(0) as f64;
         let picker =
             KeyPicker::new(args.keys(), resources.max(1), args.zipf_s).expect("checked in run()");
         let prefix = prefix.to_string();
         workers.push(tokio::spawn(async move {
             let (mut acq, mut rel, mut cyc) = (hist(), hist(), hist());
+            let mut corrected = hist();
             let mut recent = coarse_hist();
             let mut outcomes = Outcomes::default();
             let mut cycles = 0u64;
@@ -581,11 +613,25 @@ async fn measure(
             let mut i = 0u64;
             let mut last_flush = Instant::now();
             loop {
+                // Open loop: the next slot of the shared schedule, whenever this worker is free
+                // to take it; a slot already past is started at once, and its lateness counts.
+                let intended = match &schedule {
+                    Some(slots) => {
+                        let k = slots.fetch_add(1, Ordering::Relaxed);
+                        let at = start + Duration::from_secs_f64(k as f64 / rate);
+                        if at >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        Some(at)
+                    }
+                    None => None,
+                };
                 let now = Instant::now();
                 if now >= end {
                     break;
                 }
-                let measuring = now >= measure_from;
+                let measuring = intended.unwrap_or(now) >= measure_from;
                 // `--ops N`: each measured cycle takes one of N tickets, so the workers run
                 // exactly N between them (not N rounded up to a multiple of the workers).
                 if measuring && !progress.take_ticket() {
@@ -653,6 +699,9 @@ async fn measure(
                 cycles += 1;
                 let ns = |d: Duration| (d.as_nanos() as u64).max(1);
                 let _ = cyc.record(ns(t2 - t0));
+                if let Some(at) = intended {
+                    let _ = corrected.record(ns(t2 - at));
+                }
                 let _ = recent.record(ns(t2 - t0));
                 match outcome {
                     Ok(released) => {
@@ -689,6 +738,7 @@ async fn measure(
                 acquire: acq,
                 release: rel,
                 cycle: cyc,
+                cycle_corrected: corrected,
                 outcomes,
                 cycles,
                 runner,
@@ -861,9 +911,9 @@ fn summary(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-fn as_json(r: &Results) -> serde_json::Value {
+fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
     let o = &r.outcomes;
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "cycles": r.cycles,
         "seconds": r.elapsed.as_secs_f64(),
         "cycles_per_sec": (r.cycles as f64 / r.elapsed.as_secs_f64()).round(),
@@ -875,11 +925,27 @@ fn as_json(r: &Results) -> serde_json::Value {
         "cycle": summary(&r.cycle),
         "outcomes": { "granted": o.granted, "busy": o.busy, "no_quorum": o.no_quorum, "unavailable": o.unavailable, "expired": o.expired, "other": o.other },
         "nodes_per_release": (o.releases > 0).then(|| o.released_nodes as f64 / o.releases as f64),
-    })
+    });
+    if let Some(target) = rate {
+        let achieved = r.cycles as f64 / r.elapsed.as_secs_f64();
+        v["open_loop"] = serde_json::json!({
+            "target_per_sec": target,
+            "achieved_per_sec": achieved.round(),
+            "reached": achieved >= target as f64 * OPEN_LOOP_REACHED,
+        });
+        v["cycle_corrected"] = summary(&r.cycle_corrected);
+    }
+    v
 }
 
+/// The share of `--rate` a run must achieve to be said to have reached it. Slots are fixed in
+/// time, so a run that keeps up achieves the target to within its last slot; 5% of slack
+/// covers the timer's millisecond granularity at the end of a short run, and a run that fell
+/// behind misses by far more.
+const OPEN_LOOP_REACHED: f64 = 0.95;
+
 fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serde_json::Value) {
-    let mut out = serde_json::json!({ "setup": setup, "dragonlock": as_json(r) });
+    let mut out = serde_json::json!({ "setup": setup, "dragonlock": as_json(r, args.rate) });
     if let Some(b) = baseline {
         let ratio = |a: &Histogram<u64>, b: &Histogram<u64>, q: f64| {
             (a.value_at_quantile(q) as f64 / b.value_at_quantile(q).max(1) as f64 * 100.0).round()
@@ -887,7 +953,7 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
         };
         let rate = |x: &Results| x.cycles as f64 / x.elapsed.as_secs_f64();
         let grants = |x: &Results| x.outcomes.granted as f64 / x.elapsed.as_secs_f64();
-        out["baseline"] = as_json(b);
+        out["baseline"] = as_json(b, args.rate);
         out["ratio_to_baseline"] = serde_json::json!({
             "throughput": (grants(r) / grants(b).max(1e-9) * 100.0).round() / 100.0,
             "attempts": (rate(r) / rate(b).max(1e-9) * 100.0).round() / 100.0,
@@ -947,10 +1013,29 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
     if baseline.is_some() {
         rows.push(("baseline", &out["baseline"]));
     }
+    let mut open_loop = Vec::new();
     for (name, v) in rows {
-        for part in ["acquire", "release", "cycle"] {
+        let mut parts = vec!["acquire", "release", "cycle"];
+        if v.get("cycle_corrected").is_some() {
+            parts.push("cycle_corrected");
+        }
+        if let Some(ol) = v.get("open_loop") {
+            let (target, achieved) = (&ol["target_per_sec"], &ol["achieved_per_sec"]);
+            open_loop.push(if ol["reached"] == true {
+                format!("{name}: open loop at {target} cycles/s, achieved {achieved}/s")
+            } else {
+                format!(
+                    "{name}: open loop target {target} cycles/s NOT REACHED: achieved {achieved}/s \
+                     (the workers fell behind the schedule; more --concurrency or a lower --rate)"
+                )
+            });
+        }
+        for part in parts {
             let h = &v[part];
-            let label = format!("{name} {part}");
+            let label = match part {
+                "cycle_corrected" => format!("{name} (intended)"),
+                _ => format!("{name} {part}"),
+            };
             let (grants, rate, cpu) = if part == "cycle" {
                 (
                     v["grants_per_sec"].to_string(),
@@ -972,6 +1057,14 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
     }
     let o = &out["dragonlock"]["outcomes"];
     println!();
+    if !open_loop.is_empty() {
+        println!(
+            "'(intended)': each cycle from its intended start, coordinated omission corrected"
+        );
+    }
+    for line in open_loop {
+        println!("{line}");
+    }
     println!(
         "outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, other {}",
         o["granted"], o["busy"], o["no_quorum"], o["unavailable"], o["expired"], o["other"]
