@@ -268,7 +268,7 @@ async fn gather(
     for w in workers {
         let w = w.await.expect("bench worker");
         if !w.kept.is_empty() {
-            leftovers.push(tokio::spawn(release_kept(w.runner, w.kept)));
+            leftovers.push((w.runner, w.kept));
         }
         r.acquire.add(&w.acquire).ok();
         r.release.add(&w.release).ok();
@@ -290,8 +290,13 @@ async fn gather(
         .min(end)
         .saturating_duration_since(measure_from)
         .max(Duration::from_millis(1));
-    for l in leftovers {
-        let _ = l.await;
+    // Only now: a worker that ended early must not release while others still measure.
+    let releases: Vec<_> = leftovers
+        .into_iter()
+        .map(|(runner, kept)| tokio::spawn(release_kept(runner, kept)))
+        .collect();
+    for r in releases {
+        let _ = r.await;
     }
     r
 }
