@@ -157,12 +157,10 @@ fn bench_release_wait_quorum_returns_at_the_quorum() {
 
 #[test]
 fn bad_input_exits_2_with_one_line() {
-    let dead = format!("127.0.0.1:{}", free_port());
     for args in [
         vec!["bench", "--concurrency", "0"],
         vec!["bench", "--nodes", "http://x:1"],
         vec!["bench", "--ttl", "2ms"],
-        vec!["bench", "--nodes", &dead, "--duration", "1s"],
         vec!["bench", "--bogus-flag"],
     ] {
         let o = dragonlock(&args);
@@ -921,4 +919,335 @@ fn bench_baseline_is_the_single_loop_releasing_like_dragonlock() {
         "multi",
     ]);
     assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Runs `dragonlock bench` with `args` and `--json`, asserts it exits 0, and parses its JSON.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let o = dragonlock(&all);
+    assert_eq!(
+        code(&o),
+        0,
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `--ops 10` with 64 workers ran 64 cycles: each worker took `ceil(10 / 64)`. The workers now
+/// share one countdown, so the run is exactly the cycles asked for, for both clients.
+#[test]
+fn bench_ops_runs_exactly_the_cycles_asked_for() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--ops",
+        "10",
+        "--concurrency",
+        "64",
+        "--warmup",
+        "0s",
+        "--ttl",
+        "5s",
+        "--baseline",
+    ]);
+    for client in ["dragonlock", "baseline"] {
+        let c = &v[client];
+        assert_eq!(c["cycles"], 10, "{client}: {c}");
+        assert_eq!(c["cycle"]["count"], 10, "{client}: {c}");
+        assert_eq!(c["outcomes"]["granted"], 10, "{client}: {c}");
+    }
+    assert_eq!(v["setup"]["ops"], 10);
+    // Not a multiple of the workers either.
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--ops",
+        "7",
+        "--concurrency",
+        "3",
+        "--warmup",
+        "0s",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(v["dragonlock"]["cycles"], 7);
+}
+
+/// The progress lines (printed to stderr when it is not a terminal, one a second) each give
+/// the rate over the interval they cover: none for the warm-up, and no trailing
+/// `0 cycles/s` line for an interval past the end of the run.
+#[test]
+fn bench_progress_lines_rate_whole_measured_seconds() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let o = dragonlock(&[
+        "bench",
+        "--nodes",
+        &nodes,
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--concurrency",
+        "4",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let rates: Vec<f64> = stderr
+        .lines()
+        .filter(|l| l.contains("cycles/s"))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    // One line per whole second inside the 2 s window; the one at its very end may be left to
+    // the summary.
+    assert!((1..=2).contains(&rates.len()), "{stderr}");
+    assert!(rates.iter().all(|r| *r > 0.0), "{stderr}");
+    // The table follows on stdout.
+    assert!(String::from_utf8_lossy(&o.stdout).contains("grants/s"));
+}
+
+/// The contended workload reports grants (acquisitions) and attempts apart, picks keys at
+/// random unless told otherwise, and takes `--keys round-robin|zipf`.
+#[test]
+fn bench_contended_reports_grants_and_attempts_apart() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let common = [
+        "--nodes",
+        &nodes,
+        "--workload",
+        "contended",
+        "--resources",
+        "1",
+        "--ops",
+        "400",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "4",
+        "--ttl",
+        "5s",
+    ];
+    let v = bench_json(&common);
+    let d = &v["dragonlock"];
+    let secs = d["seconds"].as_f64().unwrap();
+    let granted = d["outcomes"]["granted"].as_u64().unwrap();
+    let busy = d["outcomes"]["busy"].as_u64().unwrap();
+    assert_eq!(granted + busy, 400, "{d}");
+    assert_eq!(
+        d["grants_per_sec"].as_f64().unwrap(),
+        (granted as f64 / secs).round(),
+        "{d}"
+    );
+    assert_eq!(
+        d["attempts_per_sec"].as_f64().unwrap(),
+        (400.0 / secs).round(),
+        "{d}"
+    );
+    assert_eq!(v["setup"]["keys"], "random");
+    for (keys, want_s) in [("round-robin", None), ("zipf", Some(0.5))] {
+        let mut args = common.to_vec();
+        args.extend(["--keys", keys, "--zipf-s", "0.5"]);
+        let v = bench_json(&args);
+        assert_eq!(v["setup"]["keys"], keys);
+        assert_eq!(v["setup"]["zipf_s"].as_f64(), want_s);
+        assert_eq!(v["dragonlock"]["cycles"], 400);
+    }
+    // Keys are the contended workload's only.
+    let o = dragonlock(&["bench", "--nodes", &nodes, "--keys", "zipf"]);
+    assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// acquire-only used to leave every lock it took on the servers until its ttl (30 s by
+/// default: rate × ttl keys). They are now released after the measured window, by both
+/// clients, and the servers hold no key once the bench has exited.
+#[test]
+fn bench_acquire_only_leaves_no_keys_behind() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--workload",
+        "acquire-only",
+        "--ops",
+        "300",
+        "--warmup",
+        "100ms",
+        "--concurrency",
+        "4",
+        "--ttl",
+        "30s",
+        "--baseline",
+    ]);
+    assert_eq!(v["dragonlock"]["outcomes"]["granted"], 300);
+    assert_eq!(v["baseline"]["outcomes"]["granted"], 300);
+    for s in &servers {
+        assert_eq!(s.cmd(&["DBSIZE"]).as_integer(), Some(0), "{}", s.addr());
+    }
+}
+
+/// A `--nodes` entry that parses but does not answer is unavailable (69), not bad input (2).
+#[test]
+fn bench_with_an_unreachable_node_exits_unavailable() {
+    let servers = cluster(2);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let nodes = format!("{},{dead}", node_list(&servers));
+    let o = dragonlock(&["bench", "--nodes", &nodes, "--duration", "1s"]);
+    assert_eq!(code(&o), 69, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&dead));
+}
+
+/// `--key-prefix`, `--retries`, `--retry-delay` and `--restart-delay` reach the manager: a key
+/// held under the prefix makes every attempt busy, each cycle makes 1 + retries attempts, and
+/// fresh servers under a restart delay do not vote. The setup reports them.
+#[test]
+fn bench_production_options_reach_the_manager() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    for s in &servers {
+        s.cmd(&["SET", "app:bench:w0", "someone-else"]);
+        s.cmd(&["CONFIG", "RESETSTAT"]);
+    }
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--key-prefix",
+        "app:",
+        "--retries",
+        "2",
+        "--retry-delay",
+        "1ms",
+        "--ops",
+        "5",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "1",
+        "--ttl",
+        "5s",
+    ]);
+    let d = &v["dragonlock"];
+    assert_eq!(d["outcomes"]["busy"], 5, "{d}");
+    assert_eq!(d["outcomes"]["granted"], 0, "{d}");
+    for s in &servers {
+        assert_eq!(s.command_calls("set"), 15, "{}", s.addr());
+    }
+    let setup = &v["setup"];
+    assert_eq!(setup["key_prefix"], "app:");
+    assert_eq!(setup["retries"], 2);
+    assert_eq!(setup["retry_delay_ms"], 1);
+    assert_eq!(setup["restart_delay_ms"], serde_json::Value::Null);
+
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--restart-delay",
+        "1h",
+        "--ops",
+        "5",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "1",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(v["setup"]["restart_delay_ms"], 3_600_000);
+    assert_eq!(
+        v["dragonlock"]["outcomes"]["granted"], 0,
+        "{}",
+        v["dragonlock"]
+    );
+    // Without the prefix the same key is free.
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--ops",
+        "5",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "1",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(v["dragonlock"]["outcomes"]["granted"], 5);
+}
+
+/// `--rate`: an open-loop run at a rate the servers easily keep up with reports the achieved
+/// rate (bounded by the schedule: no more cycles than slots in the window), and latency from
+/// each cycle's intended start, which is never below the latency from its actual start. A rate
+/// no client can reach is said to be missed.
+#[test]
+fn bench_open_loop_reports_the_achieved_rate_and_corrected_latency() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--rate",
+        "200",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--concurrency",
+        "4",
+        "--ttl",
+        "5s",
+        "--baseline",
+    ]);
+    assert_eq!(v["setup"]["rate"], 200);
+    for client in ["dragonlock", "baseline"] {
+        let c = &v[client];
+        let cycles = c["cycles"].as_u64().unwrap();
+        // The window holds 400 slots; a run that keeps up (any machine does, at 200/s) runs
+        // them; one that falls behind runs fewer, never more.
+        assert!((1..=400).contains(&cycles), "{client}: {c}");
+        let ol = &c["open_loop"];
+        assert_eq!(ol["target_per_sec"], 200, "{client}: {ol}");
+        let achieved = ol["achieved_per_sec"].as_f64().unwrap();
+        assert!((20.0..=2000.0).contains(&achieved), "{client}: {ol}");
+        assert!(ol["reached"].is_boolean());
+        let (corrected, actual) = (&c["cycle_corrected"], &c["cycle"]);
+        assert_eq!(corrected["count"], actual["count"], "{client}");
+        for q in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+            assert!(
+                corrected[q].as_f64().unwrap() >= actual[q].as_f64().unwrap(),
+                "{client} {q}: {corrected} against {actual}"
+            );
+        }
+    }
+    // A closed-loop run has neither.
+    let v = bench_json(&[
+        "--nodes", &nodes, "--ops", "10", "--warmup", "0s", "--ttl", "5s",
+    ]);
+    assert!(v["dragonlock"].get("open_loop").is_none());
+    assert!(v["dragonlock"].get("cycle_corrected").is_none());
+    // Two workers cannot start 10 million cycles a second.
+    let v = bench_json(&[
+        "--nodes",
+        &nodes,
+        "--rate",
+        "10000000",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(v["dragonlock"]["open_loop"]["reached"], false);
+    let o = dragonlock(&["bench", "--nodes", &nodes, "--rate", "0"]);
+    assert_eq!(code(&o), 2);
 }
