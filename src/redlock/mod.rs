@@ -775,7 +775,9 @@ impl Redlock {
     /// ttl, for information.
     ///
     /// Like every `Lock`, it is a guard: dropping it releases in the background;
-    /// [`forget`](Lock::forget) hands it on instead.
+    /// [`forget`](Lock::forget) hands it on instead. The process that hands a lock over must
+    /// stop using its own handle (`forget` it): two handles with one token are one lock that
+    /// both believe they hold.
     ///
     /// # Errors
     ///
