@@ -43,6 +43,12 @@ pub enum ErrorKind {
     Closed,
     /// A connection URL or option is invalid.
     InvalidConfig(&'static str),
+    /// The [token prefix](crate::RedlockOptions::token_prefix) is longer than
+    /// [`MAX_TOKEN_PREFIX`](crate::MAX_TOKEN_PREFIX) bytes.
+    TokenPrefixTooLong {
+        /// The prefix's length, in bytes.
+        len: usize,
+    },
     /// Two configured nodes are one server (the same address spelled differently, or the same
     /// server process found behind two addresses at handshake): it would vote twice, and one
     /// crash would take two votes. `first` and `second` are the nodes' positions in the list
@@ -136,12 +142,15 @@ impl Error {
         )
     }
 
-    /// The configuration is wrong: an invalid URL or option, no node at all, or one server
-    /// listed twice ([`ErrorKind::DuplicateNode`]). Retrying cannot help.
+    /// The configuration is wrong: an invalid URL or option, no node at all, one server listed
+    /// twice ([`ErrorKind::DuplicateNode`]), or a token prefix too long
+    /// ([`ErrorKind::TokenPrefixTooLong`]). Retrying cannot help.
     pub fn is_config(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::InvalidConfig(_) | ErrorKind::DuplicateNode { .. }
+            ErrorKind::InvalidConfig(_)
+                | ErrorKind::DuplicateNode { .. }
+                | ErrorKind::TokenPrefixTooLong { .. }
         )
     }
 
@@ -221,6 +230,11 @@ impl fmt::Display for Error {
             ErrorKind::Overloaded => f.write_str("too many requests in flight"),
             ErrorKind::Closed => f.write_str("connection closed"),
             ErrorKind::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            ErrorKind::TokenPrefixTooLong { len } => write!(
+                f,
+                "invalid configuration: the token prefix is {len} bytes, at most {} allowed",
+                crate::MAX_TOKEN_PREFIX
+            ),
             ErrorKind::DuplicateNode { detail, .. } => write!(
                 f,
                 "invalid configuration: {detail}; list each server once (a server listed twice \

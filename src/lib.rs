@@ -30,7 +30,8 @@ pub mod resp;
 
 pub use error::{Error, ErrorKind};
 pub use redlock::{
-    Lock, LockError, LockErrorKind, LockSignal, NodeResult, Redlock, RedlockOptions, ReleaseWait,
+    Holders, Lock, LockError, LockErrorKind, LockSignal, NodeHolder, NodeResult, Redlock,
+    RedlockOptions, ReleaseWait, MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN,
 };
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -35,6 +35,9 @@ pub struct Lock {
     signal: OnceLock<LockSignal>,
     /// The fencing token, for locks taken with fencing on.
     fence: Option<u64>,
+    /// Rebuilt from a token ([`Redlock::lock_from_token`]) and not extended since: its
+    /// validity is unknown, so it claims none, and `extend` is not refused for lack of it.
+    unconfirmed: bool,
 }
 
 impl std::fmt::Debug for Lock {
@@ -65,7 +68,16 @@ impl Lock {
             done: false,
             signal: OnceLock::new(),
             fence: None,
+            unconfirmed: false,
         }
+    }
+
+    /// A lock rebuilt from a stored token: no validity (it ends now) until an `extend`
+    /// succeeds. See [`Redlock::lock_from_token`].
+    pub(crate) fn rebuilt(redlock: Redlock, keys: Keys, token: Token) -> Lock {
+        let mut lock = Lock::new(redlock, keys, token, Duration::ZERO, Instant::now());
+        lock.unconfirmed = true;
+        lock
     }
 
     pub(crate) fn with_fence(mut self, token: u64) -> Lock {
@@ -140,12 +152,16 @@ impl Lock {
             .collect()
     }
 
-    /// The token, unique to this acquisition (128 random bits, hex). Usable as a fencing value.
+    /// The token, unique to this acquisition: the manager's
+    /// [token prefix](super::RedlockOptions::token_prefix), if any, then 128 random bits as 32
+    /// hex characters. What [`Redlock::lock_from_token`] takes back.
     pub fn token(&self) -> &str {
-        std::str::from_utf8(&self.token).expect("hex")
+        // A prefix comes from a `String`, the rest is hex, so this never fails.
+        std::str::from_utf8(&self.token).unwrap_or("")
     }
 
-    /// The ttl the lock was taken (or last extended) with.
+    /// The ttl the lock was taken (or last extended) with; zero for a lock rebuilt from a token
+    /// and not extended since.
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
@@ -348,19 +364,15 @@ impl Lock {
     /// ```
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
         self.check_extend(ttl)?;
-        let r = extend_on_nodes(
-            &self.redlock,
-            &self.keys,
-            &self.token,
-            self.valid_until,
-            ttl,
-        )
-        .await;
+        // A rebuilt lock's current validity is unknown: only the new one bounds the wait.
+        let current = (!self.unconfirmed).then_some(self.valid_until);
+        let r = extend_on_nodes(&self.redlock, &self.keys, &self.token, current, ttl).await;
         self.apply_extension(ttl, r)
     }
 
     /// What `extend` checks before asking the nodes: the ttl, the extension limit, and that
-    /// the lock is still held (firing the signal if it is not).
+    /// the lock is still held (firing the signal if it is not). A rebuilt lock not yet extended
+    /// has no validity to check; the nodes decide.
     pub(crate) fn check_extend(&self, ttl: Duration) -> Result<(), LockError> {
         let redlock = &self.redlock;
         redlock.check_ttl(ttl)?;
@@ -369,7 +381,7 @@ impl Lock {
                 return Err(self.error(LockErrorKind::ExtensionLimit, NodeResults::new()));
             }
         }
-        if self.done || Instant::now() >= self.valid_until {
+        if self.done || (!self.unconfirmed && Instant::now() >= self.valid_until) {
             self.fire_signal();
             return Err(self.error(LockErrorKind::Lost, NodeResults::new()));
         }
@@ -385,6 +397,7 @@ impl Lock {
     ) -> Result<(), LockError> {
         match outcome {
             Ok(new_valid_until) => {
+                self.unconfirmed = false;
                 self.valid_until = new_valid_until;
                 self.ttl = ttl;
                 self.extensions += 1;
@@ -430,15 +443,20 @@ impl Drop for Lock {
     }
 }
 
-/// Extends `keys` (held with `token`, valid until `valid_until`) to `ttl` from now on every node
-/// (compare-and-`PEXPIRE`), and returns the new validity. Succeeds only with a quorum inside the
-/// current validity; otherwise `Lost`, with each node's answer. Changes nothing locally: the
-/// caller applies the outcome ([`Lock::apply_extension`]).
+/// Extends `keys` (held with `token`, valid until `valid_until`, `None` when that is unknown) to
+/// `ttl` from now on every node (compare-and-`PEXPIRE`), and returns the new validity. Succeeds
+/// only with a quorum inside the current validity (and the new one); otherwise `Lost`, with
+/// each node's answer. Changes nothing locally: the caller applies the outcome
+/// ([`Lock::apply_extension`]).
+///
+/// Safe without a known current validity (a rebuilt lock): a node extends only a key that still
+/// holds `token` when the script runs, and then keeps it until at least `start + ttl`, so no
+/// other client can take that node before the new validity (`start + ttl - drift`) ends.
 pub(crate) async fn extend_on_nodes(
     redlock: &Redlock,
     keys: &Keys,
     token: &Token,
-    valid_until: Instant,
+    valid_until: Option<Instant>,
     ttl: Duration,
 ) -> Result<Instant, LockError> {
     let start = Instant::now();
@@ -447,7 +465,7 @@ pub(crate) async fn extend_on_nodes(
     let ms = ms.format(ttl.as_millis() as u64).as_bytes();
     let new_valid_until = start + ttl - redlock.drift(ttl);
     // The extension must complete while the current lock still holds.
-    let deadline = valid_until.min(new_valid_until);
+    let deadline = valid_until.map_or(new_valid_until, |v| v.min(new_valid_until));
     let (script, args) = (keys.extend_script(), [&token[..], ms]);
     let (decision, collector) = redlock
         .collect(

@@ -19,10 +19,12 @@
 
 mod error;
 pub mod fence;
+mod holder;
 mod lock;
 mod nodes;
 mod quorum;
 pub mod scripts;
+mod token;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,13 +36,16 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 pub use error::{LockError, LockErrorKind, NodeResult, NodeResults};
+pub use holder::{Holders, NodeHolder};
 pub use lock::{Lock, LockSignal};
+pub use token::{MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 
 use crate::conn::{Connection, ConnectionConfig, ReplyFuture, Script, ScriptCall};
 use crate::error::Error;
 use crate::resp::{encode_delex_ifeq, Frame, SetNxPxCommand};
 use quorum::{Decision, QuorumCollector, Vote};
 use scripts::scripts;
+pub(crate) use token::{new_token, Token};
 
 /// Default clock drift factor, as in the Redlock description.
 pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
@@ -90,7 +95,10 @@ pub struct RedlockOptions {
     pub(crate) retry_jitter: Duration,
     pub(crate) acquire_timeout: Option<Duration>,
     pub(crate) min_validity: Duration,
-    pub(crate) key_prefix: String,
+    /// Shared, so that copying the options (a view, see [`Redlock::with_options`]) allocates
+    /// nothing.
+    pub(crate) key_prefix: Arc<str>,
+    pub(crate) token_prefix: Arc<str>,
     pub(crate) release_timeout: Duration,
     pub(crate) release_wait: ReleaseWait,
     pub(crate) max_extensions: Option<u32>,
@@ -111,7 +119,8 @@ impl Default for RedlockOptions {
             retry_jitter: DEFAULT_RETRY_JITTER,
             acquire_timeout: None,
             min_validity: DEFAULT_MIN_VALIDITY,
-            key_prefix: String::new(),
+            key_prefix: Arc::from(""),
+            token_prefix: Arc::from(""),
             release_timeout: DEFAULT_RELEASE_TIMEOUT,
             release_wait: ReleaseWait::Quorum,
             max_extensions: None,
@@ -154,7 +163,22 @@ impl RedlockOptions {
     }
     /// Prefix put before every resource name to make its key.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
+        self.key_prefix = Arc::from(prefix.into());
+        self
+    }
+    /// Text put in front of every token this manager makes (none by default), to tell holders
+    /// apart while debugging: an owner id such as `host-7/pid-42/`, which
+    /// [`Redlock::holder`] then shows for each node. The 128 random bits follow it in full, so
+    /// a token is as unique with a prefix as without one.
+    ///
+    /// At most [`MAX_TOKEN_PREFIX`] bytes: a longer prefix is refused when the manager (or a
+    /// view) is made, with [`ErrorKind::TokenPrefixTooLong`](crate::ErrorKind::TokenPrefixTooLong).
+    /// The token stays inline, so a prefix costs no allocation per acquire.
+    ///
+    /// Fenced acquires ([`fencing`](RedlockOptions::fencing)) do not put the prefix on their
+    /// tokens yet.
+    pub fn token_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.token_prefix = Arc::from(prefix.into());
         self
     }
     /// Bound on how long `release` waits for answers (default 500 ms).
@@ -227,10 +251,106 @@ impl RedlockOptions {
         self
     }
 
-    /// How long [`Redlock::connect`] waits for the nodes' first connect.
+    /// How long [`Redlock::connect`] waits for the nodes' first connect (and the bound on the
+    /// same-server probe of [`Redlock::wait_for_quorum`]). Fixed at connect: a
+    /// [view](Redlock::with_options) cannot change it.
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
         self
+    }
+
+    /// Checks what a builder method cannot: the token prefix's length.
+    fn check(&self) -> Result<(), Error> {
+        let len = self.token_prefix.len();
+        if len > MAX_TOKEN_PREFIX {
+            return Err(Error::new(crate::ErrorKind::TokenPrefixTooLong { len }));
+        }
+        Ok(())
+    }
+}
+
+/// The value of each option, read back: one method per builder method, named after it with
+/// `_value` (the builder methods take the plain names). As `std::process::Command` and `http`'s
+/// builders do, the getters sit on the builder itself, so the options in force
+/// ([`Redlock::options`]) are read where they are set.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dragonlock::RedlockOptions;
+///
+/// let options = RedlockOptions::default().retry_count(0).key_prefix("locks:");
+/// assert_eq!(options.retry_count_value(), 0);
+/// assert_eq!(options.key_prefix_value(), "locks:");
+/// assert_eq!(options.acquire_timeout_value(), None);
+/// assert_eq!(options.release_timeout_value(), Duration::from_millis(500));
+/// ```
+impl RedlockOptions {
+    /// The clock drift factor ([`drift_factor`](RedlockOptions::drift_factor)), after clamping.
+    pub fn drift_factor_value(&self) -> f64 {
+        self.drift_factor
+    }
+    /// Retries after the first attempt ([`retry_count`](RedlockOptions::retry_count)).
+    pub fn retry_count_value(&self) -> u32 {
+        self.retry_count
+    }
+    /// The delay between attempts and the largest jitter added to it, as given to
+    /// [`retry_delay`](RedlockOptions::retry_delay).
+    pub fn retry_delay_value(&self) -> (Duration, Duration) {
+        (self.retry_delay, self.retry_jitter)
+    }
+    /// The acquire's time budget ([`acquire_timeout`](RedlockOptions::acquire_timeout));
+    /// `None`: bounded by the retry count only.
+    pub fn acquire_timeout_value(&self) -> Option<Duration> {
+        self.acquire_timeout
+    }
+    /// The smallest validity a lock is handed out with
+    /// ([`min_validity`](RedlockOptions::min_validity)).
+    pub fn min_validity_value(&self) -> Duration {
+        self.min_validity
+    }
+    /// The key prefix ([`key_prefix`](RedlockOptions::key_prefix)).
+    pub fn key_prefix_value(&self) -> &str {
+        &self.key_prefix
+    }
+    /// The token prefix ([`token_prefix`](RedlockOptions::token_prefix)); empty by default.
+    pub fn token_prefix_value(&self) -> &str {
+        &self.token_prefix
+    }
+    /// The release's bound on waiting ([`release_timeout`](RedlockOptions::release_timeout)).
+    pub fn release_timeout_value(&self) -> Duration {
+        self.release_timeout
+    }
+    /// What a release waits for ([`release_wait`](RedlockOptions::release_wait)).
+    pub fn release_wait_value(&self) -> ReleaseWait {
+        self.release_wait
+    }
+    /// The most extensions of one lock ([`max_extensions`](RedlockOptions::max_extensions));
+    /// `None`: no limit.
+    pub fn max_extensions_value(&self) -> Option<u32> {
+        self.max_extensions
+    }
+    /// Whether releases always use the script
+    /// ([`force_script_release`](RedlockOptions::force_script_release)).
+    pub fn force_script_release_value(&self) -> bool {
+        self.force_script_release
+    }
+    /// The delayed-restart rule ([`restart_delay`](RedlockOptions::restart_delay)); `None`: off.
+    pub fn restart_delay_value(&self) -> Option<Duration> {
+        self.restart_delay
+    }
+    /// Whether acquires are fenced ([`fencing`](RedlockOptions::fencing)).
+    pub fn fencing_value(&self) -> bool {
+        self.fencing
+    }
+    /// The smallest fencing token ([`fence_floor`](RedlockOptions::fence_floor)).
+    pub fn fence_floor_value(&self) -> u64 {
+        self.fence_floor
+    }
+    /// The connect wait ([`connect_timeout`](RedlockOptions::connect_timeout)).
+    pub fn connect_timeout_value(&self) -> Duration {
+        self.connect_timeout
     }
 }
 
@@ -302,25 +422,16 @@ impl Keys {
     }
 }
 
-/// A lock token: 128 random bits as 32 hex characters, inline.
-pub(crate) type Token = [u8; 32];
-
-fn new_token() -> Token {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // ThreadRng: a CSPRNG seeded once per thread from OS entropy; no syscall per token.
-    let bits: u128 = rand::rng().random();
-    let mut token = [0u8; 32];
-    for (i, t) in token.iter_mut().enumerate() {
-        *t = HEX[((bits >> (4 * i)) & 0xf) as usize];
-    }
-    token
-}
-
+/// A manager, or a view of one ([`Redlock::with_options`]): what is shared between views sits
+/// behind its own `Arc`, so a view is one allocation (this struct) and costs nothing per call.
 pub(crate) struct Inner {
-    pub(crate) nodes: Vec<Connection>,
+    /// Shared by every view; the connections close when the last view goes.
+    pub(crate) nodes: Arc<[Connection]>,
     /// Every node's `host:port`, in order; shared into each `LockError` for its message.
     pub(crate) addrs: Arc<[Box<str>]>,
+    /// This view's own.
     pub(crate) options: RedlockOptions,
+    /// Fixed by the node list, so the same in every view.
     pub(crate) quorum: usize,
 }
 
@@ -434,8 +545,10 @@ impl Redlock {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) for an empty list,
-    /// [`ErrorKind::DuplicateNode`](crate::ErrorKind::DuplicateNode) for a server listed twice
-    /// (both [`is_config`](crate::Error::is_config)). The connections are closed then.
+    /// [`ErrorKind::DuplicateNode`](crate::ErrorKind::DuplicateNode) for a server listed twice,
+    /// [`ErrorKind::TokenPrefixTooLong`](crate::ErrorKind::TokenPrefixTooLong) for a
+    /// [token prefix](RedlockOptions::token_prefix) over [`MAX_TOKEN_PREFIX`] bytes (all
+    /// [`is_config`](crate::Error::is_config)). The connections are closed then.
     ///
     /// # Cancel safety
     ///
@@ -459,6 +572,7 @@ impl Redlock {
         configs: Vec<ConnectionConfig>,
         options: RedlockOptions,
     ) -> Result<Redlock, Error> {
+        options.check()?;
         nodes::check_configs(configs.iter())?;
         let s = scripts();
         let nodes: Vec<Connection> = configs
@@ -469,7 +583,8 @@ impl Redlock {
                     .script(s.extend.clone())
                     .script(s.multi_acquire.clone())
                     .script(s.multi_release.clone())
-                    .script(s.multi_extend.clone());
+                    .script(s.multi_extend.clone())
+                    .script(s.holder.clone());
                 // The fencing scripts only where they are used: a connect loads each script.
                 Connection::start(if options.fencing {
                     c.script(s.fence_acquire.clone())
@@ -519,6 +634,7 @@ impl Redlock {
         nodes: Vec<Connection>,
         options: RedlockOptions,
     ) -> Result<Redlock, Error> {
+        options.check()?;
         nodes::check_configs(nodes.iter().map(|n| n.config()))?;
         let redlock = Redlock::build(nodes, options);
         // Suspicions need a probe, which needs to wait: left to `wait_for_quorum`.
@@ -531,7 +647,7 @@ impl Redlock {
         let addrs = nodes.iter().map(|n| n.config().addr().into()).collect();
         Redlock {
             inner: Arc::new(Inner {
-                nodes,
+                nodes: nodes.into(),
                 addrs,
                 options,
                 quorum,
@@ -549,9 +665,156 @@ impl Redlock {
         self.inner.quorum
     }
 
-    /// The options in force.
+    /// The options in force: this manager's, or this view's (see
+    /// [`with_options`](Redlock::with_options)). Read them with the `*_value` getters.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo(redlock: dragonlock::Redlock) {
+    /// let retries = redlock.options().retry_count_value();
+    /// # let _ = retries; }
+    /// ```
     pub fn options(&self) -> &RedlockOptions {
         &self.inner.options
+    }
+
+    /// A view of this manager with other options: the same connections, node list and quorum,
+    /// and the options `change` makes from this one's. For a hot path that must not wait
+    /// beside a job that may, over one set of connections:
+    ///
+    /// ```no_run
+    /// # fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::Error> {
+    /// let fail_fast = redlock.with_options(|o| o.retry_count(0))?;
+    /// # let _ = fail_fast; Ok(()) }
+    /// ```
+    ///
+    /// Make views once and keep them (they are cheap to clone, as the manager is): making one
+    /// costs one small allocation (copying the options allocates nothing; whatever `change`
+    /// sets may), and using one costs nothing more than using the manager. Views share the
+    /// connections, so they share the manager's lifetime too: the connections close when the
+    /// last of the manager, its views and their locks is dropped, whichever that is. A
+    /// [`Lock`] keeps the view it was taken with, and its `extend` and `release` follow that
+    /// view's options (release timeout and wait, extension limit).
+    ///
+    /// Every option may differ per view except those fixed at connect, which a view keeps:
+    /// [`fencing`](RedlockOptions::fencing) decides which scripts are registered on each
+    /// connection (and a fenced manager whose views skip the fence would hand out unfenced
+    /// locks that its callers take for fenced ones), and
+    /// [`connect_timeout`](RedlockOptions::connect_timeout) belongs to the connect. Changing
+    /// either is an error rather than silently ignored. The safety options
+    /// ([`restart_delay`](RedlockOptions::restart_delay), the drift factor) protect every
+    /// client of a resource only if every client uses them, views included.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) when `change` changed an
+    /// option fixed at connect, [`ErrorKind::TokenPrefixTooLong`](crate::ErrorKind::TokenPrefixTooLong)
+    /// for a token prefix too long (both `is_config()`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), Box<dyn std::error::Error>> {
+    /// // One manager for the service; a view for the request path, made at start-up.
+    /// let request_path = redlock.with_options(|o| o.retry_count(0))?;
+    /// let batch = redlock.with_options(|o| o.acquire_timeout(Duration::from_secs(30)))?;
+    /// assert_eq!(request_path.options().retry_count_value(), 0);
+    ///
+    /// match request_path.acquire("cart:9", Duration::from_secs(2)).await {
+    ///     Ok(lock) => drop(lock),
+    ///     Err(e) if e.is_busy() => {} // answer "try again" at once
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// let lock = batch.acquire("nightly-report", Duration::from_secs(60)).await?;
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_options(
+        &self,
+        change: impl FnOnce(RedlockOptions) -> RedlockOptions,
+    ) -> Result<Redlock, Error> {
+        let base = &self.inner.options;
+        let options = change(base.clone());
+        let fixed = |what| Err(Error::new(crate::ErrorKind::InvalidConfig(what)));
+        if options.fencing != base.fencing || options.fence_protocol != base.fence_protocol {
+            return fixed("fencing is fixed at connect: it decides which scripts each connection registers; make another manager to change it");
+        }
+        if options.connect_timeout != base.connect_timeout {
+            return fixed("connect_timeout is fixed at connect; a view cannot change it");
+        }
+        options.check()?;
+        Ok(Redlock {
+            inner: Arc::new(Inner {
+                nodes: self.inner.nodes.clone(),
+                addrs: self.inner.addrs.clone(),
+                options,
+                quorum: self.inner.quorum,
+            }),
+        })
+    }
+
+    /// A [`Lock`] handle for `resource` held with `token`: the way to release or extend a lock
+    /// that another process (or an earlier run of this one) took, from its
+    /// [`Lock::token`]. It takes nothing: every node acts only where the key still holds this
+    /// token (compare-and-`PEXPIRE`, compare-and-delete), so a token a caller does not hold
+    /// gets nothing, and no new token is made.
+    ///
+    /// Its local validity is unknown, so it claims none:
+    /// [`is_valid`](Lock::is_valid) is false and [`remaining`](Lock::remaining) zero until an
+    /// [`extend`](Lock::extend) succeeds, which is allowed (the nodes decide) and gives it a
+    /// validity measured exactly as an acquire's, from a fresh quorum. Until then its
+    /// [`signal`](Lock::signal) reads as lost. [`release`](Lock::release) works at once. It
+    /// has no [fencing token](Lock::fencing_token): carry that over beside the token.
+    ///
+    /// There is no "remaining ttl" parameter: a number carried across a hand-over is stale by
+    /// an unknown amount (the old process may have stalled after reading it), and the lock
+    /// must not claim validity it cannot know. [`holder`](Redlock::holder) shows each node's
+    /// ttl, for information.
+    ///
+    /// Like every `Lock`, it is a guard: dropping it releases in the background;
+    /// [`forget`](Lock::forget) hands it on instead. The process that hands a lock over must
+    /// stop using its own handle (`forget` it): two handles with one token are one lock that
+    /// both believe they hold.
+    ///
+    /// # Errors
+    ///
+    /// `Invalid` for a string that is not a token this crate makes (at most
+    /// [`MAX_TOKEN_PREFIX`] bytes, then [`TOKEN_RANDOM_LEN`] lowercase hex characters).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// // The old process: take the lock, store its token, hand it on.
+    /// let lock = redlock.try_acquire("migration", Duration::from_secs(30)).await?;
+    /// let stored = lock.token().to_string();
+    /// lock.forget();
+    ///
+    /// // The new process: rebuild, confirm with an extend, work, release.
+    /// let mut lock = redlock.lock_from_token("migration", &stored)?;
+    /// assert!(!lock.is_valid()); // unknown until confirmed
+    /// lock.extend(Duration::from_secs(30)).await?; // `is_lost()` if it is no longer held
+    /// assert!(lock.is_valid());
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn lock_from_token(&self, resource: &str, token: &str) -> Result<Lock, LockError> {
+        let token = Token::parse(token).ok_or_else(|| {
+            LockError::invalid(
+                "not a dragonlock token: at most MAX_TOKEN_PREFIX bytes, then 32 lowercase hex \
+                 characters",
+            )
+        })?;
+        Ok(Lock::rebuilt(
+            self.clone(),
+            Keys::one(self.key(resource)),
+            token,
+        ))
     }
 
     pub(crate) fn drift(&self, ttl: Duration) -> Duration {
@@ -786,7 +1049,7 @@ impl Redlock {
             }
             return self.attempt_fenced(keys, ttl, cut).await;
         }
-        let token = new_token();
+        let token = token::new_token_with(self.inner.options.token_prefix.as_bytes());
         let ttl_ms = ttl.as_millis() as u64;
         let nodes = &self.inner.nodes;
         let s = scripts();
@@ -816,7 +1079,7 @@ impl Redlock {
                 set.encode(buf, &keys.all()[0], &token);
             }
         };
-        for node in nodes {
+        for node in nodes.iter() {
             collector.push(match self.inner.options.restart_delay {
                 None => node.send(encode),
                 Some(delay) => node.send_if_up_for(delay, encode),
@@ -1101,7 +1364,8 @@ impl Redlock {
         // An extension in flight borrows these copies, not `lock`, which is updated between
         // polls (its validity, its signal).
         let (redlock, keys, token) = lock.renewal();
-        let extend = |valid_until| lock::extend_on_nodes(&redlock, &keys, &token, valid_until, ttl);
+        let extend =
+            |valid_until| lock::extend_on_nodes(&redlock, &keys, &token, Some(valid_until), ttl);
         // Made once to fix the future's type, and emptied at once: nothing is sent until polled.
         let mut renewal = pin!(Some(extend(lock.valid_until())));
         renewal.set(None);
@@ -1176,7 +1440,7 @@ impl Redlock {
     ) -> (Decision, QuorumCollector<'a>) {
         let nodes = &self.inner.nodes;
         let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
-        for node in nodes {
+        for node in nodes.iter() {
             collector.push(node.send(|buf| make(buf, node)));
         }
         let decision = collector.run(deadline, all, classify, resend).await;

@@ -26,6 +26,12 @@ pub const MULTI_EXTEND: &str =
     "for i=1,#KEYS do if redis.call('get',KEYS[i]) ~= ARGV[1] then return 0 end end \
 for i=1,#KEYS do redis.call('pexpire',KEYS[i],ARGV[2]) end return 1";
 
+/// Who holds a key, and for how long, in one atomic step (a `GET` and a `PTTL` sent apart could
+/// pair one holder's token with the next holder's ttl): nil when the key is missing, else
+/// `{value, pttl}` (`pttl` -1 for a key without expiry).
+pub const HOLDER: &str = "local v = redis.call('get',KEYS[1]) if not v then return false end \
+return {v, redis.call('pttl',KEYS[1])}";
+
 /// The prepared scripts.
 pub(crate) struct Scripts {
     pub release: Script,
@@ -33,6 +39,7 @@ pub(crate) struct Scripts {
     pub multi_acquire: Script,
     pub multi_release: Script,
     pub multi_extend: Script,
+    pub holder: Script,
     pub fence_acquire: Script,
     pub fence_write: Script,
     pub fence_reseed: Script,
@@ -46,6 +53,7 @@ pub(crate) fn scripts() -> &'static Scripts {
         multi_acquire: Script::new(MULTI_ACQUIRE),
         multi_release: Script::new(MULTI_RELEASE),
         multi_extend: Script::new(MULTI_EXTEND),
+        holder: Script::new(HOLDER),
         fence_acquire: Script::new(super::fence::FENCE_ACQUIRE),
         fence_write: Script::new(super::fence::FENCE_WRITE),
         fence_reseed: Script::new(super::fence::FENCE_RESEED),
