@@ -216,7 +216,7 @@ impl Redlock {
         ttl: std::time::Duration,
         cut: Option<Instant>,
     ) -> Result<Lock, LockError> {
-        let token = super::new_token();
+        let token = super::token::new_token_with(self.inner.options.token_prefix.as_bytes());
         let nodes = &self.inner.nodes;
         let quorum = self.inner.quorum;
         let s = super::scripts::scripts();
