@@ -9,6 +9,7 @@
 mod cli {
     pub mod baseline;
     pub mod bench;
+    pub mod fuzz_server;
     pub mod ping;
     pub mod run;
     pub mod servers;
@@ -64,6 +65,9 @@ enum Command {
     /// Check that the nodes are safe to lock on: reachability, round trip, server, role, eviction
     /// policy, persistence against the restart rule, uptime, DELEX, duplicates; a verdict line.
     Ping(cli::ping::PingArgs),
+    /// Fuzz a server's protocol handling (127.0.0.0/8 only unless --allow-remote); saves a
+    /// reproducer of each hang, crash or wrong answer.
+    FuzzServer(cli::fuzz_server::FuzzServerArgs),
 }
 
 pub(crate) fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => cli::bench::run(args).await,
             Command::Run(args) => cli::run::run(args).await,
             Command::Ping(args) => cli::ping::run(args).await,
+            Command::FuzzServer(args) => cli::fuzz_server::run(args).await,
         }
     })
 }

@@ -55,4 +55,14 @@ fn the_named_edge_inputs_fail_as_expected() {
         decode_whole(&read("huge-bulk")).1.as_deref(),
         Some("BulkTooLong")
     );
+    // Inputs the decoder took before the grammar became strict: each is an error now.
+    let (frames, err) = decode_whole(&read("regression-null-len-leading-zero"));
+    assert_eq!((frames.len(), err.as_deref()), (1, Some("InvalidLength")));
+    let (frames, err) = decode_whole(&read("leading-plus-length"));
+    assert_eq!((frames.len(), err.as_deref()), (0, Some("InvalidInteger")));
+    let (frames, err) = decode_whole(&read("off-grammar-scalars"));
+    assert_eq!(
+        (frames.len(), err.as_deref()),
+        (0, Some("InvalidLineEnding"))
+    );
 }

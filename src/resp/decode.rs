@@ -21,6 +21,8 @@
 //!
 //! The replies Redlock sees (`+OK`, `:n`, `_`, `$-1`, `-ERR …`) take a path that allocates
 //! nothing: they are built without splitting the buffer, or (errors) as one zero-copy slice.
+//!
+//! What is accepted is the grammar in the [`resp`](super) module's docs, exactly.
 
 use std::ops::ControlFlow;
 
@@ -61,6 +63,8 @@ pub struct Decoder {
     line_searched: usize,
     /// End (exclusive, CRLF included) of the bulk payload being waited for.
     payload_end: Option<usize>,
+    /// Where the `:` after a verbatim string's format must be, checked with its payload.
+    payload_colon: Option<usize>,
     /// Open aggregates; bounded by `config.max_depth`, and given that capacity when the
     /// decoder is made, so a deep reply never grows it (inline up to 16 levels).
     stack: SmallVec<[Open; 16]>,
@@ -83,6 +87,7 @@ impl Decoder {
             scanned: 0,
             line_searched: 0,
             payload_end: None,
+            payload_colon: None,
             stack: SmallVec::with_capacity(config.max_depth),
         }
     }
@@ -97,6 +102,7 @@ impl Decoder {
         self.scanned = 0;
         self.line_searched = 0;
         self.payload_end = None;
+        self.payload_colon = None;
         self.stack.clear();
     }
 
@@ -273,6 +279,15 @@ impl Decoder {
                 if buf.len() < end {
                     return Ok(None);
                 }
+                if let Some(colon) = self.payload_colon.take() {
+                    if buf[colon] != b':' {
+                        return Err(DecodeError::new(
+                            Kind::InvalidVerbatim,
+                            colon,
+                            Some(buf[colon]),
+                        ));
+                    }
+                }
                 if &buf[end - 2..end] != b"\r\n" {
                     return Err(DecodeError::new(
                         Kind::InvalidLineEnding,
@@ -289,33 +304,48 @@ impl Decoder {
             }
 
             let start = self.scanned;
+            // The type byte is judged as soon as it is here, not when its line is complete.
+            let Some(&marker) = buf.get(start) else {
+                return Ok(None);
+            };
+            if !is_type_byte(marker) {
+                return Err(DecodeError::new(Kind::InvalidTypeByte, start, Some(marker)));
+            }
+            // The line ends at the first CR or LF, which must be a CR with a LF after it. One
+            // search finds both, so a CR alone is an error as soon as the byte after it is here.
+            // Each length check below is the one a shorter feed of the same bytes would have
+            // met first, so that the same bytes give the same error however they were split.
             let from = self.line_searched.max(start);
-            let Some(nl) = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i) else {
+            let Some(end) = memchr::memchr2(b'\r', b'\n', &buf[from..]).map(|i| from + i) else {
                 if buf.len() - start > cfg.max_line_len + 2 {
                     return Err(DecodeError::new(Kind::LineTooLong, start, None));
                 }
                 self.line_searched = buf.len();
                 return Ok(None);
             };
-            // Checked first, exactly as in the incomplete case above, so that the same bytes
-            // give the same error however they were split.
-            if nl - start > cfg.max_line_len + 2 {
+            if buf[end] == b'\n' {
+                if end - start > cfg.max_line_len + 2 {
+                    return Err(DecodeError::new(Kind::LineTooLong, start, None));
+                }
+                return Err(DecodeError::new(Kind::InvalidLineEnding, end, Some(b'\n')));
+            }
+            // A CR; the line is `buf[start + 1..end]`.
+            if end - start - 1 > cfg.max_line_len {
                 return Err(DecodeError::new(Kind::LineTooLong, start, None));
             }
-            if nl == start || buf[nl - 1] != b'\r' {
-                return Err(DecodeError::new(Kind::InvalidLineEnding, nl, Some(b'\n')));
-            }
-            // `nl - 1 > start` is not yet known: "\r\n" alone has no type byte.
-            if nl - 1 == start {
-                return Err(DecodeError::new(Kind::InvalidTypeByte, start, Some(b'\r')));
-            }
-            let line = &buf[start + 1..nl - 1];
-            if line.len() > cfg.max_line_len {
-                return Err(DecodeError::new(Kind::LineTooLong, start, None));
-            }
+            let nl = match buf.get(end + 1) {
+                Some(b'\n') => end + 1,
+                Some(_) => {
+                    return Err(DecodeError::new(Kind::InvalidLineEnding, end, Some(b'\r')));
+                }
+                None => {
+                    self.line_searched = end;
+                    return Ok(None);
+                }
+            };
+            let line = &buf[start + 1..end];
             self.line_searched = 0;
             let next = nl + 1;
-            let marker = buf[start];
             let at = start + 1;
             match marker {
                 b'+' | b'-' => {}
@@ -344,55 +374,44 @@ impl Decoder {
                     ))?;
                 }
                 b'(' => {
-                    let digits = match line.first() {
-                        Some(b'-' | b'+') => &line[1..],
-                        _ => line,
-                    };
-                    if let Some(i) = digits.iter().position(|b| !b.is_ascii_digit()) {
-                        let off = at + (line.len() - digits.len()) + i;
-                        return Err(DecodeError::new(Kind::InvalidValue, off, Some(digits[i])));
-                    }
-                    if digits.is_empty() {
-                        return Err(DecodeError::new(Kind::InvalidValue, at, None));
+                    if let Some((i, byte)) = integer_text_error(line) {
+                        return Err(DecodeError::new(Kind::InvalidValue, at + i, byte));
                     }
                 }
                 b'$' | b'!' | b'=' => {
-                    if line == b"?" {
-                        return Err(DecodeError::new(Kind::Unsupported, at, Some(b'?')));
-                    }
-                    let n = parse_i64(line).ok_or_else(|| int_error(line, at))?;
-                    if n == -1 && marker == b'$' {
+                    if is_resp2_null(marker, line) {
                         // The RESP2 null bulk string.
-                    } else if n < 0 {
-                        return Err(DecodeError::new(Kind::InvalidLength, at, Some(line[0])));
-                    } else if n as u64 > cfg.max_bulk_len as u64 {
-                        return Err(DecodeError::new(Kind::BulkTooLong, at, None));
                     } else {
+                        let n = scan_count(line, at)?;
+                        if n > cfg.max_bulk_len as u64 {
+                            return Err(DecodeError::new(Kind::BulkTooLong, at, None));
+                        }
                         let n = n as usize;
                         if marker == b'=' && n < 4 {
                             return Err(DecodeError::new(Kind::InvalidVerbatim, at, None));
                         }
-                        let end = next + n + 2;
+                        // Saturating: with limits of `usize::MAX`, an end past memory is a
+                        // frame that never completes, not an overflow.
+                        let end = next.saturating_add(n).saturating_add(2);
                         if end > cfg.max_frame_bytes {
                             return Err(DecodeError::new(Kind::FrameTooLarge, at, None));
                         }
                         self.scanned = next;
                         self.payload_end = Some(end);
+                        self.payload_colon = (marker == b'=').then_some(next + 3);
                         continue;
                     }
                 }
                 b'*' | b'~' | b'%' | b'>' | b'|' => {
-                    if line == b"?" {
-                        return Err(DecodeError::new(Kind::Unsupported, at, Some(b'?')));
-                    }
-                    let n = parse_i64(line).ok_or_else(|| int_error(line, at))?;
-                    if n == -1 && marker == b'*' {
-                        // The RESP2 null array: a leaf.
-                    } else if n < 0 {
-                        return Err(DecodeError::new(Kind::InvalidLength, at, Some(line[0])));
-                    } else if n as u64 > cfg.max_elements as u64 {
-                        return Err(DecodeError::new(Kind::TooManyElements, at, None));
+                    let n = if is_resp2_null(marker, line) {
+                        None // The RESP2 null array: a leaf.
                     } else {
+                        Some(scan_count(line, at)?)
+                    };
+                    if let Some(n) = n {
+                        if n > cfg.max_elements as u64 {
+                            return Err(DecodeError::new(Kind::TooManyElements, at, None));
+                        }
                         if self.stack.len() >= cfg.max_depth {
                             return Err(DecodeError::new(Kind::TooDeep, start, Some(marker)));
                         }
@@ -406,12 +425,13 @@ impl Decoder {
                             return Ok(Some(next));
                         }
                         self.stack.push(Open {
-                            remaining: n as u64 * per_entry,
+                            remaining: n.saturating_mul(per_entry),
                             attribute,
                         });
                         continue;
                     }
                 }
+                // `is_type_byte` let only the bytes above through; kept rather than a panic.
                 other => return Err(DecodeError::new(Kind::InvalidTypeByte, start, Some(other))),
             }
             // A one-line value is complete.
@@ -450,7 +470,7 @@ impl Decoder {
         let line = &buf[start + 1..nl - 1];
         let line_range = start + 1..nl - 1;
         *pos = nl + 1;
-        let count = || parse_i64(line).expect("scanned") as usize;
+        let count = || parse_count(line).expect("scanned") as usize;
         match buf[start] {
             b'+' => Frame::Simple(buf.slice(line_range)),
             b'-' => Frame::Error(ServerError::from_line(buf.slice(line_range))),
@@ -459,8 +479,8 @@ impl Decoder {
             b'#' => Frame::Boolean(line == b"t"),
             b',' => Frame::Double(parse_double(line).expect("scanned")),
             b'(' => Frame::BigNumber(buf.slice(line_range)),
-            // Null by value, exactly as the scan decided it (`$-01` is -1 too).
-            b'$' | b'*' if parse_i64(line) == Some(-1) => Frame::Null,
+            // Null exactly as the scan decided it: the same function on the same line.
+            m @ (b'$' | b'*') if is_resp2_null(m, line) => Frame::Null,
             m @ (b'$' | b'!' | b'=') => {
                 let n = count();
                 let body = buf.slice(*pos..*pos + n);
@@ -521,7 +541,7 @@ fn fast_build(frame: &[u8]) -> Option<Frame> {
     match frame[0] {
         b':' => parse_i64(line).map(Frame::Integer),
         b'_' => Some(Frame::Null),
-        b'$' | b'*' if parse_i64(line) == Some(-1) => Some(Frame::Null),
+        m @ (b'$' | b'*') if is_resp2_null(m, line) => Some(Frame::Null),
         b'#' => Some(Frame::Boolean(line == b"t")),
         b',' => parse_double(line).map(Frame::Double),
         b'+' if line == b"OK" => Some(Frame::Simple(Bytes::from_static(b"OK"))),
@@ -529,29 +549,88 @@ fn fast_build(frame: &[u8]) -> Option<Frame> {
     }
 }
 
-fn int_error(line: &[u8], at: usize) -> DecodeError {
-    let bad = line
+/// The bytes that can begin a value: the RESP2 and RESP3 type markers.
+#[inline]
+fn is_type_byte(b: u8) -> bool {
+    matches!(
+        b,
+        b'+' | b'-'
+            | b':'
+            | b'$'
+            | b'*'
+            | b'_'
+            | b'#'
+            | b','
+            | b'('
+            | b'!'
+            | b'='
+            | b'%'
+            | b'~'
+            | b'>'
+            | b'|'
+    )
+}
+
+/// `$-1` and `*-1`, the RESP2 nulls. The one spelling: the scan and the build both ask here.
+#[inline]
+fn is_resp2_null(marker: u8, line: &[u8]) -> bool {
+    matches!(marker, b'$' | b'*') && line == b"-1"
+}
+
+/// A count line (`count` in the grammar), or the error for it: `?` is a streamed type
+/// (`Unsupported`), a leading `-` a negative length (`InvalidLength`), anything else off the
+/// grammar `InvalidInteger` at its first wrong byte.
+fn scan_count(line: &[u8], at: usize) -> Result<u64, DecodeError> {
+    if let Some(n) = parse_count(line) {
+        return Ok(n);
+    }
+    Err(match line {
+        [b'?'] => DecodeError::new(Kind::Unsupported, at, Some(b'?')),
+        [b'-', ..] => DecodeError::new(Kind::InvalidLength, at, Some(b'-')),
+        _ => {
+            let (i, byte) = integer_text_error(line).unwrap_or((0, line.first().copied()));
+            DecodeError::new(Kind::InvalidInteger, at + i, byte)
+        }
+    })
+}
+
+/// Where `line` leaves the `integer` form (`"0" / ["-"] %x31-39 *DIGIT`), at any length: the
+/// offset and byte of the first wrong byte (no byte when the line ends too soon). `None` when
+/// the text is an integer.
+fn integer_text_error(line: &[u8]) -> Option<(usize, Option<u8>)> {
+    let sign = usize::from(line.first() == Some(&b'-'));
+    match line.get(sign) {
+        None => return Some((line.len(), None)),
+        // `0` alone; not `-0`, not `01`.
+        Some(b'0') if sign == 1 || line.len() > 1 => return Some((sign, Some(b'0'))),
+        _ => {}
+    }
+    line[sign..]
         .iter()
-        .enumerate()
-        .skip(usize::from(matches!(line.first(), Some(b'-' | b'+'))))
-        .find(|(_, b)| !b.is_ascii_digit());
-    match bad {
-        Some((i, b)) => DecodeError::new(Kind::InvalidInteger, at + i, Some(*b)),
-        // All digits: empty, a lone sign, or out of range.
+        .position(|b| !b.is_ascii_digit())
+        .map(|i| (sign + i, Some(line[sign + i])))
+}
+
+fn int_error(line: &[u8], at: usize) -> DecodeError {
+    match integer_text_error(line) {
+        Some((i, byte)) => DecodeError::new(Kind::InvalidInteger, at + i, byte),
+        // An integer's text, out of range.
         None => DecodeError::new(Kind::InvalidInteger, at, line.first().copied()),
     }
 }
 
-/// Parses a decimal `i64` with an optional sign, checked over exactly `i64::MIN..=i64::MAX`.
+/// Parses the grammar's `integer` (`"0" / ["-"] %x31-39 *DIGIT`) into an `i64`, checked over
+/// exactly `i64::MIN..=i64::MAX`.
 #[inline]
 pub(super) fn parse_i64(s: &[u8]) -> Option<i64> {
-    let (negative, digits) = match s.first()? {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
+    let (negative, digits) = match s {
+        [b'-', rest @ ..] => (true, rest),
         _ => (false, s),
     };
-    if digits.is_empty() {
-        return None;
+    match digits {
+        [b'1'..=b'9', ..] => {}
+        [b'0'] if !negative => return Some(0),
+        _ => return None,
     }
     let mut value: i64 = 0;
     for &d in digits {
@@ -570,9 +649,62 @@ pub(super) fn parse_i64(s: &[u8]) -> Option<i64> {
     Some(value)
 }
 
-/// Parses a RESP3 double: decimals, exponents, `inf`, `-inf`, `nan`.
+/// Parses the grammar's `count` (`"0" / %x31-39 *DIGIT`). Saturates at `u64::MAX`: a count
+/// that large is past every limit, and refused as such.
+#[inline]
+fn parse_count(s: &[u8]) -> Option<u64> {
+    match s {
+        [b'0'] => return Some(0),
+        [b'1'..=b'9', ..] => {}
+        _ => return None,
+    }
+    let mut value: u64 = 0;
+    for &d in s {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+    }
+    Some(value)
+}
+
+/// Parses the grammar's `double`: `["-"] 1*DIGIT ["." 1*DIGIT] [("e" / "E") ["+" / "-"]
+/// 1*DIGIT]`, `inf`, `-inf`, `nan` and `-nan`. Checked here, then converted by Rust's parser,
+/// which takes every form of the grammar and more (`+1`, `.5`, `infinity`), hence the check.
 fn parse_double(s: &[u8]) -> Option<f64> {
-    if s.is_empty() || s.len() > 64 {
+    match s {
+        b"inf" => return Some(f64::INFINITY),
+        b"-inf" => return Some(f64::NEG_INFINITY),
+        b"nan" | b"-nan" => return Some(f64::NAN),
+        _ => {}
+    }
+    let digits = |i: &mut usize| {
+        let from = *i;
+        while s.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i > from
+    };
+    let mut i = usize::from(s.first() == Some(&b'-'));
+    if !digits(&mut i) {
+        return None;
+    }
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return None;
+        }
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return None;
+        }
+    }
+    if i != s.len() {
         return None;
     }
     std::str::from_utf8(s).ok()?.parse::<f64>().ok()

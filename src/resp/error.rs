@@ -6,21 +6,24 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeErrorKind {
-    /// The first byte of a value is not a RESP type marker.
+    /// The first byte of a value is not a RESP type marker. Raised as soon as that byte
+    /// arrives.
     InvalidTypeByte,
-    /// A line does not end in CRLF (a bare `\n`, or a bulk payload not followed by CRLF).
+    /// A line does not end in CRLF (a bare `\n`), a CR stands alone inside a line, or a bulk
+    /// payload is not followed by CRLF.
     InvalidLineEnding,
-    /// An integer or length is not a valid decimal, or overflows `i64`.
+    /// An integer or length off the grammar (see the `resp` module): a `+`, a leading zero,
+    /// `-0`, no digits, a byte that is not a digit, or (integers) a value outside `i64`.
     InvalidInteger,
-    /// A length is negative (other than the `-1` null of `$` and `*`).
+    /// A length or count with a `-` (other than the `-1` null of `$` and `*`).
     InvalidLength,
     /// A double that does not parse.
     InvalidDouble,
     /// A boolean other than `#t` or `#f`.
     InvalidBoolean,
-    /// `_` with content, or a big number with non-digits.
+    /// `_` with content, or a big number off the integer form.
     InvalidValue,
-    /// A verbatim string without its `fmt:` prefix.
+    /// A verbatim string shorter than its `fmt:` prefix, or without the `:`.
     InvalidVerbatim,
     /// A line longer than [`DecoderConfig::max_line_len`](super::DecoderConfig::max_line_len).
     LineTooLong,

@@ -13,6 +13,60 @@
 //!
 //! Streamed strings and aggregates (`$?`, `*?`, `~?`, `%?`) are refused with
 //! [`DecodeErrorKind::Unsupported`]: no command a lock client sends is answered with one.
+//!
+//! # The grammar the decoder accepts
+//!
+//! Exactly this is accepted; everything else is a [`DecodeError`]. It is the RESP3
+//! specification (redis-specifications `protocol/RESP3.md`, version 1.6) plus the two RESP2
+//! nulls, with the number forms of hiredis's reader (`string2ll`: no `+`, no leading zero, no
+//! `-0`), which is what Redis and Dragonfly write. `DESIGN.md` compares it, case by case, with
+//! an independent implementation (the differential fuzz target).
+//!
+//! ```text
+//! frame      = *attribute value
+//! attribute  = "|" count CRLF 2count(frame)       ; dropped, or kept with `keep_attributes`
+//! value      = simple / error / number / null / boolean / double / big-number
+//!            / bulk / blob-error / verbatim / resp2-null / array / set / push / map
+//! simple     = "+" *text CRLF                      ; text: any byte but CR and LF
+//! error      = "-" *text CRLF
+//! number     = ":" integer CRLF                    ; within i64
+//! null       = "_" CRLF
+//! boolean    = "#" ("t" / "f") CRLF
+//! double     = "," ( ["-"] 1*DIGIT ["." 1*DIGIT] [("e" / "E") ["+" / "-"] 1*DIGIT]
+//!                  / "inf" / "-inf" / "nan" / "-nan" ) CRLF
+//! big-number = "(" integer CRLF                    ; any number of digits
+//! bulk       = "$" count CRLF <count bytes> CRLF
+//! blob-error = "!" count CRLF <count bytes> CRLF
+//! verbatim   = "=" count CRLF 3<byte> ":" <count - 4 bytes> CRLF   ; count >= 4
+//! resp2-null = "$-1" CRLF / "*-1" CRLF
+//! array      = "*" count CRLF count(frame)        ; also `set` with "~", `push` with ">"
+//! map        = "%" count CRLF 2count(frame)       ; count is in pairs
+//! integer    = "0" / ["-"] %x31-39 *DIGIT          ; no "+", no leading zero, no "-0"
+//! count      = "0" / %x31-39 *DIGIT                ; no sign at all
+//! ```
+//!
+//! Decided where the specification is silent or loose, and why:
+//! - **Numbers** follow hiredis, not the looser specification text: a number a server writes
+//!   never has a `+` or a leading zero, and accepting two spellings of one value is how
+//!   `*-01` once decoded as null in one pass and as an array in the other. A count too large
+//!   for any type is not malformed; it is over the limit (`BulkTooLong`, `TooManyElements`).
+//! - **`-1` is null only for `$` and `*`**, the RESP2 nulls; RESP3 has `_`. hiredis also takes
+//!   `!-1`, `=-1`, `%-1`, `~-1` and `>-1`; no server writes them.
+//! - **Doubles**: the specification's form, plus `-nan`, which Redis before 7.2 wrote through
+//!   libc (the specification asks clients to cope). Not `+1`, `.5`, `1.`, `infinity` or `NaN`,
+//!   which Rust's float parser would take. A value past `f64`'s range is infinite.
+//! - **Big numbers** have the integer's form at any length (hiredis takes a `+`-less sign and
+//!   any digits, and says it may forbid leading zeros).
+//! - **Verbatim**: any three bytes of format, then `:` (hiredis checks the `:` too).
+//! - **CR and LF**: a line ends at its first CR or LF, which must be a CR followed by a LF.
+//!   A LF alone, or a CR alone anywhere in a line, is `InvalidLineEnding` (the specification:
+//!   simple strings "cannot contain" either), raised as soon as the byte after the CR is
+//!   there. In a bulk payload any byte goes, and the payload must be followed by CRLF.
+//! - **Type bytes** are checked as soon as the byte arrives, before its line is complete:
+//!   `x` alone is an error at once, not a wait for a LF.
+//! - **Streamed** lengths (`$?`, `*?`, `~?`, `%?`, and `?` anywhere a count goes) are refused
+//!   with `Unsupported`. A push inside an aggregate is accepted, as hiredis does, although the
+//!   specification puts pushes at the top level only.
 
 mod decode;
 mod encode;
