@@ -413,13 +413,7 @@ impl Redlock {
                     let args = args_for(node);
                     s.fence_write.encode(buf, ScriptCall::BySha, &both, &args)
                 },
-                |f| match f {
-                    Frame::Integer(1) => Vote::Yes,
-                    Frame::Integer(_) => Vote::No,
-                    Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
-                    Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
-                    _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
-                },
+                Vote::of_script_flag,
                 |i| {
                     let args = args_for(&nodes[i]);
                     nodes[i].send(|buf| {

@@ -472,13 +472,7 @@ pub(crate) async fn extend_on_nodes(
             deadline,
             false,
             |buf, _| script.encode(buf, ScriptCall::BySha, keys.all(), &args),
-            |f| match f {
-                Frame::Integer(1) => Vote::Yes,
-                Frame::Integer(_) => Vote::No,
-                Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
-                Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
-                _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
-            },
+            Vote::of_script_flag,
             |i| nodes[i].send(|buf| script.encode(buf, ScriptCall::WithSource, keys.all(), &args)),
         )
         .await;

@@ -22,6 +22,20 @@ pub(crate) enum Vote {
     Retry,
 }
 
+impl Vote {
+    /// A script that answers `1` where it did its work and `0` where the key was not ours
+    /// (extend, the fencing write): `NOSCRIPT` asks for the script's source once more.
+    pub(crate) fn of_script_flag(f: &Frame) -> Vote {
+        match f {
+            Frame::Integer(1) => Vote::Yes,
+            Frame::Integer(_) => Vote::No,
+            Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
+            Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
+            _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
+        }
+    }
+}
+
 /// How a collection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
