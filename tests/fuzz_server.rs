@@ -238,3 +238,27 @@ fn a_server_outside_loopback_is_refused_before_any_connection() {
     let o = fuzz_server(&["--nodes", "[::2]:6379", "--duration", "1s"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// Found by review: `--timeout 0s` made every check a "hang" and saved a false reproducer.
+#[test]
+fn bounds_that_cannot_measure_anything_are_refused() {
+    for args in [
+        &["--timeout", "0s"][..],
+        &["--timeout", "10ms"],
+        &["--duration", "0s"],
+        &["--max-batches", "0"],
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dragonlock"))
+            .args(["fuzz-server", "--nodes", "127.0.0.1:1"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

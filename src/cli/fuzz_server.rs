@@ -74,7 +74,28 @@ pub struct FuzzServerArgs {
 }
 
 /// Runs `fuzz-server`.
+/// Bounds that leave nothing to measure, or make every check a false "hang".
+fn check_bounds(args: &FuzzServerArgs) -> Result<(), String> {
+    if args.timeout < MIN_TIMEOUT {
+        return Err(format!(
+            "--timeout {:?} is too short: every check would look like a hang (at least {MIN_TIMEOUT:?})",
+            args.timeout
+        ));
+    }
+    if args.replay.is_none() && (args.duration.is_zero() || args.max_batches == 0) {
+        return Err("--duration and --max-batches must allow at least one batch".to_string());
+    }
+    Ok(())
+}
+
+/// The shortest `--timeout`: a loopback round trip on a loaded machine can take milliseconds,
+/// and a timeout shorter than that reports a healthy server as hung.
+const MIN_TIMEOUT: Duration = Duration::from_millis(50);
+
 pub async fn run(args: FuzzServerArgs) -> ExitCode {
+    if let Err(e) = check_bounds(&args) {
+        return fail(EXIT_USAGE, e);
+    }
     let addr = match resolve(&args.nodes[0], args.allow_remote).await {
         Ok(a) => a,
         Err(e) => return fail(EXIT_USAGE, e),
