@@ -19,6 +19,20 @@ async fn fenced(servers: &[Server]) -> Redlock {
 
 const TTL: Duration = Duration::from_secs(5);
 
+/// `grants` fenced grants of `resource`, then nodes 0 and 1 of 3 restarted without persistence
+/// (a majority loses its counters) and reconnected.
+async fn lose_a_majority(servers: &mut [Server], r: &Redlock, resource: &str, grants: usize) {
+    for _ in 0..grants {
+        let lock = r.try_acquire(resource, TTL).await.unwrap();
+        lock.release().await.unwrap();
+    }
+    servers[0].restart();
+    servers[1].restart();
+    for n in &r.nodes()[..2] {
+        n.wait_connected(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_grants_get_strictly_increasing_tokens_on_three_and_five_nodes() {
     for n in [3, 5] {
@@ -99,19 +113,7 @@ async fn a_restarted_minority_keeps_tokens_increasing() {
 async fn a_majority_that_lost_its_counters_is_refused_until_reseeded() {
     let mut servers = cluster(3);
     let r = fenced(&servers).await;
-    for _ in 0..5 {
-        r.try_acquire("ledger", TTL)
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
-    }
-    servers[0].restart();
-    servers[1].restart();
-    for n in &r.nodes()[..2] {
-        n.wait_connected(Duration::from_secs(5)).await.unwrap();
-    }
+    lose_a_majority(&mut servers, &r, "ledger", 5).await;
     let err = r.try_acquire("ledger", TTL).await.unwrap_err();
     assert!(err.is_fence_unavailable(), "{err:?}");
     // The keys it set were released.
@@ -166,19 +168,7 @@ async fn with_lock_hands_the_token_to_the_body_and_plain_locks_have_none() {
 async fn a_reseed_below_a_surviving_counter_still_passes_it() {
     let mut servers = cluster(3);
     let r = fenced(&servers).await;
-    for _ in 0..10 {
-        r.try_acquire("s2", TTL)
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
-    }
-    servers[0].restart();
-    servers[1].restart();
-    for n in &r.nodes()[..2] {
-        n.wait_connected(Duration::from_secs(5)).await.unwrap();
-    }
+    lose_a_majority(&mut servers, &r, "s2", 10).await;
     assert!(r
         .try_acquire("s2", TTL)
         .await
