@@ -18,16 +18,27 @@ fn urls(servers: &[Server]) -> Vec<String> {
 }
 
 /// A manager over `servers` whose releases wait for every node, so that a count of 3 is exact.
+/// Releases wait for every node, with a release timeout no loaded machine reaches, so that a
+/// release's count is the nodes' answer and never the timer's.
 async fn over(servers: &[Server], options: RedlockOptions) -> Redlock {
-    support::redlock_over(&urls(servers), options.release_wait(ReleaseWait::All)).await
+    let options = options
+        .release_wait(ReleaseWait::All)
+        .release_timeout(Duration::from_secs(30));
+    support::redlock_over(&urls(servers), options).await
 }
 
-/// `SET` calls the servers have run, once every request sent so far on `r`'s connections has
-/// been run: a `PING` answered on each connection comes after them (one FIFO per connection).
-async fn sets_run(r: &Redlock, servers: &[Server]) -> u64 {
+/// Returns once every request sent so far on `r`'s connections has run: an acquire returns at
+/// a quorum, and the other nodes' `SET` may still be on its way. A `PING` answered on each
+/// connection comes after them (one FIFO per connection).
+async fn settle(r: &Redlock) {
     for node in r.nodes() {
         node.command(&["PING"]).await.unwrap();
     }
+}
+
+/// `SET` calls the servers have run, once every request sent so far on `r` has run.
+async fn sets_run(r: &Redlock, servers: &[Server]) -> u64 {
+    settle(r).await;
     servers.iter().map(|s| s.command_calls("set")).sum()
 }
 
@@ -163,6 +174,7 @@ async fn views_share_the_connections_which_close_with_the_last_of_them() {
         "a view opens nothing"
     );
     // The key is the view's own prefix.
+    settle(&view).await;
     assert!(servers[0].cmd(&["GET", "other:r"]).as_bytes().is_some());
 
     drop(base);
@@ -232,6 +244,7 @@ async fn tokens_carry_the_prefix_then_the_full_random_part() {
             "random parts repeat: {token}"
         );
         // The nodes hold the whole token, and extend and release match it.
+        settle(&r).await;
         for s in &servers {
             assert_eq!(s.cmd(&["GET", "job"]).as_bytes(), Some(token.as_bytes()));
         }
