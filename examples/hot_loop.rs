@@ -11,6 +11,11 @@
 //! Bounded: it stops after `RUN_FOR` or `MAX_ATTEMPTS_PER_TASK` attempts per task, whichever
 //! comes first. The figures are indicative only: a debug build, or a machine busy with other
 //! work, measures mostly itself. `dragonlock bench` is the tool for figures to compare.
+//!
+//! Errors are counted and the first few printed. On a saturated machine (a debug build, say)
+//! one node can fall far enough behind that its connection refuses new requests once 1,024 are
+//! in flight (`Overloaded`: failing fast instead of queueing without bound); an attempt that
+//! then can reach neither a quorum nor a busy verdict ends `NoQuorum`.
 
 mod common;
 
