@@ -1,8 +1,11 @@
 //! Acquire, extend and release a lock, then run work under an auto-extended lock.
 //!
 //! ```sh
-//! cargo run --example quickstart -- redis://127.0.0.1:7001 redis://127.0.0.1:7002 redis://127.0.0.1:7003
+//! cargo run --example quickstart --features testing      # 3 local servers
+//! cargo run --example quickstart --features testing -- redis://127.0.0.1:7001 redis://127.0.0.1:7002 redis://127.0.0.1:7003
 //! ```
+
+mod common;
 
 use std::time::Duration;
 
@@ -10,13 +13,13 @@ use dragonlock::{Redlock, RedlockOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let urls: Vec<String> = std::env::args().skip(1).collect();
-    if urls.is_empty() {
-        eprintln!("usage: quickstart <redis://host:port>…");
-        std::process::exit(2);
-    }
-    let redlock =
-        Redlock::connect_with(&urls, RedlockOptions::default().key_prefix("example:")).await?;
+    let nodes = common::Nodes::from_args_or_local(3)?;
+    let redlock = Redlock::connect_with(
+        &nodes.urls,
+        RedlockOptions::default().key_prefix("dragonlock-example:"),
+    )
+    .await?;
+    redlock.wait_for_quorum(Duration::from_secs(5)).await?;
 
     let mut lock = redlock
         .acquire("invoice:17", Duration::from_secs(10))
@@ -51,10 +54,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let answer = redlock
         .with_lock(
             "report",
-            Duration::from_secs(3),
+            Duration::from_secs(1),
             Some(Duration::from_secs(60)),
             |signal| async move {
-                tokio::time::sleep(Duration::from_secs(4)).await; // longer than the ttl: renewed
+                // Longer than the ttl: renewed every ttl/3 while this runs.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
                 assert!(!signal.is_lost());
                 42
             },
