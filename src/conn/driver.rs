@@ -14,9 +14,10 @@
 //! blocks on the write side while replies are waiting to be read, so both sides' buffers can
 //! be full without deadlock.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -97,6 +98,36 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Drives several connections from one task: every driver's future is polled on each wake.
+/// A wake is for one socket or for a caller's request, and polling a driver with nothing to do
+/// costs a lock and a readiness check, less than the task wakes it saves (one per node and
+/// turn). A driver that ends (its connection closed) is not polled again; the task ends with the
+/// last one.
+pub(super) async fn run_group(shared: Vec<Arc<Shared>>) {
+    let mut drivers: Vec<Option<Pin<Box<dyn Future<Output = ()> + Send>>>> = shared
+        .into_iter()
+        .map(|s| Some(Box::pin(run(s)) as Pin<Box<dyn Future<Output = ()> + Send>>))
+        .collect();
+    poll_fn(|cx| {
+        let mut running = false;
+        for slot in drivers.iter_mut() {
+            if let Some(driver) = slot {
+                if driver.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    running = true;
+                }
+            }
+        }
+        if running {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await
+}
+
 /// Full jitter: a uniform delay below `min(max, base * 2^failures)`.
 fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
     let bound = base.saturating_mul(1u32 << failures.min(16)).min(max);
@@ -172,6 +203,7 @@ async fn serve(shared: &Shared, stream: Arc<TcpStream>) -> Error {
 fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error> {
     for _ in 0..TURNS_BEFORE_YIELD {
         let mut progressed = false;
+        let mut woke = false;
 
         // Take what callers queued, or register to be woken when they queue something.
         if io.out.is_empty() {
@@ -238,8 +270,9 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
             match (read, n) {
                 (_, 1..) => {
                     progressed = true;
-                    if let Err(e) = dispatch(shared, &mut io.decoder, &mut io.read_buf) {
-                        return Poll::Ready(e);
+                    match dispatch(shared, &mut io.decoder, &mut io.read_buf) {
+                        Ok(w) => woke |= w,
+                        Err(e) => return Poll::Ready(e),
                     }
                 }
                 (Ok(()), 0) => return Poll::Ready(Error::new(ErrorKind::Eof)),
@@ -248,6 +281,15 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
             }
         }
 
+        if woke {
+            // Callers were handed replies: let them run before writing again, so that the
+            // requests they send next go out together, one write per node, rather than one by
+            // one as each caller wakes the driver. The wake puts this task at the back of the
+            // run queue, behind them; `dispatch` unregistered the driver's waker, so their
+            // sends neither wake it again nor write on their own meanwhile.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         if !progressed {
             return Poll::Pending;
         }
@@ -287,7 +329,9 @@ fn more_read_room(buf: &mut BytesMut, capacity: usize) {
 }
 
 /// Decodes every complete frame in `buf` and gives each reply to the oldest request in flight.
-fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Result<(), Error> {
+/// Returns whether any caller was woken.
+fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Result<bool, Error> {
+    let mut woke = false;
     loop {
         let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
         let mut result = Ok(());
@@ -320,11 +364,18 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
             if let Err(e) = decoded {
                 result = Err(e.into());
             }
+            if !wakers.is_empty() {
+                // The driver yields after handing out replies (see `poll_serve`); until it
+                // is back, callers' requests wait in the buffer for its next write.
+                st.driver_waker = None;
+            }
         }
         let more = wakers.len() == WAKE_BATCH;
+        woke |= !wakers.is_empty();
         wakers.into_iter().for_each(Waker::wake);
-        if result.is_err() || !more {
-            return result;
+        result?;
+        if !more {
+            return Ok(woke);
         }
     }
 }

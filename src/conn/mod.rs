@@ -213,7 +213,53 @@ impl Connection {
     /// background, and requests fail with `NotConnected` until it succeeds. Use
     /// [`ready`](Connection::ready) to wait for it. Must be called inside a tokio runtime.
     pub fn start(config: ConnectionConfig) -> Connection {
-        let shared = Arc::new(Shared {
+        let shared = Connection::new_shared(config);
+        tokio::spawn(driver::run(shared.clone()));
+        Connection {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
+    /// Starts several connections driven by **one** task, and returns at once, as
+    /// [`start`](Connection::start) does for each.
+    ///
+    /// One task serves every socket of the group: it is woken once for replies that arrive on
+    /// several sockets together, hands them all out in one turn, and then lets the woken
+    /// callers run before it writes again, so that what they send next to every node goes out
+    /// in one `write` per node. That is the shape of a Redlock's traffic (one request to every
+    /// node per phase), and [`Redlock`](crate::Redlock) drives its nodes this way. Each
+    /// connection still fails, reconnects and refuses on its own; only the task is shared.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::{Connection, ConnectionConfig};
+    ///
+    /// # async fn demo() -> Result<(), dragonlock::Error> {
+    /// let nodes = Connection::start_group(
+    ///     (7001..=7003).map(|port| ConnectionConfig::new("127.0.0.1", port)),
+    /// );
+    /// for node in &nodes {
+    ///     node.ready().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn start_group(configs: impl IntoIterator<Item = ConnectionConfig>) -> Vec<Connection> {
+        let shared: Vec<Arc<Shared>> = configs.into_iter().map(Connection::new_shared).collect();
+        if !shared.is_empty() {
+            tokio::spawn(driver::run_group(shared.clone()));
+        }
+        shared
+            .into_iter()
+            .map(|shared| Connection {
+                handle: Arc::new(Handle { shared }),
+            })
+            .collect()
+    }
+
+    fn new_shared(config: ConnectionConfig) -> Arc<Shared> {
+        Arc::new(Shared {
             state: Mutex::new(State {
                 status: Status::Starting,
                 closed: false,
@@ -233,11 +279,7 @@ impl Connection {
             changed: Notify::new(),
             shutdown: Notify::new(),
             delex: AtomicBool::new(false),
-        });
-        tokio::spawn(driver::run(shared.clone()));
-        Connection {
-            handle: Arc::new(Handle { shared }),
-        }
+        })
     }
 
     /// Connects and handshakes, waiting for the first attempt.

@@ -575,26 +575,23 @@ impl Redlock {
         options.check()?;
         nodes::check_configs(configs.iter())?;
         let s = scripts();
-        let nodes: Vec<Connection> = configs
-            .into_iter()
-            .map(|c| {
-                let c = c
-                    .script(s.release.clone())
-                    .script(s.extend.clone())
-                    .script(s.multi_acquire.clone())
-                    .script(s.multi_release.clone())
-                    .script(s.multi_extend.clone())
-                    .script(s.holder.clone());
-                // The fencing scripts only where they are used: a connect loads each script.
-                Connection::start(if options.fencing {
-                    c.script(s.fence_acquire.clone())
-                        .script(s.fence_write.clone())
-                        .script(s.fence_reseed.clone())
-                } else {
-                    c
-                })
-            })
-            .collect();
+        let nodes: Vec<Connection> = Connection::start_group(configs.into_iter().map(|c| {
+            let c = c
+                .script(s.release.clone())
+                .script(s.extend.clone())
+                .script(s.multi_acquire.clone())
+                .script(s.multi_release.clone())
+                .script(s.multi_extend.clone())
+                .script(s.holder.clone());
+            // The fencing scripts only where they are used: a connect loads each script.
+            if options.fencing {
+                c.script(s.fence_acquire.clone())
+                    .script(s.fence_write.clone())
+                    .script(s.fence_reseed.clone())
+            } else {
+                c
+            }
+        }));
         let wait = async {
             for n in &nodes {
                 let _ = n.ready().await;
