@@ -663,3 +663,62 @@ fn bench_sweep_that_loses_its_servers_reports_what_it_measured_and_exits_69() {
     assert_eq!(rest[0]["point"]["concurrency"], 2);
     assert_eq!(rest[0]["complete"], false);
 }
+
+/// Coordinated omission, shown with a server stall made on purpose: an open loop at 100
+/// cycles/s with one worker, and a majority of the nodes SIGSTOPped for 1 s in the middle.
+/// The one cycle caught in the stall waits it out (the uncorrected maximum shows it), but it
+/// is one cycle of ~300, so the uncorrected p99 stays a normal cycle's: a closed loop's view,
+/// which stops offering load while it waits. The ~100 cycles that were due during the stall
+/// all start late, and measured from their intended starts (the corrected figures) they put
+/// the stall into the p99.
+#[test]
+fn bench_open_loop_corrected_p99_shows_a_stall_the_uncorrected_one_hides() {
+    const STALL: Duration = Duration::from_secs(1);
+    let mut servers = cluster(3);
+    let nodes = node_list(&servers);
+    let child = Command::new(env!("CARGO_BIN_EXE_dragonlock"))
+        .args([
+            "bench",
+            "--nodes",
+            &nodes,
+            "--rate",
+            "100",
+            "--concurrency",
+            "1",
+            "--duration",
+            "3s",
+            "--warmup",
+            "0s",
+            "--ttl",
+            "10s",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stall once the run is under way: 50 cycles (half a second) have reached the first node.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while servers[0].command_calls("set") < 50 {
+        assert!(Instant::now() < deadline, "the bench never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    servers[0].stop();
+    servers[1].stop();
+    std::thread::sleep(STALL);
+    servers[0].cont();
+    servers[1].cont();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = &v["dragonlock"];
+    let half = STALL.as_secs_f64() * 1e6 / 2.0;
+    let us = |part: &str, q: &str| d[part][q].as_f64().unwrap();
+    assert!(us("cycle", "max_us") >= half, "the stalled cycle: {d}");
+    assert!(us("cycle", "p99_us") < half, "uncorrected p99: {d}");
+    assert!(
+        us("cycle_corrected", "p99_us") >= half,
+        "corrected p99: {d}"
+    );
+}
