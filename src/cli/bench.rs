@@ -162,9 +162,11 @@ pub struct BenchArgs {
     /// in all, cut into slices of this length. [default: 1s, or --duration if shorter]
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) slice: Option<Duration>,
-    /// Read the servers' CPU time and command statistics (INFO) before and after the measured
-    /// window, and report server CPU per cycle and usec_per_call of the lock commands. Always
-    /// on in a sweep, with --runs and with --compare.
+    /// Read the servers' CPU time and command statistics (INFO) before the workers start and
+    /// after they end, and report server CPU per cycle (over every cycle run, warm-up
+    /// included) per node and in all, and usec_per_call of the lock commands; warn when the
+    /// servers and this client keep the machine's cores busy. Always on in a sweep, with
+    /// --runs and with --compare.
     #[arg(long)]
     pub(crate) server_stats: bool,
     /// Write an SVG plot: latency by percentile (HdrHistogram style, the percentile on a log
@@ -229,7 +231,9 @@ pub struct BenchArgs {
     /// [default: quorum]
     #[arg(long, value_enum)]
     pub(crate) release_wait: Option<ReleaseWaitArg>,
-    /// Print the results as one JSON object instead of a table.
+    /// Print the results as one JSON object instead of a table; with a sweep, --runs or
+    /// --compare, one JSON object per line: a `point` line per point and side, a `ratio`
+    /// line per side after the first (the schema: README, "bench --json").
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -544,6 +544,7 @@ fn emit(
             "cycle_corrected_p99_us",
             "client_cpu_us_per_cycle",
             "server_cpu_us_per_cycle",
+            "server_cores_used",
         ];
         if args.json {
             let mut v = serde_json::json!({

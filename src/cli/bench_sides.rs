@@ -409,7 +409,7 @@ impl Side {
         }
         let list: Vec<String> = groups.iter().map(|(d, n)| format!("{n} x {d}")).collect();
         if self.server_bin.is_empty() {
-            list.join(", ")
+            format!("{} at {}", list.join(", "), self.addrs.join(", "))
         } else {
             format!("{} ({})", list.join(", "), self.server_bin)
         }
