@@ -509,6 +509,20 @@ fn emit(
             if let Some(w) = warning {
                 footnotes.push(format!("{who}: {w}"));
             }
+            let o = &res.merged.outcomes;
+            if o.granted < res.merged.cycles {
+                footnotes.push(format!(
+                    "{who}: {} of {} attempts not granted: busy {}, no quorum {}, unavailable \
+                     {}, expired {}, other {}",
+                    res.merged.cycles - o.granted,
+                    res.merged.cycles,
+                    o.busy,
+                    o.no_quorum,
+                    o.unavailable,
+                    o.expired,
+                    o.other
+                ));
+            }
             if let Some(target) = point.rate {
                 let achieved = res.merged.attempts_per_sec();
                 if achieved < target as f64 * OPEN_LOOP_REACHED {
