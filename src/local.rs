@@ -60,6 +60,19 @@ pub fn free_port() -> u16 {
 /// The command that starts `bin` in the foreground on `127.0.0.1:port`, with no persistence,
 /// working in `dir`. Callers add their own flags (passwords, debug commands) and stdio.
 pub fn server_command(bin: &Path, flavor: Flavor, port: u16, dir: &Path) -> Command {
+    server_command_with_threads(bin, flavor, port, dir, 1)
+}
+
+/// [`server_command`] with Dragonfly's `--proactor_threads` set to `threads` (one thread is
+/// the default: the servers share the machine with the client and each other). Redis takes no
+/// such flag: `threads` is ignored for it.
+pub fn server_command_with_threads(
+    bin: &Path,
+    flavor: Flavor,
+    port: u16,
+    dir: &Path,
+    threads: usize,
+) -> Command {
     let mut cmd = Command::new(bin);
     let port = port.to_string();
     match flavor {
@@ -78,7 +91,9 @@ pub fn server_command(bin: &Path, flavor: Flavor, port: u16, dir: &Path) -> Comm
         }
         Flavor::Dragonfly => {
             cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dbfilename", ""]);
-            cmd.args(["--proactor_threads", "1", "--maxmemory", "512mb"]);
+            cmd.arg("--proactor_threads")
+                .arg(threads.max(1).to_string());
+            cmd.args(["--maxmemory", "512mb"]);
             cmd.arg("--version_check=false");
             remove_dfly_vars(&mut cmd);
         }
@@ -144,6 +159,25 @@ mod tests {
             assert!(df.iter().any(|a| a == flag), "{flag} missing: {df:?}");
         }
         assert!(!df.iter().any(|a| a == "--daemonize"), "{df:?}");
+        assert!(
+            df.windows(2).any(|w| w == ["--proactor_threads", "1"]),
+            "{df:?}"
+        );
+        let four = server_command_with_threads(
+            Path::new("server"),
+            Flavor::Dragonfly,
+            7001,
+            Path::new("/tmp"),
+            4,
+        );
+        let four: Vec<_> = four
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            four.windows(2).any(|w| w == ["--proactor_threads", "4"]),
+            "{four:?}"
+        );
         let redis = args(Flavor::Redis);
         assert!(
             !redis.iter().any(|a| a.contains("version_check")),

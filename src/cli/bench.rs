@@ -28,6 +28,7 @@
 //! (up to about a millisecond in tokio).
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,8 +37,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::cli::baseline::{self, Baseline};
-use crate::{fail, node_configs, EXIT_UNAVAILABLE, EXIT_USAGE};
-use dragonlock::{LockErrorKind, Redlock, RedlockOptions, ReleaseWait};
+use crate::cli::bench_multi;
+use crate::cli::bench_plot::{self, Series};
+use crate::cli::bench_server::{self, ServerDelta};
+use crate::cli::bench_sides::{self, Compare, CompareKey, Side};
+use crate::{fail, EXIT_UNAVAILABLE, EXIT_USAGE};
+use dragonlock::{LockErrorKind, Redlock, ReleaseWait};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -98,7 +103,7 @@ impl KeyPicker {
 
 /// How long `release` waits: the CLI's face of [`ReleaseWait`].
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReleaseWaitArg {
+pub(crate) enum ReleaseWaitArg {
     /// For every node's answer: an exact count of nodes released.
     All,
     /// Until a quorum released (the library's default); the other nodes still get the request.
@@ -118,74 +123,119 @@ impl From<ReleaseWaitArg> for ReleaseWait {
 pub struct BenchArgs {
     /// Nodes: host:port or redis:// URLs, comma-separated. Default: 5 local servers started here.
     #[arg(long, value_delimiter = ',')]
-    nodes: Vec<String>,
+    pub(crate) nodes: Vec<String>,
     /// What each worker does.
     #[arg(long, value_enum, default_value = "uncontended")]
-    workload: Workload,
-    /// Concurrent workers.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    pub(crate) workload: Workload,
+    /// Concurrent workers. A comma-separated list (`1,4,16,64`) sweeps them: one point after
+    /// another on the same servers, one table row (or JSON line) per point.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    pub(crate) concurrency: Vec<usize>,
     /// How long to measure (after the warm-up).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    duration: Duration,
+    pub(crate) duration: Duration,
     /// Stop after exactly this many measured cycles in total, shared by the workers (or at
     /// --duration, whichever comes first).
     #[arg(long)]
-    ops: Option<u64>,
+    pub(crate) ops: Option<u64>,
     /// Open loop: start this many cycles a second in all, at fixed intended start times shared
     /// by the workers, and measure each cycle's latency from its intended start as well
     /// (coordinated omission corrected, as wrk2 does). Without it, each worker starts its next
-    /// cycle when the last one ends (closed loop).
+    /// cycle when the last one ends (closed loop). A comma-separated list sweeps the rates.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) rate: Vec<u64>,
+    /// Repeat every point (and every side of --compare) this many times, and report the median
+    /// and the spread ((max - min) / median) of the runs.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) runs: u32,
+    /// Compare two or more settings in one run, interleaved in --slice slices (A B B A ...) so
+    /// that the machine's drift lands on every side alike; prints each side and its ratios to
+    /// the first. KEY=A,B[,C...] with KEY one of:
+    /// `release=script,delex` (the release by Lua script or by DELEX where a node has it),
+    /// `release-wait=all,quorum`, `nodes=H:P+H:P+H:P,H:P+H:P+H:P` (node sets: `+` joins the
+    /// nodes of one side, `,` separates the sides), `server-bin=PATH,PATH` (5 local servers of
+    /// each binary, e.g. redis-server against dragonfly), `server-threads=1,4` (Dragonfly's
+    /// proactor threads).
+    #[arg(long, verbatim_doc_comment)]
+    pub(crate) compare: Option<String>,
+    /// With --compare: the length of each side's turn. --duration is each side's measured time
+    /// in all, cut into slices of this length. [default: 1s, or --duration if shorter]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) slice: Option<Duration>,
+    /// Read the servers' CPU time and command statistics (INFO) before the workers start and
+    /// after they end, and report server CPU per cycle (over every cycle run, warm-up
+    /// included) per node and in all, and usec_per_call of the lock commands; warn when the
+    /// servers and this client keep the machine's cores busy. Always on in a sweep, with
+    /// --runs and with --compare.
     #[arg(long)]
-    rate: Option<u64>,
+    pub(crate) server_stats: bool,
+    /// Write an SVG plot: latency by percentile (HdrHistogram style, the percentile on a log
+    /// axis), one line per point or side; for a sweep also throughput against p99.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
+    /// Write each point's or side's cycle latency as an HdrHistogram interval log
+    /// (`DIR/<series>.hlog`, V2 compressed, values in nanoseconds), one interval per
+    /// measurement; open-loop runs add the corrected histograms, tagged `intended`.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) hdr_out: Option<PathBuf>,
+    /// The binary of the local servers: redis-server or dragonfly (told apart by its
+    /// --version). Default: $DRAGONLOCK_SERVER_BIN, else dragonfly, else redis-server on PATH.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) server_bin: Option<PathBuf>,
+    /// Dragonfly's --proactor_threads for the local servers (default 1).
+    #[arg(long, value_name = "N")]
+    pub(crate) server_threads: Option<usize>,
     /// Warm-up before measuring.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-    warmup: Duration,
+    pub(crate) warmup: Duration,
     /// Lock ttl.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    ttl: Duration,
+    pub(crate) ttl: Duration,
     /// Shared resources for the contended workload.
     #[arg(long, default_value_t = 4)]
-    resources: usize,
+    pub(crate) resources: usize,
     /// How the contended workload picks each cycle's resource (default: random).
     #[arg(long, value_enum)]
-    keys: Option<KeysArg>,
+    pub(crate) keys: Option<KeysArg>,
     /// The exponent of `--keys zipf`: resource k (from 1) is picked with weight 1/k^s.
     #[arg(long, default_value_t = 0.99)]
-    zipf_s: f64,
+    pub(crate) zipf_s: f64,
     /// Put before every lock key, as `RedlockOptions::key_prefix` does (the bench's resources
     /// are `bench:…`; the baseline gets the same keys).
     #[arg(long, default_value = "")]
-    key_prefix: String,
+    pub(crate) key_prefix: String,
     /// The delayed-restart rule (`RedlockOptions::restart_delay`): a node up for less than this
     /// does not vote. Off by default, as in the library.
     #[arg(long, value_parser = humantime::parse_duration)]
-    restart_delay: Option<Duration>,
+    pub(crate) restart_delay: Option<Duration>,
     /// Retries after a failed attempt (`RedlockOptions::retry_count`); 0, the default, makes
     /// one attempt per cycle. Not with --baseline, which makes one attempt.
     #[arg(long, default_value_t = 0)]
-    retries: u32,
+    pub(crate) retries: u32,
     /// Delay between retries; a random extra of up to as much again is added (the jitter).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "50ms")]
-    retry_delay: Duration,
+    pub(crate) retry_delay: Duration,
     /// Start this many of the local servers stopped (SIGSTOP): a dead minority should cost nothing.
     #[arg(long, default_value_t = 0)]
-    nodes_down: usize,
+    pub(crate) nodes_down: usize,
     /// Also run the single-loop baseline (one task owning every node socket, the same lock
     /// cycle and release command as dragonlock) with the same workers, and print the ratios.
     /// Workloads: uncontended, contended, acquire-only.
     #[arg(long)]
-    baseline: bool,
+    pub(crate) baseline: bool,
     /// Release with the Lua script even where the server has DELEX.
     #[arg(long)]
-    force_script: bool,
+    pub(crate) force_script: bool,
     /// How long each of dragonlock's releases waits for the nodes' answers (the baseline always
     /// stops at a quorum, as `quorum` does).
-    #[arg(long, value_enum, default_value = "quorum")]
-    release_wait: ReleaseWaitArg,
-    /// Print the results as one JSON object instead of a table.
+    /// [default: quorum]
+    #[arg(long, value_enum)]
+    pub(crate) release_wait: Option<ReleaseWaitArg>,
+    /// Print the results as one JSON object instead of a table; with a sweep, --runs or
+    /// --compare, one JSON object per line: a `point` line per point and side, a `ratio`
+    /// line per side after the first (the schema: README, "bench --json").
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 fn key_mode_name(k: KeysArg) -> String {
@@ -204,29 +254,92 @@ impl BenchArgs {
 }
 
 #[derive(Default)]
-struct Outcomes {
-    granted: u64,
-    busy: u64,
-    no_quorum: u64,
-    unavailable: u64,
-    expired: u64,
-    other: u64,
+pub(crate) struct Outcomes {
+    pub(crate) granted: u64,
+    pub(crate) busy: u64,
+    pub(crate) no_quorum: u64,
+    pub(crate) unavailable: u64,
+    pub(crate) expired: u64,
+    pub(crate) other: u64,
     /// Releases that returned a count, and the nodes they counted: with `--release-wait all`
     /// every node that deleted the key, with `quorum` the nodes that had when it returned.
-    releases: u64,
-    released_nodes: u64,
+    pub(crate) releases: u64,
+    pub(crate) released_nodes: u64,
 }
 
-struct Results {
-    cycles: u64,
-    elapsed: Duration,
-    acquire: Histogram<u64>,
-    release: Histogram<u64>,
-    cycle: Histogram<u64>,
+pub(crate) struct Results {
+    pub(crate) cycles: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) acquire: Histogram<u64>,
+    pub(crate) release: Histogram<u64>,
+    pub(crate) cycle: Histogram<u64>,
     /// Open loop only: each cycle from its intended start (coordinated omission corrected).
-    cycle_corrected: Histogram<u64>,
-    outcomes: Outcomes,
-    cpu: Duration,
+    pub(crate) cycle_corrected: Histogram<u64>,
+    pub(crate) outcomes: Outcomes,
+    pub(crate) cpu: Duration,
+    /// When the measured window began.
+    pub(crate) started: Instant,
+    /// The servers' side over the window (with `--server-stats`, a sweep, `--runs`, `--compare`).
+    pub(crate) server: Option<ServerDelta>,
+}
+
+impl Results {
+    pub(crate) fn empty() -> Results {
+        Results {
+            cycles: 0,
+            elapsed: Duration::ZERO,
+            acquire: hist(),
+            release: hist(),
+            cycle: hist(),
+            cycle_corrected: hist(),
+            outcomes: Outcomes::default(),
+            cpu: Duration::ZERO,
+            started: Instant::now(),
+            server: None,
+        }
+    }
+
+    /// Adds another measurement of the same setting (a slice, a run): counts, times and CPU
+    /// add up, histograms merge.
+    pub(crate) fn merge(&mut self, o: &Results) {
+        if self.cycles == 0 && self.elapsed.is_zero() {
+            self.started = o.started;
+        }
+        self.cycles += o.cycles;
+        self.elapsed += o.elapsed;
+        self.acquire.add(&o.acquire).ok();
+        self.release.add(&o.release).ok();
+        self.cycle.add(&o.cycle).ok();
+        self.cycle_corrected.add(&o.cycle_corrected).ok();
+        self.outcomes.add(&o.outcomes);
+        self.cpu += o.cpu;
+        if let Some(d) = &o.server {
+            self.server
+                .get_or_insert_with(ServerDelta::default)
+                .merge(d);
+        }
+    }
+
+    pub(crate) fn grants_per_sec(&self) -> f64 {
+        self.outcomes.granted as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub(crate) fn attempts_per_sec(&self) -> f64 {
+        self.cycles as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Outcomes {
+    fn add(&mut self, o: &Outcomes) {
+        self.granted += o.granted;
+        self.busy += o.busy;
+        self.no_quorum += o.no_quorum;
+        self.unavailable += o.unavailable;
+        self.expired += o.expired;
+        self.other += o.other;
+        self.releases += o.releases;
+        self.released_nodes += o.released_nodes;
+    }
 }
 
 /// What one worker measured.
@@ -238,6 +351,8 @@ struct WorkerOut {
     cycle_corrected: Histogram<u64>,
     outcomes: Outcomes,
     cycles: u64,
+    /// Every cycle it ran, the warm-up's included.
+    all_cycles: u64,
     /// The worker's client, and the locks acquire-only kept, for the release after the run.
     runner: Runner,
     kept: Vec<Kept>,
@@ -247,23 +362,24 @@ struct WorkerOut {
 /// window only: from the end of the warm-up to the last worker's end. Then the locks that
 /// acquire-only kept are released, outside the window: the workload measures acquires, and
 /// leaving rate × ttl keys on the servers (millions, for a 30 s ttl) is not a bench's to do.
+///
+/// With `probe`, the servers' counters were read before the first worker started (`server0`)
+/// and are read again once the last has ended, on the manager's own connections: so the
+/// second reading comes after every request the cycles queued on each node, releases that
+/// returned at the quorum included. The difference covers every cycle run, warm-up included
+/// (`ServerDelta::cycles`): a reading at the end of the warm-up takes round trips while the
+/// workers go on, and counted 15 cycles' SETs too few in a test.
 async fn gather(
     workers: Vec<tokio::task::JoinHandle<WorkerOut>>,
     measure_from: Instant,
     end: Instant,
+    probe: Option<(&Redlock, Vec<Option<bench_server::Reading>>, Instant)>,
 ) -> Results {
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu0 = cpu_time();
-    let mut r = Results {
-        cycles: 0,
-        elapsed: Duration::ZERO,
-        acquire: hist(),
-        release: hist(),
-        cycle: hist(),
-        cycle_corrected: hist(),
-        outcomes: Outcomes::default(),
-        cpu: Duration::ZERO,
-    };
+    let mut all_cycles = 0;
+    let mut r = Results::empty();
+    r.started = measure_from;
     let mut leftovers = Vec::new();
     for w in workers {
         let w = w.await.expect("bench worker");
@@ -275,17 +391,17 @@ async fn gather(
         r.cycle.add(&w.cycle).ok();
         r.cycle_corrected.add(&w.cycle_corrected).ok();
         r.cycles += w.cycles;
-        let (t, o) = (&mut r.outcomes, w.outcomes);
-        t.granted += o.granted;
-        t.busy += o.busy;
-        t.no_quorum += o.no_quorum;
-        t.unavailable += o.unavailable;
-        t.expired += o.expired;
-        t.other += o.other;
-        t.releases += o.releases;
-        t.released_nodes += o.released_nodes;
+        all_cycles += w.all_cycles;
+        r.outcomes.add(&w.outcomes);
     }
     r.cpu = cpu_time().saturating_sub(cpu0);
+    if let Some((redlock, before, t0)) = probe {
+        let after = bench_server::read(redlock).await;
+        let addrs: Vec<String> = redlock.nodes().iter().map(|n| n.config().addr()).collect();
+        let mut d = ServerDelta::between(&addrs, &before, &after, t0.elapsed());
+        d.cycles = all_cycles;
+        r.server = Some(d);
+    }
     r.elapsed = Instant::now()
         .min(end)
         .saturating_duration_since(measure_from)
@@ -301,7 +417,7 @@ async fn gather(
     r
 }
 
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
 
@@ -347,173 +463,212 @@ impl Progress {
     }
 }
 
-pub async fn run(args: BenchArgs) -> ExitCode {
-    if args.concurrency == 0 {
-        return fail(EXIT_USAGE, "--concurrency must be at least 1");
+/// The most points one sweep runs (concurrencies × rates): each costs a warm-up and a
+/// measurement, and a table of more rows is not read.
+const MAX_POINTS: usize = 64;
+/// The most `--runs`: each repeats the whole sweep.
+const MAX_RUNS: u32 = 100;
+/// The shortest `--slice`: below it a slice is mostly the start and end of its workers.
+const MIN_SLICE: Duration = Duration::from_millis(50);
+/// The default `--slice`: long enough that a slice is mostly steady state (its workers start
+/// and stop in microseconds, its warm-up is a tenth of it), short enough that a 10 s side
+/// takes ten turns.
+const DEFAULT_SLICE: Duration = Duration::from_secs(1);
+
+impl BenchArgs {
+    /// Each side's turn with `--compare`.
+    pub(crate) fn slice(&self) -> Duration {
+        self.slice
+            .unwrap_or(DEFAULT_SLICE.min(self.duration))
+            .max(Duration::from_millis(1))
+    }
+
+    /// A sweep, repeated runs or a comparison: the table of points instead of one run's.
+    pub(crate) fn is_multi(&self) -> bool {
+        self.concurrency.len() > 1 || self.rate.len() > 1 || self.runs > 1 || self.compare.is_some()
+    }
+
+    /// Any of the flags that came with sweeps: the report then names the servers.
+    fn new_flags(&self) -> bool {
+        self.is_multi()
+            || self.server_stats
+            || self.plot.is_some()
+            || self.hdr_out.is_some()
+            || self.server_bin.is_some()
+            || self.server_threads.is_some()
+    }
+}
+
+/// The checks that need no server.
+fn validate(args: &BenchArgs) -> Result<Option<Compare>, String> {
+    if args.concurrency.contains(&0) {
+        return Err("--concurrency must be at least 1".into());
+    }
+    if args.rate.contains(&0) {
+        return Err("--rate must be at least 1 cycle a second".into());
+    }
+    for (i, c) in args.concurrency.iter().enumerate() {
+        if args.concurrency[..i].contains(c) {
+            return Err(format!("--concurrency lists {c} twice"));
+        }
+    }
+    for (i, r) in args.rate.iter().enumerate() {
+        if args.rate[..i].contains(r) {
+            return Err(format!("--rate lists {r} twice"));
+        }
+    }
+    let points = args.concurrency.len() * args.rate.len().max(1);
+    if points > MAX_POINTS {
+        return Err(format!(
+            "{points} points (--concurrency values x --rate values): at most {MAX_POINTS}"
+        ));
+    }
+    if args.runs == 0 || args.runs > MAX_RUNS {
+        return Err(format!("--runs must be from 1 to {MAX_RUNS}"));
     }
     let drift = args.ttl.mul_f64(dragonlock::redlock::DEFAULT_DRIFT_FACTOR)
         + dragonlock::redlock::DRIFT_FIXED;
     if args.ttl <= drift + Duration::from_millis(1) {
-        return fail(
-            EXIT_USAGE,
-            format!(
-                "--ttl {:?} is too small: it must exceed the drift allowance of {drift:?}",
-                args.ttl
-            ),
-        );
+        return Err(format!(
+            "--ttl {:?} is too small: it must exceed the drift allowance of {drift:?}",
+            args.ttl
+        ));
     }
     if args.workload == Workload::Contended && args.resources == 0 {
-        return fail(EXIT_USAGE, "--resources must be at least 1");
-    }
-    if args.rate == Some(0) {
-        return fail(EXIT_USAGE, "--rate must be at least 1 cycle a second");
+        return Err("--resources must be at least 1".into());
     }
     if args.keys.is_some() && args.workload != Workload::Contended {
-        return fail(
-            EXIT_USAGE,
-            "--keys picks among the contended workload's shared resources",
-        );
+        return Err("--keys picks among the contended workload's shared resources".into());
     }
-    if let Err(e) = KeyPicker::new(args.keys(), args.resources.max(1), args.zipf_s) {
-        return fail(EXIT_USAGE, e);
-    }
+    KeyPicker::new(args.keys(), args.resources.max(1), args.zipf_s)?;
     if args.baseline && args.retries > 0 {
-        return fail(
-            EXIT_USAGE,
-            "--retries with --baseline: the baseline makes one attempt per cycle",
-        );
+        return Err("--retries with --baseline: the baseline makes one attempt per cycle".into());
     }
     if args.baseline && args.key_prefix.len() + 32 > baseline::MAX_KEY {
+        return Err(format!(
+            "--key-prefix with --baseline: the baseline's keys are at most {} bytes",
+            baseline::MAX_KEY
+        ));
+    }
+    if args.baseline && matches!(args.workload, Workload::Extend | Workload::Multi) {
+        return Err("--baseline runs the uncontended, contended and acquire-only workloads".into());
+    }
+    if args.baseline && args.is_multi() {
+        return Err(
+            "--baseline runs beside a single point: not with a sweep, --runs or --compare".into(),
+        );
+    }
+    let compare = args.compare.as_deref().map(Compare::parse).transpose()?;
+    if compare.is_some() {
+        if args.ops.is_some() {
+            return Err(
+                "--ops with --compare: the sides take turns in time slices; use --duration".into(),
+            );
+        }
+        if args.slice.is_some_and(|s| s < MIN_SLICE) {
+            return Err(format!("--slice must be at least {MIN_SLICE:?}"));
+        }
+        if args.slice.is_some_and(|s| s > args.duration) {
+            return Err("--slice must not be longer than --duration".into());
+        }
+    }
+    bench_sides::check(args, compare.as_ref())?;
+    if let Some(path) = &args.plot {
+        if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+            return Err(format!(
+                "--plot {}: the plot is SVG; give a file name ending in .svg",
+                path.display()
+            ));
+        }
+        // Fail now, not after the run: an existing file is left as it is until the end.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| format!("--plot {}: cannot write it: {e}", path.display()))?;
+    }
+    if let Some(dir) = &args.hdr_out {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                let probe = dir.join(".dragonlock-write-test");
+                std::fs::write(&probe, b"")?;
+                std::fs::remove_file(probe)
+            })
+            .map_err(|e| format!("--hdr-out {}: cannot write there: {e}", dir.display()))?;
+    }
+    Ok(compare)
+}
+
+pub async fn run(args: BenchArgs) -> ExitCode {
+    let compare = match validate(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
+    let mut sides = Vec::new();
+    for spec in bench_sides::side_specs(&args, compare.as_ref()) {
+        match Side::open(&args, spec, max_concurrency).await {
+            Ok(side) => sides.push(side),
+            Err(code) => return code,
+        }
+    }
+    if compare
+        .as_ref()
+        .is_some_and(|c| c.key == CompareKey::Release)
+        && !sides[0].redlock.nodes().iter().any(|n| n.has_delex())
+    {
         return fail(
             EXIT_USAGE,
             format!(
-                "--key-prefix with --baseline: the baseline's keys are at most {} bytes",
-                baseline::MAX_KEY
+                "--compare release=…: no node has DELEX ({}; DELEX is in Dragonfly >= 1.37, \
+                 Redis >= 8.4, Valkey >= 9.2), so both sides would release by script",
+                sides[0].server
             ),
         );
     }
-    if args.baseline && matches!(args.workload, Workload::Extend | Workload::Multi) {
-        return fail(
-            EXIT_USAGE,
-            "--baseline runs the uncontended, contended and acquire-only workloads",
-        );
+    if args.is_multi() {
+        return bench_multi::run(&args, sides, compare).await;
     }
-    let mut local = Vec::new();
-    let mut server_bin = String::new();
-    let configs = if args.nodes.is_empty() {
-        if args.nodes_down >= 3 {
-            return fail(
-                EXIT_USAGE,
-                "--nodes-down must leave a majority of the 5 local servers up (at most 2)",
-            );
-        }
-        match crate::cli::servers::start(5) {
-            Ok((servers, bin)) => {
-                local = servers;
-                server_bin = bin;
-            }
-            Err(e) => return fail(EXIT_UNAVAILABLE, e),
-        }
-        for s in local.iter_mut().take(args.nodes_down) {
-            s.stop();
-        }
-        node_configs(&local.iter().map(|s| s.addr()).collect::<Vec<_>>()).expect("local addresses")
-    } else {
-        if args.nodes_down > 0 {
-            return fail(
-                EXIT_USAGE,
-                "--nodes-down works only with the local servers (no --nodes)",
-            );
-        }
-        match node_configs(&args.nodes) {
-            Ok(c) => c,
-            Err(e) => return fail(EXIT_USAGE, e),
-        }
-    };
-    let addrs: Vec<String> = configs.iter().map(|c| c.addr()).collect();
-    let mut options = RedlockOptions::default()
-        .retry_count(args.retries)
-        .retry_delay(args.retry_delay, args.retry_delay)
-        .key_prefix(args.key_prefix.clone())
-        .force_script_release(args.force_script)
-        .release_wait(args.release_wait.into())
-        .connect_timeout(Duration::from_secs(3));
-    if let Some(d) = args.restart_delay {
-        options = options.restart_delay(d);
-    }
-    // Each worker holds a slot per node while it waits, and another for a reply that comes after
-    // the quorum: four per worker leaves room, so the bench measures the nodes, not the bound.
-    let slots = (4 * args.concurrency).max(dragonlock::conn::DEFAULT_MAX_IN_FLIGHT);
-    let configs = configs
-        .into_iter()
-        .map(|c| {
-            c.handshake_timeout(Duration::from_secs(2))
-                .max_in_flight(slots)
-        })
-        .collect();
-    let redlock = match Redlock::from_configs(configs, options).await {
-        Ok(r) => r,
-        // An empty or repeated node list.
-        Err(e) => return fail(EXIT_USAGE, e),
-    };
-    let up: Vec<bool> = redlock.nodes().iter().map(|n| n.is_connected()).collect();
-    if args.nodes_down == 0 {
-        if let Some(i) = up.iter().position(|u| !u) {
-            let why = redlock.nodes()[i]
-                .last_error()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "no answer".into());
-            // Unavailable, not bad input: the list parsed, the node did not answer.
-            return fail(
-                EXIT_UNAVAILABLE,
-                format!("cannot reach node {}: {why}", addrs[i]),
-            );
-        }
-    }
-    let info = redlock
-        .nodes()
-        .iter()
-        .find_map(|n| n.server_info())
-        .unwrap_or_default();
-    let server = match &info.dragonfly_version {
-        Some(v) => format!("dragonfly {v}"),
-        None => format!("redis {}", info.version),
-    };
-    let release_paths: Vec<&str> = redlock
-        .nodes()
-        .iter()
-        .map(|n| {
-            if !n.is_connected() {
-                "down"
-            } else if n.has_delex() && !args.force_script {
-                "DELEX"
-            } else {
-                "EVALSHA"
-            }
-        })
-        .collect();
+    let side = sides.pop().expect("one side");
+    single(&args, side).await
+}
 
-    let results = measure(&args, |_| Runner::Dragonlock(redlock.clone()), "bench").await;
-    // A release that returned at the quorum has still queued its request to the other nodes:
-    // one round trip to each node after it, on the same pipelined connection, makes sure the
-    // servers have run it before this process exits and the sockets close.
-    for n in redlock.nodes().iter().filter(|n| n.is_connected()) {
-        let _ = n.command_timeout(&["PING"], Duration::from_secs(2)).await;
-    }
+/// A run of one point on one side: the table (or JSON object) of before sweeps.
+async fn single(args: &BenchArgs, side: Side) -> ExitCode {
+    let spec = Spec {
+        concurrency: args.concurrency[0],
+        rate: args.rate.first().copied(),
+        warmup: args.warmup,
+        duration: args.duration,
+        ops: args.ops,
+        progress: !args.json,
+    };
+    let redlock = side.redlock.clone();
+    let probe = args.server_stats.then_some(&redlock);
+    let results = measure(
+        args,
+        &spec,
+        |_| Runner::Dragonlock(redlock.clone()),
+        "bench",
+        probe,
+    )
+    .await;
+    let answering = side.answering().await;
     let mut baseline_release = None;
     let baseline = if args.baseline {
-        let live: Vec<String> = addrs
+        let live: Vec<String> = side
+            .addrs
             .iter()
-            .zip(&up)
+            .zip(&side.up)
             .filter(|(_, u)| **u)
             .map(|(a, _)| a.clone())
             .collect();
         let connected = Baseline::connect(
             &live,
-            addrs.len(),
+            side.addrs.len(),
             args.ttl,
-            args.force_script,
-            args.concurrency,
+            side.spec.force_script,
+            spec.concurrency,
         )
         .await;
         let mut base = match connected {
@@ -523,38 +678,126 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         baseline_release = Some(base.release_command());
         // The baseline has no key prefix of its own: it gets the one dragonlock's manager adds.
         let prefix = format!("{}bench:base", args.key_prefix);
-        Some(measure(&args, |_| Runner::Baseline(base.client()), &prefix).await)
+        Some(
+            measure(
+                args,
+                &spec,
+                |_| Runner::Baseline(base.client()),
+                &prefix,
+                None,
+            )
+            .await,
+        )
     } else {
         None
     };
 
-    let setup = serde_json::json!({
-        "nodes": addrs,
+    let mut setup = setup_json(args, &side, &spec);
+    setup["baseline"] = serde_json::json!(args.baseline.then_some("single-loop"));
+    setup["baseline_release"] = serde_json::json!(baseline_release);
+    if !args.new_flags() {
+        // Exactly the keys of before the sweeps.
+        if let Some(o) = setup.as_object_mut() {
+            o.remove("servers");
+        }
+    }
+    report(args, spec.rate, &results, baseline.as_ref(), setup, &side);
+    let mut series = vec![Series::new("dragonlock", spec.rate.is_some(), &results)];
+    if let Some(b) = &baseline {
+        series.push(Series::new("baseline", spec.rate.is_some(), b));
+    }
+    let code = write_outputs(args, &series, &[]);
+    let quorum = side.redlock.quorum();
+    drop(redlock);
+    drop(side);
+    if answering < quorum {
+        return fail(
+            EXIT_UNAVAILABLE,
+            format!(
+                "lost the servers: after the run only {answering} nodes answer, fewer than the \
+                 quorum of {quorum}; the figures above are what was measured"
+            ),
+        );
+    }
+    code
+}
+
+/// Writes `--plot` and `--hdr-out`; a failure is reported and makes the exit code 73.
+pub(crate) fn write_outputs(
+    args: &BenchArgs,
+    series: &[Series],
+    sweep: &[bench_plot::SweepLine],
+) -> ExitCode {
+    let mut code = ExitCode::SUCCESS;
+    if let Some(path) = &args.plot {
+        if let Err(e) = bench_plot::plot(path, series, sweep) {
+            code = fail(EXIT_CANT_CREATE, format!("--plot {}: {e}", path.display()));
+        }
+    }
+    if let Some(dir) = &args.hdr_out {
+        if let Err(e) = bench_plot::hdr_logs(dir, series) {
+            code = fail(
+                EXIT_CANT_CREATE,
+                format!("--hdr-out {}: {e}", dir.display()),
+            );
+        }
+    }
+    code
+}
+
+/// Exit code: an output file could not be written (`EX_CANTCREAT`).
+const EXIT_CANT_CREATE: u8 = 73;
+
+/// The `setup` object of one side at one point.
+pub(crate) fn setup_json(args: &BenchArgs, side: &Side, spec: &Spec) -> serde_json::Value {
+    serde_json::json!({
+        "nodes": side.addrs,
         "nodes_down": args.nodes_down,
-        "server": server,
-        "server_binary": server_bin,
-        "protocol": info.protocol,
-        "release_path": release_paths,
-        "release_wait": format!("{:?}", args.release_wait).to_lowercase(),
-        "baseline": args.baseline.then_some("single-loop"),
-        "baseline_release": baseline_release,
+        "server": side.server,
+        "server_binary": side.server_bin,
+        "protocol": side.protocol,
+        "release_path": side.release_paths,
+        "release_wait": format!("{:?}", side.spec.release_wait).to_lowercase(),
+        "baseline": null,
+        "baseline_release": null,
         "workload": format!("{:?}", args.workload).to_lowercase(),
-        "concurrency": args.concurrency,
+        "concurrency": spec.concurrency,
         "ttl_ms": args.ttl.as_millis() as u64,
-        "ops": args.ops,
-        "rate": args.rate,
+        "ops": spec.ops,
+        "rate": spec.rate,
         "keys": (args.workload == Workload::Contended).then(|| key_mode_name(args.keys())),
         "zipf_s": (args.workload == Workload::Contended && args.keys() == KeysArg::Zipf).then_some(args.zipf_s),
         "key_prefix": args.key_prefix,
         "restart_delay_ms": args.restart_delay.map(|d| d.as_millis() as u64),
         "retries": args.retries,
         "retry_delay_ms": args.retry_delay.as_millis() as u64,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-    });
-    report(&args, &results, baseline.as_ref(), setup);
-    drop(redlock);
-    drop(local);
-    ExitCode::SUCCESS
+        "cores": cores(),
+        "servers": side.servers,
+    })
+}
+
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
+}
+
+/// The warning for a run whose servers (and this client, when they share the machine) kept
+/// the machine's cores busy: its latency is the scheduler's, not the servers'.
+pub(crate) fn saturation_warning(r: &Results, addrs: &[String]) -> Option<String> {
+    let server = r.server.as_ref()?;
+    let cores = cores() as f64;
+    if !bench_server::all_local(addrs) || cores == 0.0 {
+        return None;
+    }
+    let wall = r.elapsed.as_secs_f64().max(1e-9);
+    let (servers, client) = (server.cores_used(), r.cpu.as_secs_f64() / wall);
+    (servers + client >= bench_server::SATURATED * cores).then(|| {
+        format!(
+            "warning: the servers used {servers:.2} and this client {client:.2} of the machine's \
+             {cores} cores: the run measured the machine, not the servers"
+        )
+    })
 }
 
 fn classify(outcomes: &mut Outcomes, kind: LockErrorKind) {
@@ -568,42 +811,61 @@ fn classify(outcomes: &mut Outcomes, kind: LockErrorKind) {
 }
 
 /// Who a worker's cycles go through.
-enum Runner {
+pub(crate) enum Runner {
     Dragonlock(Redlock),
     Baseline(baseline::Client),
 }
 
-/// Runs `args.concurrency` workers, each with the client `runner` makes for it, on keys under
-/// `prefix`.
-async fn measure(
+/// One measurement: how many workers, at what rate, for how long.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spec {
+    pub(crate) concurrency: usize,
+    pub(crate) rate: Option<u64>,
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
+    pub(crate) ops: Option<u64>,
+    /// The live line a second on stderr.
+    pub(crate) progress: bool,
+}
+
+/// Runs `spec.concurrency` workers, each with the client `runner` makes for it, on keys under
+/// `prefix`; with `probe`, reads the servers' counters around the measured window.
+pub(crate) async fn measure(
     args: &BenchArgs,
+    spec: &Spec,
     mut runner: impl FnMut(usize) -> Runner,
     prefix: &str,
+    probe: Option<&Redlock>,
 ) -> Results {
     let progress = Arc::new(Progress {
         cycles: AtomicU64::new(0),
         granted: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-        remaining: AtomicU64::new(args.ops.unwrap_or(u64::MAX)),
+        remaining: AtomicU64::new(spec.ops.unwrap_or(u64::MAX)),
         recent: Mutex::new(coarse_hist()),
         printed: AtomicBool::new(false),
     });
+    let (server0, t0) = match probe {
+        Some(redlock) => (bench_server::read(redlock).await, Instant::now()),
+        None => (Vec::new(), Instant::now()),
+    };
     let start = Instant::now();
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
     // `--rate`: cycle k of the run is meant to start at `start + k / rate`; the workers take
     // the slots in order from this counter.
-    let schedule = args.rate.map(|_| Arc::new(AtomicU64::new(0)));
-    let reporter =
-        (!args.json).then(|| tokio::spawn(show_progress(progress.clone(), measure_from, end)));
+    let schedule = spec.rate.map(|_| Arc::new(AtomicU64::new(0)));
+    let reporter = spec
+        .progress
+        .then(|| tokio::spawn(show_progress(progress.clone(), measure_from, end)));
     let mut workers = Vec::new();
-    for w in 0..args.concurrency {
+    for w in 0..spec.concurrency {
         let mut runner = runner(w);
         let progress = progress.clone();
         let (workload, ttl, resources) = (args.workload, args.ttl, args.resources);
         let retry = args.retries > 0;
         let schedule = schedule.clone();
-        let rate = args.rate.unwrap_or(0) as f64;
+        let rate = spec.rate.unwrap_or(0) as f64;
         let picker =
             KeyPicker::new(args.keys(), resources.max(1), args.zipf_s).expect("checked in run()");
         let prefix = prefix.to_string();
@@ -613,6 +875,7 @@ async fn measure(
             let mut recent = coarse_hist();
             let mut outcomes = Outcomes::default();
             let mut cycles = 0u64;
+            let mut all_cycles = 0u64;
             let mut kept = Vec::new();
             let own = format!("{prefix}:w{w}");
             let multi = [
@@ -649,6 +912,7 @@ async fn measure(
                     break;
                 }
                 i += 1;
+                all_cycles += 1;
                 let t0 = Instant::now();
                 let (outcome, t1) = match (workload, &mut runner) {
                     (Workload::Uncontended | Workload::Contended | Workload::AcquireOnly, r) => {
@@ -752,12 +1016,14 @@ async fn measure(
                 cycle_corrected: corrected,
                 outcomes,
                 cycles,
+                all_cycles,
                 runner,
                 kept,
             }
         }));
     }
-    let results = gather(workers, measure_from, end).await;
+    let probe = probe.map(|redlock| (redlock, server0, t0));
+    let results = gather(workers, measure_from, end, probe).await;
     if let Some(reporter) = reporter {
         // Its next line would cover an interval past the run's end: the summary follows instead.
         reporter.abort();
@@ -925,7 +1191,7 @@ fn summary(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
+pub(crate) fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
     let o = &r.outcomes;
     let mut v = serde_json::json!({
         "cycles": r.cycles,
@@ -956,18 +1222,30 @@ fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
 /// time, so a run that keeps up achieves the target to within its last slot; 5% of slack
 /// covers the timer's millisecond granularity at the end of a short run, and a run that fell
 /// behind misses by far more.
-const OPEN_LOOP_REACHED: f64 = 0.95;
+pub(crate) const OPEN_LOOP_REACHED: f64 = 0.95;
 
-fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serde_json::Value) {
-    let mut out = serde_json::json!({ "setup": setup, "dragonlock": as_json(r, args.rate) });
+fn report(
+    args: &BenchArgs,
+    rate: Option<u64>,
+    r: &Results,
+    baseline: Option<&Results>,
+    setup: serde_json::Value,
+    side: &Side,
+) {
+    let mut out = serde_json::json!({ "setup": setup, "dragonlock": as_json(r, rate) });
+    let warning = saturation_warning(r, &side.addrs);
+    if let Some(server) = &r.server {
+        out["server"] = server.to_json();
+        out["server"]["saturated"] = serde_json::json!(warning.is_some());
+    }
     if let Some(b) = baseline {
         let ratio = |a: &Histogram<u64>, b: &Histogram<u64>, q: f64| {
             (a.value_at_quantile(q) as f64 / b.value_at_quantile(q).max(1) as f64 * 100.0).round()
                 / 100.0
         };
+        out["baseline"] = as_json(b, rate);
         let rate = |x: &Results| x.cycles as f64 / x.elapsed.as_secs_f64();
         let grants = |x: &Results| x.outcomes.granted as f64 / x.elapsed.as_secs_f64();
-        out["baseline"] = as_json(b, args.rate);
         out["ratio_to_baseline"] = serde_json::json!({
             "throughput": (grants(r) / grants(b).max(1e-9) * 100.0).round() / 100.0,
             "attempts": (rate(r) / rate(b).max(1e-9) * 100.0).round() / 100.0,
@@ -1007,6 +1285,9 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
             .as_u64()
             .map_or("off".to_string(), |ms| format!("{ms} ms")),
     );
+    if s.get("servers").is_some() {
+        println!("servers: {}", side.servers_line());
+    }
     if let Some(release) = s["baseline_release"].as_str() {
         println!("baseline: the single-loop client, releasing via {release} at the quorum");
     }
@@ -1092,6 +1373,48 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
             r["throughput"], r["attempts"], r["cycle_p50"], r["cycle_p99"]
         );
     }
+    if let Some(server) = out.get("server") {
+        for line in server_lines(server) {
+            println!("{line}");
+        }
+    }
+    if let Some(w) = warning {
+        println!("{w}");
+    }
+}
+
+/// The servers' side in words: CPU per cycle in total and per node, cores used, and each lock
+/// command's calls and usec_per_call.
+pub(crate) fn server_lines(server: &serde_json::Value) -> Vec<String> {
+    let per_node: Vec<String> = server["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| match n["cpu_us_per_cycle"].as_f64() {
+            Some(us) => format!("{us}"),
+            None => "?".into(),
+        })
+        .collect();
+    let commands: Vec<String> = server["commands"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, c)| {
+            format!(
+                "{name} {} us/call ({} calls)",
+                c["usec_per_call"], c["calls"]
+            )
+        })
+        .collect();
+    vec![
+        format!(
+            "server CPU: {} us per cycle in all ({} per node), {} cores busy on average",
+            server["cpu_us_per_cycle"],
+            per_node.join(" / "),
+            server["cores_used"]
+        ),
+        format!("server commands: {}", commands.join(", ")),
+    ]
 }
 
 #[cfg(test)]

@@ -276,7 +276,7 @@ async fn probe(config: ConnectionConfig, timeout: Duration) -> Result<Reached, S
 }
 
 /// One `CONFIG GET` value; `None` when the server does not say.
-async fn config_get(conn: &Connection, name: &str, timeout: Duration) -> Option<String> {
+pub(crate) async fn config_get(conn: &Connection, name: &str, timeout: Duration) -> Option<String> {
     let reply = conn
         .command_timeout(&["CONFIG", "GET", name], timeout)
         .await

@@ -2,7 +2,7 @@
 //! (by pid) when the run ends. The flags of each server live in `dragonlock::local`.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,13 +52,30 @@ pub fn find_binary() -> Result<(PathBuf, Flavor), String> {
         .to_string())
 }
 
-pub fn start(n: usize) -> Result<(Vec<LocalServer>, String), String> {
-    let (bin, flavor) = find_binary()?;
+/// `bin` (`--server-bin`) when given, else [`find_binary`]'s; bad input when `bin` cannot run.
+pub fn binary(bin: Option<&Path>) -> Result<(PathBuf, Flavor), String> {
+    match bin {
+        Some(b) => Flavor::detect(b)
+            .map(|f| (b.to_path_buf(), f))
+            .map_err(|e| format!("--server-bin {}: cannot run it: {e}", b.display())),
+        None => find_binary(),
+    }
+}
+
+/// Starts `n` servers of `bin` (see [`binary`]), Dragonfly with `threads` proactor threads.
+/// Returns them, the binary's path and its flavor.
+pub fn start(
+    n: usize,
+    bin: &Path,
+    flavor: Flavor,
+    threads: usize,
+) -> Result<(Vec<LocalServer>, String), String> {
+    let bin = bin.to_path_buf();
     let dir = std::env::temp_dir();
     let mut servers = Vec::new();
     for _ in 0..n {
         let port = local::free_port();
-        let child = local::server_command(&bin, flavor, port, &dir)
+        let child = local::server_command_with_threads(&bin, flavor, port, &dir, threads)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .stdin(Stdio::null())
