@@ -999,3 +999,54 @@ async fn wait_for_quorum_waits_for_enough_nodes_or_says_how_many_came() {
         .await
         .unwrap();
 }
+
+/// Sixteen tasks racing for one key, each releasing what it got: when they are done and every
+/// request has run, no node holds the key. A grant or a split vote whose cleanup went missing
+/// would leave it held for its whole ttl, and every later acquire busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contenders_leave_no_key_behind() {
+    const TASKS: usize = 16;
+    const ATTEMPTS: usize = 200;
+    let servers = cluster(5);
+    let r = redlock(
+        &servers,
+        RedlockOptions::default()
+            .retry_count(0)
+            .release_timeout(Duration::from_secs(30)),
+    )
+    .await;
+    let granted = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (r, granted) = (r.clone(), granted.clone());
+            tokio::spawn(async move {
+                for _ in 0..ATTEMPTS {
+                    match r.try_acquire("contended", Duration::from_secs(30)).await {
+                        Ok(lock) => {
+                            granted.fetch_add(1, Ordering::SeqCst);
+                            lock.release().await.unwrap();
+                        }
+                        Err(e) => assert!(e.is_busy() || e.is_no_quorum(), "{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(granted.load(Ordering::SeqCst) > 0);
+    // Background releases of split votes are sent before the attempt returns; a PING answered
+    // on each connection comes after them.
+    for node in r.nodes() {
+        node.command(&["PING"]).await.unwrap();
+    }
+    for (i, s) in servers.iter().enumerate() {
+        let held = s.cmd(&["GET", "contended"]);
+        assert!(
+            held.is_null(),
+            "node {i} still holds the key: {:?}",
+            String::from_utf8_lossy(held.as_bytes().unwrap_or_default())
+        );
+    }
+}

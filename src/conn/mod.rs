@@ -163,6 +163,17 @@ fn uptime_now(st: &State) -> Option<Duration> {
     st.uptime_at.map(|(up, at)| up + at.elapsed())
 }
 
+/// Spawns a driver outside tokio's cooperative budget. Out of budget, a readiness poll answers
+/// `Pending` and the task's wake is deferred until its worker has nothing else to run, and on a
+/// busy runtime that can be a long time: seen as drivers unpolled for 100 ms and more at 64
+/// callers, and, once the slot tables filled, callers failing at once and never letting the
+/// worker go idle (no lock granted again). The driver has its own fairness
+/// (`TURNS_BEFORE_YIELD`, then it reschedules itself at the back of the run queue), and it
+/// must never wait behind the callers it serves.
+fn spawn_driver(driver: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(tokio::task::coop::unconstrained(driver));
+}
+
 /// Closes the connection when the last [`Connection`] clone goes.
 struct Handle {
     shared: Arc<Shared>,
@@ -214,7 +225,7 @@ impl Connection {
     /// [`ready`](Connection::ready) to wait for it. Must be called inside a tokio runtime.
     pub fn start(config: ConnectionConfig) -> Connection {
         let shared = Connection::new_shared(config);
-        tokio::spawn(driver::run(shared.clone()));
+        spawn_driver(driver::run(shared.clone()));
         Connection {
             handle: Arc::new(Handle { shared }),
         }
@@ -248,7 +259,7 @@ impl Connection {
     pub fn start_group(configs: impl IntoIterator<Item = ConnectionConfig>) -> Vec<Connection> {
         let shared: Vec<Arc<Shared>> = configs.into_iter().map(Connection::new_shared).collect();
         if !shared.is_empty() {
-            tokio::spawn(driver::run_group(shared.clone()));
+            spawn_driver(driver::run_group(shared.clone()));
         }
         shared
             .into_iter()

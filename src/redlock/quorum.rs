@@ -125,12 +125,19 @@ impl<'a> QuorumCollector<'a> {
         classify: impl Fn(&Frame) -> Vote,
         mut resend: impl FnMut(usize) -> Result<ReplyFuture<'a>, Error>,
     ) -> Decision {
-        if let Some(d) = self.decide(all) {
-            return d;
-        }
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
         poll_fn(|cx| {
+            // One unit of tokio's cooperative budget per decision (given back when this poll
+            // decides nothing). A caller whose every request is refused at once (a full slot
+            // table, nodes down) decides without waiting; in a retry loop it would then never
+            // return `Pending`, and the tasks that could free the slots would not run. Out of
+            // budget, it yields instead.
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            if let Some(d) = self.decide(all) {
+                coop.made_progress();
+                return Poll::Ready(d);
+            }
             for i in 0..self.pending.len() {
                 let Some(fut) = self.pending[i].as_mut() else {
                     continue;
@@ -180,10 +187,12 @@ impl<'a> QuorumCollector<'a> {
                     Vote::Retry => unreachable!(),
                 };
                 if let Some(d) = self.decide(all) {
+                    coop.made_progress();
                     return Poll::Ready(d);
                 }
             }
             if sleep.as_mut().poll(cx).is_ready() {
+                coop.made_progress();
                 // Waited for until the deadline and silent: `NoReply`. Nodes left unanswered
                 // by an earlier decision stay `NotAwaited`.
                 for (pending, result) in self.pending.iter().zip(self.results.iter_mut()) {
