@@ -1,57 +1,114 @@
 //! Fencing tokens that increase across N independent nodes.
 //!
-//! A fenced acquire is a normal acquire plus one round trip. Each node keeps, next to the lock
+//! A fenced acquire is a normal acquire plus one round trip. Each node keeps, next to each lock
 //! key, a counter key for the resource (the lock key with [`FENCE_SUFFIX`]), which only ever
 //! rises and has no ttl: one small key per fenced resource stays on every node for good, so
 //! fence long-lived resources, not one name per job.
 //!
 //! ```text
-//!  1. read:  on every node, one script: SET lock token NX PX ttl, and answer the counter
-//!            (granted or not; a missing counter is answered as missing, never created)
-//!  2. pick:  SET quorum, and counters from a quorum of nodes that have one:
+//!  1. read:  on every node, one script: SET lock token NX PX ttl (every key of a set, or none),
+//!            and answer each key's counter, granted or not: live (with the number), missing,
+//!            or stale (written by another server process). Nothing is created.
+//!  2. pick:  per key: a SET quorum, and live counters from a quorum of nodes:
 //!            token = max(those counters) + 1, at least the floor.
-//!            No node anywhere has one (all N answered "missing"): a new resource, token = floor.
-//!            Otherwise: FenceUnavailable (fewer than a quorum kept their counters).
-//!  3. write: on every node, one script: raise the counter to the token; create a missing one
-//!            only where the lock key holds our token. The write counts where it does.
+//!            No node anywhere has a counter, live or stale (all N answered "missing"): a new
+//!            resource, token = floor. Otherwise: FenceUnavailable.
+//!  3. write: on every node, one script: raise each live counter to its key's token; create a
+//!            missing or stale one only where the lock key holds our token and the node's
+//!            grant reached us in time. The write counts where, for every key, the lock key
+//!            holds our token and the live counter is at least the token.
 //!            A quorum of counting writes inside the validity: granted. Else released.
 //! ```
 //!
+//! A multi-resource lock ([`acquire_many`](super::Redlock::acquire_many)) gets one token per
+//! resource ([`Lock::fencing_token_of`](super::Lock::fencing_token_of)): each resource keeps its
+//! own counter, whether it is taken alone or in any set, and each protected resource checks its
+//! own token against its own highest. One token per set was the alternative (one number for
+//! the caller, the largest of every member's counters plus one, written to every member); it
+//! would make one resource's tokens jump with the grants of the others in its sets, for no
+//! gain in safety, and a store that guards several resources would still need to know which of
+//! them a write touches. The read answers an array for a set (one integer per key); a single
+//! resource keeps its one-integer reply, which the decoder builds without allocating.
+//!
 //! # The guarantee
 //!
-//! If grant A ends (release, expiry or loss) before grant B's acquire begins, then
-//! `token(A) < token(B)`, for every pair of grants of one resource, under Redlock's usual
-//! assumptions (clocks that drift by at most the drift factor) and with the delayed-restart
-//! rule on: a node restarted without persistence does not vote for
+//! If grant A of resource `r` (alone or in a set) ends (release, expiry or loss) before grant B
+//! of `r`'s acquire begins, then `token_r(A) < token_r(B)`, for every pair of grants of one
+//! resource, under Redlock's usual assumptions (clocks that drift by at most the drift factor)
+//! and with the delayed-restart rule on: a restarted node does not vote for
 //! [`restart_delay`](super::RedlockOptions::restart_delay), which must be at least **twice** the
 //! longest ttl a fenced lock is taken or extended with (the plain lock needs one ttl; the second
-//! covers an acquire still in flight when the restart happened).
+//! covers an acquire still in flight when the restart happened). That holds whatever the
+//! nodes' persistence, on nodes that tell their server process apart (see "Snapshots").
 //!
-//! Proof sketch. Call `W(A)` the quorum of nodes whose write counted for A. Invariant: once A is
-//! granted, fewer than a quorum of nodes hold a counter below `token(A)` (nodes with no counter
-//! do not count). At A's grant it holds: every node in `W(A)` has a counter of at least
-//! `token(A)`, and the rest are fewer than a quorum. Counters only rise, except that a restart
-//! removes one, which cannot add a low counter. The only step that can add a counter below
-//! `token(A)` is a write that creates a missing counter with a smaller token X. Such a write
-//! comes from an acquire whose SET was granted on that node inside its own validity. If the node
-//! is in `W(A)`, its counter went missing by a restart after A's write, and it granted that SET
-//! only `restart_delay` after the restart: the acquire must have begun after A was granted (its
-//! validity is shorter than `restart_delay` minus a ttl), so all its reads came after A's grant,
-//! saw a quorum of counters, and by the invariant one of them is at least `token(A)`: X is
-//! larger. If the node is not in `W(A)`, it was already among the nodes that may be low, which
-//! stay fewer than a quorum. So the invariant holds; and B, whose reads all come after A ended,
-//! takes the maximum over a quorum of counters, which includes one of at least `token(A)`.
+//! Proof sketch, for one resource `r`. Call `W(A)` the quorum of nodes whose write counted for
+//! A: on each, `r`'s lock key held A's random token and `r`'s live counter was at least
+//! `token_r(A)` (for a set, the write counts only where that is so for every key, so `W(A)` is
+//! such a quorum for each of its resources). Invariant: once A is granted, fewer than a quorum
+//! of nodes hold a live counter for `r` below `token_r(A)` (nodes with no counter, or a stale
+//! one, do not count). At A's grant it holds: every node in `W(A)` has a live counter of at least
+//! `token_r(A)`, and the rest are fewer than a quorum. Live counters only rise, except that a
+//! restart removes one or makes it stale, which cannot add a low live counter. The only step
+//! that can add a live counter below `token_r(A)` is a write that creates (or replaces a stale)
+//! counter with a smaller token X. Such a write comes from an acquire, of `r` alone or of a set
+//! with `r`, whose SET of `r`'s lock key was granted on that node inside its own validity. If the
+//! node is in `W(A)`, its counter stopped being live by a restart after A's write, and it granted
+//! that SET only `restart_delay` after the restart: the acquire must have begun after A was
+//! granted (its validity is shorter than `restart_delay` minus a ttl), so all its reads came
+//! after A's grant, saw a quorum of live counters for `r`, and by the invariant one of them is at
+//! least `token_r(A)`: X is larger. If the node is not in `W(A)`, it was already among the nodes
+//! that may be low, which stay fewer than a quorum. So the invariant holds; and B, whose reads
+//! all come after A ended, takes the maximum over a quorum of live counters for `r`, which
+//! includes one of at least `token_r(A)`. Other resources' keys play no part: the argument is
+//! the single-resource one, key by key.
 //!
-//! What breaks it: a node that restarts from an **older snapshot** (Redis's default `save`
-//! points, AOF with `appendfsync everysec`, Dragonfly snapshots, after a crash): its counter
-//! comes back lower instead of missing, which the proof does not allow (found by review with
-//! three real servers: token 6 after token 10). Fenced locks need nodes that either keep no data
-//! across restarts or fsync every write (`appendfsync always`); `dragonlock ping` warns about
-//! the others. Also: a restart rule shorter than twice the ttl; clocks outside the drift bound
-//! (a node's wall clock stepped forward also shortens the uptime the restart rule reads);
-//! and the loss of the counters of every node that had one (every node wiped at once, or a
-//! majority wiped while the others never had a counter for the resource): that looks exactly
-//! like a resource nobody fenced before, and starts again at the floor. Set a floor
+//! # Snapshots
+//!
+//! A node that restarts from an **older snapshot** (Redis's default `save` points, AOF with
+//! `appendfsync everysec`, after a crash) brings its counters back lower instead of losing them:
+//! a counter below `token_r(A)` on a node of `W(A)`, which the proof does not allow (found by
+//! review with three real servers: token 6 after token 10). So each counter is tagged with the
+//! identity of the server process that wrote it (`17@<run_id>`: Redis's `run_id`, new at every
+//! start), the client passes each node's identity to every script, and a counter tagged by
+//! another process is **stale**: the scripts treat it as missing (not used for the token,
+//! replaced only by a write that may create one), and the proof's restart case covers it as it
+//! covers a counter lost by a restart without persistence. Persistence then no longer matters
+//! to the guarantee; the restart rule does, on every node, since even a counter kept whole
+//! across a restart is set aside. Two more rules keep the tags honest:
+//! - A stale counter is not "missing" for the new-resource rule: a resource whose every counter
+//!   is stale (every node restored, or restarted with persistence) is refused with
+//!   `FenceUnavailable` until reseeded, never restarted at the floor.
+//!   [`Redlock::reseed_fence`](super::Redlock::reseed_fence) takes the stale values into
+//!   account as lower bounds.
+//! - A reply counts only if it came from the process the tag names: each node's connect count
+//!   is read before its identity, and a node that reconnected before its reply was checked
+//!   counts as failed (its SET may have run: it gets the background release). Without this, a
+//!   request tagged with the old process's identity could reach the restarted process, which
+//!   restored counters with that very tag, and read them as live.
+//!
+//! Untagged counters (written before tags existed, or on a node without an identity) are live
+//! for everyone, as before; the first write on a node with an identity tags them.
+//!
+//! **Dragonfly** reports no `run_id`. The start time the connection derives from its uptime
+//! (whole seconds, on the client's clock) is neither exact enough to tell two processes apart
+//! in a script nor the same across clients, so Dragonfly nodes get no tag, and there a restored
+//! snapshot can still make tokens go back. Fence on Dragonfly only with snapshots off
+//! (`--dbfilename ''`, no `--snapshot_cron`); `dragonlock ping` warns that it cannot read
+//! Dragonfly's persistence.
+//!
+//! # What breaks it
+//!
+//! A restart rule shorter than twice the ttl; clocks outside the drift bound (a node's wall
+//! clock stepped forward also shortens the uptime the restart rule reads); a restored snapshot
+//! on a node without an identity (Dragonfly), or older data loaded into a running process
+//! (`DEBUG RELOAD` of a copied file, `RESTORE` of a dumped counter: the same `run_id`, an older
+//! value), or a pre-tag counter restored from a snapshot taken before the upgrade; a failover to
+//! a replica, or any other server answering at a node's address (it may have been up long
+//! enough to vote at once; plain Redlock has the same hazard, and `dragonlock ping` warns about
+//! replicas); and the loss
+//! of the counters of every node that had one (every node wiped at once without persistence,
+//! or a majority wiped while the others never had a counter for the resource): that looks
+//! exactly like a resource nobody fenced before, and starts again at the floor. Set a floor
 //! ([`RedlockOptions::fence_floor`](super::RedlockOptions::fence_floor)) or reseed
 //! ([`Redlock::reseed_fence`](super::Redlock::reseed_fence)) from the protected store's highest
 //! token after such a loss.

@@ -216,7 +216,9 @@ impl RedlockOptions {
     ///
     /// It is off by default because it makes freshly started servers unusable for `delay`
     /// (surprising in development and tests); production deployments without `appendfsync
-    /// always` should turn it on.
+    /// always` should turn it on, and every deployment with [`fencing`](RedlockOptions::fencing)
+    /// must, at twice the longest ttl (see [`fence`]: a restarted node's counters are set aside
+    /// whatever its persistence).
     pub fn restart_delay(mut self, delay: Duration) -> Self {
         self.restart_delay = Some(delay);
         self
