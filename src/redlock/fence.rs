@@ -920,6 +920,34 @@ mod tests {
         assert_eq!(pick(&reads, 2, 1), Ok(MAX_FENCING_TOKEN));
     }
 
+    /// A reply counts only from the process whose identity tagged the request: a node whose
+    /// connect count moved since the identities were read is failed, whatever it answered.
+    #[tokio::test]
+    async fn a_reply_from_a_node_that_reconnected_does_not_count() {
+        use crate::conn::ConnectionConfig;
+        // Nothing listens on port 1: the connect counts stay at 0.
+        let nodes: Vec<Connection> = (0..3)
+            .map(|_| Connection::start(ConnectionConfig::new("127.0.0.1", 1)))
+            .collect();
+        let mut ids = NodeIdentities::read(&nodes);
+        assert!((0..3).all(|i| ids.unchanged(&nodes, i)));
+        // As if node 1 had been read at its previous connect.
+        ids.seen[1].0 += 1;
+        let mut results: NodeResults = smallvec::smallvec![
+            NodeResult::Granted,
+            NodeResult::Granted,
+            NodeResult::Refused,
+        ];
+        drop_reconnected(&mut results, &ids, &nodes);
+        assert!(matches!(results[0], NodeResult::Granted));
+        assert!(
+            matches!(&results[1], NodeResult::Failed(e) if e.maybe_executed()),
+            "{:?}",
+            results[1]
+        );
+        assert!(matches!(results[2], NodeResult::Refused));
+    }
+
     #[test]
     fn a_node_is_tagged_only_with_an_exact_identity() {
         let info = |marker| ServerInfo {
