@@ -164,6 +164,14 @@ macro_rules! fence_lua_prelude {
             "if not c then c = string.match(v, '^([1-9][0-9]*)$') end ",
             "if not c or #c > 16 or tonumber(c) > 9007199254740991 then return nil end ",
             "return c, t == nil or t == tag end ",
+        )
+    };
+}
+
+// For the scripts that write counters: the canonical comparison, and the tagged value.
+macro_rules! fence_lua_write_prelude {
+    () => {
+        concat!(
             "local function below(c, v) return #c < #v or (#c == #v and c < v) end ",
             "local function tagged(v, tag) if tag == '' then return v end return v .. '@' .. tag end ",
         )
@@ -214,6 +222,7 @@ pub const FENCE_ACQUIRE_MANY: &str = concat!(
 /// parsed before anything is written, so a malformed one leaves the node untouched.
 pub const FENCE_WRITE: &str = concat!(
     fence_lua_prelude!(),
+    fence_lua_write_prelude!(),
     "local n = #KEYS / 2 local tag = ARGV[3] local cs, live = {}, {} ",
     "for i = 1, n do local v = redis.call('get', KEYS[n + i]) ",
     "if v then cs[i], live[i] = cnt(v, tag) ",
@@ -233,6 +242,7 @@ pub const FENCE_WRITE: &str = concat!(
 /// largest it saw.
 pub const FENCE_RESEED: &str = concat!(
     fence_lua_prelude!(),
+    fence_lua_write_prelude!(),
     "local v = ARGV[1] local cur = redis.call('get', KEYS[1]) ",
     "if cur then local c = cnt(cur, ARGV[2]) if c and not below(c, v) then v = c end end ",
     "redis.call('set', KEYS[1], tagged(v, ARGV[2])) ",
