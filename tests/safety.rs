@@ -187,12 +187,14 @@ fn assert_fenced(config: &CheckerConfig, report: &checker::Report) {
 }
 
 /// Fencing under every fault kind, restarts of a minority: tokens only grow from one grant to
-/// the next.
+/// the next, per resource, with half of the attempts taking two resources at once.
 #[test]
 fn fencing_tokens_increase_under_random_faults() {
     let mut config = CheckerConfig::short(Duration::from_secs(15)).fenced(FenceProtocol::Proven);
     config.minority_restarts = true;
+    config.multi_chance = 0.5;
     let report = check(config.clone());
+    assert!(report.multi_grants > 0, "no set was granted: {report:?}");
     assert_fenced(&config, &report);
 }
 
@@ -206,6 +208,7 @@ fn fencing_through_majority_restarts_refuses_rather_than_goes_backwards() {
     // 1.4 s plus the second a reported uptime is discounted by): then the acquires that cannot
     // prove a token are refused, rather than failing for want of voters.
     config.gap_ms = (2_600, 3_000);
+    config.multi_chance = 0.5;
     let report = check(config.clone());
     assert!(report.faults.get("restart").copied().unwrap_or(0) > 0);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);

@@ -11,8 +11,8 @@
 //! | `maxmemory-policy` `allkeys-*` / `volatile-*`, Dragonfly cache mode | unsafe | every lock key has a ttl, so both families may evict a held lock |
 //! | the same server named twice | unsafe | one server would cast two votes |
 //! | a primary with replicas | warning | a failover can promote a replica without the newest keys |
-//! | snapshots (`save` points, AOF not `always`) | warning | a crash restores older lock keys and fencing counters: tokens can go backwards |
-//! | Dragonfly (persistence not readable) | warning | the same, if it restores snapshots |
+//! | snapshots (`save` points, AOF not `always`) | warning | a crash restores older lock keys, so clients need the delayed-restart rule (the fencing counters it restores are tagged with the old `run_id` and set aside as stale) |
+//! | Dragonfly (persistence not readable) | warning | a restored snapshot brings back older fencing counters, which Dragonfly (no `run_id`) cannot tag: tokens can go backwards |
 //! | no persistence and no `--restart-delay` | warning | a restart loses the keys, so clients need the delayed-restart rule |
 //! | up for less than `--restart-delay` (less the second clients discount) | sitting out, does not vote | clients with that delay do not ask it yet |
 //!
@@ -166,9 +166,9 @@ impl NodeFacts {
             add(
                 Severity::Warning,
                 format!(
-                    "restarts from a snapshot ({}): after a crash it brings back older lock keys \
-                     and fencing counters, so fencing tokens can go backwards; fence only on \
-                     nodes with appendfsync always or no persistence",
+                    "restarts from a snapshot ({}): after a crash it brings back older lock keys, \
+                     so clients need restart_delay at least the longest ttl, twice it for \
+                     fencing (the fencing counters it restores are set aside as stale)",
                     if self.aof_enabled {
                         format!("appendfsync {}", self.appendfsync)
                     } else {

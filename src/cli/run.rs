@@ -564,9 +564,10 @@ async fn hold(lock: &mut Lock, group: &mut Group, ttl: Duration, grace: Duration
     }
 }
 
-/// The fencing guarantee needs the restart rule at twice the ttl (see `redlock::fence`). Too
-/// short a rule is refused; none at all is allowed with a warning, since nodes that keep no data
-/// or fsync every write need none.
+/// The fencing guarantee needs the restart rule at twice the ttl (see `redlock::fence`), on
+/// every node whatever its persistence: a restarted node's counters are set aside as stale.
+/// Too short a rule is refused; none at all is allowed with a warning, for nodes that are known
+/// never to restart while a lock may be held.
 pub(crate) fn fence_restart_rule(
     ttl: Duration,
     restart_delay: Option<Duration>,
@@ -578,8 +579,8 @@ pub(crate) fn fence_restart_rule(
         )),
         Some(_) => Ok(None),
         None => Ok(Some(format!(
-            "--fenced without --restart-delay: tokens can repeat if a node restarts without \
-             persistence; pass --restart-delay {:?} or more unless the nodes fsync every write",
+            "--fenced without --restart-delay: tokens can repeat if a node restarts and loses \
+             its counters; pass --restart-delay {:?} or more",
             ttl * 2
         ))),
     }

@@ -33,8 +33,9 @@ pub struct Lock {
     done: bool,
     /// Made on the first call to `signal`, so a lock nobody watches allocates nothing.
     signal: OnceLock<LockSignal>,
-    /// The fencing token, for locks taken with fencing on.
-    fence: Option<u64>,
+    /// The fencing tokens, one per key in `keys` order, for locks taken with fencing on
+    /// (empty otherwise). Inline for one key: a fenced single-resource lock allocates nothing.
+    fences: smallvec::SmallVec<[u64; 1]>,
     /// Rebuilt from a token ([`Redlock::lock_from_token`]) and not extended since: its
     /// validity is unknown, so it claims none, and `extend` is not refused for lack of it.
     unconfirmed: bool,
@@ -67,7 +68,7 @@ impl Lock {
             extensions: 0,
             done: false,
             signal: OnceLock::new(),
-            fence: None,
+            fences: smallvec::SmallVec::new(),
             unconfirmed: false,
         }
     }
@@ -80,17 +81,66 @@ impl Lock {
         lock
     }
 
-    pub(crate) fn with_fence(mut self, token: u64) -> Lock {
-        self.fence = Some(token);
+    /// Sets the fencing tokens, one per key in the lock's key order.
+    pub(crate) fn with_fences(mut self, tokens: smallvec::SmallVec<[u64; 1]>) -> Lock {
+        debug_assert_eq!(tokens.len(), self.keys.all().len());
+        self.fences = tokens;
         self
     }
 
-    /// The fencing token, when the manager has [fencing](super::RedlockOptions::fencing) on:
-    /// larger than the token of every grant of this resource that ended before this one's
-    /// acquire began. Hand it to the protected resource with every write, and have the
-    /// resource refuse a token lower than the highest it has seen. `None` without fencing.
+    /// The fencing token, when the manager has [fencing](super::RedlockOptions::fencing) on and
+    /// the lock covers one resource: larger than the token of every grant of this resource that
+    /// ended before this one's acquire began. Hand it to the protected resource with every
+    /// write, and have the resource refuse a token lower than the highest it has seen. `None`
+    /// without fencing, and for a lock over several resources
+    /// ([`acquire_many`](super::Redlock::acquire_many)): each of those has its own token, from
+    /// [`fencing_token_of`](Lock::fencing_token_of) or [`fencing_tokens`](Lock::fencing_tokens).
     pub fn fencing_token(&self) -> Option<u64> {
-        self.fence
+        match self.fences[..] {
+            [token] => Some(token),
+            _ => None,
+        }
+    }
+
+    /// The fencing token of one of the lock's resources, named as it was given to the acquire
+    /// (without the manager's [key prefix](super::RedlockOptions::key_prefix)); `None` without
+    /// fencing or for a resource the lock does not cover.
+    ///
+    /// Each resource of a multi-resource lock has its own counter and its own token, with the
+    /// single-resource guarantee for each: if a grant of resource `r` (alone or in any set)
+    /// ended before this lock's acquire began, its token for `r` is smaller. Hand each protected
+    /// resource its own token.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), dragonlock::LockError> {
+    /// // With `RedlockOptions::default().fencing(true)`:
+    /// let both = redlock
+    ///     .acquire_many(&["account:1", "account:2"], std::time::Duration::from_secs(5))
+    ///     .await?;
+    /// let from = both.fencing_token_of("account:1");
+    /// let to = both.fencing_token_of("account:2");
+    /// # let _ = (from, to);
+    /// both.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fencing_token_of(&self, resource: &str) -> Option<u64> {
+        let key = self.redlock.key(resource);
+        let i = self.keys.all().iter().position(|k| k[..] == key[..])?;
+        self.fences.get(i).copied()
+    }
+
+    /// Every resource's fencing token, as (key, token) in the order of
+    /// [`resources`](Lock::resources) (keys with the manager's prefix, sorted); empty without
+    /// fencing.
+    pub fn fencing_tokens(&self) -> Vec<(&str, u64)> {
+        self.keys
+            .all()
+            .iter()
+            .zip(&self.fences)
+            .map(|(k, &t)| (std::str::from_utf8(k).unwrap_or(""), t))
+            .collect()
     }
 
     /// A signal for the tasks that work under this lock: it fires when the lock is lost (its
@@ -122,7 +172,7 @@ impl Lock {
     pub fn signal(&self) -> LockSignal {
         self.signal
             .get_or_init(|| {
-                let signal = LockSignal::new(self.valid_until, self.fence);
+                let signal = LockSignal::new(self.valid_until, self.fencing_token());
                 if self.done {
                     signal.fire();
                 }

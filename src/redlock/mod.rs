@@ -216,7 +216,9 @@ impl RedlockOptions {
     ///
     /// It is off by default because it makes freshly started servers unusable for `delay`
     /// (surprising in development and tests); production deployments without `appendfsync
-    /// always` should turn it on.
+    /// always` should turn it on, and every deployment with [`fencing`](RedlockOptions::fencing)
+    /// must, at twice the longest ttl (see [`fence`]: a restarted node's counters are set aside
+    /// whatever its persistence).
     pub fn restart_delay(mut self, delay: Duration) -> Self {
         self.restart_delay = Some(delay);
         self
@@ -224,9 +226,10 @@ impl RedlockOptions {
 
     /// Fencing tokens (off by default): every acquire also picks a number larger than the token
     /// of every grant of the resource that ended before it began, and
-    /// [`Lock::fencing_token`] returns it. One more round trip per acquire; single resources
-    /// only (`acquire_many` answers `Invalid`). The guarantee, its assumptions (the restart
-    /// rule at twice the longest ttl) and its proof are in [`fence`].
+    /// [`Lock::fencing_token`] returns it. One more round trip per acquire. A multi-resource
+    /// lock (`acquire_many`) gets one token per resource ([`Lock::fencing_token_of`]). The
+    /// guarantee, its assumptions (the restart rule at twice the longest ttl) and its proof are
+    /// in [`fence`].
     ///
     /// An option of the manager rather than a second set of acquire calls, so that `with_lock`,
     /// retries and every other acquire path fence alike, with one code path per option.
@@ -586,6 +589,7 @@ impl Redlock {
             // The fencing scripts only where they are used: a connect loads each script.
             if options.fencing {
                 c.script(s.fence_acquire.clone())
+                    .script(s.fence_acquire_many.clone())
                     .script(s.fence_write.clone())
                     .script(s.fence_reseed.clone())
             } else {
@@ -1034,12 +1038,8 @@ impl Redlock {
         cut: Option<Instant>,
     ) -> Result<Lock, LockError> {
         if self.inner.options.fencing {
-            if keys.is_multi() {
-                return Err(LockError::invalid(
-                    "fencing tokens cover single resources, not acquire_many",
-                ));
-            }
-            if keys.all()[0].ends_with(fence::FENCE_SUFFIX.as_bytes()) {
+            let suffix = fence::FENCE_SUFFIX.as_bytes();
+            if keys.all().iter().any(|k| k.ends_with(suffix)) {
                 return Err(LockError::invalid(
                     "a fenced resource's key may not end with the fencing counter's suffix",
                 ));
@@ -1210,7 +1210,11 @@ impl Redlock {
     async fn raise_fence(&self, key: &[u8], to: u64) -> (usize, u64, NodeResults) {
         let keys = [key];
         let mut v = itoa::Buffer::new();
-        let args = [v.format(to).as_bytes()];
+        let v = v.format(to).as_bytes();
+        let nodes = &self.inner.nodes;
+        // Each counter is tagged with its node's identity (see `fence`).
+        let ids = fence::NodeIdentities::read(nodes);
+        let index = |node: &Connection| nodes.iter().position(|n| std::ptr::eq(n, node));
         let s = scripts();
         let deadline = Instant::now() + self.inner.options.release_timeout;
         let highest = std::cell::Cell::new(0u64);
@@ -1218,7 +1222,11 @@ impl Redlock {
             .collect(
                 deadline,
                 true,
-                |buf, _| s.fence_reseed.encode(buf, ScriptCall::BySha, &keys, &args),
+                |buf, node| {
+                    let tag = ids.tag(index(node).expect("one of this manager's nodes"));
+                    s.fence_reseed
+                        .encode(buf, ScriptCall::BySha, &keys, &[v, tag])
+                },
                 |f| match f {
                     Frame::Integer(n) => {
                         highest.set(highest.get().max(*n as u64));
@@ -1229,18 +1237,21 @@ impl Redlock {
                     _ => Vote::Fail(Error::new(crate::ErrorKind::UnexpectedReply)),
                 },
                 |i| {
-                    self.inner.nodes[i].send(|buf| {
+                    nodes[i].send(|buf| {
                         s.fence_reseed
-                            .encode(buf, ScriptCall::WithSource, &keys, &args)
+                            .encode(buf, ScriptCall::WithSource, &keys, &[v, ids.tag(i)])
                     })
                 },
             )
             .await;
-        (
-            collector.granted(),
-            highest.get(),
-            collector.results.clone(),
-        )
+        // A node that reconnected meanwhile may have tagged the counter with the identity of
+        // the process before: not counted as confirmed.
+        let confirmed = (0..nodes.len())
+            .filter(|&i| {
+                matches!(collector.results[i], NodeResult::Granted) && ids.unchanged(nodes, i)
+            })
+            .count();
+        (confirmed, highest.get(), collector.results.clone())
     }
 
     /// A lock error that names the resource and the nodes' addresses (no allocation: see

@@ -41,6 +41,7 @@ pub(crate) struct Scripts {
     pub multi_extend: Script,
     pub holder: Script,
     pub fence_acquire: Script,
+    pub fence_acquire_many: Script,
     pub fence_write: Script,
     pub fence_reseed: Script,
 }
@@ -55,6 +56,7 @@ pub(crate) fn scripts() -> &'static Scripts {
         multi_extend: Script::new(MULTI_EXTEND),
         holder: Script::new(HOLDER),
         fence_acquire: Script::new(super::fence::FENCE_ACQUIRE),
+        fence_acquire_many: Script::new(super::fence::FENCE_ACQUIRE_MANY),
         fence_write: Script::new(super::fence::FENCE_WRITE),
         fence_reseed: Script::new(super::fence::FENCE_RESEED),
     })

@@ -102,6 +102,10 @@ pub struct CheckerConfig {
     pub minority_restarts: bool,
     /// The quiet time after each fault is healed, drawn from this range (milliseconds).
     pub gap_ms: (u64, u64),
+    /// Chance that an attempt takes two resources at once (`try_acquire_many`) instead of one.
+    /// Each resource of such a grant gets its own interval (and, fenced, its own token), so
+    /// both properties are checked per resource across single and multi-resource grants.
+    pub multi_chance: f64,
 }
 
 impl CheckerConfig {
@@ -126,6 +130,7 @@ impl CheckerConfig {
             spare: None,
             minority_restarts: false,
             gap_ms: (0, 300),
+            multi_chance: 0.0,
         }
     }
 
@@ -169,6 +174,8 @@ fn seed() -> u64 {
 pub struct Report {
     pub attempts: u64,
     pub grants: u64,
+    /// Of the grants, those of two resources at once.
+    pub multi_grants: u64,
     pub extends: u64,
     pub extend_failures: u64,
     pub faults: BTreeMap<&'static str, u64>,
@@ -203,9 +210,9 @@ impl Report {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         format!(
-            "safety: seed={} duration={:?} clients={}x{} resources={} ops={} grants={} extends={} \
+            "safety: seed={} duration={:?} clients={}x{} resources={} ops={} grants={} multi_grants={} extends={} \
              extend_failures={} faults[{}] majority_faults={} violations={} fence_violations={} \
-             fence_unavailable={} reseeded={} spare={:?} longest_recovery={}",
+             fence_unavailable={} reseeded={} spare={:?} multi_chance={} longest_recovery={}",
             config.seed,
             config.duration,
             config.clients,
@@ -213,6 +220,7 @@ impl Report {
             config.resources,
             self.attempts,
             self.grants,
+            self.multi_grants,
             self.extends,
             self.extend_failures,
             faults.join(" "),
@@ -222,6 +230,7 @@ impl Report {
             self.fence_unavailable,
             self.reseeded,
             config.spare,
+            config.multi_chance,
             match self.longest_recovery() {
                 Some(d) => format!("{}ms", d.as_millis()),
                 None => "did-not-recover".into(),
@@ -234,6 +243,7 @@ impl Report {
 struct Counters {
     attempts: AtomicU64,
     grants: AtomicU64,
+    multi_grants: AtomicU64,
     extends: AtomicU64,
     extend_failures: AtomicU64,
     fence_unavailable: AtomicU64,
@@ -331,6 +341,7 @@ pub async fn run(config: CheckerConfig) -> Report {
     Report {
         attempts: counters.attempts.load(Ordering::SeqCst),
         grants: counters.grants.load(Ordering::SeqCst),
+        multi_grants: counters.multi_grants.load(Ordering::SeqCst),
         extends: counters.extends.load(Ordering::SeqCst),
         extend_failures: counters.extend_failures.load(Ordering::SeqCst),
         faults,
@@ -470,10 +481,20 @@ async fn worker(
     };
     while !stop.load(Ordering::SeqCst) {
         let resource = rng.random_range(0..config.resources);
+        // A second, different resource for a multi-resource attempt.
+        let second = (config.resources > 1 && rng.random_bool(config.multi_chance))
+            .then(|| (resource + rng.random_range(1..config.resources)) % config.resources);
         let lock_ttl = ttl(&mut rng);
         counters.attempts.fetch_add(1, Ordering::Relaxed);
         let began = Instant::now();
-        let mut lock = match client.try_acquire(&format!("r{resource}"), lock_ttl).await {
+        let acquired = match second {
+            None => client.try_acquire(&format!("r{resource}"), lock_ttl).await,
+            Some(other) => {
+                let set = [format!("r{resource}"), format!("r{other}")];
+                client.try_acquire_many(&set, lock_ttl).await
+            }
+        };
+        let mut lock = match acquired {
             Ok(lock) => lock,
             Err(e) => {
                 if e.is_fence_unavailable() {
@@ -485,6 +506,9 @@ async fn worker(
         };
         let start = Instant::now();
         counters.grants.fetch_add(1, Ordering::Relaxed);
+        if second.is_some() {
+            counters.multi_grants.fetch_add(1, Ordering::Relaxed);
+        }
         let hold = Duration::from_millis(rng.random_range(0..=lock_ttl.as_millis() as u64 / 2));
         tokio::time::sleep(hold.min(lock.remaining())).await;
         if rng.random_bool(0.3) {
@@ -502,18 +526,18 @@ async fn worker(
         }
         // The holder stops believing here: before its release goes out, or at the validity.
         let end = Instant::now().min(lock.valid_until());
-        intervals
-            .lock()
-            .unwrap()
-            .entry(resource)
-            .or_default()
-            .push(Interval {
-                began,
-                start,
-                end,
-                client: c,
-                token: lock.fencing_token(),
-            });
+        {
+            let mut intervals = intervals.lock().unwrap();
+            for r in std::iter::once(resource).chain(second) {
+                intervals.entry(r).or_default().push(Interval {
+                    began,
+                    start,
+                    end,
+                    client: c,
+                    token: lock.fencing_token_of(&format!("r{r}")),
+                });
+            }
+        }
         let _ = lock.release().await;
     }
 }

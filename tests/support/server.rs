@@ -172,6 +172,12 @@ impl Server {
         }
     }
 
+    /// The server's working directory (`--dir`): where `SAVE` writes `dump.rdb`, and where a
+    /// restarted process loads it from.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
@@ -220,7 +226,8 @@ impl Server {
     }
 
     /// Starts a new process on the same port (after `kill9`, or killing it first). Its keys are
-    /// gone: no persistence.
+    /// gone (no persistence), unless a `dump.rdb` was left in [`dir`](Server::dir): a Redis
+    /// loads it at start.
     pub fn restart(&mut self) {
         self.kill9();
         let deadline = Instant::now() + Duration::from_secs(10);
