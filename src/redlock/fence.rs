@@ -353,7 +353,7 @@ impl Redlock {
             _ => false,
         };
         let refuse = |kind, results: NodeResults| {
-            self.release_in_background(&keys, &token, might_hold);
+            self.release_in_background(&keys, &token, false, might_hold);
             Err(self.lock_error(kind, results, &keys))
         };
         match decided {
@@ -428,17 +428,17 @@ impl Redlock {
                 Lock::new(self.clone(), keys, token, ttl, valid_until).with_fence(fencing_token),
             ),
             Decision::Deadline if cut.is_some() => {
-                self.release_in_background(&keys, &token, |_| true);
+                self.release_in_background(&keys, &token, false, |_| true);
                 let kind = self.classify_failure(&collector.results, false);
                 Err(self.lock_error(kind, collector.results.clone(), &keys))
             }
             Decision::Quorum(_) | Decision::Deadline => {
-                self.release_in_background(&keys, &token, |_| true);
+                self.release_in_background(&keys, &token, true, |_| true);
                 let results = collector.results.clone();
                 Err(self.lock_error(LockErrorKind::Expired, results, &keys))
             }
             Decision::Impossible | Decision::AllDone => {
-                self.release_in_background(&keys, &token, |_| true);
+                self.release_in_background(&keys, &token, false, |_| true);
                 let kind = self.classify_failure(&collector.results, false);
                 Err(self.lock_error(kind, collector.results.clone(), &keys))
             }
