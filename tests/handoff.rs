@@ -346,3 +346,32 @@ async fn with_it_off_nothing_subscribes_and_releases_do_not_publish() {
         assert_eq!(published(s), 0);
     }
 }
+
+/// The retry count bounds the retry delays slept out, as it did before wake-ups: an attempt
+/// that a wake-up starts (here the one the new subscription's confirmation starts) spends no
+/// retry, and the waiter still gives up after its one delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_up_spends_no_retry_and_the_waiter_still_gives_up_after_its_delays() {
+    let servers = cluster(3);
+    let r = redlock(
+        &servers,
+        RedlockOptions::default()
+            .retry_count(1)
+            .retry_delay(Duration::from_secs(2), Duration::ZERO),
+    )
+    .await;
+    let ttl = Duration::from_secs(30);
+    let held = r.try_acquire("stuck", ttl).await.unwrap();
+    let err = tokio::time::timeout(BOUND, r.acquire("stuck", ttl))
+        .await
+        .expect("gives up after one retry delay")
+        .unwrap_err();
+    assert!(err.is_busy(), "{err}");
+    // The holder's SET, then the waiter's: its first attempt, the confirmation's, and the one
+    // retry at the end of its delay.
+    // (Eventually: the last node's `SET` may still be on its way when the quorum decided.)
+    let four_each = || servers.iter().all(|s| s.command_calls("set") == 4);
+    assert!(support::eventually(Duration::from_secs(5), four_each).await);
+    assert!(subscribed_everywhere(&servers, &channel("stuck"), 0).await);
+    held.release().await.unwrap();
+}

@@ -78,6 +78,8 @@ pub(crate) struct Handoff {
 struct Shared {
     /// The nodes' configs, for the subscriber connections.
     configs: Vec<ConnectionConfig>,
+    /// How many nodes' copies of a release's message show that a quorum has released.
+    quorum: usize,
     state: Mutex<State>,
     /// How many channels have waiters: read without the lock by every `acquire`, so that one
     /// with nobody waiting pays a load, not a lock.
@@ -117,22 +119,55 @@ struct Entry {
     live: usize,
     /// When the last message came (a waiter whose attempt started before it missed it).
     last_message: Option<Instant>,
-    recent: VecDeque<Vec<u8>>,
+    recent: VecDeque<Release>,
+}
+
+/// One release heard on a channel: its token, the waiter its first copy woke (0: none), and
+/// how many nodes' copies came.
+struct Release {
+    token: Vec<u8>,
+    woke: u64,
+    copies: usize,
 }
 
 struct WaiterSlot {
     id: u64,
     /// Woken and not yet seen by the waiter.
     notified: bool,
+    /// The last wake-up was a release's message (not a hint that one may have been missed).
+    by_release: bool,
     waker: Option<Waker>,
+}
+
+/// Why [`Waiter::sleep_until`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The sleep ran out: the retry delay's poll.
+    Timer,
+    /// A release's message.
+    Release,
+    /// A release may have come while nobody listened (a new or renewed subscription, or a
+    /// message just before the waiter registered).
+    Hint,
 }
 
 impl Entry {
     /// Wakes the oldest waiter not already woken; returns its waker to call after unlocking.
-    fn wake_one(&mut self) -> Option<Waker> {
-        let slot = self.waiters.iter_mut().find(|w| !w.notified)?;
-        slot.notified = true;
-        slot.waker.take()
+    fn wake_one(&mut self, by_release: bool) -> Option<Waker> {
+        self.wake_where(by_release, |_| true).1
+    }
+
+    /// Wakes the oldest waiter not already woken for which `pick` holds; returns its id (0:
+    /// none) and its waker.
+    fn wake_where(&mut self, by_release: bool, pick: impl Fn(u64) -> bool) -> (u64, Option<Waker>) {
+        match self.waiters.iter_mut().find(|w| !w.notified && pick(w.id)) {
+            Some(slot) => {
+                slot.notified = true;
+                slot.by_release = by_release;
+                (slot.id, slot.waker.take())
+            }
+            None => (0, None),
+        }
     }
 }
 
@@ -141,6 +176,7 @@ impl Handoff {
     pub(crate) fn new(configs: Vec<ConnectionConfig>) -> Handoff {
         Handoff {
             shared: Arc::new(Shared {
+                quorum: configs.len() / 2 + 1,
                 configs,
                 state: Mutex::new(State::default()),
                 waited_channels: AtomicUsize::new(0),
@@ -185,6 +221,7 @@ impl Handoff {
         entry.waiters.push_back(WaiterSlot {
             id,
             notified: missed,
+            by_release: false,
             waker: None,
         });
         if is_new {
@@ -213,6 +250,7 @@ impl Handoff {
         entry.waiters.push_back(WaiterSlot {
             id,
             notified: false,
+            by_release: false,
             waker: None,
         });
         st.next_id = id;
@@ -308,7 +346,7 @@ impl PubSubSink for NodeSink {
                             entry.live += 1;
                             if entry.live == 1 {
                                 // The first node listening: a release before it was missed.
-                                wake = entry.wake_one();
+                                wake = entry.wake_one(false);
                             }
                         }
                     }
@@ -329,14 +367,30 @@ impl PubSubSink for NodeSink {
                     }
                 }
                 PubSubEvent::Message { channel, payload } => {
+                    let quorum = self.shared.quorum;
                     if let Some(entry) = st.channels.get_mut(channel) {
-                        if !entry.recent.iter().any(|t| t == payload) {
+                        let known = entry.recent.iter_mut().find(|r| r.token == payload);
+                        if let Some(release) = known {
+                            // Another node's copy. The waiter the first one woke may have tried
+                            // too early (the release not yet run on a quorum of nodes, it
+                            // failed): once a quorum's copies are in, it may try once more.
+                            release.copies += 1;
+                            if release.copies == quorum && release.woke != 0 {
+                                let woke = release.woke;
+                                wake = entry.wake_where(true, |id| id == woke).1;
+                            }
+                        } else {
                             if entry.recent.len() == RECENT_TOKENS {
                                 entry.recent.pop_front();
                             }
-                            entry.recent.push_back(payload.to_vec());
                             entry.last_message = Some(Instant::now());
-                            wake = entry.wake_one();
+                            let (woke, waker) = entry.wake_where(true, |_| true);
+                            wake = waker;
+                            entry.recent.push_back(Release {
+                                token: payload.to_vec(),
+                                woke,
+                                copies: 1,
+                            });
                         }
                     }
                 }
@@ -382,11 +436,11 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
-    /// Sleeps until `until`, or until a release wakes this waiter; true when woken. A wake-up
-    /// that came while the waiter was not sleeping (during its attempt) returns at once.
+    /// Sleeps until `until`, or until a release wakes this waiter. A wake-up that came while
+    /// the waiter was not sleeping (during its attempt) returns at once.
     ///
-    /// Cancel safe: a wake-up is consumed only when this returns true.
-    pub(crate) async fn sleep_until(&self, until: Instant) -> bool {
+    /// Cancel safe: a wake-up is consumed only when this returns it.
+    pub(crate) async fn sleep_until(&self, until: Instant) -> Wake {
         let sleep = tokio::time::sleep_until(until);
         tokio::pin!(sleep);
         poll_fn(|cx| {
@@ -399,7 +453,11 @@ impl Waiter {
                 {
                     if slot.notified {
                         slot.notified = false;
-                        return Poll::Ready(true);
+                        return Poll::Ready(if slot.by_release {
+                            Wake::Release
+                        } else {
+                            Wake::Hint
+                        });
                     }
                     match &slot.waker {
                         Some(w) if w.will_wake(cx.waker()) => {}
@@ -407,7 +465,7 @@ impl Waiter {
                     }
                 }
             }
-            sleep.as_mut().poll(cx).map(|()| false)
+            sleep.as_mut().poll(cx).map(|()| Wake::Timer)
         })
         .await
     }
@@ -431,7 +489,7 @@ impl Waiter {
             };
             let slot = entry.waiters.remove(at).expect("found above");
             if slot.notified && pass_on {
-                wake = entry.wake_one();
+                wake = entry.wake_one(slot.by_release);
             }
             if entry.waiters.is_empty() {
                 st.channels.remove(&self.channel);
@@ -504,7 +562,7 @@ mod tests {
         a.event(PubSubEvent::Subscribed(b"c"));
         // The first confirmation is a hint: a release may have come before it.
         assert!(woken(&first) && !woken(&second));
-        assert!(first.sleep_until(Instant::now()).await);
+        assert_eq!(first.sleep_until(Instant::now()).await, Wake::Hint);
         // One release, heard from both nodes: one waiter.
         for s in [&a, &b] {
             s.event(PubSubEvent::Message {
@@ -527,6 +585,28 @@ mod tests {
             vec![(PubSubCommand::Unsubscribe, b"c".to_vec())]
         );
         assert_eq!(h.subscriptions(), vec![0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_woken_too_early_gets_one_more_wake_up_when_a_quorum_has_released() {
+        let h = Handoff::new(vec![ConnectionConfig::new("127.0.0.1", 1); 3]);
+        let t0 = Instant::now();
+        let (first, second) = (h.register(b"c", t0), h.register(b"c", t0));
+        let copy = |node| {
+            sink(&h, node).event(PubSubEvent::Message {
+                channel: b"c",
+                payload: b"t",
+            })
+        };
+        copy(0);
+        // The first node's copy: the oldest waiter tries (and, say, fails: the release has
+        // not run on two of three nodes yet).
+        assert_eq!(first.sleep_until(Instant::now()).await, Wake::Release);
+        copy(1); // two of three: a quorum has released; the same waiter tries again
+        assert!(woken(&first) && !woken(&second));
+        assert_eq!(first.sleep_until(Instant::now()).await, Wake::Release);
+        copy(2); // the rest changes nothing
+        assert!(!woken(&first) && !woken(&second));
     }
 
     #[tokio::test]
@@ -574,7 +654,7 @@ mod tests {
         a.event(PubSubEvent::Connected);
         requests(&a);
         a.event(PubSubEvent::Subscribed(b"c"));
-        assert!(w.sleep_until(Instant::now()).await);
+        assert_eq!(w.sleep_until(Instant::now()).await, Wake::Hint);
         a.event(PubSubEvent::Lost);
         a.event(PubSubEvent::Connected);
         assert_eq!(
