@@ -16,7 +16,9 @@
 //!
 //! Not criterion: the figures are distributions over rounds that take up to 100 ms each. Run
 //! with `flock /tmp/dragonlock-bench.lock cargo bench --bench handoff`; `HANDOFF_ROUNDS`,
-//! `HANDOFF_SECS` and `HANDOFF_CYCLES` shorten it (the `cargo bench --no-run` smoke builds it).
+//! `HANDOFF_SECS` and `HANDOFF_CYCLES` shorten it (the `cargo bench --no-run` smoke builds it),
+//! and `HANDOFF_RETRY_DELAY_MS` replaces the default retry delay (and its jitter) with
+//! `retry_count(1000)`, to look at the wake-ups without the polls.
 
 mod common;
 

@@ -235,12 +235,17 @@ impl Handoff {
         }
     }
 
+    /// Whether this manager has waiters for any lock (one atomic load, no lock).
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.shared.waited_channels.load(Ordering::Relaxed) != 0
+    }
+
     /// A place at the back of `key`'s queue when this manager already has waiters for it, so
     /// that a new acquire does not overtake them: the one that releases and asks again at once
     /// would otherwise win every time against the waiter its release woke (whose attempt starts
     /// a notification's trip later), and that waiter would spend its retries losing.
     pub(crate) fn queue_behind_waiters(&self, key: &[u8]) -> Option<Waiter> {
-        if self.shared.waited_channels.load(Ordering::Relaxed) == 0 {
+        if !self.has_waiters() {
             return None;
         }
         let channel = channel(key);

@@ -1089,7 +1089,8 @@ impl Redlock {
         // jitter there only delays the one waiter it woke).
         let mut woken = false;
         let mut contested = false;
-        if o.wake_on_release {
+        // One atomic load when nobody of this manager waits for anything.
+        if o.wake_on_release && self.inner.handoff.has_waiters() {
             let keys = keys();
             if !keys.is_multi() {
                 waiter = self.inner.handoff.queue_behind_waiters(&keys.all()[0]);
