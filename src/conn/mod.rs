@@ -12,6 +12,7 @@
 //! - `handshake.rs`: `HELLO`/`AUTH`/`SELECT`, server facts, script loading, in one round trip.
 //! - `config.rs`: [`ConnectionConfig`] and URL parsing. `info.rs`: [`ServerInfo`].
 //! - `script.rs`: [`Script`], with its SHA-1 computed locally.
+//! - `subscriber.rs`: a pub/sub connection of its own, for release notifications.
 //!
 //! Invariants (see `DESIGN.md`):
 //! - A reply goes to the request at the head of the in-flight queue, nobody else. A request whose

@@ -5,6 +5,8 @@
 //! - `lock.rs`: [`Lock`], the held lock (a guard: it releases on drop), and [`LockSignal`].
 //! - `quorum.rs`: the quorum collector that races the replies against the deadline.
 //! - `scripts.rs`: the Lua scripts. `error.rs`: [`LockError`].
+//! - `handoff.rs`: waking `acquire` waiters when the lock is released
+//!   ([`RedlockOptions::wake_on_release`]).
 //!
 //! Time is measured with `Instant` only. An acquire starts its clock before the first byte is
 //! written, sends `SET key token NX PX ttl` to every node before waiting on any, and decides as
