@@ -333,6 +333,10 @@ async fn with_it_off_nothing_subscribes_and_releases_do_not_publish() {
     )
     .await;
     assert!(!r.options().wake_on_release_value());
+    assert_eq!(
+        r.options().wake_jitter_value(),
+        dragonlock::redlock::DEFAULT_WAKE_JITTER
+    );
     let ttl = Duration::from_secs(30);
     let held = r.try_acquire("quiet", ttl).await.unwrap();
     let err = r.acquire("quiet", ttl).await.unwrap_err();
@@ -374,4 +378,36 @@ async fn a_wake_up_spends_no_retry_and_the_waiter_still_gives_up_after_its_delay
     assert!(support::eventually(Duration::from_secs(5), four_each).await);
     assert!(subscribed_everywhere(&servers, &channel("stuck"), 0).await);
     held.release().await.unwrap();
+}
+
+/// Over RESP2 the subscriber connection's confirmations and messages are arrays, not pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp2_waiter_is_woken_too() {
+    use dragonlock::conn::{ConnectionConfig, Protocol};
+    let servers = cluster(3);
+    let holder_side = redlock(&servers, RedlockOptions::default()).await;
+    let configs = servers
+        .iter()
+        .map(|s| {
+            ConnectionConfig::from_url(&s.url())
+                .unwrap()
+                .protocol(Protocol::Resp2)
+        })
+        .collect();
+    let waiter_side = support::redlock_over_configs(configs, waiting_options()).await;
+    assert_eq!(waiter_side.nodes()[0].server_info().unwrap().protocol, 2);
+    let ttl = Duration::from_secs(30);
+    let held = holder_side.try_acquire("r2", ttl).await.unwrap();
+    let w = waiter_side.clone();
+    let waiting = tokio::spawn(async move { w.acquire("r2", ttl).await });
+    assert!(subscribed_everywhere(&servers, &channel("r2"), 1).await);
+    assert!(support::eventually(BOUND, || sets_everywhere(&servers) >= 3).await);
+    held.release().await.unwrap();
+    let lock = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the release woke the RESP2 waiter")
+        .unwrap()
+        .unwrap();
+    lock.release().await.unwrap();
+    assert!(subscribed_everywhere(&servers, &channel("r2"), 0).await);
 }
