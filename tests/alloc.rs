@@ -276,6 +276,8 @@ fn the_native_delex_path_allocates_nothing() {
         std::sync::Arc::new(|args: &[Vec<u8>]| match args[0].as_slice() {
             b"SET" => Action::Reply(b"+OK\r\n".to_vec()),
             b"DELEX" => Action::Reply(b":1\r\n".to_vec()),
+            // The release's notification, with nobody subscribed (as a real server answers).
+            b"PUBLISH" => Action::Reply(b":0\r\n".to_vec()),
             _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
         });
     let fakes: Vec<FakeServer> = (0..5)
@@ -437,6 +439,8 @@ fn a_stalled_then_slow_node_allocates_nothing_on_the_native_delex_path() {
         std::sync::Arc::new(|args: &[Vec<u8>]| match args[0].as_slice() {
             b"SET" => Action::Reply(b"+OK\r\n".to_vec()),
             b"DELEX" => Action::Reply(b":1\r\n".to_vec()),
+            // The release's notification, with nobody subscribed (as a real server answers).
+            b"PUBLISH" => Action::Reply(b":0\r\n".to_vec()),
             _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
         });
     let fakes: Vec<FakeServer> = (0..5)

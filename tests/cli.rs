@@ -1137,8 +1137,11 @@ fn bench_production_options_reach_the_manager() {
     let d = &v["dragonlock"];
     assert_eq!(d["outcomes"]["busy"], 5, "{d}");
     assert_eq!(d["outcomes"]["granted"], 0, "{d}");
+    // Three attempts per op (5 ops, 2 retries), plus at most one per op that the waiter's new
+    // subscription starts (wake_on_release, on by default, spends no retry on it).
     for s in &servers {
-        assert_eq!(s.command_calls("set"), 15, "{}", s.addr());
+        let sets = s.command_calls("set");
+        assert!((15..=20).contains(&sets), "{}: {sets}", s.addr());
     }
     let setup = &v["setup"];
     assert_eq!(setup["key_prefix"], "app:");

@@ -6,8 +6,8 @@ mod support {
 
 use bytes::{Bytes, BytesMut};
 use dragonlock::resp::{
-    encode_command, encode_delex_ifeq, encode_frame, DecodeErrorKind as K, Decoder, DecoderConfig,
-    EvalShaCommand, Frame, ServerError, SetNxPxCommand,
+    encode_command, encode_delex_ifeq, encode_frame, encode_publish, DecodeErrorKind as K, Decoder,
+    DecoderConfig, EvalShaCommand, Frame, ServerError, SetNxPxCommand,
 };
 use proptest::prelude::*;
 use support::fixtures;
@@ -891,6 +891,25 @@ fn prepared_encoders_write_every_digit_count_exactly() {
                 let mut generic = BytesMut::new();
                 encode_command(&mut generic, &[&b"DELEX"[..], &key, b"IFEQ", &value]);
                 assert_eq!(prepared, generic, "key of {key_len}, value of {value_len}");
+            }
+        }
+    }
+    // The channel's two parts add up across a digit edge (9 + 1, 99 + 1) too.
+    for prefix_len in [0usize, 1, 9, 20, 99] {
+        let prefix = vec![b'p'; prefix_len];
+        for channel_len in [0usize, 1, 10, 80, 101] {
+            let channel = vec![b'c'; channel_len];
+            for message_len in [0usize, 9, 10, 32, 100] {
+                let message = vec![b'm'; message_len];
+                let mut prepared = BytesMut::new();
+                encode_publish(&mut prepared, &prefix, &channel, &message);
+                let joined = [&prefix[..], &channel[..]].concat();
+                let mut generic = BytesMut::new();
+                encode_command(&mut generic, &[&b"PUBLISH"[..], &joined, &message]);
+                assert_eq!(
+                    prepared, generic,
+                    "prefix {prefix_len}, channel {channel_len}, message {message_len}"
+                );
             }
         }
     }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dragonlock::redlock::scripts::{RELEASE, RELEASE_CHANNEL_PREFIX, RELEASE_NOTIFY};
 use dragonlock::resp::Frame;
 use dragonlock::{NodeResult, Redlock, RedlockOptions, ReleaseWait};
 use support::fake::{Action, FakeServer};
@@ -18,6 +19,10 @@ struct Store {
     keys: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     delex_calls: AtomicUsize,
     eval_calls: AtomicUsize,
+    /// `PUBLISH`es on a lock's release channel, and how many found the lock's key already
+    /// deleted (the notification must follow the delete).
+    publish_calls: AtomicUsize,
+    published_after_delete: AtomicUsize,
 }
 
 /// A fake with `SET NX PX`, `GET`, `DEL`, `DELEX … IFEQ`, `PEXPIRE`, `PTTL` and the release
@@ -34,6 +39,8 @@ async fn fake_of(dragonfly: bool, lying: bool) -> (FakeServer, Arc<Store>) {
         keys: Mutex::new(HashMap::new()),
         delex_calls: AtomicUsize::new(0),
         eval_calls: AtomicUsize::new(0),
+        publish_calls: AtomicUsize::new(0),
+        published_after_delete: AtomicUsize::new(0),
     });
     let s = store.clone();
     let handler: support::fake::Handler = Arc::new(move |args: &[Vec<u8>]| {
@@ -74,11 +81,34 @@ async fn fake_of(dragonfly: bool, lying: bool) -> (FakeServer, Arc<Store>) {
                     b":-2\r\n".to_vec()
                 }
             }
-            // The release script, sent with its source after NOSCRIPT or an unknown DELEX.
-            "EVAL" if args[1] == dragonlock::redlock::scripts::RELEASE.as_bytes() => {
+            "PUBLISH" => {
+                s.publish_calls.fetch_add(1, Ordering::SeqCst);
+                let key = args[1]
+                    .strip_prefix(RELEASE_CHANNEL_PREFIX.as_bytes())
+                    .unwrap();
+                if !keys.contains_key(key) {
+                    s.published_after_delete.fetch_add(1, Ordering::SeqCst);
+                }
+                b":0\r\n".to_vec()
+            }
+            // The release script (with or without its notification, whose channel is the
+            // second key), sent with its source after NOSCRIPT or an unknown DELEX.
+            "EVAL"
+                if args[1] == RELEASE.as_bytes()
+                    || (args[1] == RELEASE_NOTIFY.as_bytes() && args[2] == b"2") =>
+            {
                 s.eval_calls.fetch_add(1, Ordering::SeqCst);
-                if keys.get(&args[3]) == Some(&args[4]) {
+                let token = &args[args.len() - 1];
+                if keys.get(&args[3]) == Some(token) {
                     keys.remove(&args[3]);
+                    if args[2] == b"2" {
+                        assert_eq!(
+                            args[4],
+                            [RELEASE_CHANNEL_PREFIX.as_bytes(), &args[3]].concat()
+                        );
+                        s.publish_calls.fetch_add(1, Ordering::SeqCst);
+                        s.published_after_delete.fetch_add(1, Ordering::SeqCst);
+                    }
                     b":1\r\n".to_vec()
                 } else {
                     b":0\r\n".to_vec()
@@ -121,6 +151,15 @@ async fn nodes_with_delex_release_natively_and_only_a_matching_token() {
         assert_eq!(store.eval_calls.load(Ordering::SeqCst), 0);
         assert!(store.keys.lock().unwrap().is_empty());
     }
+    // Each node got the waiters' notification right behind the DELEX (the connection reads
+    // and drops its reply), after the key was gone.
+    assert!(
+        support::eventually(Duration::from_secs(5), || fakes.iter().all(|(_, s)| {
+            s.publish_calls.load(Ordering::SeqCst) == 1
+                && s.published_after_delete.load(Ordering::SeqCst) == 1
+        }))
+        .await
+    );
     // Taken over on two nodes: the release deletes only where the token still matches.
     let lock = r
         .try_acquire("taken", Duration::from_secs(10))

@@ -12,6 +12,7 @@
 //! - `handshake.rs`: `HELLO`/`AUTH`/`SELECT`, server facts, script loading, in one round trip.
 //! - `config.rs`: [`ConnectionConfig`] and URL parsing. `info.rs`: [`ServerInfo`].
 //! - `script.rs`: [`Script`], with its SHA-1 computed locally.
+//! - `subscriber.rs`: a pub/sub connection of its own, for release notifications.
 //!
 //! Invariants (see `DESIGN.md`):
 //! - A reply goes to the request at the head of the in-flight queue, nobody else. A request whose
@@ -32,6 +33,7 @@ mod handshake;
 mod info;
 mod script;
 mod slots;
+mod subscriber;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,6 +58,7 @@ pub use script::{Script, ScriptCall};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 use slots::SlotTable;
+pub(crate) use subscriber::{PubSubCommand, PubSubEvent, PubSubSink, Subscriber};
 
 /// A caller writes its request to the socket itself only while at most this many requests are
 /// in flight. One covers the lock path's common case, a release sent while the acquire's `SET`
@@ -518,9 +521,30 @@ impl Connection {
         self.enqueue(Some(min_uptime), encode)
     }
 
+    /// [`send`](Connection::send) for an `encode` that writes two commands: the future yields
+    /// the first one's reply, and the second one's is read and dropped (a `PUBLISH` that rides
+    /// behind a release). Both take a slot under one lock, so they go out in the same write.
+    pub(crate) fn send_then_discard(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<ReplyFuture<'_>, Error> {
+        self.enqueue_n(None, 1, encode)
+    }
+
     fn enqueue(
         &self,
         min_uptime: Option<Duration>,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<ReplyFuture<'_>, Error> {
+        self.enqueue_n(min_uptime, 0, encode)
+    }
+
+    /// `enqueue` for `encode` writing `1 + discarded` commands; the replies past the first are
+    /// dropped as they come, as an abandoned request's are.
+    fn enqueue_n(
+        &self,
+        min_uptime: Option<Duration>,
+        discarded: usize,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
         let shared = self.shared();
@@ -544,6 +568,7 @@ impl Connection {
         // trace. The slot is taken only after `encode` returned: an encoder that panics must
         // not leave a queued slot without a request, which would hand the next reply to it.
         if !st.slots.has_free()
+            || (discarded > 0 && st.slots.used() + discarded >= shared.config.max_in_flight)
             || (!st.write_buf.is_empty()
                 && st.write_buf.len() + COMMAND_ROOM > shared.config.write_buffer)
         {
@@ -562,6 +587,10 @@ impl Connection {
             && st.driver_waker.is_some();
         encode(&mut st.write_buf);
         let id = st.slots.take().expect("checked above, under the same lock");
+        for _ in 0..discarded {
+            let extra = st.slots.take().expect("checked above, under the same lock");
+            st.slots.get_mut(extra).abandoned = true;
+        }
         if idle && write_now(&mut st, shared.config.write_buffer) {
             drop(st);
             return Ok(ReplyFuture {

@@ -617,7 +617,7 @@ impl Redlock {
             _ => false,
         };
         let refuse = |kind, results: NodeResults| {
-            self.release_in_background(&keys, &token, might_hold);
+            self.release_in_background(&keys, &token, false, might_hold);
             Err(self.lock_error(kind, results, &keys))
         };
         let granted = reads.iter().flatten().filter(|r| r.granted).count();
@@ -718,8 +718,12 @@ impl Redlock {
             .iter()
             .filter(|r| matches!(r, NodeResult::Granted))
             .count();
+        // The lock key was set on a quorum before the write step: a release after an expiry
+        // also tells waiters (see `handoff`); the others publish nothing, as an acquire's
+        // cleanup does not.
         let fail = |kind, results: NodeResults| {
-            self.release_in_background(&keys, &token, |_| true);
+            let notify = kind == LockErrorKind::Expired;
+            self.release_in_background(&keys, &token, notify, |_| true);
             Err(self.lock_error(kind, results, &keys))
         };
         match decision {

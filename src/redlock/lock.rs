@@ -338,14 +338,12 @@ impl Lock {
         let redlock = &self.redlock;
         let nodes = &redlock.inner.nodes;
         let deadline = Instant::now() + redlock.inner.options.release_timeout;
-        let release = |buf: &mut bytes::BytesMut, node: &crate::conn::Connection, call| {
-            redlock.encode_release(buf, node, &self.keys, &self.token, call)
-        };
+        let release = |node, call| redlock.send_release(node, &self.keys, &self.token, call, true);
         let (_, collector) = redlock
-            .collect(
+            .collect_sent(
                 deadline,
                 redlock.inner.options.release_wait == ReleaseWait::All,
-                |buf, node| release(buf, node, ScriptCall::BySha),
+                |node| release(node, ScriptCall::BySha),
                 |f| match f {
                     Frame::Integer(n) if *n >= 1 => Vote::Yes,
                     Frame::Integer(_) => Vote::No,
@@ -362,7 +360,7 @@ impl Lock {
                     // script and its source. (Disabling DELEX is a no-op on a script node.)
                     let node = &nodes[i];
                     node.disable_delex();
-                    node.send(|buf| release(buf, node, ScriptCall::WithSource))
+                    release(node, ScriptCall::WithSource)
                 },
             )
             .await;
@@ -488,7 +486,7 @@ impl Drop for Lock {
         if !self.done {
             self.fire_signal();
             self.redlock
-                .release_in_background(&self.keys, &self.token, |_| true);
+                .release_in_background(&self.keys, &self.token, true, |_| true);
         }
     }
 }

@@ -5,6 +5,8 @@
 //! - `lock.rs`: [`Lock`], the held lock (a guard: it releases on drop), and [`LockSignal`].
 //! - `quorum.rs`: the quorum collector that races the replies against the deadline.
 //! - `scripts.rs`: the Lua scripts. `error.rs`: [`LockError`].
+//! - `handoff.rs`: waking `acquire` waiters when the lock is released
+//!   ([`RedlockOptions::wake_on_release`]).
 //!
 //! Time is measured with `Instant` only. An acquire starts its clock before the first byte is
 //! written, sends `SET key token NX PX ttl` to every node before waiting on any, and decides as
@@ -19,6 +21,7 @@
 
 mod error;
 pub mod fence;
+mod handoff;
 mod holder;
 mod lock;
 mod nodes;
@@ -42,7 +45,7 @@ pub use token::{MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 
 use crate::conn::{Connection, ConnectionConfig, ReplyFuture, Script, ScriptCall};
 use crate::error::Error;
-use crate::resp::{encode_delex_ifeq, Frame, SetNxPxCommand};
+use crate::resp::{encode_delex_ifeq, encode_publish, Frame, SetNxPxCommand};
 use quorum::{Decision, QuorumCollector, Vote};
 use scripts::scripts;
 pub(crate) use token::{new_token, Token};
@@ -66,6 +69,14 @@ pub const DEFAULT_MIN_VALIDITY: Duration = Duration::from_millis(1);
 /// the timer's millisecond granularity; it is also the most an attempt that starts late may
 /// run past the budget.
 pub const MIN_LAST_ATTEMPT: Duration = Duration::from_millis(2);
+/// Default largest random delay between a waiter's wake-up (the lock it waits for was
+/// released, see [`RedlockOptions::wake_on_release`]) and its next attempt, once a woken
+/// attempt of that acquire has lost. Not zero: waiters of other processes are woken by the same
+/// release at the same moment, and if they all ask the nodes at once they split the votes so
+/// that nobody gets a quorum and all sleep out their retry delay (measured, 16 tasks over 4
+/// managers: 330 acquisitions/s and a 51 ms p99 hand-off at zero, 1,008/s and 5.1 ms at 1 ms).
+/// Not more: the tokio timer's granularity is a millisecond, so 1 ms is the smallest step.
+pub const DEFAULT_WAKE_JITTER: Duration = Duration::from_millis(1);
 /// Default bound on how long an explicit release waits for the nodes' answers.
 pub const DEFAULT_RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -108,6 +119,8 @@ pub struct RedlockOptions {
     pub(crate) fencing: bool,
     pub(crate) fence_floor: u64,
     pub(crate) fence_protocol: fence::FenceProtocol,
+    pub(crate) wake_on_release: bool,
+    pub(crate) wake_jitter: Duration,
 }
 
 impl Default for RedlockOptions {
@@ -130,6 +143,8 @@ impl Default for RedlockOptions {
             fencing: false,
             fence_floor: 1,
             fence_protocol: fence::FenceProtocol::Proven,
+            wake_on_release: true,
+            wake_jitter: DEFAULT_WAKE_JITTER,
         }
     }
 }
@@ -262,6 +277,55 @@ impl RedlockOptions {
         self
     }
 
+    /// Hand-off on a contended lock (on by default): a release publishes a notification on
+    /// every node, and [`acquire`](Redlock::acquire) waiters are woken by it instead of
+    /// sleeping out their retry delay. Measured on 5 local nodes, from the holder's release
+    /// to the next holder's acquire returning: p50 about a millisecond instead of 41–80 ms (the
+    /// figures are in the README).
+    ///
+    /// How it works, in short (`DESIGN.md` has the rest):
+    /// - The release publishes the token on the key's channel
+    ///   ([`scripts::RELEASE_CHANNEL_PREFIX`] and the key): inside the release script, where
+    ///   it deleted ([`scripts::RELEASE_NOTIFY`]), or in the same write right behind a native
+    ///   `DELEX`. The extra cost falls on releases: a `PUBLISH` nobody listens to.
+    /// - A waiter (only after an attempt failed: an acquire that succeeds at once costs nothing
+    ///   more) subscribes through one subscriber connection per node, opened by the manager's
+    ///   first waiter and kept for its lifetime; the lock connections carry no subscription.
+    ///   Each release wakes one waiter of this manager, the oldest, so 16 waiting tasks take
+    ///   turns rather than all spending a retry on every release.
+    /// - A wake-up only cuts the current retry sleep short: the attempt starts at once (or
+    ///   after a [`wake_jitter`](RedlockOptions::wake_jitter), see there), and if it fails the
+    ///   waiter sleeps on to the end of the sleep it interrupted. So
+    ///   [`retry_count`](RedlockOptions::retry_count) still bounds the retry delays slept out,
+    ///   and an acquire gives up no later than it did by polling; the acquire timeout applies
+    ///   to every attempt. A notification that is lost (a subscriber connection down) costs
+    ///   one retry delay: polling stays the fallback.
+    ///
+    /// On by default because a contended lock is where a lock client's latency is felt, and
+    /// Redisson wakes its waiters the same way. Turn it off where nothing ever waits (only
+    /// [`try_acquire`](Redlock::try_acquire), or `retry_count(0)`) and the release's `PUBLISH`
+    /// is not worth its cost, or where the servers' ACLs forbid `PUBLISH`/`SUBSCRIBE`. A
+    /// release wakes only waiters of managers that have it on, and only when the releasing
+    /// manager has it on too: a service should turn it on or off everywhere.
+    ///
+    /// Single resources only: [`acquire_many`](Redlock::acquire_many) waiters poll, though its
+    /// releases notify single-resource waiters.
+    pub fn wake_on_release(mut self, on: bool) -> Self {
+        self.wake_on_release = on;
+        self
+    }
+
+    /// The largest random delay between a wake-up and the attempt it starts (default
+    /// [`DEFAULT_WAKE_JITTER`]), to spread the waiters of several processes that one release
+    /// wakes at once. It applies once an attempt that a wake-up started has failed: until then
+    /// nothing says that other processes wait, and within one manager a release wakes one
+    /// waiter, which then goes at once. The runtime's timer has millisecond granularity, so
+    /// any delay above zero costs up to a millisecond more. Zero: never.
+    pub fn wake_jitter(mut self, jitter: Duration) -> Self {
+        self.wake_jitter = jitter;
+        self
+    }
+
     /// Checks what a builder method cannot: the token prefix's length.
     fn check(&self) -> Result<(), Error> {
         let len = self.token_prefix.len();
@@ -355,6 +419,15 @@ impl RedlockOptions {
     pub fn connect_timeout_value(&self) -> Duration {
         self.connect_timeout
     }
+    /// Whether waiters are woken by releases
+    /// ([`wake_on_release`](RedlockOptions::wake_on_release)).
+    pub fn wake_on_release_value(&self) -> bool {
+        self.wake_on_release
+    }
+    /// The jitter after a wake-up ([`wake_jitter`](RedlockOptions::wake_jitter)).
+    pub fn wake_jitter_value(&self) -> Duration {
+        self.wake_jitter
+    }
 }
 
 /// What [`Lock::release`] waits for. The release goes to every node either way; this only
@@ -436,6 +509,8 @@ pub(crate) struct Inner {
     pub(crate) options: RedlockOptions,
     /// Fixed by the node list, so the same in every view.
     pub(crate) quorum: usize,
+    /// The waiters' subscriptions, shared by every view (see `handoff.rs`).
+    pub(crate) handoff: Arc<handoff::Handoff>,
 }
 
 /// The Redlock manager over N independent nodes. Cheap to clone.
@@ -581,6 +656,8 @@ impl Redlock {
         let nodes: Vec<Connection> = Connection::start_group(configs.into_iter().map(|c| {
             let c = c
                 .script(s.release.clone())
+                .script(s.release_notify.clone())
+                .script(s.multi_release_notify.clone())
                 .script(s.extend.clone())
                 .script(s.multi_acquire.clone())
                 .script(s.multi_release.clone())
@@ -646,12 +723,14 @@ impl Redlock {
     fn build(nodes: Vec<Connection>, options: RedlockOptions) -> Redlock {
         let quorum = nodes.len() / 2 + 1;
         let addrs = nodes.iter().map(|n| n.config().addr().into()).collect();
+        let handoff = handoff::Handoff::new(nodes.iter().map(|n| n.config().clone()).collect());
         Redlock {
             inner: Arc::new(Inner {
                 nodes: nodes.into(),
                 addrs,
                 options,
                 quorum,
+                handoff: Arc::new(handoff),
             }),
         }
     }
@@ -753,6 +832,7 @@ impl Redlock {
                 addrs: self.inner.addrs.clone(),
                 options,
                 quorum: self.inner.quorum,
+                handoff: self.inner.handoff.clone(),
             }),
         })
     }
@@ -993,39 +1073,113 @@ impl Redlock {
         let mut last_took = MIN_LAST_ATTEMPT;
         // Set when the sleep was shortened to fit the budget: the next attempt is the last.
         let mut final_attempt = false;
+        // This acquire's place among the lock's waiters, from its first failure on (so an
+        // acquire that succeeds at once costs nothing more). Dropping it, with this future,
+        // leaves the queue and unsubscribes the last waiter's channel.
+        let mut waiter: Option<handoff::Waiter> = None;
+        // The retry sleep a wake-up cut short, and whether the attempt at its end was to be the
+        // last: a failed attempt after a wake-up goes back to it, without spending a retry.
+        // So the retry count bounds the sleeps slept out, and an acquire waits no longer than
+        // it did without wake-ups (retry_count × delay); wake-ups only add attempts within
+        // that, and there are at most two per release (see handoff.rs). Counting them as
+        // retries instead made waiters of several processes, which lose most wake-up races,
+        // spend their budget in a few releases.
+        let mut interrupted: Option<(Instant, bool)> = None;
+        // `woken`: the attempt about to start was started by a release's message. `contested`:
+        // such an attempt failed, so waiters of other managers (other processes) race this one
+        // for each release, and from then on the wake jitter spreads them. Within one manager
+        // a release wakes one waiter, so until then a wake-up goes at once (DESIGN.md: a 1 ms
+        // jitter there only delays the one waiter it woke).
+        let mut woken = false;
+        let mut contested = false;
+        // One atomic load when nobody of this manager waits for anything.
+        if o.wake_on_release && self.inner.handoff.has_waiters() {
+            let keys = keys();
+            if !keys.is_multi() {
+                waiter = self.inner.handoff.queue_behind_waiters(&keys.all()[0]);
+            }
+        }
+        if let Some(w) = &waiter {
+            // Others of this manager wait already: first our turn (or a retry delay, or the
+            // budget, whichever comes first), then the first attempt.
+            let mut wake = Instant::now() + o.retry_delay + random_up_to(o.retry_jitter);
+            if let Some(end) = budget_end {
+                wake = wake.min(end);
+            }
+            woken = w.sleep_until(wake).await == handoff::Wake::Release;
+        }
         loop {
             let started = Instant::now();
             // Every attempt is cut at the budget's end, but is given at least
             // `MIN_LAST_ATTEMPT`, so one that starts late still has a round trip's time.
             let cut = budget_end.map(|end| end.max(started + MIN_LAST_ATTEMPT));
             let err = match self.attempt(keys(), ttl, cut).await {
-                Ok(lock) => return Ok(lock),
+                Ok(lock) => {
+                    if let Some(w) = waiter {
+                        w.done();
+                    }
+                    return Ok(lock);
+                }
                 Err(e) => e,
             };
+            contested |= woken;
+            woken = false;
             last_took = last_took.max(started.elapsed());
             let now = Instant::now();
             if final_attempt || budget_end.is_some_and(|end| now >= end) {
                 return Err(err.timed_out());
             }
-            if retries >= o.retry_count {
-                return Err(err);
-            }
-            retries += 1;
-            let jitter = if o.retry_jitter.is_zero() {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(rand::rng().random_range(0..=o.retry_jitter.as_nanos() as u64))
+            let (wake, is_final) = match interrupted.take().filter(|&(end, _)| end > now) {
+                Some(resumed) => resumed,
+                None => {
+                    if retries >= o.retry_count {
+                        return Err(err);
+                    }
+                    retries += 1;
+                    // Held by someone (or contended to a split vote): a release is worth
+                    // waiting for. Not when nodes fail: no release is coming that a wake-up
+                    // would tell of.
+                    if waiter.is_none()
+                        && o.wake_on_release
+                        && matches!(err.kind(), LockErrorKind::Busy | LockErrorKind::NoQuorum)
+                    {
+                        let keys = keys();
+                        if !keys.is_multi() {
+                            let channel = handoff::channel(&keys.all()[0]);
+                            waiter = Some(self.inner.handoff.register(&channel, started));
+                        }
+                    }
+                    let mut wake = now + o.retry_delay + random_up_to(o.retry_jitter);
+                    let mut is_final = false;
+                    if let Some(end) = budget_end {
+                        // The last sleep is shortened so that one more attempt fits before
+                        // the end.
+                        let last_start = end.checked_sub(last_took).unwrap_or(now).max(now);
+                        if wake >= last_start {
+                            wake = last_start;
+                            is_final = true;
+                        }
+                    }
+                    (wake, is_final)
+                }
             };
-            let mut wake = now + o.retry_delay + jitter;
-            if let Some(end) = budget_end {
-                // The last sleep is shortened so that one more attempt fits before the end.
-                let last_start = end.checked_sub(last_took).unwrap_or(now).max(now);
-                if wake >= last_start {
-                    wake = last_start;
-                    final_attempt = true;
+            final_attempt = is_final;
+            match &waiter {
+                None => tokio::time::sleep_until(wake).await,
+                Some(w) => {
+                    let why = w.sleep_until(wake).await;
+                    if why != handoff::Wake::Timer {
+                        // Released: try again almost at once, and if that fails, sleep on to
+                        // `wake` (the budget still applies to this extra attempt).
+                        interrupted = Some((wake, is_final));
+                        final_attempt = false;
+                        woken = why == handoff::Wake::Release;
+                        if contested {
+                            wake_jitter(o.wake_jitter, wake).await;
+                        }
+                    }
                 }
             }
-            tokio::time::sleep_until(wake).await;
         }
     }
 
@@ -1105,7 +1259,9 @@ impl Redlock {
         drop(cleanup);
 
         let refuse = |kind| {
-            self.release_in_background(&keys, &token, |i| collector.might_hold(i));
+            // Keys on a quorum (an attempt that got there too late) block the waiters.
+            let notify = collector.granted() >= self.inner.quorum;
+            self.release_in_background(&keys, &token, notify, |i| collector.might_hold(i));
             Err(self.lock_error(kind, collector.results.clone(), &keys))
         };
         match decision {
@@ -1267,39 +1423,70 @@ impl Redlock {
 
     /// Queues a release on every node for which `which` is true, without waiting for answers:
     /// the requests follow the acquire on the same FIFO connection, so they run after it.
+    /// `notify`: whether waiters are told (see [`send_release`](Redlock::send_release)); a
+    /// failed attempt's clean-up of keys on a minority blocks nobody and does not tell.
     pub(crate) fn release_in_background(
         &self,
         keys: &Keys,
         token: &Token,
+        notify: bool,
         which: impl Fn(usize) -> bool,
     ) {
         for (i, node) in self.inner.nodes.iter().enumerate() {
             if which(i) {
                 // The reply is not awaited: dropping the future discards it when it arrives.
-                drop(node.send(|buf| {
-                    self.encode_release(buf, node, keys, token, ScriptCall::WithSource)
-                }));
+                drop(self.send_release(node, keys, token, ScriptCall::WithSource, notify));
             }
         }
     }
 
-    /// Writes the release for one node: `DELEX key IFEQ token` where the node has it (single
+    /// Sends the release to one node: `DELEX key IFEQ token` where the node has it (single
     /// key), else the release script in the form `call` says (`WithSource` where a lost script
     /// cache must not stop it).
-    pub(crate) fn encode_release(
+    ///
+    /// With `notify` and [`wake_on_release`](RedlockOptions::wake_on_release), it also
+    /// publishes the token on each key's release channel, for the waiters: the script then is
+    /// the one that publishes where it deleted, and a `DELEX` gets a `PUBLISH` right behind it
+    /// in the same write (its reply is dropped by the connection). After the `DELEX`, so that a
+    /// woken waiter's `SET` finds the key gone on this node.
+    pub(crate) fn send_release<'a>(
         &self,
-        buf: &mut BytesMut,
-        node: &Connection,
+        node: &'a Connection,
         keys: &Keys,
         token: &Token,
         call: ScriptCall,
-    ) {
+        notify: bool,
+    ) -> Result<ReplyFuture<'a>, Error> {
+        let notify = notify && self.inner.options.wake_on_release;
+        let all = keys.all();
+        let token = &token[..];
         if !keys.is_multi() && node.has_delex() && !self.inner.options.force_script_release {
-            encode_delex_ifeq(buf, &keys.all()[0], token);
-        } else {
-            keys.release_script()
-                .encode(buf, call, keys.all(), &[&token[..]]);
+            let key = &all[0][..];
+            if notify {
+                return node.send_then_discard(|buf| {
+                    encode_delex_ifeq(buf, key, token);
+                    encode_publish(buf, scripts::RELEASE_CHANNEL_PREFIX.as_bytes(), key, token);
+                });
+            }
+            return node.send(|buf| encode_delex_ifeq(buf, key, token));
         }
+        if !notify {
+            return node.send(|buf| keys.release_script().encode(buf, call, all, &[token]));
+        }
+        let s = scripts();
+        if !keys.is_multi() {
+            let channel = handoff::channel(&all[0]);
+            let with_channel = [&all[0][..], &channel[..]];
+            return node.send(|buf| s.release_notify.encode(buf, call, &with_channel, &[token]));
+        }
+        // The lock keys, then their channels in the same order.
+        let channels: Vec<handoff::Channel> = all.iter().map(|k| handoff::channel(k)).collect();
+        let mut with_channels: Vec<&[u8]> = all.iter().map(|k| &k[..]).collect();
+        with_channels.extend(channels.iter().map(|c| &c[..]));
+        node.send(|buf| {
+            s.multi_release_notify
+                .encode(buf, call, &with_channels, &[token])
+        })
     }
 
     /// Runs `body` while holding `resource`, renewing the lock every third of `ttl`, and
@@ -1437,7 +1624,7 @@ impl Redlock {
         }
     }
 
-    /// Sends `make` to every node and collects votes (shared by release and extend).
+    /// Sends `make` to every node and collects votes (shared by extend and the fence).
     pub(crate) async fn collect<'a>(
         &'a self,
         deadline: Instant,
@@ -1446,14 +1633,52 @@ impl Redlock {
         classify: impl Fn(&Frame) -> Vote,
         resend: impl FnMut(usize) -> Result<ReplyFuture<'a>, Error>,
     ) -> (Decision, QuorumCollector<'a>) {
+        self.collect_sent(
+            deadline,
+            all,
+            |node| node.send(|buf| make(buf, node)),
+            classify,
+            resend,
+        )
+        .await
+    }
+
+    /// [`collect`](Redlock::collect) with each node's request sent by `send` (the release,
+    /// which may send two commands).
+    pub(crate) async fn collect_sent<'a>(
+        &'a self,
+        deadline: Instant,
+        all: bool,
+        send: impl Fn(&'a Connection) -> Result<ReplyFuture<'a>, Error>,
+        classify: impl Fn(&Frame) -> Vote,
+        resend: impl FnMut(usize) -> Result<ReplyFuture<'a>, Error>,
+    ) -> (Decision, QuorumCollector<'a>) {
         let nodes = &self.inner.nodes;
         let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
         for node in nodes.iter() {
-            collector.push(node.send(|buf| make(buf, node)));
+            collector.push(send(node));
         }
         let decision = collector.run(deadline, all, classify, resend).await;
         (decision, collector)
     }
+}
+
+/// The pause between a wake-up and the attempt it starts: up to `jitter`, never past `until`.
+/// Zero skips the timer altogether: a zero-length tokio sleep still waits for the timer's next
+/// millisecond tick (measured: 1.3 ms p50 hand-off with it, against 0.3 ms without).
+async fn wake_jitter(jitter: Duration, until: Instant) {
+    let pause = random_up_to(jitter);
+    if !pause.is_zero() {
+        tokio::time::sleep_until((Instant::now() + pause).min(until)).await;
+    }
+}
+
+/// A uniformly random duration in `[0, max]`.
+fn random_up_to(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::rng().random_range(0..=max.as_nanos().min(u64::MAX as u128) as u64))
 }
 
 /// Releases an acquire attempt's keys if the attempt future is dropped mid-flight.
@@ -1468,7 +1693,7 @@ impl Drop for CleanupOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
             self.redlock
-                .release_in_background(self.keys, self.token, |_| true);
+                .release_in_background(self.keys, self.token, true, |_| true);
         }
     }
 }

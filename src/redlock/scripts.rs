@@ -7,6 +7,20 @@ use crate::conn::Script;
 /// Compare-and-delete: the release.
 pub const RELEASE: &str = "if redis.call('get',KEYS[1]) == ARGV[1] then return redis.call('del',KEYS[1]) else return 0 end";
 
+/// The release with a notification ([`RedlockOptions::wake_on_release`](crate::RedlockOptions::wake_on_release)):
+/// compare-and-delete, then, only where it deleted, `PUBLISH` the token on the key's release
+/// channel ([`RELEASE_CHANNEL_PREFIX`] and the key), which comes in as `KEYS[2]`: Dragonfly
+/// runs a script only on what it declares (`server-ops.json`, `eval_del_and_publish`).
+/// Answers as [`RELEASE`] does. The `PUBLISH` goes through `redis.pcall`, so that a user
+/// without channel rights (Redis 7's default for a new ACL user) still releases: only the
+/// notification is lost, and the waiters poll.
+pub const RELEASE_NOTIFY: &str = "if redis.call('get',KEYS[1]) == ARGV[1] then \
+redis.pcall('publish',KEYS[2],ARGV[1]) return redis.call('del',KEYS[1]) else return 0 end";
+
+/// Every lock's release channel is this prefix followed by its key (key prefix included), so a
+/// channel never meets an application's own channel of the lock's name.
+pub const RELEASE_CHANNEL_PREFIX: &str = "dragonlock:released:";
+
 /// Compare-and-`PEXPIRE`: the extension. A missing key compares unequal, so an expired lock is
 /// never re-created.
 pub const EXTEND: &str = "if redis.call('get',KEYS[1]) == ARGV[1] then return redis.call('pexpire',KEYS[1],ARGV[2]) else return 0 end";
@@ -19,6 +33,12 @@ for i=1,#KEYS do redis.call('set',KEYS[i],ARGV[1],'PX',ARGV[2]) end return 1";
 /// Compare-and-delete of every key that still holds the token; returns how many.
 pub const MULTI_RELEASE: &str =
     "local n = 0 for i=1,#KEYS do if redis.call('get',KEYS[i]) == ARGV[1] then \
+n = n + redis.call('del',KEYS[i]) end end return n";
+
+/// [`MULTI_RELEASE`] with a notification on each key it deleted: `KEYS` holds the n lock keys,
+/// then their n release channels in the same order.
+pub const MULTI_RELEASE_NOTIFY: &str = "local m = #KEYS / 2 local n = 0 for i=1,m do \
+if redis.call('get',KEYS[i]) == ARGV[1] then redis.pcall('publish',KEYS[m+i],ARGV[1]) \
 n = n + redis.call('del',KEYS[i]) end end return n";
 
 /// Extends every key only when all still hold the token.
@@ -35,9 +55,11 @@ return {v, redis.call('pttl',KEYS[1])}";
 /// The prepared scripts.
 pub(crate) struct Scripts {
     pub release: Script,
+    pub release_notify: Script,
     pub extend: Script,
     pub multi_acquire: Script,
     pub multi_release: Script,
+    pub multi_release_notify: Script,
     pub multi_extend: Script,
     pub holder: Script,
     pub fence_acquire: Script,
@@ -50,9 +72,11 @@ pub(crate) fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
         release: Script::new(RELEASE),
+        release_notify: Script::new(RELEASE_NOTIFY),
         extend: Script::new(EXTEND),
         multi_acquire: Script::new(MULTI_ACQUIRE),
         multi_release: Script::new(MULTI_RELEASE),
+        multi_release_notify: Script::new(MULTI_RELEASE_NOTIFY),
         multi_extend: Script::new(MULTI_EXTEND),
         holder: Script::new(HOLDER),
         fence_acquire: Script::new(super::fence::FENCE_ACQUIRE),

@@ -444,6 +444,53 @@ impl Prepared for DelexIfEq<'_> {
     }
 }
 
+/// `PUBLISH <channel_prefix><channel> message`: the notification a release sends behind a
+/// native `DELEX`, so that waiters on the lock wake up. The channel's name is written from its
+/// two parts, so no buffer is needed to join them. Prepared like [`encode_delex_ifeq`].
+///
+/// # Examples
+///
+/// ```
+/// let mut buf = bytes::BytesMut::new();
+/// dragonlock::resp::encode_publish(&mut buf, b"p:", b"k", b"t");
+/// assert_eq!(&buf[..], &b"*3\r\n$7\r\nPUBLISH\r\n$3\r\np:k\r\n$1\r\nt\r\n"[..]);
+/// ```
+#[inline]
+pub fn encode_publish(dst: &mut BytesMut, channel_prefix: &[u8], channel: &[u8], message: &[u8]) {
+    write_prepared(
+        dst,
+        &Publish {
+            prefix: channel_prefix,
+            channel,
+            message,
+        },
+    );
+}
+
+struct Publish<'a> {
+    prefix: &'a [u8],
+    channel: &'a [u8],
+    message: &'a [u8],
+}
+
+impl Prepared for Publish<'_> {
+    const CALLER_BYTES: bool = false;
+
+    #[inline(always)]
+    fn pieces<P: Pieces>(&self, p: &mut P) {
+        p.lit(b"*3\r\n$7\r\nPUBLISH\r\n$");
+        p.num((self.prefix.len() + self.channel.len()) as u64);
+        p.lit(b"\r\n");
+        p.bytes(self.prefix);
+        p.bytes(self.channel);
+        p.lit(b"\r\n$");
+        p.num(self.message.len() as u64);
+        p.lit(b"\r\n");
+        p.bytes(self.message);
+        p.lit(b"\r\n");
+    }
+}
+
 /// `EVALSHA sha numkeys keys… args…` for one script, with the `EVALSHA` and SHA parts prepared
 /// once.
 #[derive(Debug, Clone)]

@@ -77,7 +77,9 @@ mod frame;
 pub mod fuzzing;
 
 pub use decode::Decoder;
-pub use encode::{encode_command, encode_delex_ifeq, encode_frame, EvalShaCommand, SetNxPxCommand};
+pub use encode::{
+    encode_command, encode_delex_ifeq, encode_frame, encode_publish, EvalShaCommand, SetNxPxCommand,
+};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Frame, ServerError, ServerErrorKind};
 

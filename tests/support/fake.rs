@@ -51,6 +51,9 @@ impl FakeServer {
         let task = tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                // As real servers do: a reply written right after another (a release's
+                // `PUBLISH` behind its `DELEX`) must not wait for the client's delayed ACK.
+                let _ = sock.set_nodelay(true);
                 let handler = handler.clone();
                 tokio::spawn(async move {
                     let mut buf = BytesMut::new();

@@ -1,0 +1,695 @@
+//! Hand-off on a contended key: waiters of [`Redlock::acquire`](super::Redlock::acquire) are
+//! woken when the lock is released, instead of sleeping out their retry delay.
+//!
+//! Release side: a release publishes its token on the key's release channel
+//! ([`RELEASE_CHANNEL_PREFIX`](super::scripts::RELEASE_CHANNEL_PREFIX) and the key) on every
+//! node, inside the release script where it deleted, or right behind a native `DELEX` in the
+//! same write (see `Redlock::send_release`).
+//!
+//! Waiting side (this module): one subscriber connection per node
+//! ([`Subscriber`](crate::conn::Subscriber)), started by the first waiter of the manager and
+//! shared by all its waiters and views; one subscription per resource that has waiters
+//! (reference-counted: subscribed when the first waiter comes, unsubscribed when the last one
+//! leaves, dropped futures included). The lock connections never carry a subscription.
+//!
+//! Who is woken: **one waiter per release**, the oldest of this manager that is not already
+//! woken. The n nodes each deliver the release's message; they carry the released token, so
+//! the duplicates are recognised and dropped. Waking every waiter would have them all race for
+//! the lock (one wins, the others spend a retry each, every release), and they would exhaust
+//! their retry budget in `retry_count` releases. Oldest first is what keeps 16 contending
+//! tasks from starving one another. Other processes' waiters are woken by their own managers,
+//! and the jitter after a wake-up ([`RedlockOptions::wake_jitter`](super::RedlockOptions::wake_jitter))
+//! spreads them.
+//!
+//! A wake-up is a hint. Polling stays: a waiter sleeps its retry delay as before, and a hint
+//! only cuts that sleep short. Every lost hint (a subscriber connection down, a message that
+//! raced the subscription, a woken waiter that lost the race) costs at most one retry delay.
+//! Two hints cover the races that would otherwise lose a release for certain:
+//! - A waiter registers after its attempt failed. A release in between is missed by the
+//!   subscription. If the channel was already subscribed, the time of its last message tells
+//!   (a message since the attempt started wakes the waiter at once); if the subscription is
+//!   new, the first node to confirm it wakes the oldest waiter, which then tries once more.
+//! - After a subscriber connection comes back, it resubscribes; a channel that had no node
+//!   subscribed in between counts as new again.
+//!
+//! State of one channel, per node (kept in [`NodeState::subscribed`]):
+//!
+//! ```text
+//!  (absent) --SUBSCRIBE sent--> pending --confirmed--> live (counts in Entry::live)
+//!     ^                            |                     |
+//!     +--UNSUBSCRIBE sent (no waiter left) / connection lost / refused
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+use super::scripts::RELEASE_CHANNEL_PREFIX;
+use crate::conn::{ConnectionConfig, PubSubCommand, PubSubEvent, PubSubSink, Subscriber};
+
+/// A release channel's name: [`RELEASE_CHANNEL_PREFIX`] and the key, inline (no allocation)
+/// for keys up to 108 bytes.
+pub(crate) type Channel = SmallVec<[u8; 128]>;
+
+/// The release channel of `key`.
+pub(crate) fn channel(key: &[u8]) -> Channel {
+    let mut c = Channel::new();
+    c.extend_from_slice(RELEASE_CHANNEL_PREFIX.as_bytes());
+    c.extend_from_slice(key);
+    c
+}
+
+/// Released tokens remembered per channel to drop the other nodes' copies of one release's
+/// message. Each node delivers its copy within a round trip or so; four cover the releases that
+/// can follow one another in that time on one key.
+const RECENT_TOKENS: usize = 4;
+
+/// The hand-off of one manager and all its views. Dropping it closes the subscriber
+/// connections.
+pub(crate) struct Handoff {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The nodes' configs, for the subscriber connections.
+    configs: Vec<ConnectionConfig>,
+    /// How many nodes' copies of a release's message show that a quorum has released.
+    quorum: usize,
+    state: Mutex<State>,
+    /// How many channels have waiters: read without the lock by every `acquire`, so that one
+    /// with nobody waiting pays a load, not a lock.
+    waited_channels: AtomicUsize,
+}
+
+#[derive(Default)]
+struct State {
+    /// One per node once the first waiter came; empty before.
+    subscribers: Vec<Subscriber>,
+    nodes: Vec<NodeState>,
+    /// The channels that have waiters.
+    channels: HashMap<Vec<u8>, Entry>,
+    next_id: u64,
+}
+
+#[derive(Default)]
+struct NodeState {
+    /// Channels to reconcile with `channels` at the subscriber's next turn.
+    dirty: Vec<Vec<u8>>,
+    /// What this node's connection subscribed: the id of the entry it did so for, and whether
+    /// the server confirmed it.
+    subscribed: HashMap<Vec<u8>, (u64, bool)>,
+    /// `SUBSCRIBE` (with its entry's id) and `UNSUBSCRIBE` (`None`) sent and not yet confirmed,
+    /// oldest first: the server confirms in order.
+    sent: VecDeque<(Vec<u8>, Option<u64>)>,
+}
+
+/// One channel's waiters.
+struct Entry {
+    /// Unique over the manager's life, so that a confirmation meant for an earlier entry of the
+    /// same channel is not taken for this one's.
+    id: u64,
+    /// Oldest first.
+    waiters: VecDeque<WaiterSlot>,
+    /// Nodes on which the subscription is confirmed.
+    live: usize,
+    /// When the last message came (a waiter whose attempt started before it missed it).
+    last_message: Option<Instant>,
+    recent: VecDeque<Release>,
+}
+
+/// One release heard on a channel: its token, the waiter its first copy woke (0: none), and
+/// how many nodes' copies came.
+struct Release {
+    token: Vec<u8>,
+    woke: u64,
+    copies: usize,
+}
+
+struct WaiterSlot {
+    id: u64,
+    /// Woken and not yet seen by the waiter.
+    notified: bool,
+    /// The last wake-up was a release's message (not a hint that one may have been missed).
+    by_release: bool,
+    waker: Option<Waker>,
+}
+
+/// Why [`Waiter::sleep_until`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The sleep ran out: the retry delay's poll.
+    Timer,
+    /// A release's message.
+    Release,
+    /// A release may have come while nobody listened (a new or renewed subscription, or a
+    /// message just before the waiter registered).
+    Hint,
+}
+
+impl Entry {
+    /// Wakes the oldest waiter not already woken; returns its waker to call after unlocking.
+    fn wake_one(&mut self, by_release: bool) -> Option<Waker> {
+        self.wake_where(by_release, |_| true).1
+    }
+
+    /// Wakes the oldest waiter not already woken for which `pick` holds; returns its id (0:
+    /// none) and its waker.
+    fn wake_where(&mut self, by_release: bool, pick: impl Fn(u64) -> bool) -> (u64, Option<Waker>) {
+        match self.waiters.iter_mut().find(|w| !w.notified && pick(w.id)) {
+            Some(slot) => {
+                slot.notified = true;
+                slot.by_release = by_release;
+                (slot.id, slot.waker.take())
+            }
+            None => (0, None),
+        }
+    }
+}
+
+impl Handoff {
+    /// The hand-off over nodes reached with `configs`; nothing is started until a waiter comes.
+    pub(crate) fn new(configs: Vec<ConnectionConfig>) -> Handoff {
+        Handoff {
+            shared: Arc::new(Shared {
+                quorum: configs.len() / 2 + 1,
+                configs,
+                state: Mutex::new(State::default()),
+                waited_channels: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Registers a waiter for the lock whose release channel is `channel`, whose last failed
+    /// attempt started at `attempt_started`. Starts the subscriber connections if this is the
+    /// manager's first waiter.
+    pub(crate) fn register(&self, channel: &[u8], attempt_started: Instant) -> Waiter {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if st.subscribers.is_empty() {
+            let count = shared.configs.len();
+            st.nodes = (0..count).map(|_| NodeState::default()).collect();
+            st.subscribers = (0..count)
+                .map(|node| {
+                    let sink = Arc::new(NodeSink {
+                        shared: shared.clone(),
+                        node,
+                    });
+                    Subscriber::start(&shared.configs[node], sink)
+                })
+                .collect();
+        }
+        st.next_id += 1;
+        let id = st.next_id;
+        let is_new = !st.channels.contains_key(channel);
+        let entry = st
+            .channels
+            .entry(channel.to_vec())
+            .or_insert_with(|| Entry {
+                id,
+                waiters: VecDeque::new(),
+                live: 0,
+                last_message: None,
+                recent: VecDeque::new(),
+            });
+        // A release published after the failed attempt began, before this waiter was here.
+        let missed = entry.last_message.is_some_and(|at| at >= attempt_started);
+        entry.waiters.push_back(WaiterSlot {
+            id,
+            notified: missed,
+            by_release: false,
+            waker: None,
+        });
+        if is_new {
+            shared.waited_channels.fetch_add(1, Ordering::Relaxed);
+            st.mark_dirty(channel);
+        }
+        Waiter {
+            shared: shared.clone(),
+            channel: channel.to_vec(),
+            id,
+        }
+    }
+
+    /// Whether this manager has waiters for any lock (one atomic load, no lock).
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.shared.waited_channels.load(Ordering::Relaxed) != 0
+    }
+
+    /// A place at the back of `key`'s queue when this manager already has waiters for it, so
+    /// that a new acquire does not overtake them: the one that releases and asks again at once
+    /// would otherwise win every time against the waiter its release woke (whose attempt starts
+    /// a notification's trip later), and that waiter would spend its retries losing.
+    pub(crate) fn queue_behind_waiters(&self, key: &[u8]) -> Option<Waiter> {
+        if !self.has_waiters() {
+            return None;
+        }
+        let channel = channel(key);
+        let mut st = self.shared.lock();
+        let id = st.next_id + 1;
+        let entry = st.channels.get_mut(&channel[..])?;
+        entry.waiters.push_back(WaiterSlot {
+            id,
+            notified: false,
+            by_release: false,
+            waker: None,
+        });
+        st.next_id = id;
+        Some(Waiter {
+            shared: self.shared.clone(),
+            channel: channel.to_vec(),
+            id,
+        })
+    }
+
+    /// Subscriptions this manager holds per node (confirmed or not), for tests and debugging.
+    #[cfg(test)]
+    fn subscriptions(&self) -> Vec<usize> {
+        self.shared
+            .lock()
+            .nodes
+            .iter()
+            .map(|n| n.subscribed.len())
+            .collect()
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        // The subscriber tasks hold the shared state through their sinks: dropping their
+        // handles is what ends them (and with them the last references).
+        let subscribers = std::mem::take(&mut self.shared.lock().subscribers);
+        drop(subscribers);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation is a few plain steps that leave the state consistent; a panic in
+        // between is not spread to the other waiters.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// Asks every subscriber connection to bring `channel` in line with `channels`.
+    fn mark_dirty(&mut self, channel: &[u8]) {
+        for node in &mut self.nodes {
+            node.dirty.push(channel.to_vec());
+        }
+        for s in &self.subscribers {
+            s.wake();
+        }
+    }
+}
+
+/// The sink of one node's subscriber connection.
+struct NodeSink {
+    shared: Arc<Shared>,
+    node: usize,
+}
+
+impl PubSubSink for NodeSink {
+    fn event(&self, event: PubSubEvent<'_>) {
+        let mut wake = None;
+        {
+            let mut guard = self.shared.lock();
+            let st = &mut *guard;
+            let node = &mut st.nodes[self.node];
+            match event {
+                PubSubEvent::Connected => {
+                    node.subscribed.clear();
+                    node.sent.clear();
+                    node.dirty = st.channels.keys().cloned().collect();
+                }
+                PubSubEvent::Lost => {
+                    for (channel, (id, live)) in node.subscribed.drain() {
+                        match st.channels.get_mut(&channel) {
+                            Some(entry) if live && entry.id == id => entry.live -= 1,
+                            _ => {}
+                        }
+                    }
+                    node.sent.clear();
+                }
+                PubSubEvent::Subscribed(channel) => {
+                    let Some((sent, Some(id))) = node.sent.pop_front() else {
+                        return;
+                    };
+                    if sent != channel {
+                        return;
+                    }
+                    match node.subscribed.get_mut(channel) {
+                        Some((want, live)) if *want == id && !*live => *live = true,
+                        _ => return,
+                    }
+                    if let Some(entry) = st.channels.get_mut(channel) {
+                        if entry.id == id {
+                            entry.live += 1;
+                            if entry.live == 1 {
+                                // The first node listening: a release before it was missed.
+                                wake = entry.wake_one(false);
+                            }
+                        }
+                    }
+                }
+                PubSubEvent::Unsubscribed(_) => {
+                    node.sent.pop_front();
+                }
+                PubSubEvent::Refused => {
+                    // Not subscribed here: its waiters poll (or hear another node).
+                    if let Some((channel, Some(id))) = node.sent.pop_front() {
+                        if node
+                            .subscribed
+                            .get(&channel)
+                            .is_some_and(|(want, _)| *want == id)
+                        {
+                            node.subscribed.remove(&channel);
+                        }
+                    }
+                }
+                PubSubEvent::Message { channel, payload } => {
+                    let quorum = self.shared.quorum;
+                    if let Some(entry) = st.channels.get_mut(channel) {
+                        let known = entry.recent.iter_mut().find(|r| r.token == payload);
+                        if let Some(release) = known {
+                            // Another node's copy. The waiter the first one woke may have tried
+                            // too early (the release not yet run on a quorum of nodes, it
+                            // failed): once a quorum's copies are in, it may try once more.
+                            release.copies += 1;
+                            if release.copies == quorum && release.woke != 0 {
+                                let woke = release.woke;
+                                wake = entry.wake_where(true, |id| id == woke).1;
+                            }
+                        } else {
+                            if entry.recent.len() == RECENT_TOKENS {
+                                entry.recent.pop_front();
+                            }
+                            entry.last_message = Some(Instant::now());
+                            let (woke, waker) = entry.wake_where(true, |_| true);
+                            wake = waker;
+                            entry.recent.push_back(Release {
+                                token: payload.to_vec(),
+                                woke,
+                                copies: 1,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+
+    fn requests(&self, out: &mut Vec<(PubSubCommand, Vec<u8>)>) {
+        let mut guard = self.shared.lock();
+        let st = &mut *guard;
+        let node = &mut st.nodes[self.node];
+        for channel in std::mem::take(&mut node.dirty) {
+            let want = st.channels.get(&channel).map(|e| e.id);
+            let have = node.subscribed.get(&channel).map(|(id, _)| *id);
+            match (want, have) {
+                (Some(want), have) if have != Some(want) => {
+                    // Again for a new entry of a channel already subscribed: harmless for the
+                    // server, and its confirmation is this entry's.
+                    node.subscribed.insert(channel.clone(), (want, false));
+                    node.sent.push_back((channel.clone(), Some(want)));
+                    out.push((PubSubCommand::Subscribe, channel));
+                }
+                (None, Some(_)) => {
+                    node.subscribed.remove(&channel);
+                    node.sent.push_back((channel.clone(), None));
+                    out.push((PubSubCommand::Unsubscribe, channel));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// One waiter's place in its channel's queue. Dropping it leaves the queue (and unsubscribes
+/// the channel when it was the last); a wake-up it had not used goes to the next waiter.
+pub(crate) struct Waiter {
+    shared: Arc<Shared>,
+    channel: Vec<u8>,
+    id: u64,
+}
+
+impl Waiter {
+    /// Sleeps until `until`, or until a release wakes this waiter. A wake-up that came while
+    /// the waiter was not sleeping (during its attempt) returns at once.
+    ///
+    /// Cancel safe: a wake-up is consumed only when this returns it.
+    pub(crate) async fn sleep_until(&self, until: Instant) -> Wake {
+        let sleep = tokio::time::sleep_until(until);
+        tokio::pin!(sleep);
+        poll_fn(|cx| {
+            {
+                let mut st = self.shared.lock();
+                if let Some(slot) = st
+                    .channels
+                    .get_mut(&self.channel)
+                    .and_then(|e| e.waiters.iter_mut().find(|w| w.id == self.id))
+                {
+                    if slot.notified {
+                        slot.notified = false;
+                        return Poll::Ready(if slot.by_release {
+                            Wake::Release
+                        } else {
+                            Wake::Hint
+                        });
+                    }
+                    match &slot.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => slot.waker = Some(cx.waker().clone()),
+                    }
+                }
+            }
+            sleep.as_mut().poll(cx).map(|()| Wake::Timer)
+        })
+        .await
+    }
+
+    /// Leaves the queue after taking the lock: a wake-up that came meanwhile was for this
+    /// waiter's own success and is not passed on.
+    pub(crate) fn done(mut self) {
+        self.leave(false);
+        self.id = 0;
+    }
+
+    fn leave(&mut self, pass_on: bool) {
+        let mut wake = None;
+        {
+            let mut st = self.shared.lock();
+            let Some(entry) = st.channels.get_mut(&self.channel) else {
+                return;
+            };
+            let Some(at) = entry.waiters.iter().position(|w| w.id == self.id) else {
+                return;
+            };
+            let slot = entry.waiters.remove(at).expect("found above");
+            if slot.notified && pass_on {
+                wake = entry.wake_one(slot.by_release);
+            }
+            if entry.waiters.is_empty() {
+                st.channels.remove(&self.channel);
+                self.shared.waited_channels.fetch_sub(1, Ordering::Relaxed);
+                st.mark_dirty(&self.channel);
+            }
+        }
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.leave(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(h: &Handoff, node: usize) -> NodeSink {
+        NodeSink {
+            shared: h.shared.clone(),
+            node,
+        }
+    }
+
+    fn requests(s: &NodeSink) -> Vec<(PubSubCommand, Vec<u8>)> {
+        let mut out = Vec::new();
+        s.requests(&mut out);
+        out
+    }
+
+    fn woken(w: &Waiter) -> bool {
+        let st = w.shared.lock();
+        st.channels[&w.channel]
+            .waiters
+            .iter()
+            .find(|s| s.id == w.id)
+            .unwrap()
+            .notified
+    }
+
+    /// A handoff over two nodes whose subscriber connections point nowhere useful: the tests
+    /// drive the sinks by hand.
+    fn handoff() -> Handoff {
+        Handoff::new(vec![
+            ConnectionConfig::new("127.0.0.1", 1),
+            ConnectionConfig::new("127.0.0.1", 1),
+        ])
+    }
+
+    #[tokio::test]
+    async fn one_release_wakes_one_waiter_oldest_first_whatever_the_number_of_nodes() {
+        let h = handoff();
+        let t0 = Instant::now();
+        let first = h.register(b"c", t0);
+        let second = h.register(b"c", t0);
+        let (a, b) = (sink(&h, 0), sink(&h, 1));
+        a.event(PubSubEvent::Connected);
+        assert_eq!(
+            requests(&a),
+            vec![(PubSubCommand::Subscribe, b"c".to_vec())]
+        );
+        a.event(PubSubEvent::Subscribed(b"c"));
+        // The first confirmation is a hint: a release may have come before it.
+        assert!(woken(&first) && !woken(&second));
+        assert_eq!(first.sleep_until(Instant::now()).await, Wake::Hint);
+        // One release, heard from both nodes: one waiter.
+        for s in [&a, &b] {
+            s.event(PubSubEvent::Message {
+                channel: b"c",
+                payload: b"tok1",
+            });
+        }
+        assert!(woken(&first) && !woken(&second));
+        // The next release wakes the next waiter, the first one still having its wake-up.
+        a.event(PubSubEvent::Message {
+            channel: b"c",
+            payload: b"tok2",
+        });
+        assert!(woken(&second));
+        // Both gone: unsubscribed.
+        drop(first);
+        second.done();
+        assert_eq!(
+            requests(&a),
+            vec![(PubSubCommand::Unsubscribe, b"c".to_vec())]
+        );
+        assert_eq!(h.subscriptions(), vec![0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_woken_too_early_gets_one_more_wake_up_when_a_quorum_has_released() {
+        let h = Handoff::new(vec![ConnectionConfig::new("127.0.0.1", 1); 3]);
+        let t0 = Instant::now();
+        let (first, second) = (h.register(b"c", t0), h.register(b"c", t0));
+        let copy = |node| {
+            sink(&h, node).event(PubSubEvent::Message {
+                channel: b"c",
+                payload: b"t",
+            })
+        };
+        copy(0);
+        // The first node's copy: the oldest waiter tries (and, say, fails: the release has
+        // not run on two of three nodes yet).
+        assert_eq!(first.sleep_until(Instant::now()).await, Wake::Release);
+        copy(1); // two of three: a quorum has released; the same waiter tries again
+        assert!(woken(&first) && !woken(&second));
+        assert_eq!(first.sleep_until(Instant::now()).await, Wake::Release);
+        copy(2); // the rest changes nothing
+        assert!(!woken(&first) && !woken(&second));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_passes_its_unused_wake_up_on_and_a_done_one_does_not() {
+        let h = handoff();
+        let t0 = Instant::now();
+        let (w1, w2, w3) = (
+            h.register(b"c", t0),
+            h.register(b"c", t0),
+            h.register(b"c", t0),
+        );
+        let a = sink(&h, 0);
+        a.event(PubSubEvent::Message {
+            channel: b"c",
+            payload: b"t",
+        });
+        assert!(woken(&w1));
+        drop(w1); // cancelled before it used the wake-up
+        assert!(woken(&w2));
+        w2.done(); // took the lock: the wake-up was its own
+        assert!(!woken(&w3));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_registers_after_a_message_it_missed_is_woken_at_once() {
+        let h = handoff();
+        let old = h.register(b"c", Instant::now());
+        sink(&h, 0).event(PubSubEvent::Message {
+            channel: b"c",
+            payload: b"t",
+        });
+        let attempt_started = Instant::now() - std::time::Duration::from_millis(1);
+        let late = h.register(b"c", attempt_started);
+        assert!(woken(&late));
+        let later = h.register(b"c", Instant::now() + std::time::Duration::from_millis(1));
+        assert!(!woken(&later));
+        drop(old);
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_resubscribes_and_counts_as_new_when_no_node_listened() {
+        let h = handoff();
+        let w = h.register(b"c", Instant::now());
+        let a = sink(&h, 0);
+        a.event(PubSubEvent::Connected);
+        requests(&a);
+        a.event(PubSubEvent::Subscribed(b"c"));
+        assert_eq!(w.sleep_until(Instant::now()).await, Wake::Hint);
+        a.event(PubSubEvent::Lost);
+        a.event(PubSubEvent::Connected);
+        assert_eq!(
+            requests(&a),
+            vec![(PubSubCommand::Subscribe, b"c".to_vec())]
+        );
+        a.event(PubSubEvent::Subscribed(b"c"));
+        assert!(
+            woken(&w),
+            "no node listened in between: a release may have been missed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_channel_left_and_rejoined_before_the_subscriber_ran_is_subscribed_for_the_new_entry()
+    {
+        let h = handoff();
+        let w = h.register(b"c", Instant::now());
+        let a = sink(&h, 0);
+        a.event(PubSubEvent::Connected);
+        requests(&a);
+        a.event(PubSubEvent::Subscribed(b"c"));
+        drop(w);
+        let w = h.register(b"c", Instant::now());
+        // Still subscribed for the old entry: subscribed again, and this confirmation counts.
+        assert_eq!(
+            requests(&a),
+            vec![(PubSubCommand::Subscribe, b"c".to_vec())]
+        );
+        a.event(PubSubEvent::Subscribed(b"c"));
+        assert!(woken(&w));
+    }
+}
