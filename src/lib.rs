@@ -102,11 +102,12 @@ mod error;
 pub mod local;
 pub mod redlock;
 pub mod resp;
+mod trace;
 
 pub use error::{Error, ErrorKind};
 pub use redlock::{
-    Holders, Lock, LockError, LockErrorKind, LockSignal, NodeHolder, NodeResult, Redlock,
-    RedlockOptions, ReleaseWait, MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN,
+    Holders, Lock, LockError, LockErrorKind, LockSignal, LockStats, NodeHolder, NodeResult,
+    Redlock, RedlockOptions, RedlockStats, ReleaseWait, MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN,
 };
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{Decision, Vote};
+use super::stats::Count;
 use super::{Keys, Redlock, ReleaseWait, Token};
 use crate::conn::ScriptCall;
 use crate::error::{Error, ErrorKind};
@@ -38,6 +39,8 @@ pub struct Lock {
     /// Rebuilt from a token ([`Redlock::lock_from_token`]) and not extended since: its
     /// validity is unknown, so it claims none, and `extend` is not refused for lack of it.
     unconfirmed: bool,
+    /// Found lost while held (and counted so, once).
+    lost: bool,
 }
 
 impl std::fmt::Debug for Lock {
@@ -69,6 +72,7 @@ impl Lock {
             signal: OnceLock::new(),
             fence: None,
             unconfirmed: false,
+            lost: false,
         }
     }
 
@@ -129,6 +133,16 @@ impl Lock {
                 signal
             })
             .clone()
+    }
+
+    /// Counts the lock as lost, once per lock, and traces why.
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    pub(crate) fn mark_lost(&mut self, why: &'static str) {
+        if !self.lost {
+            self.lost = true;
+            self.redlock.count(Count::Lost);
+            crate::trace::event!(WARN, resource = self.resource(), why, "lock lost");
+        }
     }
 
     /// Tells the signal, if anyone asked for one, that the lock is no longer held.
@@ -287,12 +301,14 @@ impl Lock {
     async fn release_now(&self) -> Result<usize, LockError> {
         let redlock = &self.redlock;
         let nodes = &redlock.inner.nodes;
-        let deadline = Instant::now() + redlock.inner.options.release_timeout;
+        let now = Instant::now();
+        let deadline = now + redlock.inner.options.release_timeout;
         let release = |buf: &mut bytes::BytesMut, node: &crate::conn::Connection, call| {
             redlock.encode_release(buf, node, &self.keys, &self.token, call)
         };
         let (_, collector) = redlock
-            .collect(
+            .collect_at(
+                now,
                 deadline,
                 redlock.inner.options.release_wait == ReleaseWait::All,
                 |buf, node| release(buf, node, ScriptCall::BySha),
@@ -318,6 +334,7 @@ impl Lock {
             .await;
         let granted = collector.granted();
         if granted >= redlock.inner.quorum {
+            redlock.count(Count::ReleaseOk);
             return Ok(granted);
         }
         // A quorum no longer holds our token: the lock ran out (or was taken) before the
@@ -326,6 +343,7 @@ impl Lock {
             LockErrorKind::Busy => LockErrorKind::NotHeld,
             kind => kind,
         };
+        redlock.count(Count::ReleaseFailed(kind));
         Err(redlock.lock_error(kind, collector.results.clone(), &self.keys))
     }
 
@@ -373,7 +391,7 @@ impl Lock {
     /// What `extend` checks before asking the nodes: the ttl, the extension limit, and that
     /// the lock is still held (firing the signal if it is not). A rebuilt lock not yet extended
     /// has no validity to check; the nodes decide.
-    pub(crate) fn check_extend(&self, ttl: Duration) -> Result<(), LockError> {
+    pub(crate) fn check_extend(&mut self, ttl: Duration) -> Result<(), LockError> {
         let redlock = &self.redlock;
         redlock.check_ttl(ttl)?;
         if let Some(max) = redlock.inner.options.max_extensions {
@@ -382,6 +400,9 @@ impl Lock {
             }
         }
         if self.done || (!self.unconfirmed && Instant::now() >= self.valid_until) {
+            if !self.done {
+                self.mark_lost("its validity ran out before it was extended");
+            }
             self.fire_signal();
             return Err(self.error(LockErrorKind::Lost, NodeResults::new()));
         }
@@ -397,6 +418,7 @@ impl Lock {
     ) -> Result<(), LockError> {
         match outcome {
             Ok(new_valid_until) => {
+                self.redlock.count(Count::ExtensionOk);
                 self.unconfirmed = false;
                 self.valid_until = new_valid_until;
                 self.ttl = ttl;
@@ -407,6 +429,8 @@ impl Lock {
                 Ok(())
             }
             Err(e) => {
+                self.redlock.count(Count::ExtensionFailed);
+                self.mark_lost("an extension was not confirmed by a quorum in time");
                 // Without a quorum the lock can no longer be trusted: stop claiming it.
                 self.valid_until = self.valid_until.min(Instant::now());
                 self.fire_signal();
@@ -468,7 +492,8 @@ pub(crate) async fn extend_on_nodes(
     let deadline = valid_until.map_or(new_valid_until, |v| v.min(new_valid_until));
     let (script, args) = (keys.extend_script(), [&token[..], ms]);
     let (decision, collector) = redlock
-        .collect(
+        .collect_at(
+            start,
             deadline,
             false,
             |buf, _| script.encode(buf, ScriptCall::BySha, keys.all(), &args),
