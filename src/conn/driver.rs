@@ -29,7 +29,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::stats::{clock_us, RTT_CLOCK_MASK};
+use super::stats::{now_us, RTT_CLOCK_MASK};
 use super::{handshake, reset_buffer, Shared, Status};
 use crate::error::{Error, ErrorKind};
 use crate::resp::{Decoder, Frame};
@@ -366,7 +366,7 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
     let mut woke = false;
     // One clock reading for every reply this call hands out (they came in the same read, or
     // reads microseconds apart), taken at the first: see `ConnectionStats::rtt`.
-    let mut now_us: Option<u32> = None;
+    let mut read_at: Option<u32> = None;
     loop {
         let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
         let mut result = Ok(());
@@ -381,7 +381,7 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
                     result = Err(Error::new(ErrorKind::UnsolicitedReply));
                     return ControlFlow::Break(());
                 };
-                let read_us = *now_us.get_or_insert_with(|| clock_us(shared.epoch, Instant::now()));
+                let read_us = *read_at.get_or_insert_with(now_us);
                 let st = &mut *st;
                 let slot = st.slots.get_mut(id);
                 st.stats

@@ -35,6 +35,8 @@ mod script;
 mod slots;
 mod stats;
 
+pub(crate) use stats::now_us;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,8 +117,6 @@ pub(crate) struct Shared {
     /// The server has `DELEX … IFEQ` (learned at each handshake); read without the lock on the
     /// release path.
     delex: AtomicBool,
-    /// The zero of the slots' send-time clock (`stats::clock_us`).
-    epoch: Instant,
 }
 
 impl Shared {
@@ -287,7 +287,6 @@ impl Connection {
             changed: Notify::new(),
             shutdown: Notify::new(),
             delex: AtomicBool::new(false),
-            epoch: Instant::now(),
         })
     }
 
@@ -542,19 +541,19 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue(None, Instant::now(), encode)
+        self.enqueue(None, stats::now_us(), encode)
     }
 
-    /// [`send`](Connection::send) with the send time given by a caller that read the clock
-    /// just before (a Redlock phase reads it once for every node): the request's round trip is
-    /// counted from `now`.
+    /// [`send`](Connection::send) with the send time (`stats::now_us`) read by the caller, who
+    /// sends to every node at once (a Redlock phase reads the clock once for all of them): the
+    /// request's round trip counts from then.
     #[inline]
-    pub(crate) fn send_at(
+    pub(crate) fn send_stamped(
         &self,
-        now: Instant,
+        sent_us: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue(None, now, encode)
+        self.enqueue(None, sent_us, encode)
     }
 
     /// [`send`](Connection::send), only when the server has been up for at least `min_uptime`
@@ -570,25 +569,25 @@ impl Connection {
         min_uptime: Duration,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue(Some(min_uptime), Instant::now(), encode)
+        self.enqueue(Some(min_uptime), stats::now_us(), encode)
     }
 
-    /// [`send_if_up_for`](Connection::send_if_up_for) with the send time given, as
-    /// [`send_at`](Connection::send_at).
+    /// [`send_if_up_for`](Connection::send_if_up_for) with the send time read by the caller,
+    /// as [`send_stamped`](Connection::send_stamped).
     #[inline]
-    pub(crate) fn send_if_up_for_at(
+    pub(crate) fn send_if_up_for_stamped(
         &self,
         min_uptime: Duration,
-        now: Instant,
+        sent_us: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue(Some(min_uptime), now, encode)
+        self.enqueue(Some(min_uptime), sent_us, encode)
     }
 
     fn enqueue(
         &self,
         min_uptime: Option<Duration>,
-        now: Instant,
+        sent_us: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
         let shared = self.shared();
@@ -634,7 +633,7 @@ impl Connection {
         encode(&mut st.write_buf);
         let id = st
             .slots
-            .take(stats::clock_us(shared.epoch, now))
+            .take(sent_us)
             .expect("checked above, under the same lock");
         st.stats.sent += 1;
         if idle && write_now(&mut st, shared.config.write_buffer) {

@@ -301,14 +301,12 @@ impl Lock {
     async fn release_now(&self) -> Result<usize, LockError> {
         let redlock = &self.redlock;
         let nodes = &redlock.inner.nodes;
-        let now = Instant::now();
-        let deadline = now + redlock.inner.options.release_timeout;
+        let deadline = Instant::now() + redlock.inner.options.release_timeout;
         let release = |buf: &mut bytes::BytesMut, node: &crate::conn::Connection, call| {
             redlock.encode_release(buf, node, &self.keys, &self.token, call)
         };
         let (_, collector) = redlock
-            .collect_at(
-                now,
+            .collect(
                 deadline,
                 redlock.inner.options.release_wait == ReleaseWait::All,
                 |buf, node| release(buf, node, ScriptCall::BySha),
@@ -492,8 +490,7 @@ pub(crate) async fn extend_on_nodes(
     let deadline = valid_until.map_or(new_valid_until, |v| v.min(new_valid_until));
     let (script, args) = (keys.extend_script(), [&token[..], ms]);
     let (decision, collector) = redlock
-        .collect_at(
-            start,
+        .collect(
             deadline,
             false,
             |buf, _| script.encode(buf, ScriptCall::BySha, keys.all(), &args),

@@ -1123,6 +1123,8 @@ impl Redlock {
 
         // The clock starts before the first byte is written.
         let start = Instant::now();
+        // The round trips' clock, read once for every node (see `Connection::stats`).
+        let sent_us = crate::conn::now_us();
         let valid_until = start + ttl - self.drift(ttl);
         let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
         // Releases whatever this attempt may have set if it is dropped before it finishes.
@@ -1145,10 +1147,9 @@ impl Redlock {
             }
         };
         for node in nodes.iter() {
-            // The round trips count from `start`: one clock reading for every node.
             collector.push(match self.inner.options.restart_delay {
-                None => node.send_at(start, encode),
-                Some(delay) => node.send_if_up_for_at(delay, start, encode),
+                None => node.send_stamped(sent_us, encode),
+                Some(delay) => node.send_if_up_for_stamped(delay, sent_us, encode),
             });
         }
         let classify = |f: &Frame| match f {
@@ -1507,25 +1508,12 @@ impl Redlock {
         classify: impl Fn(&Frame) -> Vote,
         resend: impl FnMut(usize) -> Result<ReplyFuture<'a>, Error>,
     ) -> (Decision, QuorumCollector<'a>) {
-        self.collect_at(Instant::now(), deadline, all, make, classify, resend)
-            .await
-    }
-
-    /// [`collect`](Redlock::collect) for a caller that read the clock just before: the
-    /// requests' round trips count from `now`.
-    pub(crate) async fn collect_at<'a>(
-        &'a self,
-        now: Instant,
-        deadline: Instant,
-        all: bool,
-        make: impl Fn(&mut BytesMut, &Connection),
-        classify: impl Fn(&Frame) -> Vote,
-        resend: impl FnMut(usize) -> Result<ReplyFuture<'a>, Error>,
-    ) -> (Decision, QuorumCollector<'a>) {
         let nodes = &self.inner.nodes;
         let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
+        // The round trips' clock, read once for every node.
+        let sent_us = crate::conn::now_us();
         for node in nodes.iter() {
-            collector.push(node.send_at(now, |buf| make(buf, node)));
+            collector.push(node.send_stamped(sent_us, |buf| make(buf, node)));
         }
         let decision = collector.run(deadline, all, classify, resend).await;
         (decision, collector)
