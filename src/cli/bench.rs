@@ -552,6 +552,9 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
     report(&args, &results, baseline.as_ref(), setup);
+    if !args.json {
+        print_node_stats(&redlock);
+    }
     drop(redlock);
     drop(local);
     ExitCode::SUCCESS
@@ -1090,6 +1093,33 @@ fn report(args: &BenchArgs, r: &Results, baseline: Option<&Results>, setup: serd
         println!(
             "ratio to baseline: throughput (grants/s) {}x, attempts/s {}x, cycle p50 {}x, cycle p99 {}x",
             r["throughput"], r["attempts"], r["cycle_p50"], r["cycle_p99"]
+        );
+    }
+}
+
+/// Each node as dragonlock's manager saw it over its whole run, warm-up and the closing `PING`s
+/// included (the baseline has sockets of its own and is not in these figures): requests,
+/// failures and round trips, from [`Redlock::stats`]. Round trips are from the request being queued to
+/// its reply being read, so under load they include the wait for the driver's next write.
+fn print_node_stats(redlock: &Redlock) {
+    let stats = redlock.stats();
+    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{d:.1?}"));
+    println!("per node (dragonlock, the whole run):");
+    for n in &stats.nodes {
+        let e = &n.errors;
+        println!(
+            "  {:<22} {:?}: {} requests, errors: {} lost, {} timeouts, {} server, {} refused; \
+             {} reconnects; rtt p50 {} p99 {}",
+            n.addr,
+            n.state,
+            n.requests_sent,
+            e.connection_lost,
+            e.timeouts,
+            e.server_errors,
+            e.refused_overloaded + e.refused_not_connected + e.refused_restarted,
+            n.reconnects,
+            ms(n.rtt.p50()),
+            ms(n.rtt.p99()),
         );
     }
 }
