@@ -58,13 +58,15 @@
 //! # Features
 //!
 //! None is on by default: the library alone depends on tokio, bytes, memchr, smallvec, itoa,
-//! sha1_smol and rand.
+//! sha1_smol, rand and libc (the monotonic clock of the round-trip stats; tokio brings it
+//! anyway).
 //!
 //! | feature | what it adds | for |
 //! |---|---|---|
 //! | *(none)* | [`Redlock`], [`Lock`], [`conn`], [`resp`] | a service that takes locks |
 //! | `testing` | `dragonlock::local`: starts throwaway redis-server or Dragonfly processes on 127.0.0.1 | your own tests and benches, and the examples |
 //! | `fuzzing` | `dragonlock::resp::fuzzing`: the checks the fuzz targets run | fuzzing, corpus replay |
+//! | `tracing` | events through the `tracing` facade: nodes up and down, reconnects, restarts, locks lost, failed acquires (never on a lock cycle's success path) | logs beside [`Redlock::stats`] |
 //! | `cli` | the `dragonlock` command (`bench`, `run`, `ping`, `fuzz-server`); implies `testing` | `cargo install dragonlock --features cli` |
 //!
 //! # What is guaranteed
@@ -102,11 +104,12 @@ mod error;
 pub mod local;
 pub mod redlock;
 pub mod resp;
+mod trace;
 
 pub use error::{Error, ErrorKind};
 pub use redlock::{
-    Holders, Lock, LockError, LockErrorKind, LockSignal, NodeHolder, NodeResult, Redlock,
-    RedlockOptions, ReleaseWait, MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN,
+    Holders, Lock, LockError, LockErrorKind, LockSignal, LockStats, NodeHolder, NodeResult,
+    Redlock, RedlockOptions, RedlockStats, ReleaseWait, MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN,
 };
 
 /// The README's examples, compiled as doctests so they cannot rot.

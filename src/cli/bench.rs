@@ -702,6 +702,9 @@ async fn single(args: &BenchArgs, side: Side) -> ExitCode {
         }
     }
     report(args, spec.rate, &results, baseline.as_ref(), setup, &side);
+    if !args.json {
+        print_node_stats(&side.redlock);
+    }
     let mut series = vec![Series::new("dragonlock", spec.rate.is_some(), &results)];
     if let Some(b) = &baseline {
         series.push(Series::new("baseline", spec.rate.is_some(), b));
@@ -1415,6 +1418,33 @@ pub(crate) fn server_lines(server: &serde_json::Value) -> Vec<String> {
         ),
         format!("server commands: {}", commands.join(", ")),
     ]
+}
+
+/// Each node as dragonlock's manager saw it over its whole run, warm-up and the closing `PING`s
+/// included (the baseline has sockets of its own and is not in these figures): requests,
+/// failures and round trips, from [`Redlock::stats`]. Round trips are from the request being queued to
+/// its reply being read, so under load they include the wait for the driver's next write.
+fn print_node_stats(redlock: &Redlock) {
+    let stats = redlock.stats();
+    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{d:.1?}"));
+    println!("per node (dragonlock, the whole run):");
+    for n in &stats.nodes {
+        let e = &n.errors;
+        println!(
+            "  {:<22} {:?}: {} requests, errors: {} lost, {} timeouts, {} server, {} refused; \
+             {} reconnects; rtt p50 {} p99 {}",
+            n.addr,
+            n.state,
+            n.requests_sent,
+            e.connection_lost,
+            e.timeouts,
+            e.server_errors,
+            e.refused_overloaded + e.refused_not_connected + e.refused_restarted,
+            n.reconnects,
+            ms(n.rtt.p50()),
+            ms(n.rtt.p99()),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use dragonlock::conn::{Connection, ConnectionConfig};
+use dragonlock::conn::{Connection, ConnectionConfig, ConnectionStats};
 
 /// Exit code: a node is configured unsafely for locks (sysexits' `EX_CONFIG`).
 pub const EXIT_UNSAFE: u8 = 78;
@@ -229,6 +229,8 @@ struct Reached {
     server: String,
     delex: bool,
     facts: NodeFacts,
+    /// The probe connection's snapshot once it is done.
+    stats: ConnectionStats,
 }
 
 async fn probe(config: ConnectionConfig, timeout: Duration) -> Result<Reached, String> {
@@ -272,6 +274,7 @@ async fn probe(config: ConnectionConfig, timeout: Duration) -> Result<Reached, S
         server,
         delex: info.has_delex,
         facts,
+        stats: conn.stats(),
     })
 }
 
@@ -343,6 +346,7 @@ pub async fn run(args: PingArgs) -> ExitCode {
                     },
                     if n.delex { "yes" } else { "no" },
                 );
+                println!("{:<22}   {}", "", connection_line(&n.stats));
                 let is_unsafe = r.findings.iter().any(|f| f.severity == Severity::Unsafe);
                 let sitting = r.findings.iter().any(|f| f.severity == Severity::Sitting);
                 unsafe_nodes += usize::from(is_unsafe);
@@ -385,6 +389,29 @@ pub async fn run(args: PingArgs) -> ExitCode {
         );
         ExitCode::SUCCESS
     }
+}
+
+/// The probe connection as its snapshot saw it: state, protocol, requests, failures, and the
+/// round trips of every request the probe made (the `INFO`s and `CONFIG GET`s included).
+fn connection_line(s: &ConnectionStats) -> String {
+    let e = &s.errors;
+    let errors = e.connection_lost
+        + e.timeouts
+        + e.server_errors
+        + e.refused_overloaded
+        + e.refused_not_connected
+        + e.protocol;
+    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{d:.1?}"));
+    format!(
+        "connection: {:?}, RESP{}, {} requests, {} errors, rtt p50 {} p99 {} (of {})",
+        s.state,
+        s.server.as_ref().map_or(0, |i| i.protocol),
+        s.requests_sent,
+        errors,
+        ms(s.rtt.p50()),
+        ms(s.rtt.p99()),
+        s.rtt.count(),
+    )
 }
 
 /// Two reachable nodes with one identity are one server named twice.

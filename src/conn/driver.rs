@@ -29,9 +29,11 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::stats::{now_us, RTT_CLOCK_MASK};
 use super::{handshake, reset_buffer, Shared, Status};
 use crate::error::{Error, ErrorKind};
-use crate::resp::Decoder;
+use crate::resp::{Decoder, Frame};
+use crate::trace::event;
 
 /// Loop turns before the driver yields to other tasks, so a fire hose on one socket cannot starve
 /// the runtime's other tasks.
@@ -59,28 +61,47 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 shared
                     .delex
                     .store(info.has_delex, std::sync::atomic::Ordering::Relaxed);
-                {
+                let info = Arc::new(info);
+                #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+                let (connects, restarted) = {
                     let mut st = shared.lock();
                     st.status = Status::Connected;
                     st.uptime_at = Some((credited_uptime(info.uptime), Instant::now()));
-                    st.info = Some(Arc::new(info));
+                    let restarted = st.note_server(&info);
+                    st.info = Some(info.clone());
                     st.attempts += 1;
                     st.connects += 1;
-                }
+                    (st.connects, restarted)
+                };
                 shared.changed.notify_waiters();
+                event!(INFO, node = %shared.config.addr(), connects, server = %info.server,
+                    version = %info.version, "node up");
+                if restarted {
+                    event!(WARN, node = %shared.config.addr(), marker = ?info.restart_marker,
+                        "server restart detected: another server process than before");
+                }
                 let error = serve(&shared, Arc::new(stream)).await;
                 fail_in_flight(&shared, error);
             }
             Some(Err(error)) => {
                 failures = failures.saturating_add(1);
                 auth_failed = error.is_auth();
-                {
+                let was = {
                     let mut st = shared.lock();
+                    let was = st.status;
                     st.status = Status::Down;
-                    st.last_error = Some(error);
+                    st.last_error = Some(error.clone());
                     st.attempts += 1;
-                }
+                    was
+                };
                 shared.changed.notify_waiters();
+                if was == Status::Down {
+                    event!(DEBUG, node = %shared.config.addr(), failures, reason = %error,
+                        "reconnect attempt failed");
+                } else {
+                    event!(WARN, node = %shared.config.addr(), reason = %error,
+                        "node down: connect failed");
+                }
             }
         }
         let mut delay = backoff(
@@ -91,6 +112,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         if auth_failed {
             delay = delay.max(super::AUTH_FAILURE_BACKOFF);
         }
+        event!(DEBUG, node = %shared.config.addr(), failures, delay = ?delay, "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shared.shutdown.notified() => return,
@@ -152,8 +174,12 @@ fn credited_uptime(reported: Option<Duration>) -> Duration {
 /// Marks the node down and fails every request in flight with `error` at once.
 fn fail_in_flight(shared: &Shared, error: Error) {
     let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
-    {
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    let in_flight = {
         let mut st = shared.lock();
+        let in_flight = st.slots.queued();
+        st.stats.errors.connection_lost += in_flight as u64;
+        st.stats.errors.protocol += u64::from(error.is_protocol());
         st.status = Status::Down;
         st.socket = None;
         reset_buffer(&mut st.write_buf, shared.config.write_buffer);
@@ -161,7 +187,7 @@ fn fail_in_flight(shared: &Shared, error: Error) {
         st.driver_writing = false;
         while let Some(id) = st.slots.pop_oldest() {
             let slot = st.slots.get_mut(id);
-            if slot.abandoned {
+            if slot.abandoned() {
                 st.slots.release(id);
             } else {
                 slot.reply = Some(Err(error.clone()));
@@ -170,10 +196,16 @@ fn fail_in_flight(shared: &Shared, error: Error) {
                 }
             }
         }
-        st.last_error = Some(error);
-    }
+        st.last_error = Some(error.clone());
+        in_flight
+    };
     shared.changed.notify_waiters();
     wakers.into_iter().for_each(Waker::wake);
+    if matches!(error.kind(), ErrorKind::Closed) {
+        event!(DEBUG, node = %shared.config.addr(), in_flight, "connection closed by its owner");
+    } else {
+        event!(WARN, node = %shared.config.addr(), reason = %error, in_flight, "node down");
+    }
 }
 
 struct Io {
@@ -332,6 +364,9 @@ fn more_read_room(buf: &mut BytesMut, capacity: usize) {
 /// Returns whether any caller was woken.
 fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Result<bool, Error> {
     let mut woke = false;
+    // One clock reading for every reply this call hands out (they came in the same read, or
+    // reads microseconds apart), taken at the first: see `ConnectionStats::rtt`.
+    let mut read_at: Option<u32> = None;
     loop {
         let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
         let mut result = Ok(());
@@ -346,8 +381,14 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
                     result = Err(Error::new(ErrorKind::UnsolicitedReply));
                     return ControlFlow::Break(());
                 };
+                let read_us = *read_at.get_or_insert_with(now_us);
+                let st = &mut *st;
                 let slot = st.slots.get_mut(id);
-                if slot.abandoned {
+                st.stats
+                    .rtt
+                    .record(read_us.wrapping_sub(slot.sent_us()) & RTT_CLOCK_MASK);
+                st.stats.errors.server_errors += u64::from(matches!(frame, Frame::Error(_)));
+                if slot.abandoned() {
                     st.slots.release(id);
                 } else {
                     slot.reply = Some(Ok(frame));

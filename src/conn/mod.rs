@@ -13,6 +13,7 @@
 //! - `config.rs`: [`ConnectionConfig`] and URL parsing. `info.rs`: [`ServerInfo`].
 //! - `script.rs`: [`Script`], with its SHA-1 computed locally.
 //! - `subscriber.rs`: a pub/sub connection of its own, for release notifications.
+//! - `stats.rs`: [`ConnectionStats`], the counters and the round-trip histogram behind it.
 //!
 //! Invariants (see `DESIGN.md`):
 //! - A reply goes to the request at the head of the in-flight queue, nobody else. A request whose
@@ -34,6 +35,9 @@ mod info;
 mod script;
 mod slots;
 mod subscriber;
+mod stats;
+
+pub(crate) use stats::now_us;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +58,7 @@ pub use config::{
 };
 pub use info::{RestartMarker, ServerInfo};
 pub use script::{Script, ScriptCall};
+pub use stats::{ConnectionState, ConnectionStats, ErrorCounts, RttHistogram, RTT_BUCKETS};
 
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
@@ -101,6 +106,8 @@ struct State {
     /// The server's reported uptime and when it was read (at each connect, with the status, so
     /// a check under this lock sees the server it would send to).
     uptime_at: Option<(Duration, Instant)>,
+    /// Counted under this lock, where it is held anyway (see `stats.rs`).
+    stats: stats::Counters,
 }
 
 pub(crate) struct Shared {
@@ -288,6 +295,7 @@ impl Connection {
                 connects: 0,
                 pushes: 0,
                 uptime_at: None,
+                stats: stats::Counters::default(),
             }),
             config,
             changed: Notify::new(),
@@ -472,6 +480,51 @@ impl Connection {
         self.shared().lock().slots.used()
     }
 
+    /// A snapshot of this connection: its state, the server, connects and reconnects, requests
+    /// sent and in flight, failures by kind, server restarts seen, and the round-trip
+    /// histogram. See [`ConnectionStats`].
+    ///
+    /// It takes the connection's lock once, as `send` does, and allocates (the address); call
+    /// it as often as a metrics scrape does, not per request.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::ConnectionState;
+    ///
+    /// # async fn demo(conn: dragonlock::conn::Connection) {
+    /// let s = conn.stats();
+    /// if s.state != ConnectionState::Connected {
+    ///     eprintln!("{} is {:?}: {:?}", s.addr, s.state, s.last_error);
+    /// }
+    /// println!("{} requests, {} timeouts, rtt p50 {:?}", s.requests_sent, s.errors.timeouts, s.rtt.p50());
+    /// # }
+    /// ```
+    pub fn stats(&self) -> ConnectionStats {
+        let shared = self.shared();
+        let st = shared.lock();
+        ConnectionStats {
+            addr: shared.config.addr(),
+            state: match st.status {
+                _ if st.closed => ConnectionState::Closed,
+                Status::Starting => ConnectionState::Connecting,
+                Status::Connected => ConnectionState::Connected,
+                Status::Down => ConnectionState::Down,
+            },
+            server: st.info.clone(),
+            last_error: st.last_error.clone(),
+            connect_attempts: st.attempts,
+            connects: st.connects,
+            reconnects: st.connects.saturating_sub(1),
+            restarts_seen: st.stats.restarts,
+            requests_sent: st.stats.sent,
+            in_flight: st.slots.queued(),
+            pushes_received: st.pushes,
+            errors: st.stats.errors,
+            rtt: st.stats.rtt.clone(),
+        }
+    }
+
     /// Queues one request: `encode` writes the command into the write buffer, and the returned
     /// future yields its reply. The command is on its way once this returns, whether or not the
     /// future is polled.
@@ -502,7 +555,19 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue(None, encode)
+        self.enqueue(None, stats::now_us(), encode)
+    }
+
+    /// [`send`](Connection::send) with the send time (`stats::now_us`) read by the caller, who
+    /// sends to every node at once (a Redlock phase reads the clock once for all of them): the
+    /// request's round trip counts from then.
+    #[inline]
+    pub(crate) fn send_stamped(
+        &self,
+        sent_us: u32,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<ReplyFuture<'_>, Error> {
+        self.enqueue(None, sent_us, encode)
     }
 
     /// [`send`](Connection::send), only when the server has been up for at least `min_uptime`
@@ -518,7 +583,19 @@ impl Connection {
         min_uptime: Duration,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue(Some(min_uptime), encode)
+        self.enqueue(Some(min_uptime), stats::now_us(), encode)
+    }
+
+    /// [`send_if_up_for`](Connection::send_if_up_for) with the send time read by the caller,
+    /// as [`send_stamped`](Connection::send_stamped).
+    #[inline]
+    pub(crate) fn send_if_up_for_stamped(
+        &self,
+        min_uptime: Duration,
+        sent_us: u32,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<ReplyFuture<'_>, Error> {
+        self.enqueue(Some(min_uptime), sent_us, encode)
     }
 
     /// [`send`](Connection::send) for an `encode` that writes two commands: the future yields
@@ -528,15 +605,16 @@ impl Connection {
         &self,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue_n(None, 1, encode)
+        self.enqueue_n(None, stats::now_us(), 1, encode)
     }
 
     fn enqueue(
         &self,
         min_uptime: Option<Duration>,
+        sent_us: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue_n(min_uptime, 0, encode)
+        self.enqueue_n(min_uptime, sent_us, 0, encode)
     }
 
     /// `enqueue` for `encode` writing `1 + discarded` commands; the replies past the first are
@@ -544,6 +622,7 @@ impl Connection {
     fn enqueue_n(
         &self,
         min_uptime: Option<Duration>,
+        sent_us: u32,
         discarded: usize,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
@@ -553,6 +632,7 @@ impl Connection {
             return Err(Error::new(ErrorKind::Closed));
         }
         if st.status != Status::Connected {
+            st.stats.errors.refused_not_connected += 1;
             // A node that refuses our credentials says so, rather than just "not connected".
             return Err(match &st.last_error {
                 Some(e) if e.is_auth() => e.clone(),
@@ -561,6 +641,7 @@ impl Connection {
         }
         if let Some(min) = min_uptime {
             if uptime_now(&st).is_none_or(|up| up < min) {
+                st.stats.errors.refused_restarted += 1;
                 return Err(Error::new(ErrorKind::Restarted));
             }
         }
@@ -572,6 +653,7 @@ impl Connection {
             || (!st.write_buf.is_empty()
                 && st.write_buf.len() + COMMAND_ROOM > shared.config.write_buffer)
         {
+            st.stats.errors.refused_overloaded += 1;
             return Err(Error::new(ErrorKind::Overloaded));
         }
         // Write directly when the socket is free and the connection is not busy. Free: nothing
@@ -586,11 +668,18 @@ impl Connection {
             && !st.driver_writing
             && st.driver_waker.is_some();
         encode(&mut st.write_buf);
-        let id = st.slots.take().expect("checked above, under the same lock");
+        let id = st
+            .slots
+            .take(sent_us)
+            .expect("checked above, under the same lock");
         for _ in 0..discarded {
-            let extra = st.slots.take().expect("checked above, under the same lock");
-            st.slots.get_mut(extra).abandoned = true;
+            let extra = st
+                .slots
+                .take(sent_us)
+                .expect("checked above, under the same lock");
+            st.slots.get_mut(extra).abandon();
         }
+        st.stats.sent += 1 + discarded as u64;
         if idle && write_now(&mut st, shared.config.write_buffer) {
             drop(st);
             return Ok(ReplyFuture {
@@ -770,10 +859,20 @@ impl ReplyFuture<'_> {
     /// # let _ = pong; Ok(()) }
     /// ```
     pub async fn deadline(self, deadline: Instant) -> Result<Frame, Error> {
+        let shared = self.shared;
         match tokio::time::timeout_at(deadline, self).await {
             Ok(r) => r,
-            Err(_) => Err(Error::new(ErrorKind::Timeout)),
+            Err(_) => {
+                shared.lock().stats.errors.timeouts += 1;
+                Err(Error::new(ErrorKind::Timeout))
+            }
         }
+    }
+
+    /// Counts this request as timed out (its caller's deadline passed before the reply came),
+    /// for a caller that races replies against its own deadline (Redlock's quorum collector).
+    pub(crate) fn count_timeout(&self) {
+        self.shared.lock().stats.errors.timeouts += 1;
     }
 }
 
@@ -808,7 +907,7 @@ impl Drop for ReplyFuture<'_> {
         if slot.reply.is_some() {
             st.slots.release(self.id);
         } else {
-            slot.abandoned = true;
+            slot.abandon();
             slot.waker = None;
         }
     }

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{Decision, Vote};
+use super::stats::Count;
 use super::{Keys, Redlock, ReleaseWait, Token};
 use crate::conn::ScriptCall;
 use crate::error::{Error, ErrorKind};
@@ -39,6 +40,8 @@ pub struct Lock {
     /// Rebuilt from a token ([`Redlock::lock_from_token`]) and not extended since: its
     /// validity is unknown, so it claims none, and `extend` is not refused for lack of it.
     unconfirmed: bool,
+    /// Found lost while held (and counted so, once).
+    lost: bool,
 }
 
 impl std::fmt::Debug for Lock {
@@ -70,6 +73,7 @@ impl Lock {
             signal: OnceLock::new(),
             fences: smallvec::SmallVec::new(),
             unconfirmed: false,
+            lost: false,
         }
     }
 
@@ -179,6 +183,16 @@ impl Lock {
                 signal
             })
             .clone()
+    }
+
+    /// Counts the lock as lost, once per lock, and traces why.
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    pub(crate) fn mark_lost(&mut self, why: &'static str) {
+        if !self.lost {
+            self.lost = true;
+            self.redlock.count(Count::Lost);
+            crate::trace::event!(WARN, resource = self.resource(), why, "lock lost");
+        }
     }
 
     /// Tells the signal, if anyone asked for one, that the lock is no longer held.
@@ -366,6 +380,7 @@ impl Lock {
             .await;
         let granted = collector.granted();
         if granted >= redlock.inner.quorum {
+            redlock.count(Count::ReleaseOk);
             return Ok(granted);
         }
         // A quorum no longer holds our token: the lock ran out (or was taken) before the
@@ -374,6 +389,7 @@ impl Lock {
             LockErrorKind::Busy => LockErrorKind::NotHeld,
             kind => kind,
         };
+        redlock.count(Count::ReleaseFailed(kind));
         Err(redlock.lock_error(kind, collector.results.clone(), &self.keys))
     }
 
@@ -421,7 +437,7 @@ impl Lock {
     /// What `extend` checks before asking the nodes: the ttl, the extension limit, and that
     /// the lock is still held (firing the signal if it is not). A rebuilt lock not yet extended
     /// has no validity to check; the nodes decide.
-    pub(crate) fn check_extend(&self, ttl: Duration) -> Result<(), LockError> {
+    pub(crate) fn check_extend(&mut self, ttl: Duration) -> Result<(), LockError> {
         let redlock = &self.redlock;
         redlock.check_ttl(ttl)?;
         if let Some(max) = redlock.inner.options.max_extensions {
@@ -430,6 +446,9 @@ impl Lock {
             }
         }
         if self.done || (!self.unconfirmed && Instant::now() >= self.valid_until) {
+            if !self.done {
+                self.mark_lost("its validity ran out before it was extended");
+            }
             self.fire_signal();
             return Err(self.error(LockErrorKind::Lost, NodeResults::new()));
         }
@@ -445,6 +464,7 @@ impl Lock {
     ) -> Result<(), LockError> {
         match outcome {
             Ok(new_valid_until) => {
+                self.redlock.count(Count::ExtensionOk);
                 self.unconfirmed = false;
                 self.valid_until = new_valid_until;
                 self.ttl = ttl;
@@ -455,6 +475,8 @@ impl Lock {
                 Ok(())
             }
             Err(e) => {
+                self.redlock.count(Count::ExtensionFailed);
+                self.mark_lost("an extension was not confirmed by a quorum in time");
                 // Without a quorum the lock can no longer be trusted: stop claiming it.
                 self.valid_until = self.valid_until.min(Instant::now());
                 self.fire_signal();

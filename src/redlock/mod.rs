@@ -7,6 +7,7 @@
 //! - `scripts.rs`: the Lua scripts. `error.rs`: [`LockError`].
 //! - `handoff.rs`: waking `acquire` waiters when the lock is released
 //!   ([`RedlockOptions::wake_on_release`]).
+//! - `stats.rs`: [`RedlockStats`] and the lock outcome counters behind [`LockStats`].
 //!
 //! Time is measured with `Instant` only. An acquire starts its clock before the first byte is
 //! written, sends `SET key token NX PX ttl` to every node before waiting on any, and decides as
@@ -27,6 +28,7 @@ mod lock;
 mod nodes;
 mod quorum;
 pub mod scripts;
+mod stats;
 mod token;
 
 use std::future::Future;
@@ -41,6 +43,7 @@ use tokio::time::Instant;
 pub use error::{LockError, LockErrorKind, NodeResult, NodeResults};
 pub use holder::{Holders, NodeHolder};
 pub use lock::{Lock, LockSignal};
+pub use stats::{LockStats, RedlockStats};
 pub use token::{MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 
 use crate::conn::{Connection, ConnectionConfig, ReplyFuture, Script, ScriptCall};
@@ -48,6 +51,7 @@ use crate::error::Error;
 use crate::resp::{encode_delex_ifeq, encode_publish, Frame, SetNxPxCommand};
 use quorum::{Decision, QuorumCollector, Vote};
 use scripts::scripts;
+use stats::{Count, LockCounters};
 pub(crate) use token::{new_token, Token};
 
 /// Default clock drift factor, as in the Redlock description.
@@ -511,6 +515,8 @@ pub(crate) struct Inner {
     pub(crate) quorum: usize,
     /// The waiters' subscriptions, shared by every view (see `handoff.rs`).
     pub(crate) handoff: Arc<handoff::Handoff>,
+    /// Lock outcomes, shared by every view.
+    pub(crate) stats: Arc<LockCounters>,
 }
 
 /// The Redlock manager over N independent nodes. Cheap to clone.
@@ -731,6 +737,7 @@ impl Redlock {
                 options,
                 quorum,
                 handoff: Arc::new(handoff),
+                stats: Arc::default(),
             }),
         }
     }
@@ -743,6 +750,40 @@ impl Redlock {
     /// How many nodes must agree: N/2 + 1 of the configured nodes.
     pub fn quorum(&self) -> usize {
         self.inner.quorum
+    }
+
+    /// A snapshot of the manager: each node's [connection stats](Connection::stats) (state,
+    /// server, connects, requests, failures by kind, restarts seen, round trips) and the lock
+    /// outcomes of this manager and all its [views](Redlock::with_options). See
+    /// [`RedlockStats`].
+    ///
+    /// Counting costs the lock cycle two `Relaxed` increments and the connections' counters,
+    /// which sit under locks they take anyway; a snapshot takes each connection's lock once
+    /// and allocates, so take it as often as a metrics scrape does, not per lock.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::ConnectionState;
+    ///
+    /// # async fn demo(redlock: dragonlock::Redlock) {
+    /// let stats = redlock.stats();
+    /// let up = stats.nodes.iter().filter(|n| n.state == ConnectionState::Connected).count();
+    /// println!("{up} of {} nodes up; {} locks granted, {} lost", stats.nodes.len(),
+    ///     stats.locks.granted, stats.locks.lost);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> RedlockStats {
+        RedlockStats {
+            nodes: self.inner.nodes.iter().map(Connection::stats).collect(),
+            locks: self.inner.stats.snapshot(),
+        }
+    }
+
+    /// Counts one lock outcome.
+    #[inline]
+    pub(crate) fn count(&self, what: Count) {
+        self.inner.stats.count(what);
     }
 
     /// The options in force: this manager's, or this view's (see
@@ -833,6 +874,7 @@ impl Redlock {
                 options,
                 quorum: self.inner.quorum,
                 handoff: self.inner.handoff.clone(),
+                stats: self.inner.stats.clone(),
             }),
         })
     }
@@ -1127,6 +1169,7 @@ impl Redlock {
             last_took = last_took.max(started.elapsed());
             let now = Instant::now();
             if final_attempt || budget_end.is_some_and(|end| now >= end) {
+                self.count(Count::Timeout);
                 return Err(err.timed_out());
             }
             let (wake, is_final) = match interrupted.take().filter(|&(end, _)| end > now) {
@@ -1184,8 +1227,33 @@ impl Redlock {
     }
 
     /// One acquire attempt over all nodes, decided by the lock's validity or at `cut` (the
-    /// acquire budget's end), whichever is first.
+    /// acquire budget's end), whichever is first; its outcome counted, and a failure traced
+    /// with each node's answer.
     async fn attempt(
+        &self,
+        keys: Keys,
+        ttl: Duration,
+        cut: Option<Instant>,
+    ) -> Result<Lock, LockError> {
+        let outcome = self.attempt_once(keys, ttl, cut).await;
+        match &outcome {
+            Ok(_) => self.count(Count::Granted),
+            // Refused before anything was sent: not an attempt.
+            Err(e) if e.kind() == LockErrorKind::Invalid => {}
+            Err(e) => {
+                self.count(Count::Failed(e.kind()));
+                // A busy key is an answer, and frequent on a contended one: debug, not warn.
+                if e.kind() == LockErrorKind::Busy {
+                    crate::trace::event!(DEBUG, error = %e, "acquire failed");
+                } else {
+                    crate::trace::event!(WARN, error = %e, "acquire failed");
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn attempt_once(
         &self,
         keys: Keys,
         ttl: Duration,
@@ -1209,6 +1277,8 @@ impl Redlock {
 
         // The clock starts before the first byte is written.
         let start = Instant::now();
+        // The round trips' clock, read once for every node (see `Connection::stats`).
+        let sent_us = crate::conn::now_us();
         let valid_until = start + ttl - self.drift(ttl);
         let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
         // Releases whatever this attempt may have set if it is dropped before it finishes.
@@ -1232,8 +1302,8 @@ impl Redlock {
         };
         for node in nodes.iter() {
             collector.push(match self.inner.options.restart_delay {
-                None => node.send(encode),
-                Some(delay) => node.send_if_up_for(delay, encode),
+                None => node.send_stamped(sent_us, encode),
+                Some(delay) => node.send_if_up_for_stamped(delay, sent_us, encode),
             });
         }
         let classify = |f: &Frame| match f {
@@ -1618,6 +1688,9 @@ impl Redlock {
                 Step::Expired => {
                     // Dropping the lock fires the signal (and releases whatever is left).
                     let kind = stopped.unwrap_or(LockErrorKind::Lost);
+                    if kind == LockErrorKind::Lost {
+                        lock.mark_lost("its validity ran out while renewals were due");
+                    }
                     return Err(lock.error(kind, NodeResults::new()));
                 }
             }
@@ -1692,6 +1765,7 @@ struct CleanupOnDrop<'a> {
 impl Drop for CleanupOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
+            self.redlock.count(Count::Cancelled);
             self.redlock
                 .release_in_background(self.keys, self.token, true, |_| true);
         }

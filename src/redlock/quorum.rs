@@ -196,7 +196,8 @@ impl<'a> QuorumCollector<'a> {
                 // Waited for until the deadline and silent: `NoReply`. Nodes left unanswered
                 // by an earlier decision stay `NotAwaited`.
                 for (pending, result) in self.pending.iter().zip(self.results.iter_mut()) {
-                    if pending.is_some() {
+                    if let Some(fut) = pending {
+                        fut.count_timeout();
                         *result = NodeResult::NoReply;
                     }
                 }

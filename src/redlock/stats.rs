@@ -1,0 +1,178 @@
+//! What a manager's locks have done: outcome counters and the snapshot
+//! [`Redlock::stats`](super::Redlock::stats) returns.
+//!
+//! One set of counters per manager, shared by its [views](super::Redlock::with_options).
+//! Each is a `Relaxed` atomic, incremented once where an operation ends (an attempt decided,
+//! a release answered): no lock is taken, and a lock cycle does two increments in all.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::error::LockErrorKind;
+use crate::conn::ConnectionStats;
+
+/// The manager's counters (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct LockCounters {
+    granted: AtomicU64,
+    busy: AtomicU64,
+    no_quorum: AtomicU64,
+    unavailable: AtomicU64,
+    expired: AtomicU64,
+    fence_unavailable: AtomicU64,
+    timeouts: AtomicU64,
+    cancelled: AtomicU64,
+    extensions_ok: AtomicU64,
+    extensions_failed: AtomicU64,
+    lost: AtomicU64,
+    releases_ok: AtomicU64,
+    releases_not_held: AtomicU64,
+    releases_failed: AtomicU64,
+}
+
+/// Which counter an event goes to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Count {
+    Granted,
+    /// An attempt that failed with this kind.
+    Failed(LockErrorKind),
+    /// An `acquire` whose time budget ran out.
+    Timeout,
+    /// An attempt dropped before it was decided.
+    Cancelled,
+    ExtensionOk,
+    ExtensionFailed,
+    Lost,
+    ReleaseOk,
+    /// A release that failed with this kind.
+    ReleaseFailed(LockErrorKind),
+}
+
+impl LockCounters {
+    #[inline]
+    pub(crate) fn count(&self, what: Count) {
+        let counter = match what {
+            Count::Granted => &self.granted,
+            Count::Failed(LockErrorKind::Busy) => &self.busy,
+            Count::Failed(LockErrorKind::Unavailable) => &self.unavailable,
+            Count::Failed(LockErrorKind::Expired) => &self.expired,
+            Count::Failed(LockErrorKind::FenceUnavailable) => &self.fence_unavailable,
+            // `NoQuorum`, and what no attempt of a valid request ends with today (a fence
+            // overflow): neither busy nor unavailable.
+            Count::Failed(_) => &self.no_quorum,
+            Count::Timeout => &self.timeouts,
+            Count::Cancelled => &self.cancelled,
+            Count::ExtensionOk => &self.extensions_ok,
+            Count::ExtensionFailed => &self.extensions_failed,
+            Count::Lost => &self.lost,
+            Count::ReleaseOk => &self.releases_ok,
+            Count::ReleaseFailed(LockErrorKind::NotHeld) => &self.releases_not_held,
+            Count::ReleaseFailed(_) => &self.releases_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> LockStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LockStats {
+            granted: get(&self.granted),
+            busy: get(&self.busy),
+            no_quorum: get(&self.no_quorum),
+            unavailable: get(&self.unavailable),
+            expired: get(&self.expired),
+            fence_unavailable: get(&self.fence_unavailable),
+            timeouts: get(&self.timeouts),
+            cancelled: get(&self.cancelled),
+            extensions_ok: get(&self.extensions_ok),
+            extensions_failed: get(&self.extensions_failed),
+            lost: get(&self.lost),
+            releases_ok: get(&self.releases_ok),
+            releases_not_held: get(&self.releases_not_held),
+            releases_failed: get(&self.releases_failed),
+        }
+    }
+}
+
+/// Lock outcomes of one manager (and its views) since it was made.
+///
+/// Acquires are counted per *attempt*: an [`acquire`](super::Redlock::acquire) that retried
+/// three times on a busy key and then got it counts 3 `busy` and 1 `granted`. An acquire whose
+/// time budget ran out counts once in `timeouts` besides its attempts; its last attempt, if the
+/// budget cut it short, counts by its verdict on the answers it had (often `no_quorum`: a
+/// refusal or two is not yet "busy"). Invalid requests (a ttl
+/// too small, an empty resource list) are not counted: nothing was sent.
+///
+/// The counters are read one by one without a common lock, so a snapshot taken while locks
+/// are being taken may be a few operations apart between fields.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(redlock: dragonlock::Redlock) {
+/// let l = redlock.stats().locks;
+/// let attempts = l.granted + l.busy + l.no_quorum + l.unavailable + l.expired;
+/// println!("{} of {attempts} attempts granted, {} locks lost", l.granted, l.lost);
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockStats {
+    /// Attempts that took the lock.
+    pub granted: u64,
+    /// Attempts refused because someone else held the lock on too many nodes
+    /// ([`LockErrorKind::Busy`]).
+    pub busy: u64,
+    /// Attempts with mixed answers and no quorum ([`LockErrorKind::NoQuorum`]).
+    pub no_quorum: u64,
+    /// Attempts that failed because too many nodes were down or failing
+    /// ([`LockErrorKind::Unavailable`]).
+    pub unavailable: u64,
+    /// Attempts whose quorum came too late for the lock's validity
+    /// ([`LockErrorKind::Expired`]).
+    pub expired: u64,
+    /// Fenced attempts that found no quorum of fencing counters
+    /// ([`LockErrorKind::FenceUnavailable`]).
+    pub fence_unavailable: u64,
+    /// Acquires whose time budget ran out ([`LockErrorKind::Timeout`]).
+    pub timeouts: u64,
+    /// Attempts dropped by their caller before they were decided (their keys were released in
+    /// the background).
+    pub cancelled: u64,
+    /// Extensions that a quorum confirmed in time.
+    pub extensions_ok: u64,
+    /// Extensions that were sent and not confirmed by a quorum in time: each one lost its
+    /// lock.
+    pub extensions_failed: u64,
+    /// Locks found lost while held: a failed extension, an extension asked for after the
+    /// validity had run out, or a [`with_lock`](super::Redlock::with_lock) whose validity ran
+    /// out while renewals were due. Each lock counts once.
+    pub lost: u64,
+    /// Releases confirmed by at least a quorum.
+    pub releases_ok: u64,
+    /// Releases that found the lock no longer held on a quorum ([`LockErrorKind::NotHeld`]):
+    /// the work under it may have outlived it.
+    pub releases_not_held: u64,
+    /// Releases that could not be confirmed for other reasons (nodes down or silent).
+    pub releases_failed: u64,
+}
+
+/// A snapshot of a manager: each node's connection and the lock outcomes.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(redlock: dragonlock::Redlock) {
+/// let stats = redlock.stats();
+/// for node in &stats.nodes {
+///     println!("{} {:?} rtt p99 {:?}", node.addr, node.state, node.rtt.p99());
+/// }
+/// println!("granted {}, busy {}", stats.locks.granted, stats.locks.busy);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedlockStats {
+    /// Each node's connection, in the order the nodes were given.
+    pub nodes: Vec<ConnectionStats>,
+    /// What this manager's locks did.
+    pub locks: LockStats,
+}
