@@ -103,7 +103,7 @@ pub mod local;
 pub mod redlock;
 pub mod resp;
 
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, TlsFailure};
 pub use redlock::{
     Holders, Lock, LockError, LockErrorKind, LockSignal, NodeHolder, NodeResult, Redlock,
     RedlockOptions, ReleaseWait, MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN,
