@@ -272,3 +272,97 @@ async fn the_lock_cycle_runs_over_tls_on_three_nodes() {
         lock.release().await.unwrap();
     }
 }
+
+fn dragonlock(args: &[&str]) -> (Option<i32>, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dragonlock"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.code(), text)
+}
+
+/// `ping`, `run` and `bench` on three TLS nodes with a private CA; the certificate errors and
+/// the options' misuse as they show on the command line.
+#[test]
+fn the_cli_speaks_tls_with_a_ca_a_client_certificate_or_insecurely() {
+    let pki = Pki::new();
+    let servers: Vec<Server> = (0..3).map(|_| tls_server(&pki, "server", false)).collect();
+    let nodes = servers
+        .iter()
+        .map(Server::tls_url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let ca = pki.ca().to_string_lossy().into_owned();
+    let client = pki.pair("client");
+    let (cert, key) = (
+        client.cert.to_string_lossy().into_owned(),
+        client.key.to_string_lossy().into_owned(),
+    );
+
+    let (code, out) = dragonlock(&["ping", "--nodes", &nodes, "--tls-ca", &ca]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("verdict: SAFE: 3 of 3 nodes can vote"),
+        "{out}"
+    );
+
+    let (code, out) = dragonlock(&[
+        "run",
+        "--nodes",
+        &nodes,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--resource",
+        "job",
+        "--ttl",
+        "5s",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+
+    let (code, out) = dragonlock(&[
+        "bench",
+        "--nodes",
+        &nodes,
+        "--tls-insecure",
+        "--ops",
+        "200",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let json = out[out.find('{').unwrap()..].to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(
+        v["dragonlock"]["outcomes"]["granted"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+
+    // Without the CA, the system's roots do not know the test CA: no node can vote.
+    let (code, out) = dragonlock(&["ping", "--nodes", &nodes]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("certificate"), "{out}");
+
+    // A TLS option with no rediss:// node, and a certificate without its key: usage errors.
+    let plain = servers
+        .iter()
+        .map(Server::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (code, out) = dragonlock(&["ping", "--nodes", &plain, "--tls-ca", &ca]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("rediss://"), "{out}");
+    let (code, out) = dragonlock(&["ping", "--nodes", &nodes, "--tls-cert", &cert]);
+    assert_eq!(code, Some(2), "{out}");
+}

@@ -116,9 +116,12 @@ impl From<ReleaseWaitArg> for ReleaseWait {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Nodes: host:port or redis:// URLs, comma-separated. Default: 5 local servers started here.
+    /// Nodes: host:port, redis:// or rediss:// (TLS) URLs, comma-separated. Default: 5 local
+    /// servers started here.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
+    #[command(flatten)]
+    tls: crate::TlsArgs,
     /// What each worker does.
     #[arg(long, value_enum, default_value = "uncontended")]
     workload: Workload,
@@ -417,7 +420,14 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         for s in local.iter_mut().take(args.nodes_down) {
             s.stop();
         }
-        node_configs(&local.iter().map(|s| s.addr()).collect::<Vec<_>>()).expect("local addresses")
+        // The local servers are plain: TLS options here are refused, not ignored.
+        match node_configs(
+            &local.iter().map(|s| s.addr()).collect::<Vec<_>>(),
+            &args.tls,
+        ) {
+            Ok(c) => c,
+            Err(e) => return fail(EXIT_USAGE, e),
+        }
     } else {
         if args.nodes_down > 0 {
             return fail(
@@ -425,11 +435,19 @@ pub async fn run(args: BenchArgs) -> ExitCode {
                 "--nodes-down works only with the local servers (no --nodes)",
             );
         }
-        match node_configs(&args.nodes) {
+        match node_configs(&args.nodes, &args.tls) {
             Ok(c) => c,
             Err(e) => return fail(EXIT_USAGE, e),
         }
     };
+    if args.baseline && configs.iter().any(|c| c.is_tls()) {
+        // The baseline speaks plain TCP only; a ratio against it over TLS would compare TLS
+        // with no TLS.
+        return fail(
+            EXIT_USAGE,
+            "--baseline runs on plain TCP nodes only (no rediss://)",
+        );
+    }
     let addrs: Vec<String> = configs.iter().map(|c| c.addr()).collect();
     let mut options = RedlockOptions::default()
         .retry_count(args.retries)
