@@ -293,7 +293,8 @@ impl Connection {
     /// # Errors
     ///
     /// The first attempt's error: socket errors, [`ErrorKind::Auth`] for rejected credentials,
-    /// [`ErrorKind::Timeout`] past the connect or handshake deadline.
+    /// [`ErrorKind::Tls`] (`is_tls()`) for a refused certificate, a failed TLS handshake or
+    /// unreadable TLS files, [`ErrorKind::Timeout`] past the connect or handshake deadline.
     ///
     /// # Cancel safety
     ///

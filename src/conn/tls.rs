@@ -157,7 +157,9 @@ mod imp {
         /// Uses this rustls configuration as it is (the other options are ignored, except
         /// [`server_name`](TlsConfig::server_name)): for a custom certificate verifier,
         /// another crypto provider, or session resumption. Ties the caller to this crate's
-        /// rustls version (0.23).
+        /// rustls version (0.23). Its session resumption is used as it is set there; the
+        /// configurations this type builds turn it off, so that every reconnect does a full
+        /// handshake.
         pub fn rustls(mut self, config: Arc<ClientConfig>) -> Self {
             self.rustls = Some(config);
             self
@@ -247,6 +249,11 @@ mod imp {
                 }
                 None => builder.with_no_client_auth(),
             };
+            let mut config = config;
+            // Every reconnect does a full handshake: a reconnect is rare (a node restarted, or
+            // the network broke), and a resumed session would be one more state carried from a
+            // connection that failed to the next.
+            config.resumption = rustls::client::Resumption::disabled();
             Ok(Arc::new(config))
         }
 
