@@ -11,7 +11,7 @@ use std::time::Duration;
 use dragonlock::conn::{Connection, ConnectionConfig, TlsConfig, TlsRoots};
 use dragonlock::{RedlockOptions, TlsFailure};
 use support::pki::Pki;
-use support::proxy::Proxy;
+use support::proxy::{Direction, Fault, Proxy};
 use support::server::{Server, ServerOptions, TlsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -365,4 +365,50 @@ fn the_cli_speaks_tls_with_a_ca_a_client_certificate_or_insecurely() {
     assert!(out.contains("rediss://"), "{out}");
     let (code, out) = dragonlock(&["ping", "--nodes", &nodes, "--tls-cert", &cert]);
     assert_eq!(code, Some(2), "{out}");
+}
+
+/// The read side reassembles records that arrive a byte at a time, and a reset while requests
+/// are in flight fails them as a lost connection (not a TLS error) and reconnects over TLS.
+#[tokio::test]
+async fn records_split_at_every_byte_are_read_and_a_reset_fails_what_is_in_flight() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, "server", false);
+    let proxy = Proxy::to_port(server.tls_port.unwrap()).await;
+    let conn = Connection::connect(
+        ConnectionConfig::new("127.0.0.1", proxy.port)
+            .tls(trusting(pki.ca()))
+            .backoff(Duration::from_millis(5), Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    conn.command(&["SET", "k", "split"]).await.unwrap();
+    proxy.set(Fault::Trickle(Duration::from_micros(50)));
+    let replies: Vec<_> = (0..3)
+        .map(|_| {
+            conn.send(|b| dragonlock::resp::encode_command(b, &["GET", "k"]))
+                .unwrap()
+        })
+        .collect();
+    for r in replies {
+        assert_eq!(r.await.unwrap().as_bytes(), Some(&b"split"[..]));
+    }
+    proxy.set(Fault::BlackHole(Direction::ToClient));
+    let pending = conn
+        .send(|b| dragonlock::resp::encode_command(b, &["GET", "k"]))
+        .unwrap();
+    proxy.set(Fault::Reset);
+    let err = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        !err.is_tls() && err.is_unavailable() && err.maybe_executed(),
+        "{err:?}"
+    );
+    proxy.heal();
+    conn.wait_connected(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        conn.command(&["GET", "k"]).await.unwrap().as_bytes(),
+        Some(&b"split"[..])
+    );
 }
