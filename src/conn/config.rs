@@ -145,8 +145,8 @@ impl ConnectionConfig {
     /// bare `host:port` is accepted too. The port defaults to 6379.
     ///
     /// `rediss://` (and its synonym `dragonflys://`) is the same over TLS, with the default
-    /// [`TlsConfig`](crate::conn::TlsConfig) (the platform's roots, the host as the name to
-    /// verify), and needs the `tls` feature; set [`tls`](ConnectionConfig::tls) after
+    /// `TlsConfig` (the platform's roots, the host as the name to
+    /// verify), and needs the `tls` feature; set `ConnectionConfig::tls` after
     /// parsing for a private CA or a client certificate.
     ///
     /// # Errors
@@ -269,7 +269,7 @@ impl ConnectionConfig {
         self.tls.as_ref()
     }
 
-    /// Plain TCP again, after a `rediss://` URL or [`tls`](ConnectionConfig::tls).
+    /// Plain TCP again, after a `rediss://` URL or `ConnectionConfig::tls`.
     pub fn no_tls(mut self) -> Self {
         self.tls = None;
         self

@@ -12,7 +12,7 @@
 //! - `handshake.rs`: `HELLO`/`AUTH`/`SELECT`, server facts, script loading, in one round trip.
 //! - `config.rs`: [`ConnectionConfig`] and URL parsing. `info.rs`: [`ServerInfo`].
 //! - `script.rs`: [`Script`], with its SHA-1 computed locally.
-//! - `tls.rs`: [`TlsConfig`] and the rustls session the driver runs over the socket (the `tls`
+//! - `tls.rs`: `TlsConfig` and the rustls session the driver runs over the socket (the `tls`
 //!   feature).
 //!
 //! Invariants (see `DESIGN.md`):
