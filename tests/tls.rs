@@ -256,7 +256,13 @@ async fn the_lock_cycle_runs_over_tls_on_three_nodes() {
     for i in 0..50 {
         let key = format!("tls-lock-{}", i % 5);
         let lock = r.try_acquire(&key, Duration::from_secs(10)).await.unwrap();
-        // Held on every node, under its token.
+        // Held on every node, under its token, once every node has run the `SET` (the
+        // acquire returned at the quorum, with the third maybe still on its way).
+        let ran = support::eventually(Duration::from_secs(10), || {
+            r.nodes().iter().all(|n| n.in_flight() == 0)
+        })
+        .await;
+        assert!(ran, "requests still in flight after 10 s");
         for s in &servers {
             assert_eq!(
                 s.cmd(&["GET", &key]).as_bytes(),
