@@ -75,6 +75,34 @@ pub enum ErrorKind {
     /// lost lock keys in the restart, so it does not vote (see
     /// [`RedlockOptions::restart_delay`](crate::RedlockOptions::restart_delay)). Not sent.
     Restarted,
+    /// TLS failed (the `tls` feature): a certificate was refused, the TLS handshake failed
+    /// otherwise, a record could not be decrypted, or the TLS options could not be loaded.
+    /// `failure` says which; `detail` is rustls's or the file's message.
+    Tls {
+        /// What failed.
+        failure: TlsFailure,
+        /// What rustls, or the file being read, said.
+        detail: std::sync::Arc<str>,
+    },
+}
+
+/// What part of TLS failed, in [`ErrorKind::Tls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// A certificate was refused: the server's (unknown CA, expired, another name), or ours
+    /// (the server wanted a client certificate, or did not accept the one sent). Retrying
+    /// cannot help until the certificates change.
+    Certificate,
+    /// The TLS handshake failed for another reason (no common version or cipher, the port
+    /// does not speak TLS).
+    Handshake,
+    /// After the handshake: a record could not be decrypted, or the server sent a fatal alert.
+    /// Requests in flight may have run.
+    Record,
+    /// The TLS options could not be used: a CA, certificate or key file missing or malformed,
+    /// no trusted CA at all, or a host that is not a valid TLS server name.
+    Config,
 }
 
 impl Error {
@@ -139,6 +167,10 @@ impl Error {
                 | ErrorKind::UnsolicitedReply
                 | ErrorKind::Restarted
                 | ErrorKind::QuorumNotConnected { .. }
+                | ErrorKind::Tls {
+                    failure: TlsFailure::Record,
+                    ..
+                }
         )
     }
 
@@ -151,7 +183,53 @@ impl Error {
             ErrorKind::InvalidConfig(_)
                 | ErrorKind::DuplicateNode { .. }
                 | ErrorKind::TokenPrefixTooLong { .. }
+                | ErrorKind::Tls {
+                    failure: TlsFailure::Config,
+                    ..
+                }
         )
+    }
+
+    /// TLS failed: see [`ErrorKind::Tls`] and [`tls_failure`](Error::tls_failure). A
+    /// certificate or handshake failure is not retried in a tight loop: the connection waits
+    /// at least [`AUTH_FAILURE_BACKOFF`](crate::conn::AUTH_FAILURE_BACKOFF) between attempts.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dragonlock::conn::{Connection, ConnectionConfig};
+    ///
+    /// # async fn demo() -> Result<(), dragonlock::Error> {
+    /// let config = ConnectionConfig::from_url("rediss://127.0.0.1:6380")?;
+    /// match Connection::connect(config).await {
+    ///     Ok(conn) => drop(conn),
+    ///     Err(e) if e.is_tls() => eprintln!("check the node's certificate and our CA: {e}"),
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_tls(&self) -> bool {
+        matches!(self.kind, ErrorKind::Tls { .. })
+    }
+
+    /// For a TLS error, which part failed.
+    pub fn tls_failure(&self) -> Option<TlsFailure> {
+        match self.kind {
+            ErrorKind::Tls { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+
+    /// The connection cannot be made until something changes on one side (credentials,
+    /// certificates, TLS options): the driver waits at least
+    /// [`AUTH_FAILURE_BACKOFF`](crate::conn::AUTH_FAILURE_BACKOFF) before trying again, and
+    /// requests to the node fail with this error rather than `NotConnected`.
+    pub(crate) fn is_refusal(&self) -> bool {
+        match &self.kind {
+            ErrorKind::Auth(_) => true,
+            ErrorKind::Tls { failure, .. } => *failure != TlsFailure::Record,
+            _ => false,
+        }
     }
 
     /// One server was configured as two nodes.
@@ -175,11 +253,15 @@ impl Error {
                 | ErrorKind::Timeout
                 | ErrorKind::Protocol(_)
                 | ErrorKind::UnsolicitedReply
+                | ErrorKind::Tls {
+                    failure: TlsFailure::Record,
+                    ..
+                }
         )
     }
 
-    /// The request was refused before it was sent (node down, its credentials rejected, too
-    /// many in flight, or restarted too recently to vote).
+    /// The request was refused before it was sent (node down, its credentials or its TLS
+    /// certificates rejected, too many in flight, or restarted too recently to vote).
     pub fn is_not_sent(&self) -> bool {
         matches!(
             self.kind,
@@ -188,7 +270,7 @@ impl Error {
                 | ErrorKind::Closed
                 | ErrorKind::Restarted
                 | ErrorKind::Auth(_)
-        )
+        ) || (self.is_tls() && self.is_refusal())
     }
 }
 
@@ -247,6 +329,15 @@ impl fmt::Display for Error {
             ErrorKind::UnexpectedReply => f.write_str("unexpected reply"),
             ErrorKind::Restarted => {
                 f.write_str("the node restarted too recently to vote (restart delay)")
+            }
+            ErrorKind::Tls { failure, detail } => {
+                let what = match failure {
+                    TlsFailure::Certificate => "TLS certificate refused",
+                    TlsFailure::Handshake => "TLS handshake failed",
+                    TlsFailure::Record => "TLS failed",
+                    TlsFailure::Config => "invalid TLS configuration",
+                };
+                write!(f, "{what}: {detail}")
             }
         }
     }

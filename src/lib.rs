@@ -106,7 +106,7 @@ pub mod redlock;
 pub mod resp;
 mod trace;
 
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, TlsFailure};
 pub use redlock::{
     Holders, Lock, LockError, LockErrorKind, LockSignal, LockStats, NodeHolder, NodeResult,
     Redlock, RedlockOptions, RedlockStats, ReleaseWait, MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN,

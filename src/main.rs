@@ -19,10 +19,11 @@ mod cli {
     pub mod servers;
 }
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dragonlock::conn::ConnectionConfig;
+use dragonlock::conn::{ConnectionConfig, TlsConfig, TlsRoots};
 
 /// Exit code: bad input.
 pub(crate) const EXIT_USAGE: u8 = 2;
@@ -81,11 +82,62 @@ pub(crate) fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-pub(crate) fn node_configs(nodes: &[String]) -> Result<Vec<ConnectionConfig>, String> {
-    nodes
+/// The TLS options `bench`, `run` and `ping` share. They apply to the `rediss://` nodes.
+#[derive(clap::Args, Default)]
+pub(crate) struct TlsArgs {
+    /// Trust only this CA (PEM file) for rediss:// nodes, instead of the system's roots (the
+    /// usual case for a self-hosted node with a private CA).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM, with --tls-key) to rediss:// nodes: mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// DANGEROUS, for tests: accept any server certificate. The traffic is encrypted but the
+    /// node is not authenticated: anyone on the path can pose as it and grant locks.
+    #[arg(long)]
+    tls_insecure: bool,
+}
+
+impl TlsArgs {
+    fn any(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_insecure
+    }
+
+    fn apply(&self, config: ConnectionConfig) -> ConnectionConfig {
+        if !config.is_tls() {
+            return config;
+        }
+        let mut tls = TlsConfig::new().danger_accept_invalid_certs(self.tls_insecure);
+        if let Some(ca) = &self.tls_ca {
+            tls = tls.roots(TlsRoots::None).ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.client_cert(cert, key);
+        }
+        config.tls(tls)
+    }
+}
+
+pub(crate) fn node_configs(
+    nodes: &[String],
+    tls: &TlsArgs,
+) -> Result<Vec<ConnectionConfig>, String> {
+    let configs = nodes
         .iter()
-        .map(|n| ConnectionConfig::from_url(n.trim()).map_err(|e| format!("bad node {n:?}: {e}")))
-        .collect()
+        .map(|n| {
+            ConnectionConfig::from_url(n.trim())
+                .map(|c| tls.apply(c))
+                .map_err(|e| format!("bad node {n:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // A TLS option with no TLS node is a forgotten `rediss://`, not something to ignore.
+    if tls.any() && !configs.iter().any(ConnectionConfig::is_tls) {
+        return Err("TLS options were given, but no node is a rediss:// URL".into());
+    }
+    Ok(configs)
 }
 
 fn main() -> ExitCode {

@@ -219,6 +219,7 @@ async fn password_and_acl_user(protocol: Protocol) {
     let server = Server::start_with(ServerOptions {
         requirepass: Some("s3cret".into()),
         users: vec![("app".into(), "apppass".into())],
+        ..ServerOptions::default()
     });
     let c = Connection::connect(config(&server, protocol).credentials(None, "s3cret"))
         .await

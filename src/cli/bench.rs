@@ -121,9 +121,12 @@ impl From<ReleaseWaitArg> for ReleaseWait {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Nodes: host:port or redis:// URLs, comma-separated. Default: 5 local servers started here.
+    /// Nodes: host:port, redis:// or rediss:// (TLS) URLs, comma-separated. Default: 5 local
+    /// servers started here.
     #[arg(long, value_delimiter = ',')]
     pub(crate) nodes: Vec<String>,
+    #[command(flatten)]
+    pub(crate) tls: crate::TlsArgs,
     /// What each worker does.
     #[arg(long, value_enum, default_value = "uncontended")]
     pub(crate) workload: Workload,

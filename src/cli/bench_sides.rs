@@ -211,7 +211,10 @@ pub fn check(args: &BenchArgs, compare: Option<&Compare>) -> Result<(), String> 
     }
     if c.key == CompareKey::Nodes {
         for v in &c.values {
-            node_configs(&v.split('+').map(str::to_string).collect::<Vec<_>>())?;
+            node_configs(
+                &v.split('+').map(str::to_string).collect::<Vec<_>>(),
+                &args.tls,
+            )?;
         }
     }
     Ok(())
@@ -281,8 +284,14 @@ impl Side {
             for s in local.iter_mut().take(args.nodes_down) {
                 s.stop();
             }
-            node_configs(&local.iter().map(|s| s.addr()).collect::<Vec<_>>())
-                .expect("local addresses")
+            // The local servers are plain: TLS options here are refused, not ignored.
+            match node_configs(
+                &local.iter().map(|s| s.addr()).collect::<Vec<_>>(),
+                &args.tls,
+            ) {
+                Ok(c) => c,
+                Err(e) => return Err(fail(EXIT_USAGE, e)),
+            }
         } else {
             if args.nodes_down > 0 {
                 return Err(fail(
@@ -290,11 +299,19 @@ impl Side {
                     "--nodes-down works only with the local servers (no --nodes)",
                 ));
             }
-            match node_configs(&spec.nodes) {
+            match node_configs(&spec.nodes, &args.tls) {
                 Ok(c) => c,
                 Err(e) => return Err(fail(EXIT_USAGE, e)),
             }
         };
+        if args.baseline && configs.iter().any(|c| c.is_tls()) {
+            // The baseline speaks plain TCP only; a ratio against it over TLS would compare TLS
+            // with no TLS.
+            return Err(fail(
+                EXIT_USAGE,
+                "--baseline runs on plain TCP nodes only (no rediss://)",
+            ));
+        }
         let addrs: Vec<String> = configs.iter().map(|c| c.addr()).collect();
         let mut options = RedlockOptions::default()
             .retry_count(args.retries)

@@ -34,9 +34,11 @@ const RTT_SAMPLES: usize = 3;
 
 #[derive(clap::Args)]
 pub struct PingArgs {
-    /// Nodes: host:port or redis:// URLs, comma-separated.
+    /// Nodes: host:port, redis:// or rediss:// (TLS) URLs, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     nodes: Vec<String>,
+    #[command(flatten)]
+    tls: crate::TlsArgs,
     /// The clients' `restart_delay`: nodes up for less do not vote, and persistence that can lose
     /// keys is then expected and not warned about.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -296,7 +298,7 @@ pub(crate) async fn config_get(conn: &Connection, name: &str, timeout: Duration)
 }
 
 pub async fn run(args: PingArgs) -> ExitCode {
-    let configs = match crate::node_configs(&args.nodes) {
+    let configs = match crate::node_configs(&args.nodes, &args.tls) {
         Ok(c) => c,
         Err(e) => return crate::fail(crate::EXIT_USAGE, e),
     };

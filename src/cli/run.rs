@@ -65,9 +65,11 @@ const GROUP_POLL: Duration = Duration::from_millis(10);
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Nodes: host:port or redis:// URLs, comma-separated.
+    /// Nodes: host:port, redis:// or rediss:// (TLS) URLs, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     nodes: Vec<String>,
+    #[command(flatten)]
+    tls: crate::TlsArgs,
     /// The resource to lock.
     #[arg(long)]
     resource: String,
@@ -426,7 +428,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             Err(e) => return fail(EXIT_USAGE, e),
         }
     }
-    let configs = match node_configs(&args.nodes) {
+    let configs = match node_configs(&args.nodes, &args.tls) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::tls::TlsConfig;
 use super::Script;
 use crate::error::{Error, ErrorKind};
 use crate::resp::DecoderConfig;
@@ -110,6 +111,9 @@ pub struct ConnectionConfig {
     pub(crate) decoder: DecoderConfig,
     pub(crate) scripts: Vec<Script>,
     pub(crate) probe_delex: bool,
+    /// TLS settings; `None` for plain TCP. Without the `tls` feature the type is empty, so
+    /// this is always `None`.
+    pub(crate) tls: Option<TlsConfig>,
 }
 
 impl ConnectionConfig {
@@ -133,15 +137,22 @@ impl ConnectionConfig {
             decoder: DecoderConfig::default(),
             scripts: Vec::new(),
             probe_delex: true,
+            tls: None,
         }
     }
 
     /// Parses `redis://[user[:password]@]host[:port][/db]`; `dragonfly://` is a synonym, and a
     /// bare `host:port` is accepted too. The port defaults to 6379.
     ///
+    /// `rediss://` (and its synonym `dragonflys://`) is the same over TLS, with the default
+    /// `TlsConfig` (the platform's roots, the host as the name to
+    /// verify), and needs the `tls` feature; set `ConnectionConfig::tls` after
+    /// parsing for a private CA or a client certificate.
+    ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`] for another scheme, a bad port or db, or an empty host.
+    /// [`ErrorKind::InvalidConfig`] for another scheme, a bad port or db, or an empty host; for
+    /// `rediss://` without the `tls` feature.
     ///
     /// # Examples
     ///
@@ -152,14 +163,27 @@ impl ConnectionConfig {
     /// ```
     pub fn from_url(url: &str) -> Result<ConnectionConfig, Error> {
         let bad = |what| Error::new(ErrorKind::InvalidConfig(what));
+        let mut tls = false;
         let rest = if let Some((scheme, rest)) = url.split_once("://") {
-            if scheme != "redis" && scheme != "dragonfly" {
-                return Err(bad("the URL scheme must be redis:// or dragonfly://"));
+            match scheme {
+                "redis" | "dragonfly" => {}
+                "rediss" | "dragonflys" => tls = true,
+                _ => {
+                    return Err(bad(
+                        "the URL scheme must be redis://, rediss:// (TLS), dragonfly:// or \
+                         dragonflys:// (TLS)",
+                    ))
+                }
             }
             rest
         } else {
             url
         };
+        if tls && !cfg!(feature = "tls") {
+            return Err(bad(
+                "rediss:// needs TLS, and this build of dragonlock has no TLS (the `tls` feature)",
+            ));
+        }
         let (authority, path) = match rest.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (rest, None),
@@ -183,6 +207,10 @@ impl ConnectionConfig {
             return Err(bad("the port must be a number from 1 to 65535"));
         }
         let mut config = ConnectionConfig::new(host, port);
+        #[cfg(feature = "tls")]
+        if tls {
+            config.tls = Some(TlsConfig::new());
+        }
         if let Some(userinfo) = userinfo {
             match userinfo.split_once(':') {
                 Some((user, pass)) => {
@@ -208,6 +236,43 @@ impl ConnectionConfig {
     /// `host:port`.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// Whether the connection uses TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Connects over TLS with these settings (the `tls` feature). Reconnects do the whole TLS
+    /// handshake again; the commands of the connection handshake follow it in one round trip,
+    /// as on plain TCP.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dragonlock::conn::{ConnectionConfig, TlsConfig, TlsRoots};
+    ///
+    /// let config = ConnectionConfig::from_url("redis://127.0.0.1:6380")?
+    ///     .tls(TlsConfig::new().roots(TlsRoots::None).ca_file("tests/ca.crt"));
+    /// assert!(config.is_tls());
+    /// # Ok::<(), dragonlock::Error>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS settings, when the connection uses TLS.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// Plain TCP again, after a `rediss://` URL or `ConnectionConfig::tls`.
+    pub fn no_tls(mut self) -> Self {
+        self.tls = None;
+        self
     }
 
     /// Authenticates as `username` (ACL) with `password`.

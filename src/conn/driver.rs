@@ -29,8 +29,10 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::handshake::{self, Stream};
 use super::stats::{now_us, RTT_CLOCK_MASK};
-use super::{handshake, reset_buffer, Shared, Status};
+use super::tls::{Connector, Session};
+use super::{reset_buffer, Shared, Status};
 use crate::error::{Error, ErrorKind};
 use crate::resp::{Decoder, Frame};
 use crate::trace::event;
@@ -45,15 +47,17 @@ const WAKE_BATCH: usize = 32;
 
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut failures: u32 = 0;
+    let mut connector = Connector::new();
     loop {
         if shared.lock().closed {
             return;
         }
         let attempt = tokio::select! {
-            r = handshake::establish(&shared.config) => Some(r),
+            r = handshake::establish(&shared.config, &mut connector) => Some(r),
             _ = shared.shutdown.notified() => None,
         };
-        let mut auth_failed = false;
+        // Wrong credentials or refused certificates do not fix themselves.
+        let mut refused = false;
         match attempt {
             None => return,
             Some(Ok((stream, info))) => {
@@ -80,12 +84,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     event!(WARN, node = %shared.config.addr(), marker = ?info.restart_marker,
                         "server restart detected: another server process than before");
                 }
-                let error = serve(&shared, Arc::new(stream)).await;
+                let error = serve(&shared, stream).await;
                 fail_in_flight(&shared, error);
             }
             Some(Err(error)) => {
                 failures = failures.saturating_add(1);
-                auth_failed = error.is_auth();
+                refused = error.is_refusal();
                 let was = {
                     let mut st = shared.lock();
                     let was = st.status;
@@ -109,7 +113,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             shared.config.backoff_max,
             failures,
         );
-        if auth_failed {
+        if refused {
             delay = delay.max(super::AUTH_FAILURE_BACKOFF);
         }
         event!(DEBUG, node = %shared.config.addr(), failures, delay = ?delay, "reconnecting");
@@ -210,6 +214,8 @@ fn fail_in_flight(shared: &Shared, error: Error) {
 
 struct Io {
     stream: Arc<TcpStream>,
+    /// The TLS session, for a TLS connection: the driver alone encrypts and decrypts.
+    tls: Option<Box<Session>>,
     decoder: Decoder,
     read_buf: BytesMut,
     /// The bytes being written; swapped with the shared write buffer when empty.
@@ -220,10 +226,15 @@ struct Io {
 }
 
 /// Runs the I/O loop until the connection fails or is closed; returns why it ended.
-async fn serve(shared: &Shared, stream: Arc<TcpStream>) -> Error {
-    shared.lock().socket = Some(stream.clone());
+async fn serve(shared: &Shared, stream: Stream) -> Error {
+    let tcp = Arc::new(stream.tcp);
+    if stream.tls.is_none() {
+        // Plain TCP: an idle connection's callers may write to the socket themselves.
+        shared.lock().socket = Some(tcp.clone());
+    }
     let mut io = Io {
-        stream,
+        stream: tcp,
+        tls: stream.tls,
         decoder: Decoder::new(shared.config.decoder),
         read_buf: BytesMut::with_capacity(shared.config.read_buffer),
         out: BytesMut::with_capacity(shared.config.write_buffer),
@@ -257,7 +268,15 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
         }
 
         // Write as much as the socket takes.
-        while io.written < io.out.len() {
+        if let Some(tls) = io.tls.as_deref_mut() {
+            if io.written < io.out.len() || tls.wants_write() {
+                match tls.poll_write(&io.stream, &io.out, &mut io.written, cx) {
+                    Ok(p) => progressed |= p,
+                    Err(e) => return Poll::Ready(e),
+                }
+            }
+        }
+        while io.tls.is_none() && io.written < io.out.len() {
             match io.stream.poll_write_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
@@ -280,7 +299,27 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
         }
 
         // Read everything available and hand out the replies.
-        loop {
+        if let Some(tls) = io.tls.as_deref_mut() {
+            loop {
+                make_read_room(&mut io.read_buf, shared.config.read_buffer);
+                let room = io.read_buf.capacity() - io.read_buf.len();
+                match tls.poll_read(&io.stream, &mut io.read_buf, room, cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Ok(Some(n))) => {
+                        progressed = true;
+                        if n > 0 {
+                            match dispatch(shared, &mut io.decoder, &mut io.read_buf) {
+                                Ok(w) => woke |= w,
+                                Err(e) => return Poll::Ready(e),
+                            }
+                        }
+                    }
+                    Poll::Ready(Ok(None)) => return Poll::Ready(Error::new(ErrorKind::Eof)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(e),
+                }
+            }
+        }
+        while io.tls.is_none() {
             match io.stream.poll_read_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) => return Poll::Ready(e.into()),

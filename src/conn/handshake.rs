@@ -6,30 +6,66 @@
 //! If `HELLO` is refused as unknown (`NOPROTO` from Redis, `unknown command` from Dragonfly and
 //! old servers), a second round trip does the RESP2 equivalent: `[AUTH]`, `[CLIENT SETNAME]`,
 //! and the rest. Forced RESP2 starts there.
+//!
+//! Over TLS the same commands follow the TLS handshake on the encrypted stream, so the count of
+//! round trips after it is the same: one (two with the RESP2 fallback).
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::tls::{self, Connector, Session};
 use super::{ConnectionConfig, Protocol, ServerInfo};
 use crate::error::{Error, ErrorKind};
 use crate::resp::{encode_command, Decoder, Frame, ServerError};
 
-/// Connects, handshakes, and returns the socket with what the server said.
-pub(super) async fn establish(config: &ConnectionConfig) -> Result<(TcpStream, ServerInfo), Error> {
-    let stream = tokio::time::timeout(
+/// A connected socket, with its TLS session when the connection uses TLS.
+pub(super) struct Stream {
+    pub(super) tcp: TcpStream,
+    pub(super) tls: Option<Box<Session>>,
+}
+
+impl Stream {
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), Error> {
+        match &mut self.tls {
+            Some(s) => s.write_all(&self.tcp, data).await,
+            None => Ok(self.tcp.write_all(data).await?),
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> Result<usize, Error> {
+        match &mut self.tls {
+            Some(s) => s.read_buf(&self.tcp, buf).await,
+            None => Ok(self.tcp.read_buf(buf).await?),
+        }
+    }
+}
+
+/// Connects, handshakes (TLS first, when configured), and returns the stream with what the
+/// server said. The handshake deadline covers the TLS handshake and the commands together.
+pub(super) async fn establish(
+    config: &ConnectionConfig,
+    connector: &mut Connector,
+) -> Result<(Stream, ServerInfo), Error> {
+    let tcp = tokio::time::timeout(
         config.connect_timeout,
         TcpStream::connect((config.host.as_str(), config.port)),
     )
     .await
     .map_err(|_| Error::new(ErrorKind::Timeout))??;
-    stream.set_nodelay(true)?;
-    let mut stream = stream;
-    let mut info = tokio::time::timeout(config.handshake_timeout, handshake(&mut stream, config))
+    tcp.set_nodelay(true)?;
+    let mut stream = Stream { tcp, tls: None };
+    let setup = async {
+        if let Some(tls) = &config.tls {
+            stream.tls = Some(tls::connect(&stream.tcp, connector, tls, &config.host).await?);
+        }
+        handshake(&mut stream, config).await
+    };
+    let mut info = tokio::time::timeout(config.handshake_timeout, setup)
         .await
         .map_err(|_| Error::new(ErrorKind::Timeout))??;
     // Redlock tells duplicate nodes apart by it (the same server under two names).
-    info.peer_addr = stream.peer_addr().ok();
+    info.peer_addr = stream.tcp.peer_addr().ok();
     Ok((stream, info))
 }
 
@@ -48,7 +84,7 @@ fn auth_or_handshake(e: ServerError) -> Error {
     }
 }
 
-async fn handshake(stream: &mut TcpStream, config: &ConnectionConfig) -> Result<ServerInfo, Error> {
+async fn handshake(stream: &mut Stream, config: &ConnectionConfig) -> Result<ServerInfo, Error> {
     let mut decoder = Decoder::new(config.decoder);
     let mut read_buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(1024);
@@ -169,7 +205,7 @@ fn apply_setup(
 
 /// Writes `out` and reads `n` replies (pushes skipped).
 async fn round_trip(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     decoder: &mut Decoder,
     read_buf: &mut BytesMut,
     out: &mut BytesMut,

@@ -14,6 +14,8 @@
 //! - `script.rs`: [`Script`], with its SHA-1 computed locally.
 //! - `subscriber.rs`: a pub/sub connection of its own, for release notifications.
 //! - `stats.rs`: [`ConnectionStats`], the counters and the round-trip histogram behind it.
+//! - `tls.rs`: `TlsConfig` and the rustls session the driver runs over the socket (the `tls`
+//!   feature).
 //!
 //! Invariants (see `DESIGN.md`):
 //! - A reply goes to the request at the head of the in-flight queue, nobody else. A request whose
@@ -34,10 +36,11 @@ mod handshake;
 mod info;
 mod script;
 mod slots;
-mod subscriber;
 mod stats;
+mod subscriber;
 
 pub(crate) use stats::now_us;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +62,8 @@ pub use config::{
 pub use info::{RestartMarker, ServerInfo};
 pub use script::{Script, ScriptCall};
 pub use stats::{ConnectionState, ConnectionStats, ErrorCounts, RttHistogram, RTT_BUCKETS};
+#[cfg(feature = "tls")]
+pub use tls::{TlsConfig, TlsRoots};
 
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
@@ -95,7 +100,8 @@ struct State {
     /// The driver holds bytes it took from `write_buf` and has not finished writing: nobody
     /// else may write to the socket until it has.
     driver_writing: bool,
-    /// The socket, while connected: an idle connection's caller writes to it directly.
+    /// The socket, while connected: an idle connection's caller writes to it directly. Never
+    /// set for a TLS connection, whose records only the driver may write (see `tls.rs`).
     socket: Option<Arc<TcpStream>>,
     info: Option<Arc<ServerInfo>>,
     last_error: Option<Error>,
@@ -309,7 +315,8 @@ impl Connection {
     /// # Errors
     ///
     /// The first attempt's error: socket errors, [`ErrorKind::Auth`] for rejected credentials,
-    /// [`ErrorKind::Timeout`] past the connect or handshake deadline.
+    /// [`ErrorKind::Tls`] (`is_tls()`) for a refused certificate, a failed TLS handshake or
+    /// unreadable TLS files, [`ErrorKind::Timeout`] past the connect or handshake deadline.
     ///
     /// # Cancel safety
     ///
@@ -534,7 +541,8 @@ impl Connection {
     /// # Errors
     ///
     /// At once, without sending: `NotConnected` while the node is down (the authentication
-    /// error instead, when the node is down because it refused our credentials), `Overloaded`
+    /// error instead, when the node is down because it refused our credentials, and the TLS
+    /// error when a certificate or the TLS handshake was refused), `Overloaded`
     /// when every slot is in use ([`max_in_flight`](ConnectionConfig::max_in_flight) requests
     /// whose reply has not been taken) or the write buffer has less than
     /// [`COMMAND_ROOM`] left, `Closed` after the connection was closed.
@@ -635,7 +643,7 @@ impl Connection {
             st.stats.errors.refused_not_connected += 1;
             // A node that refuses our credentials says so, rather than just "not connected".
             return Err(match &st.last_error {
-                Some(e) if e.is_auth() => e.clone(),
+                Some(e) if e.is_refusal() => e.clone(),
                 _ => Error::new(ErrorKind::NotConnected),
             });
         }

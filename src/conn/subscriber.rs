@@ -147,16 +147,22 @@ impl Drop for Subscriber {
 
 async fn run(config: ConnectionConfig, shared: Arc<Shared>, sink: Arc<dyn PubSubSink>) {
     let mut failures: u32 = 0;
+    let mut connector = super::tls::Connector::new();
     while !shared.closed.load(Ordering::Acquire) {
         let attempt = tokio::select! {
-            r = handshake::establish(&config) => r,
+            r = handshake::establish(&config, &mut connector) => r,
             _ = shared.shutdown.notified() => return,
         };
         match attempt {
             Ok((stream, _)) => {
+                if stream.tls.is_some() {
+                    // Not built yet: notifications over TLS. Without a subscriber the waiters
+                    // poll, as they do when a notification is lost.
+                    return;
+                }
                 failures = 0;
                 sink.event(PubSubEvent::Connected);
-                let ended = serve(&config, stream, &shared, &*sink).await;
+                let ended = serve(&config, stream.tcp, &shared, &*sink).await;
                 sink.event(PubSubEvent::Lost);
                 if ended.kind() == &ErrorKind::Closed {
                     return;

@@ -4,6 +4,7 @@
 pub mod checker;
 pub mod fake;
 pub mod fixtures;
+pub mod pki;
 pub mod proxy;
 pub mod server;
 

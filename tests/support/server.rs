@@ -41,11 +41,27 @@ pub struct ServerOptions {
     /// ACL users as (name, password) with every permission on every key, made with
     /// `ACL SETUSER name on >password ~* +@all` at each start.
     pub users: Vec<(String, String)>,
+    /// Also serve TLS, on a second port ([`Server::tls_port`]). Redis only.
+    pub tls: Option<TlsServer>,
+}
+
+/// A server's TLS files and whether it requires a client certificate.
+#[derive(Debug, Clone)]
+pub struct TlsServer {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA client certificates must come from (Redis needs one even when it asks for none).
+    pub ca: PathBuf,
+    /// `--tls-auth-clients yes`: mutual TLS.
+    pub auth_clients: bool,
 }
 
 /// One running server process.
 pub struct Server {
     pub port: u16,
+    /// The TLS port, when started with `ServerOptions::tls`; the plain port stays open for the
+    /// harness's own commands.
+    pub tls_port: Option<u16>,
     options: ServerOptions,
     child: Option<Child>,
     dir: PathBuf,
@@ -70,6 +86,7 @@ impl Server {
             std::fs::create_dir_all(&dir).unwrap();
             let mut s = Server {
                 port,
+                tls_port: options.tls.as_ref().map(|_| free_port()),
                 options: options.clone(),
                 child: None,
                 dir,
@@ -95,8 +112,26 @@ impl Server {
                 if let Some(p) = &self.options.requirepass {
                     cmd.args(["--requirepass", p]);
                 }
+                if let (Some(tls), Some(port)) = (&self.options.tls, self.tls_port) {
+                    cmd.arg("--tls-port")
+                        .arg(port.to_string())
+                        .arg("--tls-cert-file")
+                        .arg(&tls.cert)
+                        .arg("--tls-key-file")
+                        .arg(&tls.key)
+                        .arg("--tls-ca-cert-file")
+                        .arg(&tls.ca)
+                        .args([
+                            "--tls-auth-clients",
+                            if tls.auth_clients { "yes" } else { "no" },
+                        ]);
+                }
             }
             Flavor::Dragonfly => {
+                assert!(
+                    self.options.tls.is_none(),
+                    "the harness starts TLS servers on Redis only"
+                );
                 if let Some(p) = &self.options.requirepass {
                     cmd.arg(format!("--requirepass={p}"));
                 }
@@ -186,6 +221,14 @@ impl Server {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `rediss://127.0.0.1:TLS_PORT` (the certificate is checked against the IP address).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}",
+            self.tls_port.expect("started with TLS")
+        )
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -234,7 +277,8 @@ impl Server {
         loop {
             // The port can linger briefly after the kill, and another process can take it in
             // the moment between this check and the bind: then wait and try again (bounded).
-            while TcpListener::bind(("127.0.0.1", self.port)).is_err() && Instant::now() < deadline
+            let busy = |port| TcpListener::bind(("127.0.0.1", port)).is_err();
+            while (busy(self.port) || self.tls_port.is_some_and(busy)) && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
