@@ -323,10 +323,11 @@ impl Side {
         if let Some(d) = args.restart_delay {
             options = options.restart_delay(d);
         }
-        // Each worker holds a slot per node while it waits, and another for a reply that comes
-        // after the quorum: four per worker leaves room, so the bench measures the nodes, not
-        // the bound. A sweep sizes them for its largest point.
-        let slots = (4 * max_concurrency).max(dragonlock::conn::DEFAULT_MAX_IN_FLIGHT);
+        // Each worker holds a slot per node while it waits, and more for replies that come
+        // after the quorum (two a cycle on a node that lags). Acquires may use three quarters
+        // of the table (the rest is kept for releases): eight per worker leaves room, so the
+        // bench measures the nodes, not the bound. A sweep sizes them for its largest point.
+        let slots = (8 * max_concurrency).max(dragonlock::conn::DEFAULT_MAX_IN_FLIGHT);
         let configs = configs
             .into_iter()
             .map(|c| {

@@ -308,7 +308,12 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
                     Poll::Ready(Ok(Some(n))) => {
                         progressed = true;
                         if n > 0 {
-                            match dispatch(shared, &mut io.decoder, &mut io.read_buf) {
+                            match dispatch(
+                                shared,
+                                &mut io.decoder,
+                                &mut io.read_buf,
+                                io.out.is_empty(),
+                            ) {
                                 Ok(w) => woke |= w,
                                 Err(e) => return Poll::Ready(e),
                             }
@@ -341,7 +346,7 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
             match (read, n) {
                 (_, 1..) => {
                     progressed = true;
-                    match dispatch(shared, &mut io.decoder, &mut io.read_buf) {
+                    match dispatch(shared, &mut io.decoder, &mut io.read_buf, io.out.is_empty()) {
                         Ok(w) => woke |= w,
                         Err(e) => return Poll::Ready(e),
                     }
@@ -401,7 +406,13 @@ fn more_read_room(buf: &mut BytesMut, capacity: usize) {
 
 /// Decodes every complete frame in `buf` and gives each reply to the oldest request in flight.
 /// Returns whether any caller was woken.
-fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Result<bool, Error> {
+/// `written`: the driver holds nothing half-written (what it took from the buffer is all out).
+fn dispatch(
+    shared: &Shared,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+    written: bool,
+) -> Result<bool, Error> {
     let mut woke = false;
     // One clock reading for every reply this call hands out (they came in the same read, or
     // reads microseconds apart), taken at the first: see `ConnectionStats::rtt`.
@@ -446,8 +457,13 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
             }
             if !wakers.is_empty() {
                 // The driver yields after handing out replies (see `poll_serve`); until it
-                // is back, callers' requests wait in the buffer for its next write.
+                // is back, callers' requests wait in the buffer for its next write. With
+                // nothing of its own half-written, a caller that finds the buffer full may
+                // send it meanwhile (see `enqueue_n`), rather than be refused.
                 st.driver_waker = None;
+                if written {
+                    st.driver_writing = false;
+                }
             }
         }
         let more = wakers.len() == WAKE_BATCH;

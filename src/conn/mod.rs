@@ -566,18 +566,6 @@ impl Connection {
         self.enqueue(None, stats::now_us(), encode)
     }
 
-    /// [`send`](Connection::send) with the send time (`stats::now_us`) read by the caller, who
-    /// sends to every node at once (a Redlock phase reads the clock once for all of them): the
-    /// request's round trip counts from then.
-    #[inline]
-    pub(crate) fn send_stamped(
-        &self,
-        sent_us: u32,
-        encode: impl FnOnce(&mut BytesMut),
-    ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue(None, sent_us, encode)
-    }
-
     /// [`send`](Connection::send), only when the server has been up for at least `min_uptime`
     /// (see [`server_uptime`](Connection::server_uptime)); else `Restarted`, not sent. Checked
     /// under the same lock as the send, so a reconnect in between cannot slip a freshly
@@ -594,16 +582,23 @@ impl Connection {
         self.enqueue(Some(min_uptime), stats::now_us(), encode)
     }
 
-    /// [`send_if_up_for`](Connection::send_if_up_for) with the send time read by the caller,
-    /// as [`send_stamped`](Connection::send_stamped).
-    #[inline]
-    pub(crate) fn send_if_up_for_stamped(
+    /// A lock acquire's request: as [`send`](Connection::send) (or `send_if_up_for` with
+    /// `min_uptime`), but refused while less than a quarter of the slots or of the write buffer
+    /// is left. The rest is kept for releases and extensions.
+    ///
+    /// A node that falls behind keeps receiving requests from acquires decided by the faster
+    /// nodes (their futures are dropped, the requests still go), so its table fills. When it
+    /// was full for everything, a winner's release could be refused there and the key stayed
+    /// held on that node for its whole ttl (seen with 16 tasks racing for one key); with two
+    /// such nodes of five, nobody could get the lock again until the ttl ran out. Refusing new
+    /// acquires first sheds the load that can wait and keeps the requests that free locks.
+    pub(crate) fn send_acquire(
         &self,
-        min_uptime: Duration,
+        min_uptime: Option<Duration>,
         sent_us: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue(Some(min_uptime), sent_us, encode)
+        self.enqueue_n(min_uptime, sent_us, 0, true, encode)
     }
 
     /// [`send`](Connection::send) for an `encode` that writes two commands: the future yields
@@ -613,7 +608,7 @@ impl Connection {
         &self,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue_n(None, stats::now_us(), 1, encode)
+        self.enqueue_n(None, stats::now_us(), 1, false, encode)
     }
 
     fn enqueue(
@@ -622,7 +617,7 @@ impl Connection {
         sent_us: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue_n(min_uptime, sent_us, 0, encode)
+        self.enqueue_n(min_uptime, sent_us, 0, false, encode)
     }
 
     /// `enqueue` for `encode` writing `1 + discarded` commands; the replies past the first are
@@ -632,6 +627,7 @@ impl Connection {
         min_uptime: Option<Duration>,
         sent_us: u32,
         discarded: usize,
+        acquire: bool,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
         let shared = self.shared();
@@ -656,10 +652,28 @@ impl Connection {
         // Both bounds are checked before anything is written, so a refused request leaves no
         // trace. The slot is taken only after `encode` returned: an encoder that panics must
         // not leave a queued slot without a request, which would hand the next reply to it.
+        // An acquire keeps a quarter of the slots and of the buffer free (see `send_acquire`).
+        let (max_in_flight, write_buffer) =
+            (shared.config.max_in_flight, shared.config.write_buffer);
+        let (slot_room, byte_room) = if acquire {
+            (max_in_flight / 4, write_buffer / 4)
+        } else {
+            (0, 0)
+        };
+        if !st.write_buf.is_empty()
+            && st.write_buf.len() + COMMAND_ROOM + byte_room > write_buffer
+            && !st.driver_writing
+        {
+            // Full of requests the driver has not taken yet: it yields after handing out
+            // replies (see `driver::poll_serve`), and hundreds of callers can queue behind it
+            // in one turn. Send what is there now rather than refuse. The same argument as the
+            // direct write below makes it safe: the driver holds nothing half-written.
+            write_now(&mut st, write_buffer);
+        }
         if !st.slots.has_free()
-            || (discarded > 0 && st.slots.used() + discarded >= shared.config.max_in_flight)
+            || st.slots.used() + discarded + slot_room >= max_in_flight
             || (!st.write_buf.is_empty()
-                && st.write_buf.len() + COMMAND_ROOM > shared.config.write_buffer)
+                && st.write_buf.len() + COMMAND_ROOM + byte_room > write_buffer)
         {
             st.stats.errors.refused_overloaded += 1;
             return Err(Error::new(ErrorKind::Overloaded));

@@ -506,10 +506,11 @@ impl Redlock {
         for (i, node) in nodes.iter().enumerate() {
             let args = [&token[..], ms, ids.tag(i)];
             let encode = |buf: &mut bytes::BytesMut| step1.encode(buf, call, &all_keys, &args);
-            let sent = match self.inner.options.restart_delay {
-                None => node.send(encode),
-                Some(delay) => node.send_if_up_for(delay, encode),
-            };
+            let sent = node.send_acquire(
+                self.inner.options.restart_delay,
+                crate::conn::now_us(),
+                encode,
+            );
             match sent {
                 Ok(f) => pending.push(Some(f)),
                 Err(e) => {

@@ -1301,10 +1301,7 @@ impl Redlock {
             }
         };
         for node in nodes.iter() {
-            collector.push(match self.inner.options.restart_delay {
-                None => node.send_stamped(sent_us, encode),
-                Some(delay) => node.send_if_up_for_stamped(delay, sent_us, encode),
-            });
+            collector.push(node.send_acquire(self.inner.options.restart_delay, sent_us, encode));
         }
         let classify = |f: &Frame| match f {
             f if !multi && f.is_ok() => Vote::Yes,
