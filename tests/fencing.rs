@@ -466,3 +466,26 @@ async fn counters_restored_from_an_older_snapshot_never_make_tokens_go_back() {
     assert_eq!(r.reseed_fence("ledger", 1_000).await.unwrap(), 3);
     assert_eq!(grant().await, 1_001);
 }
+
+/// With a key prefix, `fencing_tokens` names the prefixed keys (as `resources` does), and each
+/// of them finds its token through `fencing_token_of`, as the resource names do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_fencing_tokens_names_finds_its_token() {
+    let servers = cluster(3);
+    let r = fenced(&servers)
+        .await
+        .with_options(|o| o.key_prefix("app:"))
+        .unwrap();
+    let set = r.try_acquire_many(&["zeta", "alpha"], TTL).await.unwrap();
+    let tokens = set.fencing_tokens();
+    assert_eq!(tokens.len(), 2);
+    for (key, token) in &tokens {
+        assert!(key.starts_with("app:"), "{key}");
+        assert_eq!(set.fencing_token_of(key), Some(*token), "{key}");
+        assert_eq!(
+            set.fencing_token_of(key.strip_prefix("app:").unwrap()),
+            Some(*token)
+        );
+    }
+    set.release().await.unwrap();
+}

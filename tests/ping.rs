@@ -106,6 +106,25 @@ fn one_server_named_twice_is_unsafe() {
     );
 }
 
+/// Two of five down: still safe, but the verdict says that one more failure leaves no quorum
+/// (and with three up of five, that no node may fail).
+#[test]
+fn the_verdict_says_how_many_more_nodes_may_fail() {
+    let servers = cluster(3);
+    let all = format!("{},127.0.0.1:{}", nodes(&servers), free_port());
+    let o = ping(&["--nodes", &nodes(&servers), "--timeout", "300ms"]);
+    let out = stdout(&o);
+    assert!(out.contains("quorum 2, 1 more node may fail"), "{out}");
+    let list = format!("{all},127.0.0.1:{}", free_port());
+    let o = ping(&["--nodes", &list, "--timeout", "300ms"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("verdict: SAFE: 3 of 5 nodes can vote, quorum 3, no node may fail"),
+        "{out}"
+    );
+}
+
 #[test]
 fn fewer_than_a_quorum_reachable_is_unavailable() {
     let servers = cluster(1);

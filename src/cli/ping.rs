@@ -386,8 +386,17 @@ pub async fn run(args: PingArgs) -> ExitCode {
                     .count()
             })
             .sum();
+        // Safe, but say how many more nodes may fail before no lock can be taken: with two
+        // of six down, a lock needs every node that is left.
+        let spare = voting - quorum;
+        let margin = match spare {
+            0 => "no node may fail (a lock needs every voting node)".to_string(),
+            1 => "1 more node may fail".to_string(),
+            k => format!("{k} more nodes may fail"),
+        };
         println!(
-            "verdict: SAFE: {voting} of {n} nodes can vote, quorum {quorum}, {warnings} warnings"
+            "verdict: SAFE: {voting} of {n} nodes can vote, quorum {quorum}, {margin}, \
+             {warnings} warnings"
         );
         ExitCode::SUCCESS
     }

@@ -131,13 +131,20 @@ impl Lock {
     /// ```
     pub fn fencing_token_of(&self, resource: &str) -> Option<u64> {
         let key = self.redlock.key(resource);
-        let i = self.keys.all().iter().position(|k| k[..] == key[..])?;
+        let all = self.keys.all();
+        // The resource as it was acquired, or the key as `resources` and `fencing_tokens` give
+        // it (the manager's prefix included): both name the same lock.
+        let i = all
+            .iter()
+            .position(|k| k[..] == key[..])
+            .or_else(|| all.iter().position(|k| k[..] == *resource.as_bytes()))?;
         self.fences.get(i).copied()
     }
 
     /// Every resource's fencing token, as (key, token) in the order of
     /// [`resources`](Lock::resources) (keys with the manager's prefix, sorted); empty without
-    /// fencing.
+    /// fencing. [`fencing_token_of`](Lock::fencing_token_of) takes these keys as well as the
+    /// resource names.
     pub fn fencing_tokens(&self) -> Vec<(&str, u64)> {
         self.keys
             .all()
@@ -507,6 +514,7 @@ impl Drop for Lock {
     fn drop(&mut self) {
         if !self.done {
             self.fire_signal();
+            self.redlock.count(Count::ReleasedOnDrop);
             self.redlock
                 .release_in_background(&self.keys, &self.token, true, |_| true);
         }

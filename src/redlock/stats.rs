@@ -27,6 +27,7 @@ pub(crate) struct LockCounters {
     releases_ok: AtomicU64,
     releases_not_held: AtomicU64,
     releases_failed: AtomicU64,
+    released_on_drop: AtomicU64,
 }
 
 /// Which counter an event goes to.
@@ -45,6 +46,8 @@ pub(crate) enum Count {
     ReleaseOk,
     /// A release that failed with this kind.
     ReleaseFailed(LockErrorKind),
+    /// A held lock dropped without a release: released in the background, unconfirmed.
+    ReleasedOnDrop,
 }
 
 impl LockCounters {
@@ -67,6 +70,7 @@ impl LockCounters {
             Count::ReleaseOk => &self.releases_ok,
             Count::ReleaseFailed(LockErrorKind::NotHeld) => &self.releases_not_held,
             Count::ReleaseFailed(_) => &self.releases_failed,
+            Count::ReleasedOnDrop => &self.released_on_drop,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -88,6 +92,7 @@ impl LockCounters {
             releases_ok: get(&self.releases_ok),
             releases_not_held: get(&self.releases_not_held),
             releases_failed: get(&self.releases_failed),
+            released_on_drop: get(&self.released_on_drop),
         }
     }
 }
@@ -153,6 +158,10 @@ pub struct LockStats {
     pub releases_not_held: u64,
     /// Releases that could not be confirmed for other reasons (nodes down or silent).
     pub releases_failed: u64,
+    /// Held locks dropped without a release (the guard's release in the background, whose
+    /// answers nobody waits for). With the three release counters above, this accounts for
+    /// every granted lock that is no longer held by its caller.
+    pub released_on_drop: u64,
 }
 
 /// A snapshot of a manager: each node's connection and the lock outcomes.
