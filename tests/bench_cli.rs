@@ -722,3 +722,55 @@ fn bench_open_loop_corrected_p99_shows_a_stall_the_uncorrected_one_hides() {
         "corrected p99: {d}"
     );
 }
+
+/// An open loop far above what the client can do is measured at the rate it really keeps.
+/// Its cycles once counted as measured only if their *intended* start fell in the window: a
+/// run 10 million cycles/s behind was still running warm-up slots when the window ended and
+/// reported "achieved 0/s". Now the closed loop and the open loop report the same order of
+/// magnitude, and the open loop says NOT REACHED.
+#[test]
+fn bench_open_loop_above_capacity_reports_what_it_achieved() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let common = [
+        "bench",
+        "--nodes",
+        &nodes,
+        "--concurrency",
+        "4",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "300ms",
+        "--ttl",
+        "10s",
+    ];
+    let mut closed = common.to_vec();
+    closed.push("--json");
+    let o = dragonlock(&closed);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let closed_rate = v["dragonlock"]["cycles_per_sec"].as_f64().unwrap();
+    assert!(closed_rate > 0.0, "{v}");
+
+    let mut open = common.to_vec();
+    open.extend(["--rate", "10000000"]);
+    let o = dragonlock(&open);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("open loop target"))
+        .unwrap_or_else(|| panic!("no open-loop line: {text}"));
+    assert!(line.contains("NOT REACHED"), "{line}");
+    let achieved: f64 = line
+        .split("achieved ")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no achieved rate: {line}"));
+    assert!(
+        achieved >= closed_rate / 10.0 && achieved <= closed_rate * 10.0,
+        "open loop achieved {achieved}/s, closed loop {closed_rate}/s: {text}"
+    );
+}

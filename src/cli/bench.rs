@@ -18,8 +18,9 @@
 //! attempts/s one.
 //!
 //! Open loop (`--rate N`): cycle k is meant to start at `k / N` seconds into the run (warm-up
-//! included; only slots meant for the measured window are measured), the workers taking the
-//! slots in order as each becomes free. `setup.rate` is N, and each client's JSON adds
+//! included), the workers taking the slots in order as each becomes free. A cycle is measured
+//! when it actually starts inside the measured window, whichever slot it took: a run that
+//! falls behind the schedule is measured at the rate it really keeps. `setup.rate` is N, and each client's JSON adds
 //! `open_loop` (`target_per_sec`, `achieved_per_sec`: measured cycles over the window;
 //! `reached`: at least 95% of the target) and `cycle_corrected` (shaped as `cycle`, measured
 //! from each cycle's intended start: the latency a caller arriving on schedule sees, queueing
@@ -911,7 +912,12 @@ pub(crate) async fn measure(
                 if now >= end {
                     break;
                 }
-                let measuring = intended.unwrap_or(now) >= measure_from;
+                // Measured when it really starts inside the window, whatever its slot: a run
+                // that fell behind the schedule still runs slots meant for the warm-up once
+                // the window has begun, and dropping those (as counting by intended start did)
+                // reported 0 cycles/s at a rate far above capacity. Its corrected latency is
+                // still taken from its intended start, as wrk2 does.
+                let measuring = now >= measure_from;
                 // `--ops N`: each measured cycle takes one of N tickets, so the workers run
                 // exactly N between them (not N rounded up to a multiple of the workers).
                 if measuring && !progress.take_ticket() {
