@@ -774,3 +774,76 @@ fn bench_open_loop_above_capacity_reports_what_it_achieved() {
         "open loop achieved {achieved}/s, closed loop {closed_rate}/s: {text}"
     );
 }
+
+/// Requests the client refused (a node stopped mid-run fills its connection's in-flight table,
+/// and further acquires to it are refused `Overloaded`) are in the outcomes line, the JSON and
+/// the help, not only in the per-node view; a run that refused none says so in the JSON.
+#[test]
+fn bench_reports_the_requests_the_client_refused() {
+    let mut servers = cluster(3);
+    let nodes = node_list(&servers);
+    // With `stop`, the third node is stopped once the run is under way, and resumed after.
+    let mut run = |json: bool, stop: bool| {
+        let mut args = vec![
+            "bench",
+            "--nodes",
+            &nodes,
+            "--concurrency",
+            "4",
+            "--duration",
+            "1500ms",
+            "--warmup",
+            "0s",
+            "--ttl",
+            "10s",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_dragonlock"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if stop {
+            let before = servers[0].command_calls("set");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while servers[0].command_calls("set") < before + 50 {
+                assert!(Instant::now() < deadline, "the bench never got going");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            servers[2].stop();
+        }
+        let o = child.wait_with_output().unwrap();
+        if stop {
+            servers[2].cont();
+        }
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let v: serde_json::Value = serde_json::from_str(&run(true, false)).unwrap();
+    assert_eq!(v["dragonlock"]["refused"], 0, "{v}");
+
+    // A stopped minority: every cycle still gets its quorum, and leaves one request more in
+    // flight on the stopped node, until acquires to it are refused.
+    let v: serde_json::Value = serde_json::from_str(&run(true, true)).unwrap();
+    let d = &v["dragonlock"];
+    assert!(
+        d["refused_by_reason"]["overloaded"].as_u64().unwrap() > 0,
+        "{d}"
+    );
+    assert!(d["refused"].as_u64() >= d["refused_by_reason"]["overloaded"].as_u64());
+    let text = run(false, true);
+    let outcomes = text
+        .lines()
+        .find(|l| l.starts_with("outcomes:"))
+        .unwrap_or_else(|| panic!("no outcomes line: {text}"));
+    assert!(outcomes.contains("; refused "), "{outcomes}");
+    assert!(text.contains("too many requests in flight"), "{text}");
+
+    let help = dragonlock(&["bench", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("three quarters"), "{help}");
+}

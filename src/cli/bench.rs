@@ -12,7 +12,9 @@
 //! Each client's JSON has `cycles` (measured cycles: attempts), `seconds`, `grants_per_sec`
 //! (acquisitions: the headline), `attempts_per_sec` (= `cycles_per_sec`, kept for older
 //! readers), `client_cpu_us_per_cycle`, the `acquire`, `release` and `cycle` latency
-//! summaries, `outcomes` and `nodes_per_release`. `setup` also has `ops`, `keys` and `zipf_s`
+//! summaries, `outcomes`, `nodes_per_release`, and `refused` with `refused_by_reason`
+//! (`overloaded`, `not_connected`, `restarted`): node requests dragonlock's client refused over
+//! the measured window ([`REFUSED_LEGEND`]; null for the baseline, which has its own sockets). `setup` also has `ops`, `keys` and `zipf_s`
 //! (contended only), `key_prefix`, `retries`, `retry_delay_ms` and `restart_delay_ms`.
 //! `ratio_to_baseline.throughput` is the grants/s ratio, `ratio_to_baseline.attempts` the
 //! attempts/s one.
@@ -257,6 +259,57 @@ impl BenchArgs {
     }
 }
 
+/// Node requests dragonlock's client refused before sending them, over the measured window
+/// (from [`Redlock::stats`]): an acquire, extend or release that met a refusal on a node got
+/// no vote from it. See [`REFUSED_LEGEND`].
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Refused {
+    /// `Overloaded`: the node had too many requests in flight.
+    pub(crate) overloaded: u64,
+    /// The node was not connected.
+    pub(crate) not_connected: u64,
+    /// The node had not been up for `--restart-delay`.
+    pub(crate) restarted: u64,
+}
+
+impl Refused {
+    fn of(redlock: &Redlock) -> Refused {
+        let mut r = Refused::default();
+        for n in redlock.stats().nodes {
+            r.overloaded += n.errors.refused_overloaded;
+            r.not_connected += n.errors.refused_not_connected;
+            r.restarted += n.errors.refused_restarted;
+        }
+        r
+    }
+
+    fn since(&self, before: &Refused) -> Refused {
+        Refused {
+            overloaded: self.overloaded.saturating_sub(before.overloaded),
+            not_connected: self.not_connected.saturating_sub(before.not_connected),
+            restarted: self.restarted.saturating_sub(before.restarted),
+        }
+    }
+
+    fn add(&mut self, o: &Refused) {
+        self.overloaded += o.overloaded;
+        self.not_connected += o.not_connected;
+        self.restarted += o.restarted;
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.overloaded + self.not_connected + self.restarted
+    }
+}
+
+/// What "refused" means, for the help, the outcomes line and the per-node view.
+pub(crate) const REFUSED_LEGEND: &str = "refused: node requests dragonlock's client did not send \
+    (so that node gave no vote): mostly `Overloaded`, the node had too many requests in flight \
+    (acquires are refused once three quarters of the connection's max_in_flight are in use, \
+    768 of the library's default 1,024; the bench sets 8 per worker, at least 1,024; releases \
+    may use them all), else the node was not connected or had not been up \
+    for --restart-delay. Refusals show that the client, not the servers, was the limit.";
+
 #[derive(Default)]
 pub(crate) struct Outcomes {
     pub(crate) granted: u64,
@@ -285,6 +338,9 @@ pub(crate) struct Results {
     pub(crate) started: Instant,
     /// The servers' side over the window (with `--server-stats`, a sweep, `--runs`, `--compare`).
     pub(crate) server: Option<ServerDelta>,
+    /// dragonlock only (the baseline has its own sockets): node requests refused by the client
+    /// over the measured window.
+    pub(crate) refused: Option<Refused>,
 }
 
 impl Results {
@@ -300,6 +356,7 @@ impl Results {
             cpu: Duration::ZERO,
             started: Instant::now(),
             server: None,
+            refused: None,
         }
     }
 
@@ -321,6 +378,9 @@ impl Results {
             self.server
                 .get_or_insert_with(ServerDelta::default)
                 .merge(d);
+        }
+        if let Some(f) = &o.refused {
+            self.refused.get_or_insert_with(Refused::default).add(f);
         }
     }
 
@@ -378,9 +438,11 @@ async fn gather(
     measure_from: Instant,
     end: Instant,
     probe: Option<(&Redlock, Vec<Option<bench_server::Reading>>, Instant)>,
+    counted: Option<Redlock>,
 ) -> Results {
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu0 = cpu_time();
+    let refused0 = counted.as_ref().map(Refused::of);
     let mut all_cycles = 0;
     let mut r = Results::empty();
     r.started = measure_from;
@@ -399,6 +461,10 @@ async fn gather(
         r.outcomes.add(&w.outcomes);
     }
     r.cpu = cpu_time().saturating_sub(cpu0);
+    // Read once the last worker has ended: their requests have all been sent or refused.
+    if let (Some(redlock), Some(before)) = (&counted, &refused0) {
+        r.refused = Some(Refused::of(redlock).since(before));
+    }
     if let Some((redlock, before, t0)) = probe {
         let after = bench_server::read(redlock).await;
         let addrs: Vec<String> = redlock.nodes().iter().map(|n| n.config().addr()).collect();
@@ -865,9 +931,14 @@ pub(crate) async fn measure(
     let reporter = spec
         .progress
         .then(|| tokio::spawn(show_progress(progress.clone(), measure_from, end)));
+    let runners: Vec<Runner> = (0..spec.concurrency).map(&mut runner).collect();
+    // dragonlock's workers share one manager: its counters are read around the window.
+    let counted = match runners.first() {
+        Some(Runner::Dragonlock(redlock)) => Some(redlock.clone()),
+        _ => None,
+    };
     let mut workers = Vec::new();
-    for w in 0..spec.concurrency {
-        let mut runner = runner(w);
+    for (w, mut runner) in runners.into_iter().enumerate() {
         let progress = progress.clone();
         let (workload, ttl, resources) = (args.workload, args.ttl, args.resources);
         let retry = args.retries > 0;
@@ -1035,7 +1106,7 @@ pub(crate) async fn measure(
         }));
     }
     let probe = probe.map(|redlock| (redlock, server0, t0));
-    let results = gather(workers, measure_from, end, probe).await;
+    let results = gather(workers, measure_from, end, probe, counted).await;
     if let Some(reporter) = reporter {
         // Its next line would cover an interval past the run's end: the summary follows instead.
         reporter.abort();
@@ -1217,6 +1288,10 @@ pub(crate) fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
         "cycle": summary(&r.cycle),
         "outcomes": { "granted": o.granted, "busy": o.busy, "no_quorum": o.no_quorum, "unavailable": o.unavailable, "expired": o.expired, "other": o.other },
         "nodes_per_release": (o.releases > 0).then(|| o.released_nodes as f64 / o.releases as f64),
+        "refused": r.refused.map(|f| f.total()),
+        "refused_by_reason": r.refused.map(|f| serde_json::json!({
+            "overloaded": f.overloaded, "not_connected": f.not_connected, "restarted": f.restarted,
+        })),
     });
     if let Some(target) = rate {
         let achieved = r.cycles as f64 / r.elapsed.as_secs_f64();
@@ -1373,8 +1448,14 @@ fn report(
         println!("{line}");
     }
     println!(
-        "outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, other {}",
-        o["granted"], o["busy"], o["no_quorum"], o["unavailable"], o["expired"], o["other"]
+        "outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, other {}{}",
+        o["granted"],
+        o["busy"],
+        o["no_quorum"],
+        o["unavailable"],
+        o["expired"],
+        o["other"],
+        refused_words(r.refused.as_ref())
     );
     if let Some(n) = out["dragonlock"]["nodes_per_release"].as_f64() {
         println!("released on {n:.2} nodes per release, on average");
@@ -1392,6 +1473,22 @@ fn report(
     }
     if let Some(w) = warning {
         println!("{w}");
+    }
+}
+
+/// The outcomes line's tail: the node requests the client refused, when it refused any.
+pub(crate) fn refused_words(refused: Option<&Refused>) -> String {
+    match refused {
+        Some(f) if f.total() > 0 => format!(
+            "; refused {} node requests ({} overloaded, {} not connected, {} restart delay): \
+             see 'refused' under the per-node view",
+            f.total(),
+            f.overloaded,
+            f.not_connected,
+            f.restarted
+        ),
+        Some(_) => ", refused 0".into(),
+        None => String::new(),
     }
 }
 
@@ -1437,6 +1534,7 @@ fn print_node_stats(redlock: &Redlock) {
     let stats = redlock.stats();
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{d:.1?}"));
     println!("per node (dragonlock, the whole run):");
+    let mut any_refused = false;
     for n in &stats.nodes {
         let e = &n.errors;
         println!(
@@ -1453,6 +1551,10 @@ fn print_node_stats(redlock: &Redlock) {
             ms(n.rtt.p50()),
             ms(n.rtt.p99()),
         );
+        any_refused |= e.refused_overloaded + e.refused_not_connected + e.refused_restarted > 0;
+    }
+    if any_refused {
+        println!("{REFUSED_LEGEND}");
     }
 }
 
