@@ -886,3 +886,45 @@ fn bench_contended_latency_rows_hold_granted_cycles_only() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("granted cycles only"), "{text}");
 }
+
+/// With `--retries`, attempts/s counts every attempt, retries included (the manager's lock
+/// counters), not the cycles: on one shared resource most attempts are busy and retried, so
+/// attempts exceed cycles. Without retries the two are the same count.
+#[test]
+fn bench_retries_count_every_attempt() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let run = |retries: &str| {
+        let o = dragonlock(&[
+            "bench",
+            "--nodes",
+            &nodes,
+            "--workload",
+            "contended",
+            "--resources",
+            "1",
+            "--concurrency",
+            "8",
+            "--retries",
+            retries,
+            "--retry-delay",
+            "1ms",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "100ms",
+            "--ttl",
+            "10s",
+            "--json",
+        ]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["dragonlock"].clone()
+    };
+    let d = run("0");
+    assert_eq!(d["attempts"], d["cycles"], "{d}");
+    let d = run("5");
+    let n = |k: &str| d[k].as_f64().unwrap_or_else(|| panic!("{k}: {d}"));
+    assert!(n("attempts") > n("cycles"), "{d}");
+    assert!(n("attempts_per_sec") > n("cycles_per_sec"), "{d}");
+}

@@ -10,8 +10,9 @@
 //! that weaker client.
 //!
 //! Each client's JSON has `cycles` (measured cycles: attempts), `seconds`, `grants_per_sec`
-//! (acquisitions: the headline), `attempts_per_sec` (= `cycles_per_sec`, kept for older
-//! readers), `client_cpu_us_per_cycle`, the `acquire`, `release` and `cycle` latency
+//! (acquisitions: the headline), `attempts` and `attempts_per_sec` (every lock attempt: with
+//! `--retries`, the manager's attempt count over the window, retries included; without, equal
+//! to `cycles` and `cycles_per_sec`), `client_cpu_us_per_cycle`, the `acquire`, `release` and `cycle` latency
 //! summaries (granted cycles only, as in the table: failed attempts are in `outcomes`), `outcomes`, `nodes_per_release`, and `refused` with `refused_by_reason`
 //! (`overloaded`, `not_connected`, `restarted`): node requests dragonlock's client refused over
 //! the measured window ([`REFUSED_LEGEND`]; null for the baseline, which has its own sockets). `setup` also has `ops`, `keys` and `zipf_s`
@@ -216,7 +217,9 @@ pub struct BenchArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) restart_delay: Option<Duration>,
     /// Retries after a failed attempt (`RedlockOptions::retry_count`); 0, the default, makes
-    /// one attempt per cycle. Not with --baseline, which makes one attempt.
+    /// one attempt per cycle. Not with --baseline, which makes one attempt. attempts/s then
+    /// counts every attempt, retries included (the manager's lock counters over the window),
+    /// and can exceed the cycles a second.
     #[arg(long, default_value_t = 0)]
     pub(crate) retries: u32,
     /// Delay between retries; a random extra of up to as much again is added (the jitter).
@@ -332,6 +335,9 @@ pub(crate) struct Outcomes {
 
 pub(crate) struct Results {
     pub(crate) cycles: u64,
+    /// Lock attempts: `cycles`, or with `--retries` every attempt the manager counted over
+    /// the window (`LockStats`: granted + every failed kind), retries included.
+    pub(crate) attempts: u64,
     pub(crate) elapsed: Duration,
     pub(crate) acquire: Histogram<u64>,
     pub(crate) release: Histogram<u64>,
@@ -353,6 +359,7 @@ impl Results {
     pub(crate) fn empty() -> Results {
         Results {
             cycles: 0,
+            attempts: 0,
             elapsed: Duration::ZERO,
             acquire: hist(),
             release: hist(),
@@ -373,6 +380,7 @@ impl Results {
             self.started = o.started;
         }
         self.cycles += o.cycles;
+        self.attempts += o.attempts;
         self.elapsed += o.elapsed;
         self.acquire.add(&o.acquire).ok();
         self.release.add(&o.release).ok();
@@ -395,6 +403,11 @@ impl Results {
     }
 
     pub(crate) fn attempts_per_sec(&self) -> f64 {
+        self.attempts as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Cycles (calls of the workload, retries inside one) a second: the open loop's rate.
+    pub(crate) fn cycles_per_sec(&self) -> f64 {
         self.cycles as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
@@ -445,10 +458,12 @@ async fn gather(
     end: Instant,
     probe: Option<(&Redlock, Vec<Option<bench_server::Reading>>, Instant)>,
     counted: Option<Redlock>,
+    manager_attempts: bool,
 ) -> Results {
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu0 = cpu_time();
     let refused0 = counted.as_ref().map(Refused::of);
+    let attempts0 = counted.as_ref().map(lock_attempts);
     let mut all_cycles = 0;
     let mut r = Results::empty();
     r.started = measure_from;
@@ -471,6 +486,14 @@ async fn gather(
     if let (Some(redlock), Some(before)) = (&counted, &refused0) {
         r.refused = Some(Refused::of(redlock).since(before));
     }
+    r.attempts = match (&counted, attempts0) {
+        // Attempts of cycles that straddle the window's edges are counted whole at the edge
+        // they end on: a few, against thousands.
+        (Some(redlock), Some(before)) if manager_attempts => {
+            lock_attempts(redlock).saturating_sub(before)
+        }
+        _ => r.cycles,
+    };
     if let Some((redlock, before, t0)) = probe {
         let after = bench_server::read(redlock).await;
         let addrs: Vec<String> = redlock.nodes().iter().map(|n| n.config().addr()).collect();
@@ -491,6 +514,12 @@ async fn gather(
         let _ = r.await;
     }
     r
+}
+
+/// Every acquire attempt the manager has decided: granted or failed, retries included.
+fn lock_attempts(redlock: &Redlock) -> u64 {
+    let l = redlock.stats().locks;
+    l.granted + l.busy + l.no_quorum + l.unavailable + l.expired + l.fence_unavailable
 }
 
 pub(crate) fn hist() -> Histogram<u64> {
@@ -1116,7 +1145,10 @@ pub(crate) async fn measure(
         }));
     }
     let probe = probe.map(|redlock| (redlock, server0, t0));
-    let results = gather(workers, measure_from, end, probe, counted).await;
+    // With --retries each cycle may make several attempts, which the manager counts; extend's
+    // cycles are extensions, one attempt each.
+    let manager_attempts = args.retries > 0 && args.workload != Workload::Extend;
+    let results = gather(workers, measure_from, end, probe, counted, manager_attempts).await;
     if let Some(reporter) = reporter {
         // Its next line would cover an interval past the run's end: the summary follows instead.
         reporter.abort();
@@ -1290,7 +1322,8 @@ pub(crate) fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
         "cycles": r.cycles,
         "seconds": r.elapsed.as_secs_f64(),
         "cycles_per_sec": (r.cycles as f64 / r.elapsed.as_secs_f64()).round(),
-        "attempts_per_sec": (r.cycles as f64 / r.elapsed.as_secs_f64()).round(),
+        "attempts": r.attempts,
+        "attempts_per_sec": (r.attempts as f64 / r.elapsed.as_secs_f64()).round(),
         "grants_per_sec": (o.granted as f64 / r.elapsed.as_secs_f64()).round(),
         "client_cpu_us_per_cycle": if r.cycles > 0 { (r.cpu.as_secs_f64() * 1e6 / r.cycles as f64 * 100.0).round() / 100.0 } else { 0.0 },
         "acquire": summary(&r.acquire),
@@ -1304,7 +1337,7 @@ pub(crate) fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
         })),
     });
     if let Some(target) = rate {
-        let achieved = r.cycles as f64 / r.elapsed.as_secs_f64();
+        let achieved = r.cycles_per_sec();
         v["open_loop"] = serde_json::json!({
             "target_per_sec": target,
             "achieved_per_sec": achieved.round(),
@@ -1341,7 +1374,7 @@ fn report(
                 / 100.0
         };
         out["baseline"] = as_json(b, rate);
-        let rate = |x: &Results| x.cycles as f64 / x.elapsed.as_secs_f64();
+        let rate = |x: &Results| x.attempts_per_sec();
         let grants = |x: &Results| x.outcomes.granted as f64 / x.elapsed.as_secs_f64();
         out["ratio_to_baseline"] = serde_json::json!({
             "throughput": (grants(r) / grants(b).max(1e-9) * 100.0).round() / 100.0,

@@ -535,7 +535,7 @@ fn emit(
                 ));
             }
             if let Some(target) = point.rate {
-                let achieved = res.merged.attempts_per_sec();
+                let achieved = res.merged.cycles_per_sec();
                 if achieved < target as f64 * OPEN_LOOP_REACHED {
                     footnotes.push(format!(
                         "{who}: open loop target {target} cycles/s NOT REACHED: achieved \
