@@ -540,6 +540,7 @@ fn bench_new_flags_refuse_bad_input_with_a_clear_message() {
         (vec!["--rate", "100,0"], "--rate must be at least 1"),
         (vec!["--rate", "100,abc"], "--rate"),
         (vec!["--runs", "0"], "--runs must be from 1"),
+        (vec!["--ops", "0"], "--ops must be at least 1"),
         (vec!["--compare", "release-wait=all"], "at least two"),
         (vec!["--compare", "colour=red,blue"], "unknown key"),
         (
@@ -927,4 +928,50 @@ fn bench_retries_count_every_attempt() {
     let n = |k: &str| d[k].as_f64().unwrap_or_else(|| panic!("{k}: {d}"));
     assert!(n("attempts") > n("cycles"), "{d}");
     assert!(n("attempts_per_sec") > n("cycles_per_sec"), "{d}");
+}
+
+/// The setup names no server binary with --nodes (null, not ""), says whether the nodes are
+/// TLS ones, and the text ratios to the baseline have two decimals, like every other ratio.
+#[test]
+fn bench_setup_and_baseline_ratios_read_consistently() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let args = [
+        "bench",
+        "--nodes",
+        &nodes,
+        "--concurrency",
+        "2",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--ttl",
+        "10s",
+        "--baseline",
+    ];
+    let mut json = args.to_vec();
+    json.push("--json");
+    let o = dragonlock(&json);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["setup"]["server_binary"].is_null(), "{v}");
+    assert_eq!(v["setup"]["tls"], false, "{v}");
+
+    let o = dragonlock(&args);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ratio to baseline:"))
+        .unwrap_or_else(|| panic!("no ratio line: {text}"));
+    let ratios: Vec<&str> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').strip_suffix('x'))
+        .collect();
+    assert_eq!(ratios.len(), 4, "{line}");
+    for r in ratios {
+        let decimals = r.split('.').nth(1).map(str::len);
+        assert_eq!(decimals, Some(2), "{r} in {line}");
+    }
 }

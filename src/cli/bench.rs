@@ -609,6 +609,9 @@ fn validate(args: &BenchArgs) -> Result<Option<Compare>, String> {
     if args.concurrency.contains(&0) {
         return Err("--concurrency must be at least 1".into());
     }
+    if args.ops == Some(0) {
+        return Err("--ops must be at least 1 (leave it out to run for --duration)".into());
+    }
     if args.rate.contains(&0) {
         return Err("--rate must be at least 1 cycle a second".into());
     }
@@ -862,7 +865,9 @@ pub(crate) fn setup_json(args: &BenchArgs, side: &Side, spec: &Spec) -> serde_js
         "nodes": side.addrs,
         "nodes_down": args.nodes_down,
         "server": side.server,
-        "server_binary": side.server_bin,
+        // null with --nodes: no binary was started here (it was "" before 2026-11-30).
+        "server_binary": (!side.server_bin.is_empty()).then_some(&side.server_bin),
+        "tls": side.tls,
         "protocol": side.protocol,
         "release_path": side.release_paths,
         "release_wait": format!("{:?}", side.spec.release_wait).to_lowercase(),
@@ -1508,8 +1513,12 @@ fn report(
     }
     if let Some(r) = out.get("ratio_to_baseline") {
         println!(
-            "ratio to baseline: throughput (grants/s) {}x, attempts/s {}x, cycle p50 {}x, cycle p99 {}x",
-            r["throughput"], r["attempts"], r["cycle_p50"], r["cycle_p99"]
+            "ratio to baseline: throughput (grants/s) {:.2}x, attempts/s {:.2}x, cycle p50 {:.2}x, \
+             cycle p99 {:.2}x",
+            r["throughput"].as_f64().unwrap_or(0.0),
+            r["attempts"].as_f64().unwrap_or(0.0),
+            r["cycle_p50"].as_f64().unwrap_or(0.0),
+            r["cycle_p99"].as_f64().unwrap_or(0.0)
         );
     }
     if let Some(server) = out.get("server") {
