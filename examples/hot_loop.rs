@@ -13,9 +13,10 @@
 //! work, measures mostly itself. `dragonlock bench` is the tool for figures to compare.
 //!
 //! Errors are counted and the first few printed. On a saturated machine (a debug build, say)
-//! one node can fall far enough behind that its connection refuses new requests once 1,024 are
-//! in flight (`Overloaded`: failing fast instead of queueing without bound); an attempt that
-//! then can reach neither a quorum nor a busy verdict ends `NoQuorum`.
+//! one node can fall far enough behind that its connection refuses new acquires once 768 of
+//! the default 1,024 slots are in flight (`Overloaded`: failing fast instead of queueing
+//! without bound; the last quarter is kept for releases, see `Connection::send_acquire`); an
+//! attempt that then can reach neither a quorum nor a busy verdict ends `NoQuorum`.
 
 mod common;
 

@@ -50,6 +50,7 @@ enum Command {
     /// Benchmark lock throughput and latency (on 5 local servers it starts itself, or --nodes).
     // Boxed: the bench's flags make it far larger than the other commands' (clippy's
     // large_enum_variant); one allocation at start costs nothing.
+    #[command(after_help = cli::bench::REFUSED_LEGEND)]
     Bench(Box<cli::bench::BenchArgs>),
     /// Run a command while holding a lock, renewing it, and pass its exit code through.
     ///

@@ -354,6 +354,8 @@ fn the_cli_speaks_tls_with_a_ca_a_client_certificate_or_insecurely() {
         v["dragonlock"]["outcomes"]["granted"].as_u64().unwrap() > 0,
         "{out}"
     );
+    // The JSON says the run was over TLS: its figures are not comparable with plain TCP's.
+    assert_eq!(v["setup"]["tls"], true, "{out}");
 
     // Without the CA, the system's roots do not know the test CA: no node can vote.
     let (code, out) = dragonlock(&["ping", "--nodes", &nodes]);

@@ -10,16 +10,20 @@
 //! that weaker client.
 //!
 //! Each client's JSON has `cycles` (measured cycles: attempts), `seconds`, `grants_per_sec`
-//! (acquisitions: the headline), `attempts_per_sec` (= `cycles_per_sec`, kept for older
-//! readers), `client_cpu_us_per_cycle`, the `acquire`, `release` and `cycle` latency
-//! summaries, `outcomes` and `nodes_per_release`. `setup` also has `ops`, `keys` and `zipf_s`
+//! (acquisitions: the headline), `attempts` and `attempts_per_sec` (every lock attempt: with
+//! `--retries`, the manager's attempt count over the window, retries included; without, equal
+//! to `cycles` and `cycles_per_sec`), `client_cpu_us_per_cycle`, the `acquire`, `release` and `cycle` latency
+//! summaries (granted cycles only, as in the table: failed attempts are in `outcomes`), `outcomes`, `nodes_per_release`, and `refused` with `refused_by_reason`
+//! (`overloaded`, `not_connected`, `restarted`): node requests dragonlock's client refused over
+//! the measured window ([`REFUSED_LEGEND`]; null for the baseline, which has its own sockets). `setup` also has `ops`, `keys` and `zipf_s`
 //! (contended only), `key_prefix`, `retries`, `retry_delay_ms` and `restart_delay_ms`.
 //! `ratio_to_baseline.throughput` is the grants/s ratio, `ratio_to_baseline.attempts` the
 //! attempts/s one.
 //!
 //! Open loop (`--rate N`): cycle k is meant to start at `k / N` seconds into the run (warm-up
-//! included; only slots meant for the measured window are measured), the workers taking the
-//! slots in order as each becomes free. `setup.rate` is N, and each client's JSON adds
+//! included), the workers taking the slots in order as each becomes free. A cycle is measured
+//! when it actually starts inside the measured window, whichever slot it took: a run that
+//! falls behind the schedule is measured at the rate it really keeps. `setup.rate` is N, and each client's JSON adds
 //! `open_loop` (`target_per_sec`, `achieved_per_sec`: measured cycles over the window;
 //! `reached`: at least 95% of the target) and `cycle_corrected` (shaped as `cycle`, measured
 //! from each cycle's intended start: the latency a caller arriving on schedule sees, queueing
@@ -48,7 +52,8 @@ use dragonlock::{LockErrorKind, Redlock, ReleaseWait};
 pub enum Workload {
     /// Acquire then release, each worker on its own resource.
     Uncontended,
-    /// Acquire then release on --resources shared resources (busy answers are counted).
+    /// Acquire then release on --resources shared resources (busy answers are counted in
+    /// attempts/s and the outcomes; the latency rows hold granted cycles only).
     Contended,
     /// Acquire only; keys expire at the ttl.
     AcquireOnly,
@@ -212,7 +217,9 @@ pub struct BenchArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) restart_delay: Option<Duration>,
     /// Retries after a failed attempt (`RedlockOptions::retry_count`); 0, the default, makes
-    /// one attempt per cycle. Not with --baseline, which makes one attempt.
+    /// one attempt per cycle. Not with --baseline, which makes one attempt. attempts/s then
+    /// counts every attempt, retries included (the manager's lock counters over the window),
+    /// and can exceed the cycles a second.
     #[arg(long, default_value_t = 0)]
     pub(crate) retries: u32,
     /// Delay between retries; a random extra of up to as much again is added (the jitter).
@@ -256,6 +263,62 @@ impl BenchArgs {
     }
 }
 
+/// Node requests dragonlock's client refused before sending them, over the measured window
+/// (from [`Redlock::stats`]): an acquire, extend or release that met a refusal on a node got
+/// no vote from it. See [`REFUSED_LEGEND`].
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Refused {
+    /// `Overloaded`: the node had too many requests in flight.
+    pub(crate) overloaded: u64,
+    /// The node was not connected.
+    pub(crate) not_connected: u64,
+    /// The node had not been up for `--restart-delay`.
+    pub(crate) restarted: u64,
+}
+
+impl Refused {
+    fn of(redlock: &Redlock) -> Refused {
+        let mut r = Refused::default();
+        for n in redlock.stats().nodes {
+            r.overloaded += n.errors.refused_overloaded;
+            r.not_connected += n.errors.refused_not_connected;
+            r.restarted += n.errors.refused_restarted;
+        }
+        r
+    }
+
+    fn since(&self, before: &Refused) -> Refused {
+        Refused {
+            overloaded: self.overloaded.saturating_sub(before.overloaded),
+            not_connected: self.not_connected.saturating_sub(before.not_connected),
+            restarted: self.restarted.saturating_sub(before.restarted),
+        }
+    }
+
+    fn add(&mut self, o: &Refused) {
+        self.overloaded += o.overloaded;
+        self.not_connected += o.not_connected;
+        self.restarted += o.restarted;
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.overloaded + self.not_connected + self.restarted
+    }
+}
+
+/// What the latency rows hold, printed when some attempts failed.
+pub(crate) const LATENCY_LEGEND: &str = "latency rows (acquire, release, cycle, intended): \
+    granted cycles only; failed attempts (busy, no quorum ...) count in attempts/s and the \
+    outcomes";
+
+/// What "refused" means, for the help, the outcomes line and the per-node view.
+pub(crate) const REFUSED_LEGEND: &str = "refused: node requests dragonlock's client did not send \
+    (so that node gave no vote): mostly `Overloaded`, the node had too many requests in flight \
+    (acquires are refused once three quarters of the connection's max_in_flight are in use, \
+    768 of the library's default 1,024; the bench sets 8 per worker, at least 1,024; releases \
+    may use them all), else the node was not connected or had not been up \
+    for --restart-delay. Refusals show that the client, not the servers, was the limit.";
+
 #[derive(Default)]
 pub(crate) struct Outcomes {
     pub(crate) granted: u64,
@@ -272,6 +335,9 @@ pub(crate) struct Outcomes {
 
 pub(crate) struct Results {
     pub(crate) cycles: u64,
+    /// Lock attempts: `cycles`, or with `--retries` every attempt the manager counted over
+    /// the window (`LockStats`: granted + every failed kind), retries included.
+    pub(crate) attempts: u64,
     pub(crate) elapsed: Duration,
     pub(crate) acquire: Histogram<u64>,
     pub(crate) release: Histogram<u64>,
@@ -284,12 +350,16 @@ pub(crate) struct Results {
     pub(crate) started: Instant,
     /// The servers' side over the window (with `--server-stats`, a sweep, `--runs`, `--compare`).
     pub(crate) server: Option<ServerDelta>,
+    /// dragonlock only (the baseline has its own sockets): node requests refused by the client
+    /// over the measured window.
+    pub(crate) refused: Option<Refused>,
 }
 
 impl Results {
     pub(crate) fn empty() -> Results {
         Results {
             cycles: 0,
+            attempts: 0,
             elapsed: Duration::ZERO,
             acquire: hist(),
             release: hist(),
@@ -299,6 +369,7 @@ impl Results {
             cpu: Duration::ZERO,
             started: Instant::now(),
             server: None,
+            refused: None,
         }
     }
 
@@ -309,6 +380,7 @@ impl Results {
             self.started = o.started;
         }
         self.cycles += o.cycles;
+        self.attempts += o.attempts;
         self.elapsed += o.elapsed;
         self.acquire.add(&o.acquire).ok();
         self.release.add(&o.release).ok();
@@ -321,6 +393,9 @@ impl Results {
                 .get_or_insert_with(ServerDelta::default)
                 .merge(d);
         }
+        if let Some(f) = &o.refused {
+            self.refused.get_or_insert_with(Refused::default).add(f);
+        }
     }
 
     pub(crate) fn grants_per_sec(&self) -> f64 {
@@ -328,6 +403,11 @@ impl Results {
     }
 
     pub(crate) fn attempts_per_sec(&self) -> f64 {
+        self.attempts as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Cycles (calls of the workload, retries inside one) a second: the open loop's rate.
+    pub(crate) fn cycles_per_sec(&self) -> f64 {
         self.cycles as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
@@ -377,9 +457,13 @@ async fn gather(
     measure_from: Instant,
     end: Instant,
     probe: Option<(&Redlock, Vec<Option<bench_server::Reading>>, Instant)>,
+    counted: Option<Redlock>,
+    manager_attempts: bool,
 ) -> Results {
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu0 = cpu_time();
+    let refused0 = counted.as_ref().map(Refused::of);
+    let attempts0 = counted.as_ref().map(lock_attempts);
     let mut all_cycles = 0;
     let mut r = Results::empty();
     r.started = measure_from;
@@ -398,6 +482,18 @@ async fn gather(
         r.outcomes.add(&w.outcomes);
     }
     r.cpu = cpu_time().saturating_sub(cpu0);
+    // Read once the last worker has ended: their requests have all been sent or refused.
+    if let (Some(redlock), Some(before)) = (&counted, &refused0) {
+        r.refused = Some(Refused::of(redlock).since(before));
+    }
+    r.attempts = match (&counted, attempts0) {
+        // Attempts of cycles that straddle the window's edges are counted whole at the edge
+        // they end on: a few, against thousands.
+        (Some(redlock), Some(before)) if manager_attempts => {
+            lock_attempts(redlock).saturating_sub(before)
+        }
+        _ => r.cycles,
+    };
     if let Some((redlock, before, t0)) = probe {
         let after = bench_server::read(redlock).await;
         let addrs: Vec<String> = redlock.nodes().iter().map(|n| n.config().addr()).collect();
@@ -418,6 +514,12 @@ async fn gather(
         let _ = r.await;
     }
     r
+}
+
+/// Every acquire attempt the manager has decided: granted or failed, retries included.
+fn lock_attempts(redlock: &Redlock) -> u64 {
+    let l = redlock.stats().locks;
+    l.granted + l.busy + l.no_quorum + l.unavailable + l.expired + l.fence_unavailable
 }
 
 pub(crate) fn hist() -> Histogram<u64> {
@@ -506,6 +608,9 @@ impl BenchArgs {
 fn validate(args: &BenchArgs) -> Result<Option<Compare>, String> {
     if args.concurrency.contains(&0) {
         return Err("--concurrency must be at least 1".into());
+    }
+    if args.ops == Some(0) {
+        return Err("--ops must be at least 1 (leave it out to run for --duration)".into());
     }
     if args.rate.contains(&0) {
         return Err("--rate must be at least 1 cycle a second".into());
@@ -760,7 +865,9 @@ pub(crate) fn setup_json(args: &BenchArgs, side: &Side, spec: &Spec) -> serde_js
         "nodes": side.addrs,
         "nodes_down": args.nodes_down,
         "server": side.server,
-        "server_binary": side.server_bin,
+        // null with --nodes: no binary was started here (it was "" before 2026-11-30).
+        "server_binary": (!side.server_bin.is_empty()).then_some(&side.server_bin),
+        "tls": side.tls,
         "protocol": side.protocol,
         "release_path": side.release_paths,
         "release_wait": format!("{:?}", side.spec.release_wait).to_lowercase(),
@@ -864,9 +971,14 @@ pub(crate) async fn measure(
     let reporter = spec
         .progress
         .then(|| tokio::spawn(show_progress(progress.clone(), measure_from, end)));
+    let runners: Vec<Runner> = (0..spec.concurrency).map(&mut runner).collect();
+    // dragonlock's workers share one manager: its counters are read around the window.
+    let counted = match runners.first() {
+        Some(Runner::Dragonlock(redlock)) => Some(redlock.clone()),
+        _ => None,
+    };
     let mut workers = Vec::new();
-    for w in 0..spec.concurrency {
-        let mut runner = runner(w);
+    for (w, mut runner) in runners.into_iter().enumerate() {
         let progress = progress.clone();
         let (workload, ttl, resources) = (args.workload, args.ttl, args.resources);
         let retry = args.retries > 0;
@@ -911,7 +1023,12 @@ pub(crate) async fn measure(
                 if now >= end {
                     break;
                 }
-                let measuring = intended.unwrap_or(now) >= measure_from;
+                // Measured when it really starts inside the window, whatever its slot: a run
+                // that fell behind the schedule still runs slots meant for the warm-up once
+                // the window has begun, and dropping those (as counting by intended start did)
+                // reported 0 cycles/s at a rate far above capacity. Its corrected latency is
+                // still taken from its intended start, as wrk2 does.
+                let measuring = now >= measure_from;
                 // `--ops N`: each measured cycle takes one of N tickets, so the workers run
                 // exactly N between them (not N rounded up to a multiple of the workers).
                 if measuring && !progress.take_ticket() {
@@ -979,13 +1096,17 @@ pub(crate) async fn measure(
                 }
                 cycles += 1;
                 let ns = |d: Duration| (d.as_nanos() as u64).max(1);
-                let _ = cyc.record(ns(t2 - t0));
-                if let Some(at) = intended {
-                    let _ = corrected.record(ns(t2 - at));
-                }
-                let _ = recent.record(ns(t2 - t0));
                 match outcome {
+                    // The latency histograms hold granted cycles only, as acquire and release
+                    // do: a busy answer is one round trip, and mixing those in put the contended
+                    // cycle p50 below the acquire p50. Failed attempts are in attempts/s and
+                    // the outcomes.
                     Ok(released) => {
+                        let _ = cyc.record(ns(t2 - t0));
+                        if let Some(at) = intended {
+                            let _ = corrected.record(ns(t2 - at));
+                        }
+                        let _ = recent.record(ns(t2 - t0));
                         outcomes.granted += 1;
                         progress.granted.fetch_add(1, Ordering::Relaxed);
                         if let Some(n) = released {
@@ -1029,7 +1150,10 @@ pub(crate) async fn measure(
         }));
     }
     let probe = probe.map(|redlock| (redlock, server0, t0));
-    let results = gather(workers, measure_from, end, probe).await;
+    // With --retries each cycle may make several attempts, which the manager counts; extend's
+    // cycles are extensions, one attempt each.
+    let manager_attempts = args.retries > 0 && args.workload != Workload::Extend;
+    let results = gather(workers, measure_from, end, probe, counted, manager_attempts).await;
     if let Some(reporter) = reporter {
         // Its next line would cover an interval past the run's end: the summary follows instead.
         reporter.abort();
@@ -1203,7 +1327,8 @@ pub(crate) fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
         "cycles": r.cycles,
         "seconds": r.elapsed.as_secs_f64(),
         "cycles_per_sec": (r.cycles as f64 / r.elapsed.as_secs_f64()).round(),
-        "attempts_per_sec": (r.cycles as f64 / r.elapsed.as_secs_f64()).round(),
+        "attempts": r.attempts,
+        "attempts_per_sec": (r.attempts as f64 / r.elapsed.as_secs_f64()).round(),
         "grants_per_sec": (o.granted as f64 / r.elapsed.as_secs_f64()).round(),
         "client_cpu_us_per_cycle": if r.cycles > 0 { (r.cpu.as_secs_f64() * 1e6 / r.cycles as f64 * 100.0).round() / 100.0 } else { 0.0 },
         "acquire": summary(&r.acquire),
@@ -1211,9 +1336,13 @@ pub(crate) fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
         "cycle": summary(&r.cycle),
         "outcomes": { "granted": o.granted, "busy": o.busy, "no_quorum": o.no_quorum, "unavailable": o.unavailable, "expired": o.expired, "other": o.other },
         "nodes_per_release": (o.releases > 0).then(|| o.released_nodes as f64 / o.releases as f64),
+        "refused": r.refused.map(|f| f.total()),
+        "refused_by_reason": r.refused.map(|f| serde_json::json!({
+            "overloaded": f.overloaded, "not_connected": f.not_connected, "restarted": f.restarted,
+        })),
     });
     if let Some(target) = rate {
-        let achieved = r.cycles as f64 / r.elapsed.as_secs_f64();
+        let achieved = r.cycles_per_sec();
         v["open_loop"] = serde_json::json!({
             "target_per_sec": target,
             "achieved_per_sec": achieved.round(),
@@ -1250,7 +1379,7 @@ fn report(
                 / 100.0
         };
         out["baseline"] = as_json(b, rate);
-        let rate = |x: &Results| x.cycles as f64 / x.elapsed.as_secs_f64();
+        let rate = |x: &Results| x.attempts_per_sec();
         let grants = |x: &Results| x.outcomes.granted as f64 / x.elapsed.as_secs_f64();
         out["ratio_to_baseline"] = serde_json::json!({
             "throughput": (grants(r) / grants(b).max(1e-9) * 100.0).round() / 100.0,
@@ -1358,6 +1487,9 @@ fn report(
     }
     let o = &out["dragonlock"]["outcomes"];
     println!();
+    if r.outcomes.granted < r.cycles {
+        println!("{LATENCY_LEGEND}");
+    }
     if !open_loop.is_empty() {
         println!(
             "'(intended)': each cycle from its intended start, coordinated omission corrected"
@@ -1367,16 +1499,26 @@ fn report(
         println!("{line}");
     }
     println!(
-        "outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, other {}",
-        o["granted"], o["busy"], o["no_quorum"], o["unavailable"], o["expired"], o["other"]
+        "outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, other {}{}",
+        o["granted"],
+        o["busy"],
+        o["no_quorum"],
+        o["unavailable"],
+        o["expired"],
+        o["other"],
+        refused_words(r.refused.as_ref())
     );
     if let Some(n) = out["dragonlock"]["nodes_per_release"].as_f64() {
         println!("released on {n:.2} nodes per release, on average");
     }
     if let Some(r) = out.get("ratio_to_baseline") {
         println!(
-            "ratio to baseline: throughput (grants/s) {}x, attempts/s {}x, cycle p50 {}x, cycle p99 {}x",
-            r["throughput"], r["attempts"], r["cycle_p50"], r["cycle_p99"]
+            "ratio to baseline: throughput (grants/s) {:.2}x, attempts/s {:.2}x, cycle p50 {:.2}x, \
+             cycle p99 {:.2}x",
+            r["throughput"].as_f64().unwrap_or(0.0),
+            r["attempts"].as_f64().unwrap_or(0.0),
+            r["cycle_p50"].as_f64().unwrap_or(0.0),
+            r["cycle_p99"].as_f64().unwrap_or(0.0)
         );
     }
     if let Some(server) = out.get("server") {
@@ -1386,6 +1528,22 @@ fn report(
     }
     if let Some(w) = warning {
         println!("{w}");
+    }
+}
+
+/// The outcomes line's tail: the node requests the client refused, when it refused any.
+pub(crate) fn refused_words(refused: Option<&Refused>) -> String {
+    match refused {
+        Some(f) if f.total() > 0 => format!(
+            "; refused {} node requests ({} overloaded, {} not connected, {} restart delay): \
+             see 'refused' under the per-node view",
+            f.total(),
+            f.overloaded,
+            f.not_connected,
+            f.restarted
+        ),
+        Some(_) => ", refused 0".into(),
+        None => String::new(),
     }
 }
 
@@ -1431,6 +1589,7 @@ fn print_node_stats(redlock: &Redlock) {
     let stats = redlock.stats();
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{d:.1?}"));
     println!("per node (dragonlock, the whole run):");
+    let mut any_refused = false;
     for n in &stats.nodes {
         let e = &n.errors;
         println!(
@@ -1447,6 +1606,10 @@ fn print_node_stats(redlock: &Redlock) {
             ms(n.rtt.p50()),
             ms(n.rtt.p99()),
         );
+        any_refused |= e.refused_overloaded + e.refused_not_connected + e.refused_restarted > 0;
+    }
+    if any_refused {
+        println!("{REFUSED_LEGEND}");
     }
 }
 

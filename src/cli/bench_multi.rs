@@ -523,8 +523,19 @@ fn emit(
                     o.other
                 ));
             }
+            if let Some(f) = res.merged.refused.filter(|f| f.total() > 0) {
+                footnotes.push(format!(
+                    "{who}: {} node requests refused by the client ({} overloaded, {} not \
+                     connected, {} restart delay): {}",
+                    f.total(),
+                    f.overloaded,
+                    f.not_connected,
+                    f.restarted,
+                    super::bench::REFUSED_LEGEND
+                ));
+            }
             if let Some(target) = point.rate {
-                let achieved = res.merged.attempts_per_sec();
+                let achieved = res.merged.cycles_per_sec();
                 if achieved < target as f64 * OPEN_LOOP_REACHED {
                     footnotes.push(format!(
                         "{who}: open loop target {target} cycles/s NOT REACHED: achieved \

@@ -231,6 +231,8 @@ pub struct Side {
     pub protocol: u8,
     /// The binary of the local servers (empty with `--nodes`).
     pub server_bin: String,
+    /// Some node is a `rediss://` (TLS) one.
+    pub tls: bool,
     /// Each node: server, version and threads.
     pub servers: Vec<String>,
     pub release_paths: Vec<&'static str>,
@@ -304,7 +306,8 @@ impl Side {
                 Err(e) => return Err(fail(EXIT_USAGE, e)),
             }
         };
-        if args.baseline && configs.iter().any(|c| c.is_tls()) {
+        let tls = configs.iter().any(|c| c.is_tls());
+        if args.baseline && tls {
             // The baseline speaks plain TCP only; a ratio against it over TLS would compare TLS
             // with no TLS.
             return Err(fail(
@@ -388,6 +391,7 @@ impl Side {
             server,
             protocol: info.protocol,
             server_bin,
+            tls,
             servers: described,
             release_paths,
             local,
