@@ -5,30 +5,12 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::server::cluster;
 
-fn dragonlock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dragonlock"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn node_list(servers: &[support::server::Server]) -> String {
-    servers
-        .iter()
-        .map(|s| s.addr())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
+use support::cli::{code, dragonlock, node_list};
 
 /// `bench … --json` in a multi-point mode: one JSON object per line.
 fn json_lines(args: &[&str]) -> Vec<serde_json::Value> {

@@ -2,31 +2,12 @@
 
 mod support;
 
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use support::server::{cluster, free_port};
 
-fn dragonlock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dragonlock"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// `host:port,host:port,…` for `--nodes`.
-fn node_list(servers: &[support::server::Server]) -> String {
-    servers
-        .iter()
-        .map(|s| s.addr())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
+use support::cli::{code, dragonlock, node_list};
 
 #[test]
 fn bench_on_the_embedded_default_reports_json_with_a_baseline() {

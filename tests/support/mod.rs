@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod cli;
 pub mod fake;
 pub mod fixtures;
 pub mod pki;
