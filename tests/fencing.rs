@@ -19,6 +19,15 @@ async fn fenced(servers: &[Server]) -> Redlock {
 
 const TTL: Duration = Duration::from_secs(5);
 
+/// Returns once every request sent so far on `r`'s connections has run: lock phases return at
+/// a quorum, and the last node's request may still be on its way. A `PING` answered on each
+/// connection comes after it.
+async fn settle(r: &Redlock) {
+    for node in r.nodes() {
+        node.command(&["PING"]).await.unwrap();
+    }
+}
+
 /// The number in `resource`'s counter key on `server` (the part before the `@` and the
 /// server's identity), `None` when there is no counter.
 fn counter(server: &Server, resource: &str) -> Option<u64> {
@@ -182,6 +191,7 @@ async fn a_reseed_below_a_surviving_counter_still_passes_it() {
         .is_fence_unavailable());
     // The store saw only 7; node 2 still has 10.
     r.reseed_fence("s2", 8).await.unwrap();
+    settle(&r).await;
     for s in &servers {
         assert_eq!(
             counter(s, "s2"),
@@ -275,6 +285,7 @@ async fn overlapping_sets_get_strictly_increasing_tokens_per_resource_on_three_a
         // Each resource counts its own grants, whatever sets they came in: one token each.
         assert_eq!(last, grants, "{n} nodes");
         // The counters are the resources' own, on every node.
+        settle(&r).await;
         for s in &servers {
             for (resource, &t) in &last {
                 assert_eq!(counter(s, resource), Some(t), "{n} nodes, {resource}");
@@ -447,6 +458,7 @@ async fn counters_restored_from_an_older_snapshot_never_make_tokens_go_back() {
         .await
         .unwrap();
     assert_eq!(grant().await, 11);
+    settle(&r).await;
     assert_eq!(counter(&servers[0], "ledger"), Some(11));
 
     // Every node restored: without the tags, every counter says 5 and the token would be 6.
