@@ -432,7 +432,10 @@ async fn counters_restored_from_an_older_snapshot_never_make_tokens_go_back() {
     for _ in 0..5 {
         grant().await;
     }
-    // A snapshot of every node at token 5, kept aside; then five more grants.
+    // A snapshot of every node at token 5, kept aside; then five more grants. The last
+    // release returned at a quorum: a node that had not run it yet would save the lock key
+    // too, and once restored refuse the next SET (so take no write). Settle first.
+    settle(&r).await;
     for s in &servers {
         assert!(s.cmd(&["SAVE"]).is_ok());
         std::fs::copy(s.dir().join("dump.rdb"), s.dir().join("early.rdb")).unwrap();
@@ -451,15 +454,15 @@ async fn counters_restored_from_an_older_snapshot_never_make_tokens_go_back() {
         );
     };
 
-    // A minority restored: passed over, and replaced by the next grant's write.
+    // A minority restored: passed over.
     restore(&mut servers[0]);
     r.nodes()[0]
         .wait_connected(Duration::from_secs(5))
         .await
         .unwrap();
+    // (Node 0's counter is replaced only when node 0 is among the nodes the write goes to:
+    // those that had granted when the quorum was reached, which under load it may not be.)
     assert_eq!(grant().await, 11);
-    settle(&r).await;
-    assert_eq!(counter(&servers[0], "ledger"), Some(11));
 
     // Every node restored: without the tags, every counter says 5 and the token would be 6.
     for s in servers.iter_mut() {
