@@ -97,6 +97,35 @@ async fn acquire_extend_release_with_prefix_and_validity() {
     );
 }
 
+/// A release is encoded once and copied to each node when it fits a fixed buffer, and encoded
+/// per node when it does not: both sizes release on every node, with and without the waiters'
+/// notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_and_long_keys_release_on_every_node() {
+    let servers = cluster(3);
+    for wake in [true, false] {
+        let options = RedlockOptions::default()
+            .release_wait(ReleaseWait::All)
+            .wake_on_release(wake);
+        let r = redlock(&servers, options).await;
+        for len in [1, 40, 80, 120, 400] {
+            let resource = "r".repeat(len);
+            let lock = r
+                .try_acquire(&resource, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(
+                lock.release().await.unwrap(),
+                3,
+                "{len}-byte key, wake {wake}"
+            );
+            for s in &servers {
+                assert_eq!(keys_on(s), 0, "{len}-byte key, wake {wake}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_lock_is_released_and_a_forgotten_one_is_not() {
     let servers = cluster(3);

@@ -359,7 +359,9 @@ impl Lock {
         let redlock = &self.redlock;
         let nodes = &redlock.inner.nodes;
         let deadline = Instant::now() + redlock.inner.options.release_timeout;
-        let release = |node, call| redlock.send_release(node, &self.keys, &self.token, call, true);
+        let notice = redlock.notice(&self.keys, &self.token, true, ScriptCall::BySha);
+        let release =
+            |node, call| redlock.send_release(node, &self.keys, &self.token, call, &notice);
         let (_, collector) = redlock
             .collect_sent(
                 deadline,

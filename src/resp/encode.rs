@@ -377,11 +377,82 @@ impl Pieces for Write {
 /// 181), and 14–15 ns against 28 ns in criterion.
 #[inline(always)]
 fn write_prepared<C: Prepared>(dst: &mut BytesMut, command: &C) {
+    let written = write_prepared_into(dst, command);
+    debug_assert!(written, "a BytesMut always makes room");
+}
+
+/// Where a prepared command can be written: a connection's `BytesMut`, or a fixed buffer on the
+/// stack (a request encoded once and copied into each node's buffer, see
+/// [`EvalShaCommand::encode_inline`]).
+pub(crate) trait Dst {
+    /// Makes room for `n` more bytes past the end; false when there cannot be (a fixed buffer too
+    /// small for the command), and then nothing is written.
+    fn make_room(&mut self, n: usize) -> bool;
+    /// The room past the end, at least the `n` bytes `make_room` made.
+    fn spare(&mut self) -> &mut [std::mem::MaybeUninit<u8>];
+    /// Counts `n` more bytes as written.
+    ///
+    /// # Safety
+    ///
+    /// The first `n` bytes of `spare()` must be initialised.
+    unsafe fn add_len(&mut self, n: usize);
+}
+
+impl Dst for BytesMut {
+    #[inline(always)]
+    fn make_room(&mut self, n: usize) -> bool {
+        self.reserve(n);
+        true
+    }
+    #[inline(always)]
+    fn spare(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
+        self.spare_capacity_mut()
+    }
+    #[inline(always)]
+    unsafe fn add_len(&mut self, n: usize) {
+        // SAFETY: the caller initialised these bytes, which are inside the capacity.
+        unsafe { self.set_len(self.len() + n) }
+    }
+}
+
+/// A fixed buffer: its inline room only, never a heap allocation.
+impl<const N: usize> Dst for smallvec::SmallVec<[u8; N]> {
+    #[inline(always)]
+    fn make_room(&mut self, n: usize) -> bool {
+        !self.spilled() && N - self.len() >= n
+    }
+    #[inline(always)]
+    fn spare(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
+        let len = self.len();
+        let cap = self.capacity();
+        // SAFETY: `len..cap` is inside the allocation (inline or not), and viewing it as
+        // `MaybeUninit` asks nothing of its contents.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.as_mut_ptr()
+                    .add(len)
+                    .cast::<std::mem::MaybeUninit<u8>>(),
+                cap - len,
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn add_len(&mut self, n: usize) {
+        // SAFETY: the caller initialised these bytes, which are inside the capacity.
+        unsafe { self.set_len(self.len() + n) }
+    }
+}
+
+/// [`write_prepared`] into any [`Dst`]; false, with nothing written, when it has no room.
+#[inline(always)]
+fn write_prepared_into<D: Dst, C: Prepared>(dst: &mut D, command: &C) -> bool {
     let mut count = Count::default();
     command.pieces(&mut count);
     let len = count.len;
-    dst.reserve(len + count.slack);
-    let spare = dst.spare_capacity_mut();
+    if !dst.make_room(len + count.slack) {
+        return false;
+    }
+    let spare = dst.spare();
     assert!(spare.len() >= len + count.slack);
     let mut write = Write {
         at: spare.as_mut_ptr().cast::<u8>(),
@@ -389,7 +460,7 @@ fn write_prepared<C: Prepared>(dst: &mut BytesMut, command: &C) {
         slack: count.slack,
     };
     // SAFETY (for the writes in `Write`): the spare capacity has at least `len + slack` bytes
-    // (reserved and checked). `Count` and `Write` get the same pieces (`Prepared::pieces` is
+    // (made room for and checked). `Count` and `Write` get the same pieces (`Prepared::pieces` is
     // deterministic, except for a caller's bulks, which `Write::caller_bulk` checks against what
     // is left) and agree on each one's length: `N` for `lit`, `s.len()` for `bytes`, `count` for
     // `num_of`, which writes exactly `count` bytes, `len` for `padded`. So every piece lands in
@@ -403,7 +474,8 @@ fn write_prepared<C: Prepared>(dst: &mut BytesMut, command: &C) {
     // SAFETY: the writes covered `spare[..len]`, contiguously from its start (each piece starts
     // where the last ended) for `len` bytes in all (`left` went from `len` to 0), so those
     // bytes are initialised.
-    unsafe { dst.set_len(dst.len() + len) };
+    unsafe { dst.add_len(len) };
+    true
 }
 
 /// Writes `DELEX key IFEQ value` into `dst`: the native compare-and-delete (Dragonfly 1.37 and
@@ -534,6 +606,25 @@ impl EvalShaCommand {
                 args,
             },
         );
+    }
+
+    /// [`encode`](EvalShaCommand::encode) into a fixed buffer: false, with nothing written, when
+    /// the command does not fit in its inline room. A request that is the same for every node
+    /// (a release's) is encoded once this way and copied into each node's buffer.
+    pub(crate) fn encode_inline<const N: usize, K: AsRef<[u8]>, A: AsRef<[u8]>>(
+        &self,
+        dst: &mut smallvec::SmallVec<[u8; N]>,
+        keys: &[K],
+        args: &[A],
+    ) -> bool {
+        write_prepared_into(
+            dst,
+            &EvalSha {
+                head: &self.head,
+                keys,
+                args,
+            },
+        )
     }
 }
 
@@ -701,6 +792,35 @@ mod tests {
         edges.extend([p - 1, p, p + 1]);
         for n in edges {
             assert_eq!(digits(n), n.to_string().len(), "{n}");
+        }
+    }
+
+    /// A request encoded once into a fixed buffer is the bytes `encode` writes into a
+    /// connection's buffer, for every length around the buffer's edge; one that does not fit
+    /// writes nothing and says so (the caller then encodes per node).
+    #[test]
+    fn encode_inline_matches_encode_and_refuses_what_does_not_fit() {
+        let cmd = super::EvalShaCommand::new(&[b'f'; 40]);
+        for key_len in 0..200 {
+            let key = vec![b'k'; key_len];
+            let mut expected = BytesMut::new();
+            cmd.encode(&mut expected, &[&key[..]], &[&b"token"[..]]);
+            let mut inline: smallvec::SmallVec<[u8; 160]> = smallvec::SmallVec::new();
+            let fits = cmd.encode_inline(&mut inline, &[&key[..]], &[&b"token"[..]]);
+            assert!(!inline.spilled());
+            if fits {
+                assert_eq!(&inline[..], &expected[..], "key of {key_len} bytes");
+            } else {
+                assert!(
+                    inline.is_empty(),
+                    "key of {key_len} bytes: something was written"
+                );
+                assert!(
+                    expected.len() > 160 - 8,
+                    "refused a {}-byte request",
+                    expected.len()
+                );
+            }
         }
     }
 }
