@@ -77,7 +77,11 @@ fn the_checker_sees_the_restart_hazard_without_the_rule() {
 /// The same restarts under the delayed-restart rule: safe again.
 #[test]
 fn the_delayed_restart_rule_restores_mutual_exclusion() {
-    let config = CheckerConfig::restarts(Duration::from_secs(15), true);
+    let mut config = CheckerConfig::restarts(Duration::from_secs(15), true);
+    // Quiet long enough after each restart for the restarted nodes to vote again (the rule's
+    // 4.2 s plus the second a reported uptime is discounted by), so that locks are granted
+    // between the restarts and not only before the first.
+    config.gap_ms = (5_400, 6_000);
     let report = check(config.clone());
     assert!(report.faults.get("restart").copied().unwrap_or(0) > 0);
     assert_safe_and_live(&config, &report);
@@ -202,8 +206,11 @@ fn fencing_tokens_increase_under_random_faults() {
 /// refused (`is_fence_unavailable`), none goes backwards, and a reseed brings each resource back.
 #[test]
 fn fencing_through_majority_restarts_refuses_rather_than_goes_backwards() {
-    let mut config =
-        CheckerConfig::restarts(Duration::from_secs(12), true).fenced(FenceProtocol::Proven);
+    let mut config = CheckerConfig::restarts(Duration::from_secs(12), true);
+    // Short ttls: the fenced rule waits twice the longest ttl after a restart, and this run
+    // needs restarted nodes voting again within its quiet gaps.
+    config.ttl_ms = (300, 600);
+    let mut config = config.fenced(FenceProtocol::Proven);
     // Quiet long enough after each restart for the restarted nodes to vote again (the rule's
     // 1.4 s plus the second a reported uptime is discounted by): then the acquires that cannot
     // prove a token are refused, rather than failing for want of voters.
