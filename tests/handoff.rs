@@ -217,10 +217,12 @@ async fn a_killed_subscriber_connection_comes_back_and_wakes_its_waiter() {
             Some(1)
         );
     }
-    // Reconnected and subscribed again (the confirmation starts one more attempt: a release
-    // may have come while nobody listened).
+    // Reconnected and subscribed again. Whether the confirmation also starts one more attempt
+    // depends on the order of events, so it is not checked here: it does only when no node
+    // listened in between (a release may then have been missed), and a node can come back
+    // before the last one is killed. The handoff unit tests drive both orders by hand
+    // (`a_lost_connection_*`).
     assert!(subscribed_everywhere(&servers, &channel("k"), 1).await);
-    assert!(support::eventually(BOUND, || sets_everywhere(&servers) >= 4).await);
     assert!(!waiting.is_finished());
 
     held.release().await.unwrap();

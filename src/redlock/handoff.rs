@@ -673,6 +673,29 @@ mod tests {
         );
     }
 
+    /// The other order: a node still listened while the other was away, so every release
+    /// reached this manager and the comeback is no hint.
+    #[tokio::test]
+    async fn a_lost_connection_that_comes_back_while_another_node_listened_is_no_hint() {
+        let h = handoff();
+        let w = h.register(b"c", Instant::now());
+        let (a, b) = (sink(&h, 0), sink(&h, 1));
+        for s in [&a, &b] {
+            s.event(PubSubEvent::Connected);
+            requests(s);
+            s.event(PubSubEvent::Subscribed(b"c"));
+        }
+        assert_eq!(w.sleep_until(Instant::now()).await, Wake::Hint);
+        a.event(PubSubEvent::Lost);
+        a.event(PubSubEvent::Connected);
+        assert_eq!(
+            requests(&a),
+            vec![(PubSubCommand::Subscribe, b"c".to_vec())]
+        );
+        a.event(PubSubEvent::Subscribed(b"c"));
+        assert!(!woken(&w), "node 1 listened all along: nothing was missed");
+    }
+
     #[tokio::test]
     async fn a_channel_left_and_rejoined_before_the_subscriber_ran_is_subscribed_for_the_new_entry()
     {
