@@ -1530,21 +1530,25 @@ impl Redlock {
         };
         let by_script = self.inner.options.force_script_release
             || self.inner.nodes.iter().any(|n| !n.has_delex());
-        if keys.is_multi() || !by_script || call != ScriptCall::BySha {
+        if keys.is_multi() || !by_script {
             return notice;
         }
         let key = &keys.all()[0][..];
+        if on {
+            notice.channel = Some(handoff::channel(key));
+        }
+        if call != ScriptCall::BySha {
+            return notice;
+        }
         let token = &[&token[..]];
         let s = scripts();
         // When the request does not fit, `script` stays empty and each node encodes its own.
-        if on {
-            let channel = handoff::channel(key);
+        if let Some(channel) = &notice.channel {
             s.release_notify.evalsha().encode_inline(
                 &mut notice.script,
                 &[key, &channel[..]],
                 token,
             );
-            notice.channel = Some(channel);
         } else {
             s.release
                 .evalsha()
@@ -1808,7 +1812,6 @@ fn random_up_to(max: Duration) -> Duration {
     Duration::from_nanos(rand::rng().random_range(0..=max.as_nanos().min(u64::MAX as u128) as u64))
 }
 
-/// Releases an acquire attempt's keys if the attempt future is dropped mid-flight.
 /// Whether a release tells the waiters, and the single key's release channel when some node
 /// releases by script (see [`Redlock::notice`]).
 pub(crate) struct Notice {
@@ -1824,6 +1827,7 @@ pub(crate) struct Notice {
 /// the key twice (as itself and in its channel) and a token, for keys up to about 80 bytes.
 const RELEASE_INLINE: usize = 320;
 
+/// Releases an acquire attempt's keys if the attempt future is dropped mid-flight.
 struct CleanupOnDrop<'a> {
     redlock: &'a Redlock,
     keys: &'a Keys,
