@@ -10,10 +10,11 @@
 //! also tries to reach its vendor's update server once at start (`version_check`): a throwaway
 //! server on 127.0.0.1 has no business on the network, so it gets `--version_check=false`.
 
-use std::io;
-use std::net::TcpListener;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// Which server a binary is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,51 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A port from `next` (say [`free_port`]) that is not in `taken`, added to it. Ports picked one
+/// after another for servers that bind later can repeat: the kernel hands the same free port out
+/// again while the first server has not bound it yet (seen: `dragonlock bench` on a busy machine
+/// started two of its five servers on one port).
+pub fn distinct_port(taken: &mut Vec<u16>, mut next: impl FnMut() -> u16) -> u16 {
+    loop {
+        let port = next();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+/// The process id the server on `127.0.0.1:port` reports (`process_id` in `INFO server`), when
+/// it answers within `timeout` and says: a port picked as free can be bound by another process
+/// before the server meant for it, and then that process answers instead.
+pub fn reported_pid(port: u16, timeout: Duration) -> Option<u32> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    // A bulk string, `$len\r\n` and `len` bytes of text: read it whole (at most 64 KiB).
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    let text = loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 || reply.len() > 64 * 1024 {
+            return None;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
+            continue;
+        };
+        let len: usize = std::str::from_utf8(reply.get(1..end)?).ok()?.parse().ok()?;
+        if let Some(text) = reply.get(end + 2..end + 2 + len) {
+            break String::from_utf8_lossy(text).into_owned();
+        }
+    };
+    let _ = s.write_all(b"QUIT\r\n");
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 /// The command that starts `bin` in the foreground on `127.0.0.1:port`, with no persistence,

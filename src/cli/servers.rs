@@ -11,6 +11,7 @@ use dragonlock::local::{self, Flavor};
 pub struct LocalServer {
     pub port: u16,
     child: Child,
+    flavor: Flavor,
     stopped: bool,
 }
 
@@ -64,37 +65,158 @@ pub fn binary(bin: Option<&Path>) -> Result<(PathBuf, Flavor), String> {
 
 /// Starts `n` servers of `bin` (see [`binary`]), Dragonfly with `threads` proactor threads.
 /// Returns them, the binary's path and its flavor.
+///
+/// Each server gets a port no other server of this start has, and counts as started only when
+/// the process answering on its port is that server (its reported pid, and the child still
+/// running): another process can bind a port picked as free before the server does. A server
+/// that lost its port is started again on another (at most 5 attempts each).
 pub fn start(
     n: usize,
     bin: &Path,
     flavor: Flavor,
     threads: usize,
 ) -> Result<(Vec<LocalServer>, String), String> {
-    let bin = bin.to_path_buf();
+    start_with_ports(n, bin, flavor, threads, local::free_port)
+}
+
+/// [`start`] with the candidate ports drawn from `next_port`.
+fn start_with_ports(
+    n: usize,
+    bin: &Path,
+    flavor: Flavor,
+    threads: usize,
+    mut next_port: impl FnMut() -> u16,
+) -> Result<(Vec<LocalServer>, String), String> {
     let dir = std::env::temp_dir();
+    let mut taken = Vec::new();
+    let mut port = || local::distinct_port(&mut taken, &mut next_port);
+    // All started first, then waited for: Dragonfly takes a while to start.
     let mut servers = Vec::new();
     for _ in 0..n {
-        let port = local::free_port();
-        let child = local::server_command_with_threads(&bin, flavor, port, &dir, threads)
+        servers.push(LocalServer::spawn(bin, flavor, port(), &dir, threads)?);
+    }
+    for server in &mut servers {
+        let mut failures = Vec::new();
+        while let Err(why) = server.wait_ready() {
+            failures.push(format!("port {}: {why}", server.port));
+            if failures.len() == 5 {
+                return Err(format!(
+                    "a server did not start in 5 attempts: {}",
+                    failures.join("; ")
+                ));
+            }
+            // Dropping the old one stops what is left of it.
+            *server = LocalServer::spawn(bin, flavor, port(), &dir, threads)?;
+        }
+    }
+    Ok((servers, bin.display().to_string()))
+}
+
+impl LocalServer {
+    fn spawn(
+        bin: &Path,
+        flavor: Flavor,
+        port: u16,
+        dir: &Path,
+        threads: usize,
+    ) -> Result<LocalServer, String> {
+        let child = local::server_command_with_threads(bin, flavor, port, dir, threads)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        servers.push(LocalServer {
+        Ok(LocalServer {
             port,
             child,
+            flavor,
             stopped: false,
-        });
+        })
     }
-    for s in &servers {
+
+    /// Waits (at most 10 s) until this server serves its port; `Err` when it exited, or when
+    /// another process answers there.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(s.addr()).is_err() {
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited at start ({status})"));
+            }
+            if TcpStream::connect(self.addr()).is_ok() {
+                break;
+            }
             if Instant::now() > deadline {
-                return Err(format!("the server on {} did not start", s.addr()));
+                return Err("did not start within 10 s".into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Redis reports its pid; Dragonfly may not, and then the child still running is the
+        // check.
+        match local::reported_pid(self.port, Duration::from_secs(2)) {
+            Some(pid) if pid != self.child.id() => {
+                return Err(format!("another process (pid {pid}) answers on the port"));
+            }
+            None if self.flavor == Flavor::Redis => {
+                return Err("whatever answers on the port does not report a Redis pid".into());
+            }
+            _ => {}
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!("exited after another server answered ({status})")),
+            _ => Ok(()),
+        }
     }
-    Ok((servers, bin.display().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// The flake this guards against: two servers of one start on one port (the kernel handed
+    /// the same free port out twice before the first server bound it), and a port taken by
+    /// another process first. Here the candidate ports repeat on purpose, and the first one is
+    /// held by a listener that is not a Redis server: every server still ends up on a port of
+    /// its own, answering with its own pid.
+    #[test]
+    fn each_server_gets_its_own_port_even_when_candidates_repeat_or_are_taken() {
+        let Ok((bin, Flavor::Redis)) = find_binary() else {
+            eprintln!("skipped: needs redis-server (Dragonfly reports no pid to check)");
+            return;
+        };
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = squatter.local_addr().unwrap().port();
+        // The squatter accepts and answers nothing useful.
+        std::thread::spawn(move || {
+            for conn in squatter.incoming().take(16) {
+                drop(conn);
+            }
+        });
+        let mut candidates = vec![taken, taken, taken].into_iter();
+        let (servers, _) = start_with_ports(3, &bin, Flavor::Redis, 1, || {
+            candidates.next().unwrap_or_else(local::free_port)
+        })
+        .unwrap();
+        let mut ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+        assert!(!ports.contains(&taken), "{ports:?}");
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 3, "one port each");
+        for s in &servers {
+            assert_eq!(
+                local::reported_pid(s.port, Duration::from_secs(2)),
+                Some(s.child.id())
+            );
+        }
+    }
+
+    #[test]
+    fn distinct_ports_skip_the_ones_already_taken() {
+        let mut taken = vec![7001];
+        let mut draws = [7001, 7001, 7002, 7002, 7003].into_iter();
+        let mut next = || draws.next().unwrap();
+        assert_eq!(local::distinct_port(&mut taken, &mut next), 7002);
+        assert_eq!(local::distinct_port(&mut taken, &mut next), 7003);
+        assert_eq!(taken, [7001, 7002, 7003]);
+    }
 }
