@@ -26,15 +26,15 @@ pub const AUTH_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Default most requests on one connection whose reply has not been taken yet (in flight, or
 /// answered and not yet polled). Past it, requests fail at once with `Overloaded` instead of
-/// queueing. The slot table is allocated whole at start, 72 bytes a slot, so 1,024 slots are
-/// 72 KiB per connection. A lock operation holds one slot per node while it waits, plus at most
+/// queueing. The slot table is allocated whole at start, 80 bytes a slot, so 1,024 slots are
+/// 80 KiB per connection. A lock operation holds one slot per node while it waits, plus at most
 /// one per phase for a node that answers after the quorum: 1,024 covers 512 lock operations at
 /// once on a node that stalls, twice the 256 concurrent workers the benchmarks drive. A node
 /// further behind than that is not keeping up, and failing fast on it (it counts as a failed
 /// node for that attempt) is better than holding more memory for it.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
-/// The largest `max_in_flight` accepted (larger values are clamped): 1 Mi slots are 72 MiB, far
+/// The largest `max_in_flight` accepted (larger values are clamped): 1 Mi slots are 80 MiB, far
 /// past what one lock client's connection should hold.
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1 << 20;
 
@@ -82,12 +82,12 @@ pub enum Protocol {
 ///
 /// | what | size with the defaults |
 /// |---|---|
-/// | slot table: [`max_in_flight`](ConnectionConfig::max_in_flight) × 72 bytes | 72 KiB |
+/// | slot table: [`max_in_flight`](ConnectionConfig::max_in_flight) × 80 bytes | 80 KiB |
 /// | two write buffers of [`write_buffer`](ConnectionConfig::write_buffer) | 64 KiB |
 /// | read buffer of [`read_buffer`](ConnectionConfig::read_buffer) | 16 KiB |
 /// | decoder stack: `max_depth` × 16 bytes, inline up to 16 levels | 512 bytes |
 ///
-/// About 152 KiB per node with the defaults, plus the kernel's socket buffers. Requests past
+/// About 160 KiB per node with the defaults, plus the kernel's socket buffers. Requests past
 /// either bound fail at once with `Overloaded`, without being sent. Two things may still
 /// allocate, both chosen by the caller: a command larger than what is left of the write buffer
 /// (it grows for that command), and a reply frame larger than half the read buffer (it grows,
@@ -321,7 +321,7 @@ impl ConnectionConfig {
 
     /// The most requests whose reply has not been taken yet (in flight, or answered and not yet
     /// polled) before new ones fail with `Overloaded`: the size of the slot table, allocated
-    /// whole when the connection starts (72 bytes a slot). Clamped to 1 ..=
+    /// whole when the connection starts (80 bytes a slot). Clamped to 1 ..=
     /// [`MAX_IN_FLIGHT_LIMIT`]; the default is [`DEFAULT_MAX_IN_FLIGHT`].
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.clamp(1, MAX_IN_FLIGHT_LIMIT);

@@ -189,10 +189,20 @@ fn fail_in_flight(shared: &Shared, error: Error) {
         reset_buffer(&mut st.write_buf, shared.config.write_buffer);
         st.driver_waker = None;
         st.driver_writing = false;
+        // Taken once, at the first request of an op (lock order: state, then ops).
+        let mut ops = None;
         while let Some(id) = st.slots.pop_oldest() {
             let slot = st.slots.get_mut(id);
             if slot.abandoned() {
                 st.slots.release(id);
+            } else if let Some((op, node)) = slot.op() {
+                st.slots.release(id);
+                let table = ops.get_or_insert_with(|| {
+                    shared.ops.as_ref().expect("an op's request has a table").lock()
+                });
+                if let Some(w) = table.answer(op, node, Err(error.clone())) {
+                    wakers.push(w);
+                }
             } else {
                 slot.reply = Some(Err(error.clone()));
                 if let Some(w) = slot.waker.take() {
@@ -422,6 +432,8 @@ fn dispatch(
         let mut result = Ok(());
         {
             let mut st = shared.lock();
+            // Taken once, at the first reply of an op (lock order: state, then ops).
+            let mut ops = None;
             let decoded = decoder.decode_each(buf, |frame| {
                 if frame.is_push() {
                     st.pushes += 1;
@@ -438,16 +450,26 @@ fn dispatch(
                     .rtt
                     .record(read_us.wrapping_sub(slot.sent_us()) & RTT_CLOCK_MASK);
                 st.stats.errors.server_errors += u64::from(matches!(frame, Frame::Error(_)));
-                if slot.abandoned() {
+                let waker = if slot.abandoned() {
                     st.slots.release(id);
+                    None
+                } else if let Some((op, node)) = slot.op() {
+                    // A lock phase's reply: counted in its op, in place; its caller is woken
+                    // only when this decides the op (see `ops.rs`).
+                    st.slots.release(id);
+                    let table = ops.get_or_insert_with(|| {
+                        shared.ops.as_ref().expect("an op's request has a table").lock()
+                    });
+                    table.answer(op, node, Ok(frame))
                 } else {
                     slot.reply = Some(Ok(frame));
-                    if let Some(w) = slot.waker.take() {
-                        wakers.push(w);
-                        if wakers.len() == WAKE_BATCH {
-                            // Wake these before handing out more, without the lock held.
-                            return ControlFlow::Break(());
-                        }
+                    slot.waker.take()
+                };
+                if let Some(w) = waker {
+                    wakers.push(w);
+                    if wakers.len() == WAKE_BATCH {
+                        // Wake these before handing out more, without the locks held.
+                        return ControlFlow::Break(());
                     }
                 }
                 ControlFlow::Continue(())

@@ -34,6 +34,7 @@ mod config;
 mod driver;
 mod handshake;
 mod info;
+mod ops;
 mod script;
 mod slots;
 mod stats;
@@ -68,6 +69,7 @@ pub use tls::{TlsConfig, TlsRoots};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 use slots::SlotTable;
+pub(crate) use ops::{Answer, Event as OpEvent, OpTable, Rule as OpRule, Verdict, MAX_OP_NODES};
 pub(crate) use subscriber::{PubSubCommand, PubSubEvent, PubSubSink, Subscriber};
 
 /// A caller writes its request to the socket itself only while at most this many requests are
@@ -126,6 +128,9 @@ pub(crate) struct Shared {
     /// The server has `DELEX … IFEQ` (learned at each handshake); read without the lock on the
     /// release path.
     delex: AtomicBool,
+    /// The lock phases of this connection's group (see `ops.rs`); `None` for a connection
+    /// started alone.
+    ops: Option<Arc<OpTable>>,
 }
 
 impl Shared {
@@ -240,7 +245,7 @@ impl Connection {
     /// background, and requests fail with `NotConnected` until it succeeds. Use
     /// [`ready`](Connection::ready) to wait for it. Must be called inside a tokio runtime.
     pub fn start(config: ConnectionConfig) -> Connection {
-        let shared = Connection::new_shared(config);
+        let shared = Connection::new_shared(config, None);
         spawn_driver(driver::run(shared.clone()));
         Connection {
             handle: Arc::new(Handle { shared }),
@@ -256,6 +261,9 @@ impl Connection {
     /// in one `write` per node. That is the shape of a Redlock's traffic (one request to every
     /// node per phase), and [`Redlock`](crate::Redlock) drives its nodes this way. Each
     /// connection still fails, reconnects and refuses on its own; only the task is shared.
+    /// The group also shares a table of lock phases (see `ops.rs`), as many as the largest
+    /// [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections, 328 bytes each
+    /// (328 KiB at the default), allocated here once.
     /// Must be called inside a tokio runtime.
     ///
     /// # Examples
@@ -273,7 +281,15 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn start_group(configs: impl IntoIterator<Item = ConnectionConfig>) -> Vec<Connection> {
-        let shared: Vec<Arc<Shared>> = configs.into_iter().map(Connection::new_shared).collect();
+        let configs: Vec<ConnectionConfig> = configs.into_iter().collect();
+        // As many lock phases at once as the largest slot table has requests (each phase holds
+        // a slot on every node until that node answers); past it, phases take the general path.
+        let capacity = configs.iter().map(|c| c.max_in_flight).max().unwrap_or(1);
+        let ops = Arc::new(OpTable::new(capacity));
+        let shared: Vec<Arc<Shared>> = configs
+            .into_iter()
+            .map(|c| Connection::new_shared(c, Some(ops.clone())))
+            .collect();
         if !shared.is_empty() {
             spawn_driver(driver::run_group(shared.clone()));
         }
@@ -285,7 +301,7 @@ impl Connection {
             .collect()
     }
 
-    fn new_shared(config: ConnectionConfig) -> Arc<Shared> {
+    fn new_shared(config: ConnectionConfig, ops: Option<Arc<OpTable>>) -> Arc<Shared> {
         Arc::new(Shared {
             state: Mutex::new(State {
                 status: Status::Starting,
@@ -307,6 +323,7 @@ impl Connection {
             changed: Notify::new(),
             shutdown: Notify::new(),
             delex: AtomicBool::new(false),
+            ops,
         })
     }
 
@@ -598,7 +615,47 @@ impl Connection {
         sent_us: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue_n(min_uptime, sent_us, 0, true, encode)
+        self.enqueue_n(min_uptime, sent_us, 0, true, None, encode)
+            .map(|id| self.reply_future(id))
+    }
+
+    /// The lock phases' table this connection shares with its group, if it was started in one
+    /// (see `ops.rs`).
+    pub(crate) fn op_table(&self) -> Option<&Arc<OpTable>> {
+        self.shared().ops.as_ref()
+    }
+
+    /// Sends a request of op `op` (of [`op_table`](Connection::op_table)) as node `node`'s:
+    /// its reply is counted in the op by the driver. `acquire` and `min_uptime` as for
+    /// [`send_acquire`](Connection::send_acquire); `discarded` commands written after the first
+    /// have their replies dropped, as [`send_then_discard`](Connection::send_then_discard)'s.
+    pub(crate) fn send_op(
+        &self,
+        op: u32,
+        node: u8,
+        acquire: bool,
+        min_uptime: Option<Duration>,
+        sent_us: u32,
+        discarded: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), Error> {
+        debug_assert!(self.shared().ops.is_some(), "an op sent outside a group");
+        self.enqueue_n(min_uptime, sent_us, discarded, acquire, Some((op, node)), encode)
+            .map(drop)
+    }
+
+    /// Counts `n` of this connection's requests as timed out: their caller's deadline came
+    /// before their replies (an op's nodes that stayed silent).
+    pub(crate) fn count_timeouts(&self, n: u64) {
+        self.shared().lock().stats.errors.timeouts += n;
+    }
+
+    fn reply_future(&self, id: u32) -> ReplyFuture<'_> {
+        ReplyFuture {
+            shared: self.shared(),
+            id,
+            done: false,
+        }
     }
 
     /// [`send`](Connection::send) for an `encode` that writes two commands: the future yields
@@ -608,7 +665,8 @@ impl Connection {
         &self,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue_n(None, stats::now_us(), 1, false, encode)
+        self.enqueue_n(None, stats::now_us(), 1, false, None, encode)
+            .map(|id| self.reply_future(id))
     }
 
     fn enqueue(
@@ -617,19 +675,22 @@ impl Connection {
         sent_us: u32,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<ReplyFuture<'_>, Error> {
-        self.enqueue_n(min_uptime, sent_us, 0, false, encode)
+        self.enqueue_n(min_uptime, sent_us, 0, false, None, encode)
+            .map(|id| self.reply_future(id))
     }
 
     /// `enqueue` for `encode` writing `1 + discarded` commands; the replies past the first are
-    /// dropped as they come, as an abandoned request's are.
+    /// dropped as they come, as an abandoned request's are. The first request's slot counts
+    /// for `op` when given (see `ops.rs`). Returns the first request's slot.
     fn enqueue_n(
         &self,
         min_uptime: Option<Duration>,
         sent_us: u32,
         discarded: usize,
         acquire: bool,
+        op: Option<(u32, u8)>,
         encode: impl FnOnce(&mut BytesMut),
-    ) -> Result<ReplyFuture<'_>, Error> {
+    ) -> Result<u32, Error> {
         let shared = self.shared();
         let mut st = shared.lock();
         if st.closed {
@@ -694,6 +755,9 @@ impl Connection {
             .slots
             .take(sent_us)
             .expect("checked above, under the same lock");
+        if let Some((op, node)) = op {
+            st.slots.get_mut(id).belong_to(op, node);
+        }
         for _ in 0..discarded {
             let extra = st
                 .slots
@@ -703,12 +767,7 @@ impl Connection {
         }
         st.stats.sent += 1 + discarded as u64;
         if idle && write_now(&mut st, shared.config.write_buffer) {
-            drop(st);
-            return Ok(ReplyFuture {
-                shared,
-                id,
-                done: false,
-            });
+            return Ok(id);
         }
         let driver = st.driver_waker.take();
         // Wake the driver after unlocking, so it does not run straight into the held lock.
@@ -716,11 +775,7 @@ impl Connection {
         if let Some(w) = driver {
             w.wake();
         }
-        Ok(ReplyFuture {
-            shared,
-            id,
-            done: false,
-        })
+        Ok(id)
     }
 
     /// Sends a command and waits for its reply. An error reply becomes `Err`.

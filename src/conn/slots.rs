@@ -41,10 +41,15 @@ pub(super) struct Slot {
     /// When the request was queued, on the connection's 31-bit microsecond clock (see
     /// `stats::clock_us`), for its round trip; the top bit is the *abandoned* flag (the caller
     /// dropped its `ReplyFuture`: the reply is read and thrown away). Packed into one `u32` so
-    /// that a slot stays 72 bytes: see `a_slot_is_72_bytes`.
+    /// that a slot stays 80 bytes: see `a_slot_is_80_bytes`.
     stamp: u32,
     /// The next slot on the list this one is on (free list or queue); `NIL` at the end.
     next: u32,
+    /// The lock phase this request belongs to (see `ops.rs`), `NIL` for none: the driver then
+    /// counts the reply in the op instead of keeping it here.
+    op: u32,
+    /// The request's node in that op.
+    node: u8,
 }
 
 impl Slot {
@@ -64,6 +69,19 @@ impl Slot {
     #[inline]
     pub(super) fn sent_us(&self) -> u32 {
         self.stamp & RTT_CLOCK_MASK
+    }
+
+    /// Makes the request part of op `op`, as node `node`'s (see `ops.rs`).
+    #[inline]
+    pub(super) fn belong_to(&mut self, op: u32, node: u8) {
+        self.op = op;
+        self.node = node;
+    }
+
+    /// The op and node this request counts for, if it is part of an op.
+    #[inline]
+    pub(super) fn op(&self) -> Option<(u32, u8)> {
+        (self.op != NIL).then_some((self.op, self.node))
     }
 }
 
@@ -96,6 +114,8 @@ impl SlotTable {
                 waker: None,
                 stamp: 0,
                 next: if i + 1 < capacity { i as u32 + 1 } else { NIL },
+                op: NIL,
+                node: 0,
             })
             .collect();
         SlotTable {
@@ -169,6 +189,7 @@ impl SlotTable {
         slot.reply = None;
         slot.waker = None;
         slot.stamp = 0;
+        slot.op = NIL;
         slot.next = self.free;
         self.free = id;
         self.used -= 1;
@@ -239,14 +260,15 @@ mod tests {
         }
     }
 
-    /// The memory figure `ConnectionConfig`'s docs give per slot. The round-trip clock
-    /// (2026-11-30) shares a `u32` with the abandoned flag rather than adding a field: an
-    /// `Instant` (16 bytes) would make a slot 88 bytes, a separate `u32` 80, i.e. 8–16 KiB more
-    /// per connection at the default 1,024 slots for no better a measurement (31 bits of
-    /// microseconds wrap after 35.8 minutes, far past any round trip a caller waits for).
+    /// The memory figure `ConnectionConfig`'s docs give per slot. The round-trip clock shares
+    /// a `u32` with the abandoned flag rather than adding a field: an `Instant` (16 bytes) would
+    /// add 16 bytes a slot, for no better a measurement (31 bits of microseconds wrap after
+    /// 35.8 minutes, far past any round trip a caller waits for). The op a request counts for
+    /// (`op`, `node`: see `ops.rs`) took a slot from 72 to 80 bytes, 8 KiB per connection at
+    /// the default 1,024 slots; an enum of the waker and the op is 24 bytes, no smaller.
     #[test]
-    fn a_slot_is_72_bytes() {
-        assert_eq!(std::mem::size_of::<Slot>(), 72);
+    fn a_slot_is_80_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 80);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::error::Error;
 pub const RTT_BUCKETS: usize = 32;
 
 /// The slot keeps its request's send time in 31 bits of microseconds (the 32nd is its
-/// *abandoned* flag), which keeps a slot at 72 bytes. That clock wraps every 2^31 µs (35.8
+/// *abandoned* flag), which keeps a slot at 80 bytes. That clock wraps every 2^31 µs (35.8
 /// minutes): a reply later than that would be counted as a shorter round trip. No request
 /// waits that long in practice (a node stalled for half an hour has long been given up on by
 /// its callers), and the histogram is an estimate anyway.

@@ -8,10 +8,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::error::{LockError, LockErrorKind, NodeResults};
-use super::quorum::{Decision, Vote};
+use super::quorum::{self, Decision, Vote};
 use super::stats::Count;
 use super::{Keys, Redlock, ReleaseWait, Token};
-use crate::conn::ScriptCall;
+use crate::conn::{Connection, OpRule, ReplyFuture, ScriptCall};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -360,19 +360,76 @@ impl Lock {
         let nodes = &redlock.inner.nodes;
         let deadline = Instant::now() + redlock.inner.options.release_timeout;
         let notice = redlock.notice(&self.keys, &self.token, true, ScriptCall::BySha);
-        let release =
-            |node, call| redlock.send_release(node, &self.keys, &self.token, call, &notice);
-        let (_, collector) = redlock
+        let all = redlock.inner.options.release_wait == ReleaseWait::All;
+        let multi = self.keys.is_multi();
+        let release = |node, call, op| {
+            redlock.send_release(node, &self.keys, &self.token, call, &notice, op)
+        };
+        // The hot path: the compare-and-deletes as one op, decided by the driver.
+        let rule = OpRule::Count {
+            unknown_retries: !multi,
+        };
+        let op = (redlock.inner.ops.as_ref())
+            .and_then(|t| Some((t, t.open(rule, nodes.len(), redlock.inner.quorum, all)?)));
+        let (granted, results) = if let Some((table, id)) = op {
+            let (_, results, granted) = quorum::run_op(table, id, nodes, deadline, |i, again| {
+                let op = Some((id, i as u8));
+                if again {
+                    // As the general path's resend below.
+                    nodes[i].disable_delex();
+                    release(&nodes[i], ScriptCall::WithSource, op).map(drop)
+                } else {
+                    release(&nodes[i], ScriptCall::BySha, op).map(drop)
+                }
+            })
+            .await;
+            (granted, results)
+        } else {
+            self.release_collect(deadline, all, &release).await
+        };
+        if granted >= redlock.inner.quorum {
+            redlock.count(Count::ReleaseOk);
+            return Ok(granted);
+        }
+        // A quorum no longer holds our token: the lock ran out (or was taken) before the
+        // release; or too many failed or were silent to tell.
+        let kind = match redlock.classify_failure(&results, true) {
+            LockErrorKind::Busy => LockErrorKind::NotHeld,
+            kind => kind,
+        };
+        redlock.count(Count::ReleaseFailed(kind));
+        Err(redlock.lock_error(kind, results, &self.keys))
+    }
+
+    /// The release's phase on the general path (see `quorum.rs`): more nodes than an op
+    /// counts, a full op table, or connections not started as one group.
+    async fn release_collect<'a>(
+        &'a self,
+        deadline: Instant,
+        all: bool,
+        release: &impl Fn(
+            &'a Connection,
+            ScriptCall,
+            Option<(u32, u8)>,
+        ) -> Result<Option<ReplyFuture<'a>>, Error>,
+    ) -> (usize, NodeResults) {
+        let redlock = &self.redlock;
+        let nodes = &redlock.inner.nodes;
+        let multi = self.keys.is_multi();
+        let sent = |node, call| {
+            release(node, call, None).map(|f| f.expect("sent without an op: a future"))
+        };
+        let (_, mut collector) = redlock
             .collect_sent(
                 deadline,
-                redlock.inner.options.release_wait == ReleaseWait::All,
-                |node| release(node, ScriptCall::BySha),
+                all,
+                |node| sent(node, ScriptCall::BySha),
                 |f| match f {
                     Frame::Integer(n) if *n >= 1 => Vote::Yes,
                     Frame::Integer(_) => Vote::No,
                     Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
                     // Only a single-key release may have gone out as DELEX.
-                    Frame::Error(e) if !self.keys.is_multi() && e.is_unknown_command() => {
+                    Frame::Error(e) if !multi && e.is_unknown_command() => {
                         Vote::Retry
                     }
                     Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
@@ -383,23 +440,11 @@ impl Lock {
                     // script and its source. (Disabling DELEX is a no-op on a script node.)
                     let node = &nodes[i];
                     node.disable_delex();
-                    release(node, ScriptCall::WithSource)
+                    sent(node, ScriptCall::WithSource)
                 },
             )
             .await;
-        let granted = collector.granted();
-        if granted >= redlock.inner.quorum {
-            redlock.count(Count::ReleaseOk);
-            return Ok(granted);
-        }
-        // A quorum no longer holds our token: the lock ran out (or was taken) before the
-        // release; or too many failed or were silent to tell.
-        let kind = match redlock.classify_failure(&collector.results, true) {
-            LockErrorKind::Busy => LockErrorKind::NotHeld,
-            kind => kind,
-        };
-        redlock.count(Count::ReleaseFailed(kind));
-        Err(redlock.lock_error(kind, collector.results.clone(), &self.keys))
+        (collector.granted(), std::mem::take(&mut collector.results))
     }
 
     /// Extends the lock to `ttl` from now on every node that still holds it with this token

@@ -46,7 +46,9 @@ pub use lock::{Lock, LockSignal};
 pub use stats::{LockStats, RedlockStats};
 pub use token::{MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 
-use crate::conn::{Connection, ConnectionConfig, ReplyFuture, Script, ScriptCall};
+use crate::conn::{
+    Connection, ConnectionConfig, OpRule, OpTable, ReplyFuture, Script, ScriptCall, MAX_OP_NODES,
+};
 use crate::error::Error;
 use crate::resp::{encode_delex_ifeq, encode_publish, Frame, SetNxPxCommand};
 use quorum::{Decision, QuorumCollector, Vote};
@@ -517,6 +519,9 @@ pub(crate) struct Inner {
     pub(crate) handoff: Arc<handoff::Handoff>,
     /// Lock outcomes, shared by every view.
     pub(crate) stats: Arc<LockCounters>,
+    /// The lock phases' table (`conn/ops.rs`) when every node is of one connection group and
+    /// there are few enough of them; `None` sends every phase the general way.
+    pub(crate) ops: Option<Arc<OpTable>>,
 }
 
 /// The Redlock manager over N independent nodes. Cheap to clone.
@@ -730,6 +735,12 @@ impl Redlock {
         let quorum = nodes.len() / 2 + 1;
         let addrs = nodes.iter().map(|n| n.config().addr().into()).collect();
         let handoff = handoff::Handoff::new(nodes.iter().map(|n| n.config().clone()).collect());
+        let ops = nodes.first().and_then(|n| n.op_table()).cloned().filter(|t| {
+            nodes.len() <= MAX_OP_NODES
+                && nodes
+                    .iter()
+                    .all(|n| n.op_table().is_some_and(|o| Arc::ptr_eq(o, t)))
+        });
         Redlock {
             inner: Arc::new(Inner {
                 nodes: nodes.into(),
@@ -738,6 +749,7 @@ impl Redlock {
                 quorum,
                 handoff: Arc::new(handoff),
                 stats: Arc::default(),
+                ops,
             }),
         }
     }
@@ -875,6 +887,7 @@ impl Redlock {
                 quorum: self.inner.quorum,
                 handoff: self.inner.handoff.clone(),
                 stats: self.inner.stats.clone(),
+                ops: self.inner.ops.clone(),
             }),
         })
     }
@@ -1280,7 +1293,6 @@ impl Redlock {
         // The round trips' clock, read once for every node (see `Connection::stats`).
         let sent_us = crate::conn::now_us();
         let valid_until = start + ttl - self.drift(ttl);
-        let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
         // Releases whatever this attempt may have set if it is dropped before it finishes.
         let mut cleanup = CleanupOnDrop {
             redlock: self,
@@ -1300,8 +1312,70 @@ impl Redlock {
                 set.encode(buf, &keys.all()[0], &token);
             }
         };
+        let cut = cut.filter(|&c| c < valid_until);
+        let deadline = cut.unwrap_or(valid_until);
+        let restart_delay = self.inner.options.restart_delay;
+        // The hot path: a single key's `SET`s as one op, decided by the driver.
+        let op = self
+            .inner
+            .ops
+            .as_ref()
+            .filter(|_| !multi)
+            .and_then(|t| Some((t, t.open(OpRule::SetNx, nodes.len(), self.inner.quorum, false)?)));
+        let (decision, results, granted) = if let Some((table, id)) = op {
+            quorum::run_op(table, id, nodes, deadline, |i, _| {
+                nodes[i].send_op(id, i as u8, true, restart_delay, sent_us, 0, encode)
+            })
+            .await
+        } else {
+            self.attempt_collect(nodes, restart_delay, sent_us, multi, deadline, encode, &keys, &args)
+                .await
+        };
+        cleanup.armed = false;
+        drop(cleanup);
+
+        let refuse = |kind| {
+            // Keys on a quorum (an attempt that got there too late) block the waiters.
+            let notify = granted >= self.inner.quorum;
+            self.release_in_background(&keys, &token, notify, |i| quorum::might_hold(&results[i]));
+            Err(self.lock_error(kind, results.clone(), &keys))
+        };
+        match decision {
+            Decision::Quorum(at) => {
+                if at + self.inner.options.min_validity > valid_until {
+                    return refuse(LockErrorKind::Expired);
+                }
+                Ok(Lock::new(self.clone(), keys, token, ttl, valid_until))
+            }
+            // Cut by the acquire budget: the verdict of the answers so far (the caller turns
+            // it into `Timeout`).
+            Decision::Deadline if cut.is_some() => refuse(self.classify_failure(&results, false)),
+            Decision::Deadline => refuse(LockErrorKind::Expired),
+            Decision::Impossible | Decision::AllDone => {
+                refuse(self.classify_failure(&results, false))
+            }
+        }
+    }
+
+    /// An acquire's phase on the general path ([`QuorumCollector`]): several keys (their
+    /// script can meet `NOSCRIPT`), more nodes than an op counts, a full op table, or
+    /// connections not started as one group.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_collect(
+        &self,
+        nodes: &[Connection],
+        restart_delay: Option<Duration>,
+        sent_us: u32,
+        multi: bool,
+        deadline: Instant,
+        encode: impl Fn(&mut BytesMut) + Copy,
+        keys: &Keys,
+        args: &[&[u8]; 2],
+    ) -> (Decision, NodeResults, usize) {
+        let s = scripts();
+        let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
         for node in nodes.iter() {
-            collector.push(node.send_acquire(self.inner.options.restart_delay, sent_us, encode));
+            collector.push(node.send_acquire(restart_delay, sent_us, encode));
         }
         let classify = |f: &Frame| match f {
             f if !multi && f.is_ok() => Vote::Yes,
@@ -1316,38 +1390,12 @@ impl Redlock {
         let resend = |i: usize| {
             nodes[i].send(|buf| {
                 s.multi_acquire
-                    .encode(buf, ScriptCall::WithSource, keys.all(), &args)
+                    .encode(buf, ScriptCall::WithSource, keys.all(), args)
             })
         };
-        let cut = cut.filter(|&c| c < valid_until);
-        let deadline = cut.unwrap_or(valid_until);
         let decision = collector.run(deadline, false, classify, resend).await;
-        cleanup.armed = false;
-        drop(cleanup);
-
-        let refuse = |kind| {
-            // Keys on a quorum (an attempt that got there too late) block the waiters.
-            let notify = collector.granted() >= self.inner.quorum;
-            self.release_in_background(&keys, &token, notify, |i| collector.might_hold(i));
-            Err(self.lock_error(kind, collector.results.clone(), &keys))
-        };
-        match decision {
-            Decision::Quorum(at) => {
-                if at + self.inner.options.min_validity > valid_until {
-                    return refuse(LockErrorKind::Expired);
-                }
-                Ok(Lock::new(self.clone(), keys, token, ttl, valid_until))
-            }
-            // Cut by the acquire budget: the verdict of the answers so far (the caller turns
-            // it into `Timeout`).
-            Decision::Deadline if cut.is_some() => {
-                refuse(self.classify_failure(&collector.results, false))
-            }
-            Decision::Deadline => refuse(LockErrorKind::Expired),
-            Decision::Impossible | Decision::AllDone => {
-                refuse(self.classify_failure(&collector.results, false))
-            }
-        }
+        let granted = collector.granted();
+        (decision, std::mem::take(&mut collector.results), granted)
     }
 
     /// Why a collection without a quorum failed: `Busy` when more nodes refused than the
@@ -1503,7 +1551,7 @@ impl Redlock {
         for (i, node) in self.inner.nodes.iter().enumerate() {
             if which(i) {
                 // The reply is not awaited: dropping the future discards it when it arrives.
-                drop(self.send_release(node, keys, token, ScriptCall::WithSource, &notice));
+                drop(self.send_release(node, keys, token, ScriptCall::WithSource, &notice, None));
             }
         }
     }
@@ -1566,6 +1614,9 @@ impl Redlock {
     /// the one that publishes where it deleted, and a `DELEX` gets a `PUBLISH` right behind it
     /// in the same write (its reply is dropped by the connection). After the `DELEX`, so that a
     /// woken waiter's `SET` finds the key gone on this node.
+    ///
+    /// With `op` (an op id of the group's table and this node's place in it), the request
+    /// counts in that op and no future is returned; without, its `ReplyFuture` is.
     pub(crate) fn send_release<'a>(
         &self,
         node: &'a Connection,
@@ -1573,25 +1624,35 @@ impl Redlock {
         token: &Token,
         call: ScriptCall,
         notice: &Notice,
-    ) -> Result<ReplyFuture<'a>, Error> {
+        op: Option<(u32, u8)>,
+    ) -> Result<Option<ReplyFuture<'a>>, Error> {
         let notify = notice.on;
         let all = keys.all();
         let token = &token[..];
+        let send = |discard: bool, encode: &mut dyn FnMut(&mut BytesMut)| match op {
+            Some((id, i)) => node
+                .send_op(id, i, false, None, crate::conn::now_us(), usize::from(discard), encode)
+                .map(|()| None),
+            None if discard => node.send_then_discard(encode).map(Some),
+            None => node.send(encode).map(Some),
+        };
         if !keys.is_multi() && node.has_delex() && !self.inner.options.force_script_release {
             let key = &all[0][..];
             if notify {
-                return node.send_then_discard(|buf| {
+                return send(true, &mut |buf| {
                     encode_delex_ifeq(buf, key, token);
                     encode_publish(buf, scripts::RELEASE_CHANNEL_PREFIX.as_bytes(), key, token);
                 });
             }
-            return node.send(|buf| encode_delex_ifeq(buf, key, token));
+            return send(false, &mut |buf| encode_delex_ifeq(buf, key, token));
         }
         if call == ScriptCall::BySha && !notice.script.is_empty() {
-            return node.send(|buf| buf.extend_from_slice(&notice.script));
+            return send(false, &mut |buf| buf.extend_from_slice(&notice.script));
         }
         if !notify {
-            return node.send(|buf| keys.release_script().encode(buf, call, all, &[token]));
+            return send(false, &mut |buf| {
+                keys.release_script().encode(buf, call, all, &[token])
+            });
         }
         let s = scripts();
         if !keys.is_multi() {
@@ -1605,13 +1666,15 @@ impl Redlock {
                 }
             };
             let with_channel = [&all[0][..], channel];
-            return node.send(|buf| s.release_notify.encode(buf, call, &with_channel, &[token]));
+            return send(false, &mut |buf| {
+                s.release_notify.encode(buf, call, &with_channel, &[token])
+            });
         }
         // The lock keys, then their channels in the same order.
         let channels: Vec<handoff::Channel> = all.iter().map(|k| handoff::channel(k)).collect();
         let mut with_channels: Vec<&[u8]> = all.iter().map(|k| &k[..]).collect();
         with_channels.extend(channels.iter().map(|c| &c[..]));
-        node.send(|buf| {
+        send(false, &mut |buf| {
             s.multi_release_notify
                 .encode(buf, call, &with_channels, &[token])
         })

@@ -1,5 +1,11 @@
 //! The quorum collector: races one reply per node against a deadline, deciding as soon as the
 //! outcome is known. Inline storage for up to 7 nodes: nothing is allocated.
+//!
+//! Two ways to the same decision. [`run_op`] is the lock hot path's: the phase is an op of the
+//! connection group's table (`conn/ops.rs`), the driver counts each reply where it reads it,
+//! and the caller is woken once, at the decision. [`QuorumCollector`] is the general one: a
+//! `ReplyFuture` per node, classified by the caller, for any number of nodes and any reply
+//! (the fencing reads, the multi-key scripts, the reseed).
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -9,7 +15,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::error::{NodeResult, NodeResults};
-use crate::conn::ReplyFuture;
+use crate::conn::{Answer, Connection, OpEvent, OpTable, ReplyFuture, Verdict};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -91,15 +97,6 @@ impl<'a> QuorumCollector<'a> {
         self.yes
     }
 
-    /// Nodes that might hold the key: those that said yes, those that have not answered, and
-    /// those whose request went out before the connection failed (it may have run).
-    pub fn might_hold(&self, i: usize) -> bool {
-        match &self.results[i] {
-            NodeResult::Granted | NodeResult::NoReply | NodeResult::NotAwaited => true,
-            NodeResult::Failed(e) => e.maybe_executed(),
-            NodeResult::Refused => false,
-        }
-    }
 
     fn decide(&self, all: bool) -> Option<Decision> {
         let n = self.results.len();
@@ -207,4 +204,116 @@ impl<'a> QuorumCollector<'a> {
         })
         .await
     }
+}
+
+/// Whether a node with this result might hold the key: it said yes, it has not answered, or its
+/// request went out before its connection failed (it may have run).
+pub(crate) fn might_hold(result: &NodeResult) -> bool {
+    match result {
+        NodeResult::Granted | NodeResult::NoReply | NodeResult::NotAwaited => true,
+        NodeResult::Failed(e) => e.maybe_executed(),
+        NodeResult::Refused => false,
+    }
+}
+
+/// Gives the op back to its table if the phase is dropped before it finished.
+struct OpGuard<'a> {
+    table: &'a OpTable,
+    id: u32,
+    armed: bool,
+}
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.table.abandon(self.id);
+        }
+    }
+}
+
+/// Runs one lock phase as op `id` of `table` (opened for `nodes.len()` nodes): `send(i, again)`
+/// sends node `i`'s request as the op's (`again`: once more, in the form a `NOSCRIPT` or an
+/// unknown `DELEX` asked for), and the driver decides. Waits for the verdict or `deadline`,
+/// and returns the decision, each node's result and the yes votes: what
+/// [`QuorumCollector::run`] gives, without a future per node.
+///
+/// Cancel safe: dropped early, the op is given back to its table, which reuses it once the
+/// replies already asked for have been read.
+pub(crate) async fn run_op(
+    table: &OpTable,
+    id: u32,
+    nodes: &[Connection],
+    deadline: Instant,
+    mut send: impl FnMut(usize, bool) -> Result<(), Error>,
+) -> (Decision, NodeResults, usize) {
+    let mut guard = OpGuard {
+        table,
+        id,
+        armed: true,
+    };
+    for i in 0..nodes.len() {
+        if let Err(e) = send(i, false) {
+            table.failed(id, i, e);
+        }
+    }
+    let sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(sleep);
+    poll_fn(|cx| {
+        // One unit of the cooperative budget per decision, as in `QuorumCollector::run`.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        loop {
+            match table.poll(id, cx) {
+                Poll::Ready(OpEvent::Decided(_)) => {
+                    coop.made_progress();
+                    return Poll::Ready(());
+                }
+                Poll::Ready(OpEvent::Resend(again)) => {
+                    for i in (0..nodes.len()).filter(|i| again & (1 << i) != 0) {
+                        if let Err(e) = send(i, true) {
+                            table.failed(id, i, e);
+                        }
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            coop.made_progress();
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
+    guard.armed = false;
+    let mut results: NodeResults = SmallVec::from_elem(NodeResult::NotAwaited, nodes.len());
+    let mut silent = 0u8;
+    let (verdict, yes) = table.finish(id, |i, answer| {
+        results[i] = match answer {
+            Answer::Yes => NodeResult::Granted,
+            Answer::No => NodeResult::Refused,
+            Answer::Failed(e) => NodeResult::Failed(e),
+            // Decided before it answered: not awaited. Else the deadline came first, and it
+            // was waited for in vain (the verdict, read under the table's lock, is the last
+            // word: a quorum completed just as the deadline passed still counts).
+            Answer::Pending | Answer::Retry => {
+                silent |= 1 << i;
+                NodeResult::NotAwaited
+            }
+        }
+    });
+    let decision = match verdict {
+        Some(Verdict::Quorum(at)) => Decision::Quorum(at),
+        Some(Verdict::Impossible) => Decision::Impossible,
+        Some(Verdict::AllDone) => Decision::AllDone,
+        None => {
+            for (i, node) in nodes.iter().enumerate() {
+                if silent & (1 << i) != 0 {
+                    results[i] = NodeResult::NoReply;
+                    node.count_timeouts(1);
+                }
+            }
+            Decision::Deadline
+        }
+    };
+    (decision, results, yes)
 }

@@ -1,0 +1,513 @@
+//! Lock phases the driver decides: a quorum without a future per reply.
+//!
+//! A lock phase (an acquire's `SET`s, a release's compare-and-deletes) sends one request to each
+//! node and waits for a decision. On the general path every request gets a `ReplyFuture`, and
+//! the caller's quorum collector polls them all, each poll taking its connection's lock, every
+//! time the caller is woken. Here a phase is one *op*: an entry of a fixed table that the
+//! connections of one group share. Each request's slot names the op and the node; the driver
+//! classifies the reply where it decodes it, counts it, and wakes the caller once, when the
+//! outcome is known: a quorum, a quorum made impossible, or (when asked) every node answered.
+//! Replies that come after the decision are classified and dropped in place.
+//!
+//! ```text
+//!             driver: a reply decides              caller: finish()
+//!  free --open()--> open -----------------> decided -----------------> caller gone
+//!                    |   caller: deadline, or dropped (abandon())          |
+//!                    +-----------------------------------------------------+
+//!  caller gone and no request of the op outstanding --> free
+//! ```
+//!
+//! Lock order: a driver holds its connection's state lock and then takes this table's; a caller
+//! never holds this table's lock while it takes a connection's, so the two cannot deadlock.
+//! Nothing here allocates after [`OpTable::new`]: when every entry is in use, `open` says no
+//! and the caller takes the general path.
+
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use tokio::time::Instant;
+
+use crate::error::{Error, ErrorKind};
+use crate::resp::Frame;
+
+/// The most nodes an op counts; a larger cluster takes the general path.
+pub(crate) const MAX_OP_NODES: usize = 7;
+
+const NIL: u32 = u32::MAX;
+
+/// How the driver reads a node's reply to an op's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// `SET key token NX PX ttl`: `OK` is a yes, a nil a no.
+    SetNx,
+    /// A script or `DELEX` that answers how many keys it changed: 1 or more is a yes, 0 a no.
+    /// `NOSCRIPT` asks the caller to send the request again with the script's source, and so
+    /// does an unknown command when `unknown_retries` (a `DELEX` the node turned out not to
+    /// have). Once per node: a second such answer is a failure.
+    Count {
+        /// An `unknown command` error asks for the request again (see above).
+        unknown_retries: bool,
+    },
+}
+
+impl Rule {
+    fn classify(self, reply: Result<Frame, Error>) -> Answer {
+        let frame = match reply {
+            Ok(frame) => frame,
+            Err(e) => return Answer::Failed(e),
+        };
+        match (self, frame) {
+            (Rule::SetNx, f) if f.is_ok() => Answer::Yes,
+            (Rule::SetNx, Frame::Null) => Answer::No,
+            (Rule::Count { .. }, Frame::Integer(n)) => {
+                if n >= 1 {
+                    Answer::Yes
+                } else {
+                    Answer::No
+                }
+            }
+            (Rule::Count { .. }, Frame::Error(e)) if e.has_code("NOSCRIPT") => Answer::Retry,
+            (Rule::Count { unknown_retries }, Frame::Error(e))
+                if unknown_retries && e.is_unknown_command() =>
+            {
+                Answer::Retry
+            }
+            (_, Frame::Error(e)) => Answer::Failed(Error::new(ErrorKind::Server(e))),
+            _ => Answer::Failed(Error::new(ErrorKind::UnexpectedReply)),
+        }
+    }
+}
+
+/// One node's answer in an op.
+#[derive(Debug, Default)]
+pub(crate) enum Answer {
+    /// Not answered (yet).
+    #[default]
+    Pending,
+    Yes,
+    No,
+    Failed(Error),
+    /// Asks for the request again (see [`Rule::Count`]); the driver never leaves this in an
+    /// entry, it becomes a resend or a failure.
+    Retry,
+}
+
+/// How an op was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A quorum said yes; when the reply that completed it was read.
+    Quorum(Instant),
+    /// Too many nodes said no or failed for a quorum to be possible.
+    Impossible,
+    /// Every node answered (an op opened with `all`).
+    AllDone,
+}
+
+/// What a caller's poll found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Decided(Verdict),
+    /// Send the request to these nodes again (a bit per node), in the form that cannot meet
+    /// the answer that asked for it (see [`Rule::Count`]). Each is counted outstanding already;
+    /// a send that fails must be reported with [`OpTable::failed`].
+    Resend(u8),
+}
+
+#[derive(Debug)]
+struct Op {
+    waker: Option<Waker>,
+    answers: [Answer; MAX_OP_NODES],
+    verdict: Option<Verdict>,
+    rule: Rule,
+    nodes: u8,
+    quorum: u8,
+    all: bool,
+    yes: u8,
+    settled: u8,
+    /// Requests sent (or about to be) whose replies have not been read.
+    outstanding: u8,
+    /// Nodes sent again once (a bit each), and nodes to send again now.
+    retried: u8,
+    resend: u8,
+    /// The caller still holds the op: until `finish` or `abandon`.
+    caller: bool,
+    /// The next free entry, while free.
+    next: u32,
+}
+
+impl Op {
+    /// Counts one node's answer; true when it decided the op.
+    fn record(&mut self, node: usize, answer: Answer) -> bool {
+        if self.verdict.is_some() {
+            return false;
+        }
+        match answer {
+            Answer::Yes => {
+                self.yes += 1;
+                self.settled += 1;
+            }
+            Answer::No | Answer::Failed(_) => self.settled += 1,
+            Answer::Pending | Answer::Retry => unreachable!("not an answer"),
+        }
+        self.answers[node] = answer;
+        let n = self.nodes;
+        self.verdict = if self.all {
+            (self.settled == n).then_some(Verdict::AllDone)
+        } else if self.yes >= self.quorum {
+            Some(Verdict::Quorum(Instant::now()))
+        } else if self.yes + (n - self.settled) < self.quorum {
+            Some(Verdict::Impossible)
+        } else {
+            None
+        };
+        self.verdict.is_some()
+    }
+}
+
+/// The ops of one connection group. See the module docs.
+#[derive(Debug)]
+pub(crate) struct OpTable {
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Table {
+    ops: Box<[Op]>,
+    free: u32,
+}
+
+impl Table {
+    fn free(&mut self, id: u32) {
+        let op = &mut self.ops[id as usize];
+        op.waker = None;
+        op.answers = Default::default();
+        op.verdict = None;
+        op.next = self.free;
+        self.free = id;
+    }
+
+    /// The driver read node `node`'s reply to op `id`: counts it, and returns the caller's
+    /// waker when the caller must look (the op is decided, or a node must be sent again).
+    pub(crate) fn answer(&mut self, id: u32, node: u8, reply: Result<Frame, Error>) -> Option<Waker> {
+        let op = &mut self.ops[id as usize];
+        debug_assert!(op.outstanding > 0, "a reply for op {id} that sent nothing");
+        op.outstanding -= 1;
+        if !op.caller {
+            if op.outstanding == 0 {
+                self.free(id);
+            }
+            return None;
+        }
+        if op.verdict.is_some() {
+            return None;
+        }
+        let bit = 1u8 << node;
+        let answer = match op.rule.classify(reply) {
+            Answer::Retry if op.retried & bit == 0 => {
+                op.retried |= bit;
+                op.resend |= bit;
+                return op.waker.take();
+            }
+            Answer::Retry => Answer::Failed(Error::new(ErrorKind::UnexpectedReply)),
+            answer => answer,
+        };
+        if op.record(usize::from(node), answer) {
+            op.waker.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl OpTable {
+    /// A table of `capacity` ops: the only allocation it makes.
+    pub(crate) fn new(capacity: usize) -> OpTable {
+        let capacity = capacity.clamp(1, super::slots::MAX_SLOTS);
+        let ops = (0..capacity)
+            .map(|i| Op {
+                waker: None,
+                answers: Default::default(),
+                verdict: None,
+                rule: Rule::SetNx,
+                nodes: 0,
+                quorum: 0,
+                all: false,
+                yes: 0,
+                settled: 0,
+                outstanding: 0,
+                retried: 0,
+                resend: 0,
+                caller: false,
+                next: if i + 1 < capacity { i as u32 + 1 } else { NIL },
+            })
+            .collect();
+        OpTable {
+            inner: Mutex::new(Table { ops, free: 0 }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Table> {
+        // Every mutation is a few plain assignments: a panic leaves the table consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens an op for one request to each of `nodes` nodes, all counted outstanding: report a
+    /// request that could not be sent with [`failed`](OpTable::failed). `None` when every
+    /// entry is in use, or for more than [`MAX_OP_NODES`] nodes.
+    pub(crate) fn open(&self, rule: Rule, nodes: usize, quorum: usize, all: bool) -> Option<u32> {
+        if nodes == 0 || nodes > MAX_OP_NODES || quorum > nodes {
+            return None;
+        }
+        let mut guard = self.lock();
+        let t = &mut *guard;
+        let id = t.free;
+        if id == NIL {
+            return None;
+        }
+        let op = &mut t.ops[id as usize];
+        t.free = op.next;
+        *op = Op {
+            waker: None,
+            answers: Default::default(),
+            verdict: None,
+            rule,
+            nodes: nodes as u8,
+            quorum: quorum as u8,
+            all,
+            yes: 0,
+            settled: 0,
+            outstanding: nodes as u8,
+            retried: 0,
+            resend: 0,
+            caller: true,
+            next: NIL,
+        };
+        Some(id)
+    }
+
+    /// A request of op `id` to `node` was not sent: `error` is that node's answer.
+    pub(crate) fn failed(&self, id: u32, node: usize, error: Error) {
+        let mut t = self.lock();
+        let op = &mut t.ops[id as usize];
+        op.outstanding -= 1;
+        op.record(node, Answer::Failed(error));
+    }
+
+    /// The caller's look: the verdict once there is one, nodes to send again, or `Pending`
+    /// with the caller's waker registered.
+    pub(crate) fn poll(&self, id: u32, cx: &mut Context<'_>) -> Poll<Event> {
+        let mut t = self.lock();
+        let op = &mut t.ops[id as usize];
+        if let Some(v) = op.verdict {
+            return Poll::Ready(Event::Decided(v));
+        }
+        if op.resend != 0 {
+            let nodes = std::mem::take(&mut op.resend);
+            op.outstanding += nodes.count_ones() as u8;
+            return Poll::Ready(Event::Resend(nodes));
+        }
+        match &op.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => op.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The caller is done with op `id`: hands each node's answer to `visit` (in node order;
+    /// `Pending` for those that did not answer before the verdict or the deadline) and gives
+    /// the entry up (it is reused once the last outstanding reply is read). Returns the verdict
+    /// (`None`: the deadline came first) and the yes votes.
+    pub(crate) fn finish(
+        &self,
+        id: u32,
+        mut visit: impl FnMut(usize, Answer),
+    ) -> (Option<Verdict>, usize) {
+        let mut t = self.lock();
+        let op = &mut t.ops[id as usize];
+        let verdict = op.verdict;
+        let yes = usize::from(op.yes);
+        for (i, answer) in op.answers[..usize::from(op.nodes)].iter_mut().enumerate() {
+            visit(i, std::mem::take(answer));
+        }
+        op.caller = false;
+        op.waker = None;
+        if op.outstanding == 0 {
+            t.free(id);
+        }
+        (verdict, yes)
+    }
+
+    /// The caller went away without [`finish`](OpTable::finish): the entry is reused once
+    /// its outstanding replies are read.
+    pub(crate) fn abandon(&self, id: u32) {
+        let mut t = self.lock();
+        let op = &mut t.ops[id as usize];
+        op.caller = false;
+        op.waker = None;
+        if op.outstanding == 0 {
+            t.free(id);
+        }
+    }
+
+    /// Entries in use (for tests).
+    #[cfg(test)]
+    fn used(&self) -> usize {
+        let t = self.lock();
+        let mut free = 0;
+        let mut at = t.free;
+        while at != NIL {
+            free += 1;
+            at = t.ops[at as usize].next;
+        }
+        t.ops.len() - free
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::ServerError;
+    use std::task::Wake;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn ok() -> Result<Frame, Error> {
+        Ok(Frame::Simple(bytes::Bytes::from_static(b"OK")))
+    }
+
+    fn poll(t: &OpTable, id: u32, w: &Arc<Count>) -> Poll<Event> {
+        let waker = Waker::from(w.clone());
+        t.poll(id, &mut Context::from_waker(&waker))
+    }
+
+    fn answers(t: &OpTable, id: u32) -> (Option<Verdict>, usize, Vec<String>) {
+        let mut seen = Vec::new();
+        let (v, yes) = t.finish(id, |_, a| seen.push(format!("{a:?}")));
+        (v, yes, seen)
+    }
+
+    #[test]
+    fn a_quorum_wakes_the_caller_once_and_late_replies_free_the_entry() {
+        let t = OpTable::new(2);
+        let w = Arc::new(Count::default());
+        let id = t.open(Rule::SetNx, 5, 3, false).unwrap();
+        assert!(poll(&t, id, &w).is_pending());
+        for node in 0..2 {
+            assert!(t.lock().answer(id, node, ok()).is_none(), "not decided yet");
+        }
+        assert!(t.lock().answer(id, 2, Ok(Frame::Null)).is_none());
+        let waker = t.lock().answer(id, 3, ok()).expect("the third yes decides");
+        waker.wake();
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        let Poll::Ready(Event::Decided(Verdict::Quorum(_))) = poll(&t, id, &w) else {
+            panic!("decided")
+        };
+        let (v, yes, seen) = answers(&t, id);
+        assert!(matches!(v, Some(Verdict::Quorum(_))));
+        assert_eq!(yes, 3);
+        assert_eq!(seen, ["Yes", "Yes", "No", "Yes", "Pending"]);
+        assert_eq!(t.used(), 1, "node 4's reply is still outstanding");
+        assert!(t.lock().answer(id, 4, ok()).is_none());
+        assert_eq!(t.used(), 0);
+    }
+
+    #[test]
+    fn refusals_make_a_quorum_impossible_before_every_node_answered() {
+        let t = OpTable::new(1);
+        let id = t.open(Rule::SetNx, 3, 2, false).unwrap();
+        let w = Arc::new(Count::default());
+        assert!(poll(&t, id, &w).is_pending());
+        assert!(t.lock().answer(id, 0, Ok(Frame::Null)).is_none());
+        let e = Error::new(ErrorKind::Eof);
+        assert!(t.lock().answer(id, 1, Err(e)).is_some());
+        assert_eq!(
+            poll(&t, id, &w),
+            Poll::Ready(Event::Decided(Verdict::Impossible))
+        );
+        assert!(t.open(Rule::SetNx, 3, 2, false).is_none(), "the only entry is in use");
+        let (_, yes, seen) = answers(&t, id);
+        assert_eq!((yes, seen[0].as_str(), seen[2].as_str()), (0, "No", "Pending"));
+        assert!(seen[1].starts_with("Failed"));
+        t.lock().answer(id, 2, ok());
+        assert!(t.open(Rule::SetNx, 3, 2, false).is_some(), "reused");
+    }
+
+    #[test]
+    fn all_waits_for_every_node_and_noscript_asks_for_one_resend() {
+        let t = OpTable::new(4);
+        let rule = Rule::Count {
+            unknown_retries: true,
+        };
+        let id = t.open(rule, 3, 2, true).unwrap();
+        let w = Arc::new(Count::default());
+        assert!(poll(&t, id, &w).is_pending());
+        assert!(t.lock().answer(id, 0, Ok(Frame::Integer(1))).is_none());
+        assert!(t.lock().answer(id, 1, Ok(Frame::Integer(1))).is_none(), "all: not yet");
+        let noscript = || Ok(Frame::Error(ServerError::from_line(bytes::Bytes::from_static(b"NOSCRIPT No matching script"))));
+        assert!(t.lock().answer(id, 2, noscript()).is_some(), "woken to resend");
+        assert_eq!(poll(&t, id, &w), Poll::Ready(Event::Resend(0b100)));
+        assert!(poll(&t, id, &w).is_pending());
+        // The resend meets NOSCRIPT again: a failure, not a second resend.
+        let waker = t.lock().answer(id, 2, noscript()).expect("decided");
+        drop(waker);
+        assert_eq!(
+            poll(&t, id, &w),
+            Poll::Ready(Event::Decided(Verdict::AllDone))
+        );
+        let (_, yes, seen) = answers(&t, id);
+        assert_eq!(yes, 2);
+        assert!(seen[2].contains("UnexpectedReply"), "{seen:?}");
+        assert_eq!(t.used(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_op_is_reused_only_after_its_last_reply() {
+        let t = OpTable::new(1);
+        let id = t.open(Rule::SetNx, 2, 2, false).unwrap();
+        t.failed(id, 1, Error::new(ErrorKind::NotConnected));
+        t.abandon(id);
+        assert!(t.open(Rule::SetNx, 1, 1, false).is_none());
+        assert!(t.lock().answer(id, 0, ok()).is_none(), "nobody to wake");
+        let again = t.open(Rule::SetNx, 1, 1, false).unwrap();
+        assert_eq!(again, id);
+        let (v, yes, seen) = answers(&t, again);
+        assert_eq!((v, yes, seen), (None, 0, vec!["Pending".to_string()]));
+    }
+
+    /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
+    /// as its largest slot table has slots, 328 KiB at the default 1,024. Each node's answer
+    /// keeps its error, if any (40 bytes), for the lock error's per-node results.
+    #[test]
+    fn an_op_is_328_bytes() {
+        assert_eq!(std::mem::size_of::<Op>(), 328);
+    }
+
+    #[test]
+    fn count_replies_are_read_by_their_rule() {
+        let plain = Rule::Count {
+            unknown_retries: false,
+        };
+        let unknown = || Ok(Frame::Error(ServerError::from_line(bytes::Bytes::from_static(b"ERR unknown command 'DELEX'"))));
+        assert!(matches!(plain.classify(unknown()), Answer::Failed(_)));
+        assert!(matches!(
+            Rule::Count {
+                unknown_retries: true
+            }
+            .classify(unknown()),
+            Answer::Retry
+        ));
+        assert!(matches!(plain.classify(Ok(Frame::Integer(2))), Answer::Yes));
+        assert!(matches!(plain.classify(Ok(Frame::Integer(0))), Answer::No));
+        assert!(matches!(plain.classify(ok()), Answer::Failed(_)));
+        assert!(matches!(Rule::SetNx.classify(Ok(Frame::Integer(1))), Answer::Failed(_)));
+    }
+}
+
