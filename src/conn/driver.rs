@@ -197,11 +197,12 @@ fn fail_in_flight(shared: &Shared, error: Error) {
                 st.slots.release(id);
             } else if let Some((op, node)) = slot.op() {
                 st.slots.release(id);
-                let table = ops.get_or_insert_with(|| {
-                    shared.ops.as_ref().expect("an op's request has a table").lock()
-                });
-                if let Some(w) = table.answer(op, node, Err(error.clone())) {
-                    wakers.push(w);
+                // `send_op` names an op only on a connection of a group, which has the table.
+                if let Some(table) = shared.ops.as_deref() {
+                    let table = ops.get_or_insert_with(|| table.lock());
+                    if let Some(w) = table.answer(op, node, Err(error.clone())) {
+                        wakers.push(w);
+                    }
                 }
             } else {
                 slot.reply = Some(Err(error.clone()));
@@ -457,10 +458,12 @@ fn dispatch(
                     // A lock phase's reply: counted in its op, in place; its caller is woken
                     // only when this decides the op (see `ops.rs`).
                     st.slots.release(id);
-                    let table = ops.get_or_insert_with(|| {
-                        shared.ops.as_ref().expect("an op's request has a table").lock()
-                    });
-                    table.answer(op, node, Ok(frame))
+                    // `send_op` names an op only on a connection of a group (see above).
+                    let table = shared.ops.as_deref();
+                    table.and_then(|t| {
+                        ops.get_or_insert_with(|| t.lock())
+                            .answer(op, node, Ok(frame))
+                    })
                 } else {
                     slot.reply = Some(Ok(frame));
                     slot.waker.take()

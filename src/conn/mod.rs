@@ -68,8 +68,8 @@ pub use tls::{TlsConfig, TlsRoots};
 
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
-use slots::SlotTable;
 pub(crate) use ops::{Answer, Event as OpEvent, OpTable, Rule as OpRule, Verdict, MAX_OP_NODES};
+use slots::SlotTable;
 pub(crate) use subscriber::{PubSubCommand, PubSubEvent, PubSubSink, Subscriber};
 
 /// A caller writes its request to the socket itself only while at most this many requests are
@@ -261,9 +261,10 @@ impl Connection {
     /// in one `write` per node. That is the shape of a Redlock's traffic (one request to every
     /// node per phase), and [`Redlock`](crate::Redlock) drives its nodes this way. Each
     /// connection still fails, reconnects and refuses on its own; only the task is shared.
-    /// The group also shares a table of lock phases (see `ops.rs`), as many as the largest
-    /// [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections, 328 bytes each
-    /// (328 KiB at the default), allocated here once.
+    /// The group also shares a table of lock phases (see `ops.rs`): as many as the largest
+    /// [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections, at most 1,024,
+    /// 328 bytes each (328 KiB at the default), allocated here once.
+    ///
     /// Must be called inside a tokio runtime.
     ///
     /// # Examples
@@ -640,8 +641,15 @@ impl Connection {
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<(), Error> {
         debug_assert!(self.shared().ops.is_some(), "an op sent outside a group");
-        self.enqueue_n(min_uptime, sent_us, discarded, acquire, Some((op, node)), encode)
-            .map(drop)
+        self.enqueue_n(
+            min_uptime,
+            sent_us,
+            discarded,
+            acquire,
+            Some((op, node)),
+            encode,
+        )
+        .map(drop)
     }
 
     /// Counts `n` of this connection's requests as timed out: their caller's deadline came

@@ -35,6 +35,11 @@ pub(crate) const MAX_OP_NODES: usize = 7;
 
 const NIL: u32 = u32::MAX;
 
+/// The most ops one table holds, whatever the group's `max_in_flight`: 1,024 lock phases at once
+/// (328 KiB) is four times the concurrency the benchmarks drive; past it, phases take the
+/// general path rather than every group holding memory for a million.
+pub(crate) const MAX_OPS: usize = 1024;
+
 /// How the driver reads a node's reply to an op's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rule {
@@ -109,7 +114,8 @@ pub(crate) enum Event {
     Decided(Verdict),
     /// Send the request to these nodes again (a bit per node), in the form that cannot meet
     /// the answer that asked for it (see [`Rule::Count`]). Each is counted outstanding already;
-    /// a send that fails must be reported with [`OpTable::failed`].
+    /// a send that fails must be reported with [`OpTable::failed`]. Handed out before the
+    /// verdict, when there is one: a release still deletes its key on such a node.
     Resend(u8),
 }
 
@@ -188,26 +194,32 @@ impl Table {
 
     /// The driver read node `node`'s reply to op `id`: counts it, and returns the caller's
     /// waker when the caller must look (the op is decided, or a node must be sent again).
-    pub(crate) fn answer(&mut self, id: u32, node: u8, reply: Result<Frame, Error>) -> Option<Waker> {
+    pub(crate) fn answer(
+        &mut self,
+        id: u32,
+        node: u8,
+        reply: Result<Frame, Error>,
+    ) -> Option<Waker> {
         let op = &mut self.ops[id as usize];
         debug_assert!(op.outstanding > 0, "a reply for op {id} that sent nothing");
-        op.outstanding -= 1;
+        op.outstanding = op.outstanding.saturating_sub(1);
         if !op.caller {
             if op.outstanding == 0 {
                 self.free(id);
             }
             return None;
         }
-        if op.verdict.is_some() {
-            return None;
-        }
         let bit = 1u8 << node;
         let answer = match op.rule.classify(reply) {
+            // Even after the verdict: a release that met `NOSCRIPT` on a node still has a key
+            // to delete there, and its caller (woken by the verdict, or about to be) sends it
+            // again before it finishes. Its answer then is not awaited.
             Answer::Retry if op.retried & bit == 0 => {
                 op.retried |= bit;
                 op.resend |= bit;
                 return op.waker.take();
             }
+            _ if op.verdict.is_some() => return None,
             Answer::Retry => Answer::Failed(Error::new(ErrorKind::UnexpectedReply)),
             answer => answer,
         };
@@ -222,7 +234,7 @@ impl Table {
 impl OpTable {
     /// A table of `capacity` ops: the only allocation it makes.
     pub(crate) fn new(capacity: usize) -> OpTable {
-        let capacity = capacity.clamp(1, super::slots::MAX_SLOTS);
+        let capacity = capacity.clamp(1, MAX_OPS);
         let ops = (0..capacity)
             .map(|i| Op {
                 waker: None,
@@ -285,12 +297,30 @@ impl OpTable {
         Some(id)
     }
 
-    /// A request of op `id` to `node` was not sent: `error` is that node's answer.
+    /// A request of op `id` to `node` was not sent: `error` is that node's answer, kept even
+    /// when the op was decided meanwhile (the node never got the request: it cannot hold the
+    /// key, and its error explains the node's part in the outcome).
     pub(crate) fn failed(&self, id: u32, node: usize, error: Error) {
         let mut t = self.lock();
         let op = &mut t.ops[id as usize];
-        op.outstanding -= 1;
-        op.record(node, Answer::Failed(error));
+        debug_assert!(
+            op.outstanding > 0,
+            "op {id}: a failed send that was not counted"
+        );
+        op.outstanding = op.outstanding.saturating_sub(1);
+        if op.verdict.is_some() {
+            op.answers[node] = Answer::Failed(error);
+        } else {
+            op.record(node, Answer::Failed(error));
+        }
+    }
+
+    /// `count` requests of op `id` counted by [`open`](OpTable::open) will never be sent (their
+    /// sender panicked): they are no longer waited for.
+    pub(crate) fn unsent(&self, id: u32, count: usize) {
+        let mut t = self.lock();
+        let op = &mut t.ops[id as usize];
+        op.outstanding = op.outstanding.saturating_sub(count as u8);
     }
 
     /// The caller's look: the verdict once there is one, nodes to send again, or `Pending`
@@ -298,13 +328,14 @@ impl OpTable {
     pub(crate) fn poll(&self, id: u32, cx: &mut Context<'_>) -> Poll<Event> {
         let mut t = self.lock();
         let op = &mut t.ops[id as usize];
-        if let Some(v) = op.verdict {
-            return Poll::Ready(Event::Decided(v));
-        }
+        // Resends first, even once decided (see `Table::answer`).
         if op.resend != 0 {
             let nodes = std::mem::take(&mut op.resend);
             op.outstanding += nodes.count_ones() as u8;
             return Poll::Ready(Event::Resend(nodes));
+        }
+        if let Some(v) = op.verdict {
+            return Poll::Ready(Event::Decided(v));
         }
         match &op.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -367,9 +398,9 @@ impl OpTable {
 mod tests {
     use super::*;
     use crate::resp::ServerError;
-    use std::task::Wake;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::task::Wake;
 
     #[derive(Default)]
     struct Count(AtomicUsize);
@@ -432,9 +463,15 @@ mod tests {
             poll(&t, id, &w),
             Poll::Ready(Event::Decided(Verdict::Impossible))
         );
-        assert!(t.open(Rule::SetNx, 3, 2, false).is_none(), "the only entry is in use");
+        assert!(
+            t.open(Rule::SetNx, 3, 2, false).is_none(),
+            "the only entry is in use"
+        );
         let (_, yes, seen) = answers(&t, id);
-        assert_eq!((yes, seen[0].as_str(), seen[2].as_str()), (0, "No", "Pending"));
+        assert_eq!(
+            (yes, seen[0].as_str(), seen[2].as_str()),
+            (0, "No", "Pending")
+        );
         assert!(seen[1].starts_with("Failed"));
         t.lock().answer(id, 2, ok());
         assert!(t.open(Rule::SetNx, 3, 2, false).is_some(), "reused");
@@ -450,9 +487,19 @@ mod tests {
         let w = Arc::new(Count::default());
         assert!(poll(&t, id, &w).is_pending());
         assert!(t.lock().answer(id, 0, Ok(Frame::Integer(1))).is_none());
-        assert!(t.lock().answer(id, 1, Ok(Frame::Integer(1))).is_none(), "all: not yet");
-        let noscript = || Ok(Frame::Error(ServerError::from_line(bytes::Bytes::from_static(b"NOSCRIPT No matching script"))));
-        assert!(t.lock().answer(id, 2, noscript()).is_some(), "woken to resend");
+        assert!(
+            t.lock().answer(id, 1, Ok(Frame::Integer(1))).is_none(),
+            "all: not yet"
+        );
+        let noscript = || {
+            Ok(Frame::Error(ServerError::from_line(
+                bytes::Bytes::from_static(b"NOSCRIPT No matching script"),
+            )))
+        };
+        assert!(
+            t.lock().answer(id, 2, noscript()).is_some(),
+            "woken to resend"
+        );
         assert_eq!(poll(&t, id, &w), Poll::Ready(Event::Resend(0b100)));
         assert!(poll(&t, id, &w).is_pending());
         // The resend meets NOSCRIPT again: a failure, not a second resend.
@@ -482,6 +529,50 @@ mod tests {
         assert_eq!((v, yes, seen), (None, 0, vec!["Pending".to_string()]));
     }
 
+    /// The review's case: a release decided by three nodes in the same driver turn in which a
+    /// fourth answered `NOSCRIPT`. The resend is still handed out, before the verdict, so the
+    /// key is deleted there too; a send that failed after the verdict keeps its error.
+    #[test]
+    fn a_resend_asked_for_in_the_deciding_turn_is_still_handed_out() {
+        let t = OpTable::new(1);
+        let rule = Rule::Count {
+            unknown_retries: false,
+        };
+        let id = t.open(rule, 5, 3, false).unwrap();
+        let w = Arc::new(Count::default());
+        assert!(poll(&t, id, &w).is_pending());
+        let noscript = Ok(Frame::Error(ServerError::from_line(
+            bytes::Bytes::from_static(b"NOSCRIPT No matching script"),
+        )));
+        assert!(t.lock().answer(id, 4, noscript).is_some());
+        for node in 0..3 {
+            t.lock().answer(id, node, Ok(Frame::Integer(1)));
+        }
+        assert_eq!(poll(&t, id, &w), Poll::Ready(Event::Resend(0b1_0000)));
+        assert!(matches!(
+            poll(&t, id, &w),
+            Poll::Ready(Event::Decided(Verdict::Quorum(_)))
+        ));
+        t.failed(id, 3, Error::new(ErrorKind::NotConnected));
+        let (_, yes, seen) = answers(&t, id);
+        assert_eq!(yes, 3);
+        assert!(seen[3].starts_with("Failed"), "{seen:?}");
+        assert_eq!(seen[4], "Pending", "the resend is not awaited");
+        assert_eq!(t.used(), 1, "the resent request is outstanding");
+        t.lock().answer(id, 4, Ok(Frame::Integer(1)));
+        assert_eq!(t.used(), 0);
+    }
+
+    #[test]
+    fn requests_never_sent_are_not_waited_for() {
+        let t = OpTable::new(1);
+        let id = t.open(Rule::SetNx, 3, 2, false).unwrap();
+        t.lock().answer(id, 0, ok());
+        t.unsent(id, 2);
+        t.abandon(id);
+        assert_eq!(t.used(), 0, "freed: nothing is outstanding");
+    }
+
     /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
     /// as its largest slot table has slots, 328 KiB at the default 1,024. Each node's answer
     /// keeps its error, if any (40 bytes), for the lock error's per-node results.
@@ -495,7 +586,11 @@ mod tests {
         let plain = Rule::Count {
             unknown_retries: false,
         };
-        let unknown = || Ok(Frame::Error(ServerError::from_line(bytes::Bytes::from_static(b"ERR unknown command 'DELEX'"))));
+        let unknown = || {
+            Ok(Frame::Error(ServerError::from_line(
+                bytes::Bytes::from_static(b"ERR unknown command 'DELEX'"),
+            )))
+        };
         assert!(matches!(plain.classify(unknown()), Answer::Failed(_)));
         assert!(matches!(
             Rule::Count {
@@ -507,7 +602,9 @@ mod tests {
         assert!(matches!(plain.classify(Ok(Frame::Integer(2))), Answer::Yes));
         assert!(matches!(plain.classify(Ok(Frame::Integer(0))), Answer::No));
         assert!(matches!(plain.classify(ok()), Answer::Failed(_)));
-        assert!(matches!(Rule::SetNx.classify(Ok(Frame::Integer(1))), Answer::Failed(_)));
+        assert!(matches!(
+            Rule::SetNx.classify(Ok(Frame::Integer(1))),
+            Answer::Failed(_)
+        ));
     }
 }
-

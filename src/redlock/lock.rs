@@ -362,9 +362,8 @@ impl Lock {
         let notice = redlock.notice(&self.keys, &self.token, true, ScriptCall::BySha);
         let all = redlock.inner.options.release_wait == ReleaseWait::All;
         let multi = self.keys.is_multi();
-        let release = |node, call, op| {
-            redlock.send_release(node, &self.keys, &self.token, call, &notice, op)
-        };
+        let release =
+            |node, call, op| redlock.send_release(node, &self.keys, &self.token, call, &notice, op);
         // The hot path: the compare-and-deletes as one op, decided by the driver.
         let rule = OpRule::Count {
             unknown_retries: !multi,
@@ -429,9 +428,7 @@ impl Lock {
                     Frame::Integer(_) => Vote::No,
                     Frame::Error(e) if e.has_code("NOSCRIPT") => Vote::Retry,
                     // Only a single-key release may have gone out as DELEX.
-                    Frame::Error(e) if !multi && e.is_unknown_command() => {
-                        Vote::Retry
-                    }
+                    Frame::Error(e) if !multi && e.is_unknown_command() => Vote::Retry,
                     Frame::Error(e) => Vote::Fail(Error::new(ErrorKind::Server(e.clone()))),
                     _ => Vote::Fail(Error::new(ErrorKind::UnexpectedReply)),
                 },

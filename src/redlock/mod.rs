@@ -735,12 +735,16 @@ impl Redlock {
         let quorum = nodes.len() / 2 + 1;
         let addrs = nodes.iter().map(|n| n.config().addr().into()).collect();
         let handoff = handoff::Handoff::new(nodes.iter().map(|n| n.config().clone()).collect());
-        let ops = nodes.first().and_then(|n| n.op_table()).cloned().filter(|t| {
-            nodes.len() <= MAX_OP_NODES
-                && nodes
-                    .iter()
-                    .all(|n| n.op_table().is_some_and(|o| Arc::ptr_eq(o, t)))
-        });
+        let ops = nodes
+            .first()
+            .and_then(|n| n.op_table())
+            .cloned()
+            .filter(|t| {
+                nodes.len() <= MAX_OP_NODES
+                    && nodes
+                        .iter()
+                        .all(|n| n.op_table().is_some_and(|o| Arc::ptr_eq(o, t)))
+            });
         Redlock {
             inner: Arc::new(Inner {
                 nodes: nodes.into(),
@@ -1316,20 +1320,29 @@ impl Redlock {
         let deadline = cut.unwrap_or(valid_until);
         let restart_delay = self.inner.options.restart_delay;
         // The hot path: a single key's `SET`s as one op, decided by the driver.
-        let op = self
-            .inner
-            .ops
-            .as_ref()
-            .filter(|_| !multi)
-            .and_then(|t| Some((t, t.open(OpRule::SetNx, nodes.len(), self.inner.quorum, false)?)));
+        let op = self.inner.ops.as_ref().filter(|_| !multi).and_then(|t| {
+            Some((
+                t,
+                t.open(OpRule::SetNx, nodes.len(), self.inner.quorum, false)?,
+            ))
+        });
         let (decision, results, granted) = if let Some((table, id)) = op {
             quorum::run_op(table, id, nodes, deadline, |i, _| {
                 nodes[i].send_op(id, i as u8, true, restart_delay, sent_us, 0, encode)
             })
             .await
         } else {
-            self.attempt_collect(nodes, restart_delay, sent_us, multi, deadline, encode, &keys, &args)
-                .await
+            self.attempt_collect(
+                nodes,
+                restart_delay,
+                sent_us,
+                multi,
+                deadline,
+                encode,
+                &keys,
+                &args,
+            )
+            .await
         };
         cleanup.armed = false;
         drop(cleanup);
@@ -1631,7 +1644,15 @@ impl Redlock {
         let token = &token[..];
         let send = |discard: bool, encode: &mut dyn FnMut(&mut BytesMut)| match op {
             Some((id, i)) => node
-                .send_op(id, i, false, None, crate::conn::now_us(), usize::from(discard), encode)
+                .send_op(
+                    id,
+                    i,
+                    false,
+                    None,
+                    crate::conn::now_us(),
+                    usize::from(discard),
+                    encode,
+                )
                 .map(|()| None),
             None if discard => node.send_then_discard(encode).map(Some),
             None => node.send(encode).map(Some),

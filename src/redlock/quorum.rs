@@ -97,7 +97,6 @@ impl<'a> QuorumCollector<'a> {
         self.yes
     }
 
-
     fn decide(&self, all: bool) -> Option<Decision> {
         let n = self.results.len();
         if all {
@@ -216,16 +215,22 @@ pub(crate) fn might_hold(result: &NodeResult) -> bool {
     }
 }
 
-/// Gives the op back to its table if the phase is dropped before it finished.
+/// Gives the op back to its table if the phase is dropped before it finished (or its sender
+/// panicked).
 struct OpGuard<'a> {
     table: &'a OpTable,
     id: u32,
     armed: bool,
+    /// Requests `open` counted that were not sent yet.
+    unsent: usize,
 }
 
 impl Drop for OpGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
+            if self.unsent > 0 {
+                self.table.unsent(self.id, self.unsent);
+            }
             self.table.abandon(self.id);
         }
     }
@@ -250,9 +255,12 @@ pub(crate) async fn run_op(
         table,
         id,
         armed: true,
+        unsent: nodes.len(),
     };
     for i in 0..nodes.len() {
-        if let Err(e) = send(i, false) {
+        let sent = send(i, false);
+        guard.unsent -= 1;
+        if let Err(e) = sent {
             table.failed(id, i, e);
         }
     }
