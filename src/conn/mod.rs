@@ -626,14 +626,14 @@ impl Connection {
         self.shared().ops.as_ref()
     }
 
-    /// Sends a request of op `op` (of [`op_table`](Connection::op_table)) as node `node`'s:
+    /// Sends a request of op `op` (of [`op_table`](Connection::op_table)) as node `node`'s
+    /// (`(op, node)`):
     /// its reply is counted in the op by the driver. `acquire` and `min_uptime` as for
     /// [`send_acquire`](Connection::send_acquire); `discarded` commands written after the first
     /// have their replies dropped, as [`send_then_discard`](Connection::send_then_discard)'s.
     pub(crate) fn send_op(
         &self,
-        op: u32,
-        node: u8,
+        (op, node): (u32, u8),
         acquire: bool,
         min_uptime: Option<Duration>,
         sent_us: u32,

@@ -1328,7 +1328,7 @@ impl Redlock {
         });
         let (decision, results, granted) = if let Some((table, id)) = op {
             quorum::run_op(table, id, nodes, deadline, |i, _| {
-                nodes[i].send_op(id, i as u8, true, restart_delay, sent_us, 0, encode)
+                nodes[i].send_op((id, i as u8), true, restart_delay, sent_us, 0, encode)
             })
             .await
         } else {
@@ -1643,10 +1643,9 @@ impl Redlock {
         let all = keys.all();
         let token = &token[..];
         let send = |discard: bool, encode: &mut dyn FnMut(&mut BytesMut)| match op {
-            Some((id, i)) => node
+            Some(at) => node
                 .send_op(
-                    id,
-                    i,
+                    at,
                     false,
                     None,
                     crate::conn::now_us(),
