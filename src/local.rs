@@ -74,25 +74,38 @@ pub fn distinct_port(taken: &mut Vec<u16>, mut next: impl FnMut() -> u16) -> u16
 
 /// The process id the server on `127.0.0.1:port` reports (`process_id` in `INFO server`), when
 /// it answers within `timeout` and says: a port picked as free can be bound by another process
-/// before the server meant for it, and then that process answers instead.
+/// before the server meant for it, and then that process answers instead. Redis reports it;
+/// Dragonfly does not (`None`), nor does anything that is not a RESP server, or a server that
+/// wants a password first.
 pub fn reported_pid(port: u16, timeout: Duration) -> Option<u32> {
+    /// Far more than an `INFO server` reply; a larger length is not believed.
+    const MAX_REPLY: usize = 64 * 1024;
+    let deadline = std::time::Instant::now() + timeout;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
     s.write_all(b"INFO server\r\n").ok()?;
-    // A bulk string, `$len\r\n` and `len` bytes of text: read it whole (at most 64 KiB).
+    // A bulk string, `$len\r\n` and `len` bytes of text: read it whole, by the deadline.
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
     let text = loop {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
         let n = s.read(&mut buf).ok()?;
-        if n == 0 || reply.len() > 64 * 1024 {
+        if n == 0 || reply.len() > MAX_REPLY {
             return None;
         }
         reply.extend_from_slice(&buf[..n]);
+        if reply[0] != b'$' {
+            return None;
+        }
         let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
             continue;
         };
-        let len: usize = std::str::from_utf8(reply.get(1..end)?).ok()?.parse().ok()?;
+        let len: usize = std::str::from_utf8(&reply[1..end]).ok()?.parse().ok()?;
+        if len > MAX_REPLY {
+            return None;
+        }
         if let Some(text) = reply.get(end + 2..end + 2 + len) {
             break String::from_utf8_lossy(text).into_owned();
         }
@@ -181,6 +194,54 @@ pub fn signal(pid: u32, sig: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener that answers its first connection's first request with `reply`, in pieces of
+    /// `chunk` bytes.
+    fn fake(reply: &'static [u8], chunk: usize) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = [0u8; 64];
+            let _ = c.read(&mut req);
+            for piece in reply.chunks(chunk) {
+                let _ = c.write_all(piece);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        port
+    }
+
+    #[test]
+    fn the_reported_pid_is_read_from_a_whole_bulk_reply_and_nothing_else() {
+        let t = Duration::from_secs(2);
+        let info = b"$49\r\n# Server\r\nredis_version:7.0.15\r\nprocess_id:4242\r\n\r\n";
+        assert_eq!(reported_pid(fake(info, 1024), t), Some(4242));
+        assert_eq!(reported_pid(fake(info, 3), t), Some(4242), "split anywhere");
+        for reply in [
+            &b"-NOAUTH Authentication required.\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+            b"$18446744073709551615\r\nprocess_id:1\r\n",
+            b"$99999999999999999999999\r\n",
+            b"$31\r\n# Server\r\ndragonfly_version:1\r\n\r\n",
+        ] {
+            assert_eq!(
+                reported_pid(fake(reply, 1024), t),
+                None,
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+        // A reply that never completes: the deadline ends the wait.
+        assert_eq!(
+            reported_pid(
+                fake(b"$40\r\nprocess_id:", 1024),
+                Duration::from_millis(100)
+            ),
+            None
+        );
+    }
 
     fn args(flavor: Flavor) -> Vec<String> {
         let cmd = server_command(Path::new("server"), flavor, 7001, Path::new("/tmp"));

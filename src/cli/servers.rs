@@ -69,7 +69,12 @@ pub fn binary(bin: Option<&Path>) -> Result<(PathBuf, Flavor), String> {
 /// Each server gets a port no other server of this start has, and counts as started only when
 /// the process answering on its port is that server (its reported pid, and the child still
 /// running): another process can bind a port picked as free before the server does. A server
-/// that lost its port is started again on another (at most 5 attempts each).
+/// that lost its port is started again on another (at most 5 attempts each); one that does not
+/// start in 10 s fails the start at once.
+///
+/// Dragonfly reports no pid: for it, only the child still running is checked, which a process
+/// that took the port before a slow-starting Dragonfly tried to bind it can pass. Distinct ports
+/// rule out the case seen (two servers of one start on one port).
 pub fn start(
     n: usize,
     bin: &Path,
@@ -99,7 +104,7 @@ fn start_with_ports(
         let mut failures = Vec::new();
         while let Err(why) = server.wait_ready() {
             failures.push(format!("port {}: {why}", server.port));
-            if failures.len() == 5 {
+            if matches!(why, NotReady::Silent) || failures.len() == 5 {
                 return Err(format!(
                     "a server did not start in 5 attempts: {}",
                     failures.join("; ")
@@ -134,36 +139,58 @@ impl LocalServer {
         })
     }
 
-    /// Waits (at most 10 s) until this server serves its port; `Err` when it exited, or when
-    /// another process answers there.
-    fn wait_ready(&mut self) -> Result<(), String> {
+    /// Waits (at most 10 s) until this server serves its port; `Err` when it exited, when
+    /// another process answers there, or when nothing does in time.
+    fn wait_ready(&mut self) -> Result<(), NotReady> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited at start ({status})"));
+                return Err(NotReady::LostPort(format!("exited at start ({status})")));
             }
             if TcpStream::connect(self.addr()).is_ok() {
                 break;
             }
             if Instant::now() > deadline {
-                return Err("did not start within 10 s".into());
+                return Err(NotReady::Silent);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Redis reports its pid; Dragonfly may not, and then the child still running is the
+        // Redis reports its pid; Dragonfly does not, and then the child still running is the
         // check.
         match local::reported_pid(self.port, Duration::from_secs(2)) {
             Some(pid) if pid != self.child.id() => {
-                return Err(format!("another process (pid {pid}) answers on the port"));
+                let why = format!("another process (pid {pid}) answers on the port");
+                return Err(NotReady::LostPort(why));
             }
             None if self.flavor == Flavor::Redis => {
-                return Err("whatever answers on the port does not report a Redis pid".into());
+                let why = "whatever answers on the port reports no Redis pid".to_string();
+                return Err(NotReady::LostPort(why));
             }
             _ => {}
         }
         match self.child.try_wait() {
-            Ok(Some(status)) => Err(format!("exited after another server answered ({status})")),
+            Ok(Some(status)) => Err(NotReady::LostPort(format!(
+                "exited after another server answered ({status})"
+            ))),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Why a server did not count as started.
+#[derive(Debug)]
+enum NotReady {
+    /// Another process has its port (or it exited at start): worth another port.
+    LostPort(String),
+    /// Nothing answered within 10 s: another port would not help.
+    Silent,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::LostPort(why) => f.write_str(why),
+            NotReady::Silent => f.write_str("did not start within 10 s"),
         }
     }
 }
@@ -173,11 +200,12 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// The flake this guards against: two servers of one start on one port (the kernel handed
-    /// the same free port out twice before the first server bound it), and a port taken by
-    /// another process first. Here the candidate ports repeat on purpose, and the first one is
-    /// held by a listener that is not a Redis server: every server still ends up on a port of
-    /// its own, answering with its own pid.
+    /// The flake this guards against, end to end: two servers of one start on one port (the
+    /// kernel handed the same free port out twice before the first server bound it), and a port
+    /// taken by another process first. Here the candidate ports repeat on purpose, and the first
+    /// one is held by a listener that is not a Redis server: every server still ends up on a
+    /// port of its own, answering with its own pid. (`a_server_whose_port_*` checks the pid
+    /// check alone, without the race of a child that may have exited already.)
     #[test]
     fn each_server_gets_its_own_port_even_when_candidates_repeat_or_are_taken() {
         let Ok((bin, Flavor::Redis)) = find_binary() else {
@@ -208,6 +236,29 @@ mod tests {
                 Some(s.child.id())
             );
         }
+    }
+
+    /// The check itself, with no race: a live Redis child, and the port it is said to serve
+    /// held by a listener that is not it. Without the pid check this passes as ready.
+    #[test]
+    fn a_server_whose_port_another_process_answers_is_not_ready() {
+        let Ok((bin, Flavor::Redis)) = find_binary() else {
+            eprintln!("skipped: needs redis-server (Dragonfly reports no pid to check)");
+            return;
+        };
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = squatter.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in squatter.incoming().take(4) {
+                drop(conn);
+            }
+        });
+        let dir = std::env::temp_dir();
+        let mut real =
+            LocalServer::spawn(&bin, Flavor::Redis, local::free_port(), &dir, 1).unwrap();
+        real.port = port;
+        let why = real.wait_ready().unwrap_err();
+        assert!(matches!(why, NotReady::LostPort(_)), "{why}");
     }
 
     #[test]
