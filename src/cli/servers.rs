@@ -200,6 +200,29 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
+    /// Redis, which reports its pid; `None` (the test is skipped, and says so) for Dragonfly.
+    fn redis() -> Option<PathBuf> {
+        match find_binary() {
+            Ok((bin, Flavor::Redis)) => Some(bin),
+            _ => {
+                eprintln!("skipped: needs redis-server (Dragonfly reports no pid to check)");
+                None
+            }
+        }
+    }
+
+    /// A port held by a listener that is not a Redis server: it accepts and closes.
+    fn squatted_port() -> u16 {
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = squatter.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in squatter.incoming().take(16) {
+                drop(conn);
+            }
+        });
+        port
+    }
+
     /// The flake this guards against, end to end: two servers of one start on one port (the
     /// kernel handed the same free port out twice before the first server bound it), and a port
     /// taken by another process first. Here the candidate ports repeat on purpose, and the first
@@ -208,18 +231,8 @@ mod tests {
     /// check alone, without the race of a child that may have exited already.)
     #[test]
     fn each_server_gets_its_own_port_even_when_candidates_repeat_or_are_taken() {
-        let Ok((bin, Flavor::Redis)) = find_binary() else {
-            eprintln!("skipped: needs redis-server (Dragonfly reports no pid to check)");
-            return;
-        };
-        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
-        let taken = squatter.local_addr().unwrap().port();
-        // The squatter accepts and answers nothing useful.
-        std::thread::spawn(move || {
-            for conn in squatter.incoming().take(16) {
-                drop(conn);
-            }
-        });
+        let Some(bin) = redis() else { return };
+        let taken = squatted_port();
         let mut candidates = vec![taken, taken, taken].into_iter();
         let (servers, _) = start_with_ports(3, &bin, Flavor::Redis, 1, || {
             candidates.next().unwrap_or_else(local::free_port)
@@ -242,17 +255,8 @@ mod tests {
     /// held by a listener that is not it. Without the pid check this passes as ready.
     #[test]
     fn a_server_whose_port_another_process_answers_is_not_ready() {
-        let Ok((bin, Flavor::Redis)) = find_binary() else {
-            eprintln!("skipped: needs redis-server (Dragonfly reports no pid to check)");
-            return;
-        };
-        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = squatter.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for conn in squatter.incoming().take(4) {
-                drop(conn);
-            }
-        });
+        let Some(bin) = redis() else { return };
+        let port = squatted_port();
         let dir = std::env::temp_dir();
         let mut real =
             LocalServer::spawn(&bin, Flavor::Redis, local::free_port(), &dir, 1).unwrap();
