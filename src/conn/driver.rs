@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::handshake::{self, Stream};
+use super::ops::{DeadlineTimer, OpTable};
 use super::stats::{now_us, RTT_CLOCK_MASK};
 use super::tls::{Connector, Session};
 use super::{reset_buffer, Shared, Status};
@@ -129,12 +130,24 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// costs a lock and a readiness check, less than the task wakes it saves (one per node and
 /// turn). A driver that ends (its connection closed) is not polled again; the task ends with the
 /// last one.
+///
+/// The task also keeps the deadlines of the group's lock phases, with one timer (see
+/// `OpTable::drive_deadlines`); when it ends or is dropped, the phases still open expire.
 pub(super) async fn run_group(shared: Vec<Arc<Shared>>) {
+    let ops = shared.first().and_then(|s| s.ops.clone());
+    let _gone = ops.clone().map(DriverGone);
     let mut drivers: Vec<Option<Pin<Box<dyn Future<Output = ()> + Send>>>> = shared
         .into_iter()
         .map(|s| Some(Box::pin(run(s)) as Pin<Box<dyn Future<Output = ()> + Send>>))
         .collect();
+    // Armed only for an op's deadline; never polled before.
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut timer = DeadlineTimer::default();
     poll_fn(|cx| {
+        if let Some(ops) = &ops {
+            ops.drive_deadlines(cx, sleep.as_mut(), &mut timer);
+        }
         let mut running = false;
         for slot in drivers.iter_mut() {
             if let Some(driver) = slot {
@@ -152,6 +165,15 @@ pub(super) async fn run_group(shared: Vec<Arc<Shared>>) {
         }
     })
     .await
+}
+
+/// Expires the group's open lock phases when its driver ends, returns or unwinds.
+struct DriverGone(Arc<OpTable>);
+
+impl Drop for DriverGone {
+    fn drop(&mut self) {
+        self.0.driver_gone();
+    }
 }
 
 /// Full jitter: a uniform delay below `min(max, base * 2^failures)`.

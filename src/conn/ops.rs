@@ -21,11 +21,24 @@
 //! never holds this table's lock while it takes a connection's, so the two cannot deadlock.
 //! Nothing here allocates after [`OpTable::new`]: when every entry is in use, `open` says no
 //! and the caller takes the general path.
+//!
+//! Deadlines: each op has one, and the group's driver keeps them all with a single timer
+//! ([`OpTable::drive_deadlines`]), armed for the earliest deadline it knows of. An op past its
+//! deadline without a verdict is marked expired and its caller woken. A caller therefore
+//! registers no timer of its own: that was a timer-wheel insert and remove per lock phase, and
+//! on an idle runtime a wake of the parked I/O driver each time. The timer is re-armed only
+//! when an op comes with a deadline earlier than the armed one (rare: later ops mostly have
+//! later deadlines) and when it fires (once per earliest deadline; the scan of the table then
+//! costs about as much as one phase's timer did). When the driver goes (its runtime shut
+//! down, or it panicked), every open op is expired and the table takes no more.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
@@ -36,7 +49,7 @@ pub(crate) const MAX_OP_NODES: usize = 7;
 const NIL: u32 = u32::MAX;
 
 /// The most ops one table holds, whatever the group's `max_in_flight`: 1,024 lock phases at once
-/// (328 KiB) is four times the concurrency the benchmarks drive; past it, phases take the
+/// (344 KiB) is four times the concurrency the benchmarks drive; past it, phases take the
 /// general path rather than every group holding memory for a million.
 pub(crate) const MAX_OPS: usize = 1024;
 
@@ -117,6 +130,8 @@ pub(crate) enum Event {
     /// a send that fails must be reported with [`OpTable::failed`]. Handed out before the
     /// verdict, when there is one: a release still deletes its key on such a node.
     Resend(u8),
+    /// The op's deadline passed without a verdict (or the group's driver went).
+    Expired,
 }
 
 #[derive(Debug)]
@@ -137,6 +152,10 @@ struct Op {
     resend: u8,
     /// The caller still holds the op: until `finish` or `abandon`.
     caller: bool,
+    /// When the caller stops waiting for a verdict.
+    deadline: Instant,
+    /// The driver found the deadline passed without a verdict.
+    expired: bool,
     /// The next free entry, while free.
     next: u32,
 }
@@ -170,16 +189,36 @@ impl Op {
     }
 }
 
+/// The group driver's record of its deadline timer (see [`OpTable::drive_deadlines`]).
+#[derive(Debug, Default)]
+pub(crate) struct DeadlineTimer {
+    /// The table was read at least once (and the driver's waker left there).
+    started: bool,
+    /// The deadline the timer is armed for.
+    armed: Option<Instant>,
+    /// Armed since its last poll: it must be polled to register.
+    fresh: bool,
+}
+
 /// The ops of one connection group. See the module docs.
 #[derive(Debug)]
 pub(crate) struct OpTable {
     inner: Mutex<Table>,
+    /// `wake_at` was lowered: the driver must re-arm its timer.
+    rearm: AtomicBool,
 }
 
 #[derive(Debug)]
 pub(crate) struct Table {
     ops: Box<[Op]>,
     free: u32,
+    /// The earliest deadline the driver's timer must fire for: lowered by `open`, computed
+    /// afresh by `expire`. `None`: no open op needs the timer.
+    wake_at: Option<Instant>,
+    /// The group driver's waker, to re-arm its timer.
+    driver: Option<Waker>,
+    /// The driver is gone: every op was expired, and `open` says no.
+    gone: bool,
 }
 
 impl Table {
@@ -235,6 +274,7 @@ impl OpTable {
     /// A table of `capacity` ops: the only allocation it makes.
     pub(crate) fn new(capacity: usize) -> OpTable {
         let capacity = capacity.clamp(1, MAX_OPS);
+        let epoch = Instant::now();
         let ops = (0..capacity)
             .map(|i| Op {
                 waker: None,
@@ -250,11 +290,20 @@ impl OpTable {
                 retried: 0,
                 resend: 0,
                 caller: false,
+                deadline: epoch,
+                expired: false,
                 next: if i + 1 < capacity { i as u32 + 1 } else { NIL },
             })
             .collect();
         OpTable {
-            inner: Mutex::new(Table { ops, free: 0 }),
+            inner: Mutex::new(Table {
+                ops,
+                free: 0,
+                wake_at: None,
+                driver: None,
+                gone: false,
+            }),
+            rearm: AtomicBool::new(false),
         }
     }
 
@@ -264,16 +313,25 @@ impl OpTable {
     }
 
     /// Opens an op for one request to each of `nodes` nodes, all counted outstanding: report a
-    /// request that could not be sent with [`failed`](OpTable::failed). `None` when every
-    /// entry is in use, or for more than [`MAX_OP_NODES`] nodes.
-    pub(crate) fn open(&self, rule: Rule, nodes: usize, quorum: usize, all: bool) -> Option<u32> {
+    /// request that could not be sent with [`failed`](OpTable::failed). Its caller is woken
+    /// with [`Event::Expired`] once `deadline` passed without a verdict. `None` when every
+    /// entry is in use, for more than [`MAX_OP_NODES`] nodes, or when the group's driver is
+    /// gone.
+    pub(crate) fn open(
+        &self,
+        rule: Rule,
+        nodes: usize,
+        quorum: usize,
+        all: bool,
+        deadline: Instant,
+    ) -> Option<u32> {
         if nodes == 0 || nodes > MAX_OP_NODES || quorum > nodes {
             return None;
         }
         let mut guard = self.lock();
         let t = &mut *guard;
         let id = t.free;
-        if id == NIL {
+        if id == NIL || t.gone {
             return None;
         }
         let op = &mut t.ops[id as usize];
@@ -292,8 +350,21 @@ impl OpTable {
             retried: 0,
             resend: 0,
             caller: true,
+            deadline,
+            expired: false,
             next: NIL,
         };
+        // The driver's timer is armed for `wake_at`; only an earlier deadline re-arms it.
+        let mut driver = None;
+        if t.wake_at.is_none_or(|at| deadline < at) {
+            t.wake_at = Some(deadline);
+            self.rearm.store(true, Ordering::Release);
+            driver = t.driver.clone();
+        }
+        drop(guard);
+        if let Some(w) = driver {
+            w.wake();
+        }
         Some(id)
     }
 
@@ -336,6 +407,9 @@ impl OpTable {
         }
         if let Some(v) = op.verdict {
             return Poll::Ready(Event::Decided(v));
+        }
+        if op.expired {
+            return Poll::Ready(Event::Expired);
         }
         match &op.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -380,6 +454,102 @@ impl OpTable {
         }
     }
 
+    /// The group driver's side of the deadlines, called on each of its polls: re-arms `sleep`
+    /// when an op came with an earlier deadline, and when it fired, expires every op past its
+    /// deadline without a verdict and re-arms it for the earliest deadline left. `sleep` is
+    /// polled only when it was just armed or has fired (`Sleep::is_elapsed`, one atomic load),
+    /// so a driver woken for its sockets pays nothing here.
+    pub(crate) fn drive_deadlines(
+        &self,
+        cx: &mut Context<'_>,
+        mut sleep: Pin<&mut Sleep>,
+        timer: &mut DeadlineTimer,
+    ) {
+        loop {
+            if !timer.started || self.rearm.swap(false, Ordering::AcqRel) {
+                timer.started = true;
+                let at = {
+                    let mut t = self.lock();
+                    if !t.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        t.driver = Some(cx.waker().clone());
+                    }
+                    t.wake_at
+                };
+                if at != timer.armed {
+                    timer.armed = at;
+                    if let Some(at) = at {
+                        sleep.as_mut().reset(at);
+                        timer.fresh = true;
+                    }
+                }
+            }
+            if timer.armed.is_none() || !(timer.fresh || sleep.is_elapsed()) {
+                return;
+            }
+            timer.fresh = false;
+            if sleep.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            timer.armed = None;
+            self.expire(Some(Instant::now()));
+            // Read the new `wake_at` (the loop ends: every deadline left is after `now`).
+            timer.started = false;
+        }
+    }
+
+    /// Marks every op past its deadline at `now` (every op, for `None`) without a verdict expired, wakes its caller,
+    /// and sets `wake_at` to the earliest deadline left.
+    fn expire(&self, now: Option<Instant>) {
+        const BATCH: usize = 32;
+        let mut at = 0;
+        let mut next: Option<Instant> = None;
+        self.lock().wake_at = None;
+        loop {
+            // Woken outside the lock, a batch at a time, so that callers woken do not run into
+            // it; `open` meanwhile lowers `wake_at` as usual, and it is merged below.
+            let mut wakers: [Option<Waker>; BATCH] = Default::default();
+            let mut n = 0;
+            let done = {
+                let mut t = self.lock();
+                while at < t.ops.len() && n < BATCH {
+                    let op = &mut t.ops[at];
+                    at += 1;
+                    if !op.caller || op.verdict.is_some() || op.expired {
+                        continue;
+                    }
+                    if now.is_none_or(|now| op.deadline <= now) {
+                        op.expired = true;
+                        wakers[n] = op.waker.take();
+                        n += 1;
+                    } else if next.is_none_or(|n| op.deadline < n) {
+                        next = Some(op.deadline);
+                    }
+                }
+                let done = at == t.ops.len();
+                if done {
+                    t.wake_at = match (t.wake_at, next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                done
+            };
+            for w in wakers.into_iter().flatten() {
+                w.wake();
+            }
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// The group's driver is gone: every open op expires now, and no more are opened (their
+    /// deadlines would have nobody to keep them).
+    pub(crate) fn driver_gone(&self) {
+        self.lock().gone = true;
+        self.expire(None);
+    }
+
     /// Entries in use (for tests).
     #[cfg(test)]
     fn used(&self) -> usize {
@@ -410,6 +580,10 @@ mod tests {
         }
     }
 
+    fn far() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(3600)
+    }
+
     fn ok() -> Result<Frame, Error> {
         Ok(Frame::Simple(bytes::Bytes::from_static(b"OK")))
     }
@@ -429,7 +603,7 @@ mod tests {
     fn a_quorum_wakes_the_caller_once_and_late_replies_free_the_entry() {
         let t = OpTable::new(2);
         let w = Arc::new(Count::default());
-        let id = t.open(Rule::SetNx, 5, 3, false).unwrap();
+        let id = t.open(Rule::SetNx, 5, 3, false, far()).unwrap();
         assert!(poll(&t, id, &w).is_pending());
         for node in 0..2 {
             assert!(t.lock().answer(id, node, ok()).is_none(), "not decided yet");
@@ -453,7 +627,7 @@ mod tests {
     #[test]
     fn refusals_make_a_quorum_impossible_before_every_node_answered() {
         let t = OpTable::new(1);
-        let id = t.open(Rule::SetNx, 3, 2, false).unwrap();
+        let id = t.open(Rule::SetNx, 3, 2, false, far()).unwrap();
         let w = Arc::new(Count::default());
         assert!(poll(&t, id, &w).is_pending());
         assert!(t.lock().answer(id, 0, Ok(Frame::Null)).is_none());
@@ -464,7 +638,7 @@ mod tests {
             Poll::Ready(Event::Decided(Verdict::Impossible))
         );
         assert!(
-            t.open(Rule::SetNx, 3, 2, false).is_none(),
+            t.open(Rule::SetNx, 3, 2, false, far()).is_none(),
             "the only entry is in use"
         );
         let (_, yes, seen) = answers(&t, id);
@@ -474,7 +648,7 @@ mod tests {
         );
         assert!(seen[1].starts_with("Failed"));
         t.lock().answer(id, 2, ok());
-        assert!(t.open(Rule::SetNx, 3, 2, false).is_some(), "reused");
+        assert!(t.open(Rule::SetNx, 3, 2, false, far()).is_some(), "reused");
     }
 
     #[test]
@@ -483,7 +657,7 @@ mod tests {
         let rule = Rule::Count {
             unknown_retries: true,
         };
-        let id = t.open(rule, 3, 2, true).unwrap();
+        let id = t.open(rule, 3, 2, true, far()).unwrap();
         let w = Arc::new(Count::default());
         assert!(poll(&t, id, &w).is_pending());
         assert!(t.lock().answer(id, 0, Ok(Frame::Integer(1))).is_none());
@@ -518,12 +692,12 @@ mod tests {
     #[test]
     fn an_abandoned_op_is_reused_only_after_its_last_reply() {
         let t = OpTable::new(1);
-        let id = t.open(Rule::SetNx, 2, 2, false).unwrap();
+        let id = t.open(Rule::SetNx, 2, 2, false, far()).unwrap();
         t.failed(id, 1, Error::new(ErrorKind::NotConnected));
         t.abandon(id);
-        assert!(t.open(Rule::SetNx, 1, 1, false).is_none());
+        assert!(t.open(Rule::SetNx, 1, 1, false, far()).is_none());
         assert!(t.lock().answer(id, 0, ok()).is_none(), "nobody to wake");
-        let again = t.open(Rule::SetNx, 1, 1, false).unwrap();
+        let again = t.open(Rule::SetNx, 1, 1, false, far()).unwrap();
         assert_eq!(again, id);
         let (v, yes, seen) = answers(&t, again);
         assert_eq!((v, yes, seen), (None, 0, vec!["Pending".to_string()]));
@@ -538,7 +712,7 @@ mod tests {
         let rule = Rule::Count {
             unknown_retries: false,
         };
-        let id = t.open(rule, 5, 3, false).unwrap();
+        let id = t.open(rule, 5, 3, false, far()).unwrap();
         let w = Arc::new(Count::default());
         assert!(poll(&t, id, &w).is_pending());
         let noscript = Ok(Frame::Error(ServerError::from_line(
@@ -566,7 +740,7 @@ mod tests {
     #[test]
     fn requests_never_sent_are_not_waited_for() {
         let t = OpTable::new(1);
-        let id = t.open(Rule::SetNx, 3, 2, false).unwrap();
+        let id = t.open(Rule::SetNx, 3, 2, false, far()).unwrap();
         t.lock().answer(id, 0, ok());
         t.unsent(id, 2);
         t.abandon(id);
@@ -574,11 +748,96 @@ mod tests {
     }
 
     /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
-    /// as its largest slot table has slots, 328 KiB at the default 1,024. Each node's answer
+    /// as its largest slot table has slots, 344 KiB at the default 1,024. Each node's answer
     /// keeps its error, if any (40 bytes), for the lock error's per-node results.
     #[test]
-    fn an_op_is_328_bytes() {
-        assert_eq!(std::mem::size_of::<Op>(), 328);
+    fn an_op_is_344_bytes() {
+        assert_eq!(std::mem::size_of::<Op>(), 344);
+    }
+
+    /// A driver that keeps the table's deadlines and does nothing else.
+    fn spawn_deadline_driver(t: Arc<OpTable>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let sleep = tokio::time::sleep_until(Instant::now());
+            tokio::pin!(sleep);
+            let mut timer = DeadlineTimer::default();
+            std::future::poll_fn(|cx| {
+                t.drive_deadlines(cx, sleep.as_mut(), &mut timer);
+                Poll::<()>::Pending
+            })
+            .await
+        })
+    }
+
+    async fn wait(t: &OpTable, id: u32) -> Event {
+        std::future::poll_fn(|cx| t.poll(id, cx)).await
+    }
+
+    /// One timer for every op: an op nobody answers expires at its own deadline (the paused
+    /// clock makes "at" exact), an op decided first is not expired, and an op that comes with
+    /// a deadline earlier than the armed one re-arms the timer for it.
+    #[tokio::test(start_paused = true)]
+    async fn the_driver_expires_each_op_at_its_deadline() {
+        use std::time::Duration;
+        let t = Arc::new(OpTable::new(4));
+        let driver = spawn_deadline_driver(t.clone());
+        let start = Instant::now();
+        let a = t.open(Rule::SetNx, 3, 2, false, start + Duration::from_millis(100));
+        let b = t.open(Rule::SetNx, 3, 2, false, start + Duration::from_millis(300));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(wait(&t, a).await, Event::Expired);
+        let at = Instant::now();
+        assert!(at >= start + Duration::from_millis(100), "{:?}", at - start);
+        assert!(at < start + Duration::from_millis(300), "{:?}", at - start);
+        let (v, _) = t.finish(a, |_, _| {});
+        assert_eq!(v, None, "the deadline came first");
+        // B is decided before its deadline: never expired.
+        t.lock().answer(b, 0, ok());
+        t.lock().answer(b, 1, ok());
+        // C's deadline is before the armed one (B's): the timer is re-armed for it.
+        let c = t.open(Rule::SetNx, 3, 2, false, at + Duration::from_millis(10));
+        let c = c.unwrap();
+        assert_eq!(wait(&t, c).await, Event::Expired);
+        let c_at = Instant::now();
+        assert!(c_at >= at + Duration::from_millis(10), "{:?}", c_at - at);
+        assert!(
+            c_at < start + Duration::from_millis(300),
+            "{:?}",
+            c_at - start
+        );
+        tokio::time::sleep_until(start + Duration::from_millis(400)).await;
+        assert!(matches!(
+            wait(&t, b).await,
+            Event::Decided(Verdict::Quorum(_))
+        ));
+        // An op whose deadline has already passed expires at once.
+        let late = t.open(Rule::SetNx, 1, 1, false, start).unwrap();
+        assert_eq!(wait(&t, late).await, Event::Expired);
+        driver.abort();
+    }
+
+    /// Without a driver, nothing would ever expire an op: when it goes, every open op expires
+    /// and no more are opened (their callers take the general path, with a timer of their own).
+    #[test]
+    fn a_gone_driver_expires_every_op_and_opens_no_more() {
+        let t = OpTable::new(4);
+        let w = Arc::new(Count::default());
+        let open = t.open(Rule::SetNx, 3, 2, false, far()).unwrap();
+        let decided = t.open(Rule::SetNx, 1, 1, false, far()).unwrap();
+        assert!(poll(&t, open, &w).is_pending());
+        t.lock().answer(decided, 0, ok());
+        t.driver_gone();
+        assert_eq!(
+            w.0.load(Ordering::SeqCst),
+            1,
+            "the waiting caller was woken"
+        );
+        assert_eq!(poll(&t, open, &w), Poll::Ready(Event::Expired));
+        assert!(matches!(
+            poll(&t, decided, &w),
+            Poll::Ready(Event::Decided(Verdict::Quorum(_)))
+        ));
+        assert!(t.open(Rule::SetNx, 1, 1, false, far()).is_none());
     }
 
     #[test]

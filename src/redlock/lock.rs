@@ -368,10 +368,12 @@ impl Lock {
         let rule = OpRule::Count {
             unknown_retries: !multi,
         };
-        let op = (redlock.inner.ops.as_ref())
-            .and_then(|t| Some((t, t.open(rule, nodes.len(), redlock.inner.quorum, all)?)));
+        let op = (redlock.inner.ops.as_ref()).and_then(|t| {
+            let quorum = redlock.inner.quorum;
+            Some((t, t.open(rule, nodes.len(), quorum, all, deadline)?))
+        });
         let (granted, results) = if let Some((table, id)) = op {
-            let (_, results, granted) = quorum::run_op(table, id, nodes, deadline, |i, again| {
+            let (_, results, granted) = quorum::run_op(table, id, nodes, |i, again| {
                 let op = Some((id, i as u8));
                 if again {
                     // As the general path's resend below.

@@ -1323,11 +1323,17 @@ impl Redlock {
         let op = self.inner.ops.as_ref().filter(|_| !multi).and_then(|t| {
             Some((
                 t,
-                t.open(OpRule::SetNx, nodes.len(), self.inner.quorum, false)?,
+                t.open(
+                    OpRule::SetNx,
+                    nodes.len(),
+                    self.inner.quorum,
+                    false,
+                    deadline,
+                )?,
             ))
         });
         let (decision, results, granted) = if let Some((table, id)) = op {
-            quorum::run_op(table, id, nodes, deadline, |i, _| {
+            quorum::run_op(table, id, nodes, |i, _| {
                 nodes[i].send_op((id, i as u8), true, restart_delay, sent_us, 0, encode)
             })
             .await

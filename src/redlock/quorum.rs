@@ -238,9 +238,10 @@ impl Drop for OpGuard<'_> {
 
 /// Runs one lock phase as op `id` of `table` (opened for `nodes.len()` nodes): `send(i, again)`
 /// sends node `i`'s request as the op's (`again`: once more, in the form a `NOSCRIPT` or an
-/// unknown `DELEX` asked for), and the driver decides. Waits for the verdict or `deadline`,
-/// and returns the decision, each node's result and the yes votes: what
-/// [`QuorumCollector::run`] gives, without a future per node.
+/// unknown `DELEX` asked for), and the driver decides. Waits for the verdict or the op's
+/// deadline (given to `open`, kept by the group's driver), and returns the decision, each
+/// node's result and the yes votes: what [`QuorumCollector::run`] gives, without a future per
+/// node or a timer per phase.
 ///
 /// Cancel safe: dropped early, the op is given back to its table, which reuses it once the
 /// replies already asked for have been read.
@@ -248,7 +249,6 @@ pub(crate) async fn run_op(
     table: &OpTable,
     id: u32,
     nodes: &[Connection],
-    deadline: Instant,
     mut send: impl FnMut(usize, bool) -> Result<(), Error>,
 ) -> (Decision, NodeResults, usize) {
     let mut guard = OpGuard {
@@ -264,14 +264,12 @@ pub(crate) async fn run_op(
             table.failed(id, i, e);
         }
     }
-    let sleep = tokio::time::sleep_until(deadline);
-    tokio::pin!(sleep);
     poll_fn(|cx| {
         // One unit of the cooperative budget per decision, as in `QuorumCollector::run`.
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         loop {
             match table.poll(id, cx) {
-                Poll::Ready(OpEvent::Decided(_)) => {
+                Poll::Ready(OpEvent::Decided(_) | OpEvent::Expired) => {
                     coop.made_progress();
                     return Poll::Ready(());
                 }
@@ -282,14 +280,9 @@ pub(crate) async fn run_op(
                         }
                     }
                 }
-                Poll::Pending => break,
+                Poll::Pending => return Poll::Pending,
             }
         }
-        if sleep.as_mut().poll(cx).is_ready() {
-            coop.made_progress();
-            return Poll::Ready(());
-        }
-        Poll::Pending
     })
     .await;
     guard.armed = false;
