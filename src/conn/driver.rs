@@ -133,9 +133,17 @@ pub(super) async fn run(shared: Arc<Shared>) {
 ///
 /// The task also keeps the deadlines of the group's lock phases, with one timer (see
 /// `OpTable::drive_deadlines`); when it ends or is dropped, the phases still open expire.
-pub(super) async fn run_group(shared: Vec<Arc<Shared>>) {
+pub(super) fn run_group(shared: Vec<Arc<Shared>>) -> impl Future<Output = ()> + Send {
     let ops = shared.first().and_then(|s| s.ops.clone());
-    let _gone = ops.clone().map(DriverGone);
+    // Made here, not in the future's body: a task dropped before its first poll drops it too.
+    let gone = ops.clone().map(DriverGone);
+    async move {
+        let _gone = gone;
+        group(shared, ops).await
+    }
+}
+
+async fn group(shared: Vec<Arc<Shared>>, ops: Option<Arc<OpTable>>) {
     let mut drivers: Vec<Option<Pin<Box<dyn Future<Output = ()> + Send>>>> = shared
         .into_iter()
         .map(|s| Some(Box::pin(run(s)) as Pin<Box<dyn Future<Output = ()> + Send>>))

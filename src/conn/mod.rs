@@ -263,9 +263,14 @@ impl Connection {
     /// connection still fails, reconnects and refuses on its own; only the task is shared.
     /// The group also shares a table of lock phases (see `ops.rs`): as many as the largest
     /// [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections, at most 1,024,
-    /// 344 bytes each (344 KiB at the default), allocated here once.
+    /// 344 bytes each (344 KiB at the default), allocated here once. The task also keeps those
+    /// phases' deadlines, with one timer for all of them.
     ///
-    /// Must be called inside a tokio runtime.
+    /// Must be called inside a tokio runtime, and that runtime must keep running while the
+    /// connections are used: its task reads every reply and keeps the deadlines. When the
+    /// runtime shuts down, the phases still waiting end at once (as timed out) and later ones
+    /// wait with timers of their own; a runtime kept alive but never driven again leaves them
+    /// waiting.
     ///
     /// # Examples
     ///

@@ -487,7 +487,10 @@ impl OpTable {
                 return;
             }
             timer.fresh = false;
-            if sleep.as_mut().poll(cx).is_pending() {
+            // Polled without the cooperative budget: a `Sleep` that runs out of budget returns
+            // `Pending` without registering the waker, and nothing would poll it again.
+            let mut unbudgeted = tokio::task::coop::unconstrained(sleep.as_mut());
+            if Pin::new(&mut unbudgeted).poll(cx).is_pending() {
                 return;
             }
             timer.armed = None;
@@ -769,8 +772,17 @@ mod tests {
         })
     }
 
+    /// Op `id`'s next event; a failure, not a hang, when nothing comes (the paused clock jumps
+    /// to the bound when nothing else is armed).
     async fn wait(t: &OpTable, id: u32) -> Event {
-        std::future::poll_fn(|cx| t.poll(id, cx)).await
+        let event = std::future::poll_fn(|cx| t.poll(id, cx));
+        tokio::time::timeout(std::time::Duration::from_secs(3600), event)
+            .await
+            .expect("no event for the op")
+    }
+
+    fn expired(t: &OpTable, id: u32) -> bool {
+        t.lock().ops[id as usize].expired
     }
 
     /// One timer for every op: an op nobody answers expires at its own deadline (the paused
@@ -806,6 +818,7 @@ mod tests {
             c_at - start
         );
         tokio::time::sleep_until(start + Duration::from_millis(400)).await;
+        assert!(!expired(&t, b), "decided before its deadline");
         assert!(matches!(
             wait(&t, b).await,
             Event::Decided(Verdict::Quorum(_))
@@ -814,6 +827,52 @@ mod tests {
         let late = t.open(Rule::SetNx, 1, 1, false, start).unwrap();
         assert_eq!(wait(&t, late).await, Event::Expired);
         driver.abort();
+    }
+
+    /// More ops expire at once than one batch of wakers holds (the lock is let go between
+    /// batches): every caller is woken, and the timer is left for the op still to come.
+    #[test]
+    fn every_op_past_its_deadline_expires_across_batches() {
+        use std::time::Duration;
+        let t = OpTable::new(64);
+        let now = Instant::now();
+        let w = Arc::new(Count::default());
+        let due: Vec<u32> = (0..40)
+            .map(|_| t.open(Rule::SetNx, 1, 1, false, now).unwrap())
+            .collect();
+        let later = t.open(Rule::SetNx, 1, 1, false, now + Duration::from_secs(5));
+        let later = later.unwrap();
+        for &id in &due {
+            assert!(poll(&t, id, &w).is_pending());
+        }
+        assert!(poll(&t, later, &w).is_pending());
+        t.expire(Some(now));
+        assert_eq!(w.0.load(Ordering::SeqCst), 40);
+        assert!(due.iter().all(|&id| expired(&t, id)));
+        assert!(!expired(&t, later));
+        assert_eq!(t.lock().wake_at, Some(now + Duration::from_secs(5)));
+    }
+
+    /// The wiring of the above in a real group: the runtime's shutdown drops the driver task
+    /// (here before it was ever polled), and the phase waiting on it ends.
+    #[test]
+    fn a_group_whose_runtime_shut_down_expires_its_open_phases() {
+        use crate::conn::{Connection, ConnectionConfig};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Nothing listens on port 1; it does not matter, nothing is sent.
+        let nodes =
+            rt.block_on(async { Connection::start_group([ConnectionConfig::new("127.0.0.1", 1)]) });
+        let table = nodes[0].op_table().unwrap().clone();
+        let id = table.open(Rule::SetNx, 1, 1, false, far()).unwrap();
+        let w = Arc::new(Count::default());
+        assert!(poll(&table, id, &w).is_pending());
+        drop(rt);
+        assert_eq!(w.0.load(Ordering::SeqCst), 1, "woken by the shutdown");
+        assert_eq!(poll(&table, id, &w), Poll::Ready(Event::Expired));
+        assert!(table.open(Rule::SetNx, 1, 1, false, far()).is_none());
     }
 
     /// Without a driver, nothing would ever expire an op: when it goes, every open op expires
@@ -832,6 +891,7 @@ mod tests {
             1,
             "the waiting caller was woken"
         );
+        assert!(!expired(&t, decided), "a decided op is left alone");
         assert_eq!(poll(&t, open, &w), Poll::Ready(Event::Expired));
         assert!(matches!(
             poll(&t, decided, &w),
