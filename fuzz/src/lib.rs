@@ -594,13 +594,15 @@ fn theirs_refuses(resp3: bool, bytes: &[u8], frame: Option<&Frame>) -> Option<Ro
                 )
             })
             .unwrap_or(bytes.len());
+        // A short input can declare far more elements than it holds (`*70000` around a
+        // second attribute): cap every count at the cut's length first, which no aggregate
+        // the cut closes exceeds. Integers then close each open aggregate in turn, innermost
+        // first, so the fill is at most one count per level of depth.
+        let capped = cap_counts(&bytes[..cut], cut);
         for line_end in [&b""[..], b"\r\n", b"0\r\n"] {
-            let mut finished = bytes[..cut].to_vec();
+            let mut finished = capped.clone();
             finished.extend_from_slice(line_end);
-            // Enough integers for the counts the input opens: a short input can still
-            // declare thousands (a fuzzer found `|6843`, which 1,024 did not close), so fill
-            // up to 64 Ki, within ours' elements limit. Only divergences come here.
-            for _ in 0..(cut * 4 + 1024).max(65_536) {
+            for _ in 0..2 * cut * (dragonlock::resp::MAX_DEPTH + 1) + 1024 {
                 finished.extend_from_slice(b":0\r\n");
             }
             let mut buf = BytesMut::from(&finished[..]);
@@ -705,6 +707,39 @@ pub fn explain(
         "unexplained divergence (resp3: {resp3}) at byte {start}: ours {ours:?} {our_err:?}, theirs {theirs:?}"
     );
     row
+}
+
+/// `prefix` (a stream ours accepts so far) with each aggregate's declared count above `most`
+/// lowered to `most`. Only headers are rewritten: payloads are skipped by their lengths.
+fn cap_counts(prefix: &[u8], most: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len());
+    let mut at = 0;
+    while at < prefix.len() {
+        let Some(eol) = prefix[at..].windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let eol = at + eol;
+        let (kind, text) = (prefix[at], &prefix[(at + 1).min(eol)..eol]);
+        let count = std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse::<usize>().ok());
+        out.push(kind);
+        match (kind, count) {
+            (b'*' | b'%' | b'~' | b'>' | b'|', Some(n)) if n > most => {
+                out.extend_from_slice(most.to_string().as_bytes());
+            }
+            _ => out.extend_from_slice(text),
+        }
+        out.extend_from_slice(b"\r\n");
+        at = eol + 2;
+        if let (b'$' | b'!' | b'=', Some(len)) = (kind, count) {
+            let end = prefix.len().min(at.saturating_add(len).saturating_add(2));
+            out.extend_from_slice(&prefix[at..end]);
+            at = end;
+        }
+    }
+    out.extend_from_slice(&prefix[at..]);
+    out
 }
 
 /// Whether theirs refuses `frame` once bytes follow it (integers, which no frame refuses in
