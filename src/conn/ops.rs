@@ -192,8 +192,6 @@ impl Op {
 /// The group driver's record of its deadline timer (see [`OpTable::drive_deadlines`]).
 #[derive(Debug, Default)]
 pub(crate) struct DeadlineTimer {
-    /// The table was read at least once (and the driver's waker left there).
-    started: bool,
     /// The deadline the timer is armed for.
     armed: Option<Instant>,
     /// Armed since its last poll: it must be polled to register.
@@ -204,7 +202,8 @@ pub(crate) struct DeadlineTimer {
 #[derive(Debug)]
 pub(crate) struct OpTable {
     inner: Mutex<Table>,
-    /// `wake_at` was lowered: the driver must re-arm its timer.
+    /// The driver must read `wake_at` and leave its waker: set at the start, when `open`
+    /// lowers `wake_at`, and after an expiry.
     rearm: AtomicBool,
 }
 
@@ -303,7 +302,7 @@ impl OpTable {
                 driver: None,
                 gone: false,
             }),
-            rearm: AtomicBool::new(false),
+            rearm: AtomicBool::new(true),
         }
     }
 
@@ -466,8 +465,7 @@ impl OpTable {
         timer: &mut DeadlineTimer,
     ) {
         loop {
-            if !timer.started || self.rearm.swap(false, Ordering::AcqRel) {
-                timer.started = true;
+            if self.rearm.swap(false, Ordering::AcqRel) {
                 let at = {
                     let mut t = self.lock();
                     if !t.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -496,7 +494,7 @@ impl OpTable {
             timer.armed = None;
             self.expire(Some(Instant::now()));
             // Read the new `wake_at` (the loop ends: every deadline left is after `now`).
-            timer.started = false;
+            self.rearm.store(true, Ordering::Release);
         }
     }
 
@@ -530,10 +528,7 @@ impl OpTable {
                 }
                 let done = at == t.ops.len();
                 if done {
-                    t.wake_at = match (t.wake_at, next) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
+                    t.wake_at = [t.wake_at, next].into_iter().flatten().min();
                 }
                 done
             };
