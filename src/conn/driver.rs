@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rand::Rng;
 use smallvec::SmallVec;
 use tokio::io::Interest;
@@ -461,52 +461,99 @@ fn dispatch(
     loop {
         let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
         let mut result = Ok(());
+        // The general path stopped at a frame after which an op's reply is due: back to the
+        // in-place reads.
+        let mut in_place_next = false;
         {
             let mut st = shared.lock();
             // Taken once, at the first reply of an op (lock order: state, then ops).
             let mut ops = None;
-            let decoded = decoder.decode_each(buf, |frame| {
-                if frame.is_push() {
-                    st.pushes += 1;
-                    return ControlFlow::Continue(());
+            let table = shared.ops.as_deref();
+            // In place first: a lock phase's replies (`+OK`, a nil, `:1`, `:0`) are classified
+            // from their bytes and counted in their op, without a frame built and dropped, as
+            // long as the oldest request is an op's (or abandoned) and the bytes are one of
+            // those. Anything else takes the decoder's general path below. Both hand each reply
+            // to the oldest request, in order.
+            let mut used = 0;
+            while wakers.len() < WAKE_BATCH {
+                let Some(id) = st.slots.oldest() else { break };
+                let slot = st.slots.get_mut(id);
+                let op = slot.op();
+                if op.is_none() && !slot.abandoned() {
+                    break;
                 }
-                let Some(id) = st.slots.pop_oldest() else {
-                    result = Err(Error::new(ErrorKind::UnsolicitedReply));
-                    return ControlFlow::Break(());
+                let Some((reply, len)) = decoder.lock_reply(&buf[used..]) else {
+                    break;
                 };
+                used += len;
+                st.slots.pop_oldest();
                 let read_us = *read_at.get_or_insert_with(now_us);
                 let st = &mut *st;
-                let slot = st.slots.get_mut(id);
+                let sent_us = st.slots.get_mut(id).sent_us();
                 st.stats
                     .rtt
-                    .record(read_us.wrapping_sub(slot.sent_us()) & RTT_CLOCK_MASK);
-                st.stats.errors.server_errors += u64::from(matches!(frame, Frame::Error(_)));
-                let waker = if slot.abandoned() {
-                    st.slots.release(id);
-                    None
-                } else if let Some((op, node)) = slot.op() {
-                    // A lock phase's reply: counted in its op, in place; its caller is woken
-                    // only when this decides the op (see `ops.rs`).
-                    st.slots.release(id);
-                    // `send_op` names an op only on a connection of a group (see above).
-                    let table = shared.ops.as_deref();
-                    table.and_then(|t| {
-                        ops.get_or_insert_with(|| t.lock())
-                            .answer(op, node, Ok(frame))
-                    })
-                } else {
-                    slot.reply = Some(Ok(frame));
-                    slot.waker.take()
-                };
+                    .record(read_us.wrapping_sub(sent_us) & RTT_CLOCK_MASK);
+                st.slots.release(id);
+                // An abandoned slot's reply is dropped; an op's is counted in it.
+                let waker = op.zip(table).and_then(|((op, node), t)| {
+                    ops.get_or_insert_with(|| t.lock())
+                        .answer_lock(op, node, reply)
+                });
                 if let Some(w) = waker {
                     wakers.push(w);
-                    if wakers.len() == WAKE_BATCH {
-                        // Wake these before handing out more, without the locks held.
+                }
+            }
+            buf.advance(used);
+            let decoded = if wakers.len() == WAKE_BATCH || buf.is_empty() {
+                Ok(())
+            } else {
+                decoder.decode_each(buf, |frame| {
+                    if frame.is_push() {
+                        st.pushes += 1;
+                        return ControlFlow::Continue(());
+                    }
+                    let Some(id) = st.slots.pop_oldest() else {
+                        result = Err(Error::new(ErrorKind::UnsolicitedReply));
+                        return ControlFlow::Break(());
+                    };
+                    let read_us = *read_at.get_or_insert_with(now_us);
+                    let st = &mut *st;
+                    let slot = st.slots.get_mut(id);
+                    st.stats
+                        .rtt
+                        .record(read_us.wrapping_sub(slot.sent_us()) & RTT_CLOCK_MASK);
+                    st.stats.errors.server_errors += u64::from(matches!(frame, Frame::Error(_)));
+                    let waker = if slot.abandoned() {
+                        st.slots.release(id);
+                        None
+                    } else if let Some((op, node)) = slot.op() {
+                        // A lock phase's reply: counted in its op, in place; its caller is woken
+                        // only when this decides the op (see `ops.rs`).
+                        st.slots.release(id);
+                        // `send_op` names an op only on a connection of a group (see above).
+                        table.and_then(|t| {
+                            ops.get_or_insert_with(|| t.lock())
+                                .answer(op, node, Ok(frame))
+                        })
+                    } else {
+                        slot.reply = Some(Ok(frame));
+                        slot.waker.take()
+                    };
+                    if let Some(w) = waker {
+                        wakers.push(w);
+                        if wakers.len() == WAKE_BATCH {
+                            // Wake these before handing out more, without the locks held.
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    let next = st.slots.oldest().map(|id| st.slots.get_mut(id));
+                    if next.is_some_and(|s| s.op().is_some() || s.abandoned()) {
+                        in_place_next = true;
                         return ControlFlow::Break(());
                     }
-                }
-                ControlFlow::Continue(())
-            });
+                    ControlFlow::Continue(())
+                })
+            };
             if let Err(e) = decoded {
                 result = Err(e.into());
             }
@@ -521,7 +568,7 @@ fn dispatch(
                 }
             }
         }
-        let more = wakers.len() == WAKE_BATCH;
+        let more = wakers.len() == WAKE_BATCH || (in_place_next && !buf.is_empty());
         woke |= !wakers.is_empty();
         wakers.into_iter().for_each(Waker::wake);
         result?;

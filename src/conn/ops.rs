@@ -41,7 +41,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Error, ErrorKind};
-use crate::resp::Frame;
+use crate::resp::{Frame, LockReply};
 
 /// The most nodes an op counts; a larger cluster takes the general path.
 pub(crate) const MAX_OP_NODES: usize = 7;
@@ -69,6 +69,16 @@ pub(crate) enum Rule {
 }
 
 impl Rule {
+    /// [`classify`](Rule::classify) for a reply read in place: the same answer, without a
+    /// frame to build and drop (see `Decoder::lock_reply`).
+    fn classify_lock(self, reply: LockReply) -> Answer {
+        match (self, reply) {
+            (Rule::SetNx, LockReply::Ok) | (Rule::Count { .. }, LockReply::One) => Answer::Yes,
+            (Rule::SetNx, LockReply::Null) | (Rule::Count { .. }, LockReply::Zero) => Answer::No,
+            _ => Answer::Failed(Error::new(ErrorKind::UnexpectedReply)),
+        }
+    }
+
     fn classify(self, reply: Result<Frame, Error>) -> Answer {
         let frame = match reply {
             Ok(frame) => frame,
@@ -238,6 +248,21 @@ impl Table {
         node: u8,
         reply: Result<Frame, Error>,
     ) -> Option<Waker> {
+        self.answer_with(id, node, |rule| rule.classify(reply))
+    }
+
+    /// [`answer`](Table::answer) for a reply read in place.
+    pub(crate) fn answer_lock(&mut self, id: u32, node: u8, reply: LockReply) -> Option<Waker> {
+        self.answer_with(id, node, |rule| rule.classify_lock(reply))
+    }
+
+    #[inline(always)]
+    fn answer_with(
+        &mut self,
+        id: u32,
+        node: u8,
+        classify: impl FnOnce(Rule) -> Answer,
+    ) -> Option<Waker> {
         let op = &mut self.ops[id as usize];
         debug_assert!(op.outstanding > 0, "a reply for op {id} that sent nothing");
         op.outstanding = op.outstanding.saturating_sub(1);
@@ -248,7 +273,7 @@ impl Table {
             return None;
         }
         let bit = 1u8 << node;
-        let answer = match op.rule.classify(reply) {
+        let answer = match classify(op.rule) {
             // Even after the verdict: a release that met `NOSCRIPT` on a node still has a key
             // to delete there, and its caller (woken by the verdict, or about to be) sends it
             // again before it finishes. Its answer then is not awaited.
@@ -748,6 +773,29 @@ mod tests {
     /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
     /// as its largest slot table has slots, 344 KiB at the default 1,024. Each node's answer
     /// keeps its error, if any (40 bytes), for the lock error's per-node results.
+    #[test]
+    fn a_reply_read_in_place_gets_the_answer_its_frame_gets() {
+        let rules = [
+            Rule::SetNx,
+            Rule::Count {
+                unknown_retries: false,
+            },
+            Rule::Count {
+                unknown_retries: true,
+            },
+        ];
+        let replies = [LockReply::Ok, LockReply::Null, LockReply::Zero, LockReply::One];
+        for rule in rules {
+            for reply in replies {
+                assert_eq!(
+                    format!("{:?}", rule.classify_lock(reply)),
+                    format!("{:?}", rule.classify(Ok(reply.frame()))),
+                    "{rule:?} {reply:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn an_op_is_344_bytes() {
         assert_eq!(std::mem::size_of::<Op>(), 344);

@@ -165,6 +165,11 @@ impl SlotTable {
         Some(id)
     }
 
+    /// The oldest request on the queue: the one the next reply belongs to.
+    pub(super) fn oldest(&self) -> Option<u32> {
+        (self.head != NIL).then_some(self.head)
+    }
+
     /// Takes the oldest request off the queue: the one the next reply belongs to. The slot stays
     /// in use until [`release`](SlotTable::release).
     pub(super) fn pop_oldest(&mut self) -> Option<u32> {

@@ -70,6 +70,32 @@ pub struct Decoder {
     stack: SmallVec<[Open; 16]>,
 }
 
+/// A lock command's reply, read in place by [`Decoder::lock_reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockReply {
+    /// `+OK`.
+    Ok,
+    /// `_`, `$-1` or `*-1`.
+    Null,
+    /// `:0`.
+    Zero,
+    /// `:1`.
+    One,
+}
+
+impl LockReply {
+    /// The frame the decoder makes of the same bytes.
+    #[cfg(test)]
+    pub(crate) fn frame(self) -> Frame {
+        match self {
+            LockReply::Ok => Frame::Simple(Bytes::from_static(b"OK")),
+            LockReply::Null => Frame::Null,
+            LockReply::Zero => Frame::Integer(0),
+            LockReply::One => Frame::Integer(1),
+        }
+    }
+}
+
 impl Default for Decoder {
     fn default() -> Self {
         Decoder::new(DecoderConfig::default())
@@ -143,6 +169,33 @@ impl Decoder {
             return Ok(Some(frame));
         }
         self.decode_general(src)
+    }
+
+    /// Between frames only: the reply at the front of `src` when it is one of the five a lock
+    /// command's reply is made of, read in place without building a [`Frame`], with its length.
+    /// `None` for anything else, and in the middle of a frame; the caller consumes the bytes.
+    /// Each answer is the frame [`decode`](Decoder::decode) makes of the same bytes
+    /// ([`LockReply::frame`]): a connection reading a pipeline of lock replies uses it to
+    /// classify them in place (see `conn/driver.rs`).
+    #[inline]
+    pub(crate) fn lock_reply(&self, src: &[u8]) -> Option<(LockReply, usize)> {
+        if self.scanned != 0 || !self.stack.is_empty() || self.payload_end.is_some() {
+            return None;
+        }
+        // The same bound as `whole_line`, so that a decoder configured below it reads these
+        // lines on the general path, where the limit is judged.
+        if self.config.max_line_len < 23 || self.config.max_frame_bytes < 23 {
+            return None;
+        }
+        let reply = match src.get(..3)? {
+            b"+OK" if src.get(3..5)? == b"\r\n" => (LockReply::Ok, 5),
+            b":1\r" if src.get(3)? == &b'\n' => (LockReply::One, 4),
+            b":0\r" if src.get(3)? == &b'\n' => (LockReply::Zero, 4),
+            b"_\r\n" => (LockReply::Null, 3),
+            b"$-1" | b"*-1" if src.get(3..5)? == b"\r\n" => (LockReply::Null, 5),
+            _ => return None,
+        };
+        Some(reply)
     }
 
     /// The fast path's entry, shared by `decode` and `decode_each`: between frames only, a whole
@@ -708,4 +761,64 @@ fn parse_double(s: &[u8]) -> Option<f64> {
         return None;
     }
     std::str::from_utf8(s).ok()?.parse::<f64>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lock_reply` says what `decode` says of the same bytes, or nothing.
+    #[test]
+    fn a_lock_reply_read_in_place_is_the_frame_decode_makes() {
+        let exact: [&[u8]; 7] = [
+            b"+OK\r\n",
+            b"_\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+            b":0\r\n",
+            b":1\r\n",
+            b"+OK\r\n:1\r\n",
+        ];
+        let other: [&[u8]; 16] = [
+            b"",
+            b"+",
+            b"+OK",
+            b"+OK\r",
+            b"+OKX\r\n",
+            b"+ok\r\n",
+            b":1",
+            b":1\r",
+            b":1\n",
+            b":10\r\n",
+            b":01\r\n",
+            b":-1\r\n",
+            b"_\r",
+            b"$-1\r",
+            b"$-10\r\n",
+            b"-ERR x\r\n",
+        ];
+        for bytes in exact.iter().chain(&other) {
+            let read = Decoder::default().lock_reply(bytes);
+            assert_eq!(read.is_some(), exact.contains(bytes), "{bytes:?}");
+            if let Some((reply, len)) = read {
+                let mut buf = BytesMut::from(*bytes);
+                let frame = Decoder::default().decode(&mut buf).unwrap().unwrap();
+                assert_eq!(frame, reply.frame(), "{bytes:?}");
+                assert_eq!(bytes.len() - buf.len(), len, "{bytes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lock_reply_is_not_read_in_the_middle_of_a_frame_or_under_a_small_line_limit() {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(&b"$3\r\nab"[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        assert_eq!(decoder.lock_reply(b"+OK\r\n"), None);
+        buf.extend_from_slice(b"c\r\n");
+        assert!(decoder.decode(&mut buf).unwrap().is_some());
+        assert_eq!(decoder.lock_reply(b"+OK\r\n"), Some((LockReply::Ok, 5)));
+        let small = Decoder::new(DecoderConfig::default().max_line_len(8));
+        assert_eq!(small.lock_reply(b"+OK\r\n"), None);
+    }
 }

@@ -77,6 +77,7 @@ mod frame;
 pub mod fuzzing;
 
 pub use decode::Decoder;
+pub(crate) use decode::LockReply;
 pub use encode::{
     encode_command, encode_delex_ifeq, encode_frame, encode_publish, EvalShaCommand, SetNxPxCommand,
 };
