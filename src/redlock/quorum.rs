@@ -286,10 +286,12 @@ pub(crate) async fn run_op(
     })
     .await;
     guard.armed = false;
-    let mut results: NodeResults = SmallVec::from_elem(NodeResult::NotAwaited, nodes.len());
+    // Filled in node order by `finish` (built in place: no vector of placeholders to clone).
+    let mut results: NodeResults = SmallVec::new();
     let mut silent = 0u8;
     let (verdict, yes) = table.finish(id, |i, answer| {
-        results[i] = match answer {
+        debug_assert_eq!(i, results.len());
+        results.push(match answer {
             Answer::Yes => NodeResult::Granted,
             Answer::No => NodeResult::Refused,
             Answer::Failed(e) => NodeResult::Failed(e),
@@ -300,7 +302,7 @@ pub(crate) async fn run_op(
                 silent |= 1 << i;
                 NodeResult::NotAwaited
             }
-        }
+        })
     });
     let decision = match verdict {
         Some(Verdict::Quorum(at)) => Decision::Quorum(at),
