@@ -784,7 +784,12 @@ mod tests {
                 unknown_retries: true,
             },
         ];
-        let replies = [LockReply::Ok, LockReply::Null, LockReply::Zero, LockReply::One];
+        let replies = [
+            LockReply::Ok,
+            LockReply::Null,
+            LockReply::Zero,
+            LockReply::One,
+        ];
         for rule in rules {
             for reply in replies {
                 assert_eq!(

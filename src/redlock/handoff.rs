@@ -58,8 +58,16 @@ pub(crate) type Channel = SmallVec<[u8; 128]>;
 
 /// The release channel of `key`.
 pub(crate) fn channel(key: &[u8]) -> Channel {
+    let prefix = RELEASE_CHANNEL_PREFIX.as_bytes();
     let mut c = Channel::new();
-    c.extend_from_slice(RELEASE_CHANNEL_PREFIX.as_bytes());
+    if prefix.len() + key.len() <= c.inline_size() {
+        // Two copies into the inline buffer: `extend_from_slice` checks and reserves on each.
+        let mut buf = [0u8; 128];
+        buf[..prefix.len()].copy_from_slice(prefix);
+        buf[prefix.len()..prefix.len() + key.len()].copy_from_slice(key);
+        return Channel::from_buf_and_len(buf, prefix.len() + key.len());
+    }
+    c.extend_from_slice(prefix);
     c.extend_from_slice(key);
     c
 }
@@ -519,6 +527,19 @@ impl Drop for Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_is_the_prefix_then_the_key_inline_or_not() {
+        let prefix = RELEASE_CHANNEL_PREFIX.as_bytes();
+        let room = Channel::new().inline_size() - prefix.len();
+        for len in [0, 1, room - 1, room, room + 1, 300] {
+            let key = vec![b'k'; len];
+            let c = channel(&key);
+            assert_eq!(&c[..prefix.len()], prefix);
+            assert_eq!(&c[prefix.len()..], &key[..], "{len}");
+            assert_eq!(c.spilled(), len > room, "{len}");
+        }
+    }
 
     fn sink(h: &Handoff, node: usize) -> NodeSink {
         NodeSink {
