@@ -770,9 +770,6 @@ mod tests {
         assert_eq!(t.used(), 0, "freed: nothing is outstanding");
     }
 
-    /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
-    /// as its largest slot table has slots, 344 KiB at the default 1,024. Each node's answer
-    /// keeps its error, if any (40 bytes), for the lock error's per-node results.
     #[test]
     fn a_reply_read_in_place_gets_the_answer_its_frame_gets() {
         let rules = [
@@ -801,6 +798,9 @@ mod tests {
         }
     }
 
+    /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
+    /// as its largest slot table has slots, 344 KiB at the default 1,024. Each node's answer
+    /// keeps its error, if any (40 bytes), for the lock error's per-node results.
     #[test]
     fn an_op_is_344_bytes() {
         assert_eq!(std::mem::size_of::<Op>(), 344);

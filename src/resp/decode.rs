@@ -85,7 +85,7 @@ pub(crate) enum LockReply {
 
 impl LockReply {
     /// The frame the decoder makes of the same bytes.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn frame(self) -> Frame {
         match self {
             LockReply::Ok => Frame::Simple(Bytes::from_static(b"OK")),
@@ -178,7 +178,7 @@ impl Decoder {
     /// ([`LockReply::frame`]): a connection reading a pipeline of lock replies uses it to
     /// classify them in place (see `conn/driver.rs`).
     #[inline]
-    pub(crate) fn lock_reply(&self, src: &[u8]) -> Option<(LockReply, usize)> {
+    pub(crate) fn lock_reply(&mut self, src: &[u8]) -> Option<(LockReply, usize)> {
         if self.scanned != 0 || !self.stack.is_empty() || self.payload_end.is_some() {
             return None;
         }
@@ -195,6 +195,10 @@ impl Decoder {
             b"$-1" | b"*-1" if src.get(3..5)? == b"\r\n" => (LockReply::Null, 5),
             _ => return None,
         };
+        // As `fast_frame`: a reply split across reads left how far its line was searched, which
+        // must not carry over to the next frame (it would start that frame's line search past
+        // its end, and merge or refuse frames).
+        self.line_searched = 0;
         Some(reply)
     }
 
@@ -818,7 +822,38 @@ mod tests {
         buf.extend_from_slice(b"c\r\n");
         assert!(decoder.decode(&mut buf).unwrap().is_some());
         assert_eq!(decoder.lock_reply(b"+OK\r\n"), Some((LockReply::Ok, 5)));
-        let small = Decoder::new(DecoderConfig::default().max_line_len(8));
+        let mut small = Decoder::new(DecoderConfig::default().max_line_len(8));
         assert_eq!(small.lock_reply(b"+OK\r\n"), None);
+    }
+
+    /// A reply split across reads is searched in part by the general path; read in place once
+    /// whole, it must leave nothing of that search to the frames after it (a review found that
+    /// `+OK\r` then `\n$3\r\nfoo\r\n` was refused, and `+\r\n:1\r\n` read as one frame).
+    #[test]
+    fn a_lock_reply_completed_by_a_later_read_leaves_the_next_frame_whole() {
+        for (first, rest, after) in [
+            (&b"+OK\r"[..], &b"\n"[..], &b"$3\r\nfoo\r\n"[..]),
+            (b":1\r", b"\n", b"*2\r\n:1\r\n:2\r\n"),
+            (b"+O", b"K\r\n", b"+\r\n:1\r\n"),
+            (b"$-", b"1\r\n", b"#t\r\n"),
+        ] {
+            let mut decoder = Decoder::default();
+            let mut buf = BytesMut::from(first);
+            assert_eq!(decoder.decode(&mut buf), Ok(None));
+            buf.extend_from_slice(rest);
+            let (_, len) = decoder.lock_reply(&buf).expect("a whole lock reply");
+            buf.advance(len);
+            buf.extend_from_slice(after);
+            let mut whole = BytesMut::from(after);
+            let mut fresh = Decoder::default();
+            loop {
+                let expected = fresh.decode(&mut whole).unwrap();
+                assert_eq!(decoder.decode(&mut buf).unwrap(), expected, "{after:?}");
+                if expected.is_none() {
+                    break;
+                }
+            }
+            assert!(buf.is_empty());
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ops::ControlFlow;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 use super::{
     encode_command, encode_delex_ifeq, encode_frame, Decoder, DecoderConfig, EvalShaCommand, Frame,
@@ -78,13 +78,22 @@ pub fn split_agrees(data: &[u8]) {
     points.sort_unstable();
     points.push(body.len());
     // The split feed goes through `decode_each` (what the connection uses), stopping after
-    // every frame when the first byte is odd; the whole feed went through `decode`.
+    // every frame when the first byte is odd; the whole feed went through `decode`. With the
+    // first byte's second bit set, lock replies are first read in place (`lock_reply`), as the
+    // connection's driver reads them.
     let stop_each = cuts[0] % 2 == 1;
+    let in_place = cuts[0] & 2 != 0;
     let mut last = 0;
     'feed: for p in points {
         buf.extend_from_slice(&body[last..p]);
         last = p;
         loop {
+            if in_place {
+                while let Some((reply, len)) = dec.lock_reply(&buf) {
+                    frames.push(reply.frame());
+                    buf.advance(len);
+                }
+            }
             let mut got = 0;
             let fed = dec.decode_each(&mut buf, |f| {
                 frames.push(f);
