@@ -240,6 +240,31 @@ fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
     });
 }
 
+/// Extensions, of one key and of several, allocate nothing: after a warm-up (the first
+/// extension of each shape), 5,000 more of each are counted exactly.
+#[test]
+fn extensions_allocate_nothing_on_five_nodes() {
+    let servers = cluster(5);
+    current_thread().block_on(async {
+        let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+        let r = support::redlock_over(&urls, RedlockOptions::default()).await;
+        let ttl = Duration::from_secs(30);
+        let mut one = r.try_acquire("orders:42", ttl).await.unwrap();
+        let mut two = r.try_acquire_many(&["a", "b"], ttl).await.unwrap();
+        one.extend(ttl).await.unwrap();
+        two.extend(ttl).await.unwrap();
+        let before = allocations();
+        for _ in 0..5_000 {
+            one.extend(ttl).await.unwrap();
+            two.extend(ttl).await.unwrap();
+        }
+        assert_eq!(allocations() - before, 0, "allocations over 10,000 extensions");
+        one.release().await.unwrap();
+        two.release().await.unwrap();
+        drained(&r).await;
+    });
+}
+
 /// A view ([`Redlock::with_options`]) costs one allocation when made and nothing per call; a
 /// token prefix costs nothing per acquire (the token stays inline).
 #[test]

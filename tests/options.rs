@@ -382,6 +382,34 @@ async fn holder_survives_a_lost_script_cache() {
     lock.release().await.unwrap();
 }
 
+/// An extension that meets `NOSCRIPT` sends its script again with the source, on every node,
+/// for one key and for several; a key no longer ours is a no.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_survives_a_lost_script_cache() {
+    let servers = cluster(3);
+    let r = over(&servers, RedlockOptions::default()).await;
+    let mut one = r.try_acquire("r", TTL).await.unwrap();
+    let mut two = r.try_acquire_many(&["a", "b"], TTL).await.unwrap();
+    settle(&r).await;
+    for s in &servers {
+        assert!(s.cmd(&["SCRIPT", "FLUSH"]).is_ok());
+    }
+    one.extend(TTL * 2).await.unwrap();
+    two.extend(TTL * 2).await.unwrap();
+    settle(&r).await;
+    for s in &servers {
+        for key in ["r", "b"] {
+            let ttl = s.cmd(&["PTTL", key]);
+            let longer = matches!(ttl, Frame::Integer(ms) if ms > TTL.as_millis() as i64);
+            assert!(longer, "{key}: {ttl:?}");
+        }
+        s.cmd(&["DEL", "r"]);
+    }
+    let lost = one.extend(TTL).await.unwrap_err();
+    assert!(lost.is_lost(), "{lost:?}");
+    two.release().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holder_reports_a_server_error_per_node() {
     let servers = cluster(3);

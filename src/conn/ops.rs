@@ -66,6 +66,10 @@ pub(crate) enum Rule {
         /// An `unknown command` error asks for the request again (see above).
         unknown_retries: bool,
     },
+    /// A script that answers `1` where it did its work and another integer (`0`) where the key
+    /// was not ours: an extension. `NOSCRIPT` asks for the request again with the script's
+    /// source, once per node. The same reading as `quorum::Vote::of_script_flag`.
+    Flag,
 }
 
 impl Rule {
@@ -73,8 +77,12 @@ impl Rule {
     /// frame to build and drop (see `Decoder::lock_reply`).
     fn classify_lock(self, reply: LockReply) -> Answer {
         match (self, reply) {
-            (Rule::SetNx, LockReply::Ok) | (Rule::Count { .. }, LockReply::One) => Answer::Yes,
-            (Rule::SetNx, LockReply::Null) | (Rule::Count { .. }, LockReply::Zero) => Answer::No,
+            (Rule::SetNx, LockReply::Ok) | (Rule::Count { .. } | Rule::Flag, LockReply::One) => {
+                Answer::Yes
+            }
+            (Rule::SetNx, LockReply::Null) | (Rule::Count { .. } | Rule::Flag, LockReply::Zero) => {
+                Answer::No
+            }
             _ => Answer::Failed(Error::new(ErrorKind::UnexpectedReply)),
         }
     }
@@ -94,7 +102,11 @@ impl Rule {
                     Answer::No
                 }
             }
-            (Rule::Count { .. }, Frame::Error(e)) if e.has_code("NOSCRIPT") => Answer::Retry,
+            (Rule::Flag, Frame::Integer(1)) => Answer::Yes,
+            (Rule::Flag, Frame::Integer(_)) => Answer::No,
+            (Rule::Count { .. } | Rule::Flag, Frame::Error(e)) if e.has_code("NOSCRIPT") => {
+                Answer::Retry
+            }
             (Rule::Count { unknown_retries }, Frame::Error(e))
                 if unknown_retries && e.is_unknown_command() =>
             {
@@ -780,6 +792,7 @@ mod tests {
             Rule::Count {
                 unknown_retries: true,
             },
+            Rule::Flag,
         ];
         let replies = [
             LockReply::Ok,
@@ -973,5 +986,29 @@ mod tests {
             Rule::SetNx.classify(Ok(Frame::Integer(1))),
             Answer::Failed(_)
         ));
+    }
+
+    /// An extension's flag: exactly 1 is a yes (as `Vote::of_script_flag` reads it), any other
+    /// integer a no, `NOSCRIPT` a resend, an unknown command a failure.
+    #[test]
+    fn flag_replies_are_read_as_exactly_one() {
+        let error = |line: &'static [u8]| {
+            Ok(Frame::Error(ServerError::from_line(
+                bytes::Bytes::from_static(line),
+            )))
+        };
+        let flag = Rule::Flag;
+        assert!(matches!(flag.classify(Ok(Frame::Integer(1))), Answer::Yes));
+        assert!(matches!(flag.classify(Ok(Frame::Integer(2))), Answer::No));
+        assert!(matches!(flag.classify(Ok(Frame::Integer(0))), Answer::No));
+        assert!(matches!(
+            flag.classify(error(b"NOSCRIPT No matching script.")),
+            Answer::Retry
+        ));
+        assert!(matches!(
+            flag.classify(error(b"ERR unknown command 'EVALSHA'")),
+            Answer::Failed(_)
+        ));
+        assert!(matches!(flag.classify(ok()), Answer::Failed(_)));
     }
 }

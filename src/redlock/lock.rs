@@ -591,20 +591,49 @@ pub(crate) async fn extend_on_nodes(
     // The extension must complete while the current lock still holds.
     let deadline = valid_until.map_or(new_valid_until, |v| v.min(new_valid_until));
     let (script, args) = (keys.extend_script(), [&token[..], ms]);
-    let (decision, collector) = redlock
-        .collect(
-            deadline,
-            false,
-            |buf, _| script.encode(buf, ScriptCall::BySha, keys.all(), &args),
-            Vote::of_script_flag,
-            |i| nodes[i].send(|buf| script.encode(buf, ScriptCall::WithSource, keys.all(), &args)),
-        )
+    // The hot path, as for the acquire's `SET`s and the release: one op the driver decides,
+    // read by the same flag rule as the general path's `Vote::of_script_flag`.
+    let op = (redlock.inner.ops.as_ref()).and_then(|t| {
+        let quorum = redlock.inner.quorum;
+        Some((
+            t,
+            t.open(OpRule::Flag, nodes.len(), quorum, false, deadline)?,
+        ))
+    });
+    let (decision, results) = if let Some((table, id)) = op {
+        let sent_us = crate::conn::now_us();
+        let (decision, results, _) = quorum::run_op(table, id, nodes, |i, again| {
+            let call = if again {
+                ScriptCall::WithSource
+            } else {
+                ScriptCall::BySha
+            };
+            nodes[i].send_op((id, i as u8), false, None, sent_us, 0, |buf| {
+                script.encode(buf, call, keys.all(), &args)
+            })
+        })
         .await;
+        (decision, results)
+    } else {
+        let (decision, collector) = redlock
+            .collect(
+                deadline,
+                false,
+                |buf, _| script.encode(buf, ScriptCall::BySha, keys.all(), &args),
+                Vote::of_script_flag,
+                |i| {
+                    nodes[i]
+                        .send(|buf| script.encode(buf, ScriptCall::WithSource, keys.all(), &args))
+                },
+            )
+            .await;
+        (decision, collector.results.clone())
+    };
     match decision {
         Decision::Quorum(at) if at + redlock.inner.options.min_validity <= new_valid_until => {
             Ok(new_valid_until)
         }
-        _ => Err(redlock.lock_error(LockErrorKind::Lost, collector.results.clone(), keys)),
+        _ => Err(redlock.lock_error(LockErrorKind::Lost, results, keys)),
     }
 }
 
