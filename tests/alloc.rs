@@ -258,7 +258,11 @@ fn extensions_allocate_nothing_on_five_nodes() {
             one.extend(ttl).await.unwrap();
             two.extend(ttl).await.unwrap();
         }
-        assert_eq!(allocations() - before, 0, "allocations over 10,000 extensions");
+        assert_eq!(
+            allocations() - before,
+            0,
+            "allocations over 10,000 extensions"
+        );
         one.release().await.unwrap();
         two.release().await.unwrap();
         drained(&r).await;

@@ -1319,22 +1319,28 @@ impl Redlock {
         let cut = cut.filter(|&c| c < valid_until);
         let deadline = cut.unwrap_or(valid_until);
         let restart_delay = self.inner.options.restart_delay;
-        // The hot path: a single key's `SET`s as one op, decided by the driver.
-        let op = self.inner.ops.as_ref().filter(|_| !multi).and_then(|t| {
+        // The hot path: the `SET`s (or the multi-key script's calls) as one op, decided by the
+        // driver. The script answers 1 where it set every key and 0 where one was taken: the
+        // extension's flag rule, with `NOSCRIPT` sent again with the source.
+        let rule = if multi { OpRule::Flag } else { OpRule::SetNx };
+        let op = self.inner.ops.as_ref().and_then(|t| {
             Some((
                 t,
-                t.open(
-                    OpRule::SetNx,
-                    nodes.len(),
-                    self.inner.quorum,
-                    false,
-                    deadline,
-                )?,
+                t.open(rule, nodes.len(), self.inner.quorum, false, deadline)?,
             ))
         });
         let (decision, results, granted) = if let Some((table, id)) = op {
-            quorum::run_op(table, id, nodes, |i, _| {
-                nodes[i].send_op((id, i as u8), true, restart_delay, sent_us, 0, encode)
+            quorum::run_op(table, id, nodes, |i, again| {
+                let op = (id, i as u8);
+                if again {
+                    // Only the script meets `NOSCRIPT`: sent again as the general path does.
+                    nodes[i].send_op(op, false, None, sent_us, 0, |buf| {
+                        s.multi_acquire
+                            .encode(buf, ScriptCall::WithSource, keys.all(), &args)
+                    })
+                } else {
+                    nodes[i].send_op(op, true, restart_delay, sent_us, 0, encode)
+                }
             })
             .await
         } else {
