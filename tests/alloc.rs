@@ -263,6 +263,8 @@ fn extensions_allocate_nothing_on_five_nodes() {
             0,
             "allocations over 10,000 extensions"
         );
+        // On the op path (the general one allocates nothing either).
+        assert_eq!(r.stats().locks.general_path, 0);
         one.release().await.unwrap();
         two.release().await.unwrap();
         drained(&r).await;

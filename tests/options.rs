@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use dragonlock::conn::{Connection, ConnectionConfig};
 use dragonlock::resp::Frame;
 use dragonlock::{
     ErrorKind, NodeHolder, Redlock, RedlockOptions, ReleaseWait, MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN,
@@ -412,6 +413,8 @@ async fn extend_survives_a_lost_script_cache() {
     let lost = one.extend(TTL).await.unwrap_err();
     assert!(lost.is_lost(), "{lost:?}");
     two.release().await.unwrap();
+    // Every phase above was decided by the group's op table.
+    assert_eq!(r.stats().locks.general_path, 0);
 }
 
 /// A multi-key acquire that meets `NOSCRIPT` sends its script again with the source on every
@@ -438,6 +441,28 @@ async fn acquire_many_survives_a_lost_script_cache() {
     let busy = r.try_acquire_many(&["b", "c"], TTL).await.unwrap_err();
     assert!(busy.is_busy(), "{busy:?}");
     lock.release().await.unwrap();
+    assert_eq!(r.stats().locks.general_path, 0);
+}
+
+/// The same phases on connections not started as one group take the general path, and each
+/// is counted there: the negative control of the two tests above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phases_off_a_group_take_the_general_path_and_are_counted() {
+    let servers = cluster(3);
+    let nodes = servers
+        .iter()
+        .map(|s| Connection::start(ConnectionConfig::from_url(&s.url()).unwrap()))
+        .collect();
+    let r = Redlock::from_connections(nodes, RedlockOptions::default()).unwrap();
+    r.wait_for_quorum(TTL).await.unwrap();
+    let mut one = r.try_acquire("r", TTL).await.unwrap();
+    let mut two = r.try_acquire_many(&["a", "b"], TTL).await.unwrap();
+    one.extend(TTL).await.unwrap();
+    two.extend(TTL).await.unwrap();
+    one.release().await.unwrap();
+    two.release().await.unwrap();
+    // Two acquires, two extensions, two releases.
+    assert_eq!(r.stats().locks.general_path, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,9 +66,10 @@ pub(crate) enum Rule {
         /// An `unknown command` error asks for the request again (see above).
         unknown_retries: bool,
     },
-    /// A script that answers `1` where it did its work and another integer (`0`) where the key
-    /// was not ours: an extension. `NOSCRIPT` asks for the request again with the script's
-    /// source, once per node. The same reading as `quorum::Vote::of_script_flag`.
+    /// A script that answers `1` where it did its work and another integer (`0`) where it did
+    /// not: an extension (the key was not ours), a multi-key acquire (a key was taken).
+    /// `NOSCRIPT` asks for the request again with the script's source, once per node. The same
+    /// reading as `quorum::Vote::of_script_flag`.
     Flag,
 }
 

@@ -608,6 +608,11 @@ pub(crate) async fn extend_on_nodes(
             } else {
                 ScriptCall::BySha
             };
+            let sent_us = if again {
+                crate::conn::now_us()
+            } else {
+                sent_us
+            };
             nodes[i].send_op((id, i as u8), false, None, sent_us, 0, |buf| {
                 script.encode(buf, call, keys.all(), &args)
             })

@@ -1333,8 +1333,10 @@ impl Redlock {
             quorum::run_op(table, id, nodes, |i, again| {
                 let op = (id, i as u8);
                 if again {
-                    // Only the script meets `NOSCRIPT`: sent again as the general path does.
-                    nodes[i].send_op(op, false, None, sent_us, 0, |buf| {
+                    // Only the script meets `NOSCRIPT`: sent again with its source, and with
+                    // the restart rule again (the connection may have met a restarted server
+                    // since), on its own clock for the round-trip statistics.
+                    nodes[i].send_op(op, false, restart_delay, crate::conn::now_us(), 0, |buf| {
                         s.multi_acquire
                             .encode(buf, ScriptCall::WithSource, keys.all(), &args)
                     })
@@ -1382,9 +1384,8 @@ impl Redlock {
         }
     }
 
-    /// An acquire's phase on the general path ([`QuorumCollector`]): several keys (their
-    /// script can meet `NOSCRIPT`), more nodes than an op counts, a full op table, or
-    /// connections not started as one group.
+    /// An acquire's phase on the general path ([`QuorumCollector`]): more nodes than an op
+    /// counts, a full op table, or connections not started as one group.
     #[allow(clippy::too_many_arguments)]
     async fn attempt_collect(
         &self,
@@ -1397,6 +1398,7 @@ impl Redlock {
         keys: &Keys,
         args: &[&[u8]; 2],
     ) -> (Decision, NodeResults, usize) {
+        self.count(Count::GeneralPath);
         let s = scripts();
         let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
         for node in nodes.iter() {
@@ -1879,6 +1881,7 @@ impl Redlock {
         classify: impl Fn(&Frame) -> Vote,
         resend: impl FnMut(usize) -> Result<ReplyFuture<'a>, Error>,
     ) -> (Decision, QuorumCollector<'a>) {
+        self.count(Count::GeneralPath);
         let nodes = &self.inner.nodes;
         let mut collector = QuorumCollector::new(nodes.len(), self.inner.quorum);
         for node in nodes.iter() {

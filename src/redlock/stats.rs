@@ -28,6 +28,7 @@ pub(crate) struct LockCounters {
     releases_not_held: AtomicU64,
     releases_failed: AtomicU64,
     released_on_drop: AtomicU64,
+    general_path: AtomicU64,
 }
 
 /// Which counter an event goes to.
@@ -48,6 +49,8 @@ pub(crate) enum Count {
     ReleaseFailed(LockErrorKind),
     /// A held lock dropped without a release: released in the background, unconfirmed.
     ReleasedOnDrop,
+    /// A lock phase that took the general path (see `LockStats::general_path`).
+    GeneralPath,
 }
 
 impl LockCounters {
@@ -71,6 +74,7 @@ impl LockCounters {
             Count::ReleaseFailed(LockErrorKind::NotHeld) => &self.releases_not_held,
             Count::ReleaseFailed(_) => &self.releases_failed,
             Count::ReleasedOnDrop => &self.released_on_drop,
+            Count::GeneralPath => &self.general_path,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -93,6 +97,7 @@ impl LockCounters {
             releases_not_held: get(&self.releases_not_held),
             releases_failed: get(&self.releases_failed),
             released_on_drop: get(&self.released_on_drop),
+            general_path: get(&self.general_path),
         }
     }
 }
@@ -162,6 +167,14 @@ pub struct LockStats {
     /// answers nobody waits for). With the three release counters above, this accounts for
     /// every granted lock that is no longer held by its caller.
     pub released_on_drop: u64,
+    /// Lock phases (an attempt's requests, a release's, an extension's, a fencing counter's)
+    /// that took the general path, a future per node, rather than the connection group's op
+    /// table, where the group's task decides them: every phase of a manager made
+    /// [`from_connections`](super::Redlock::from_connections) or of more than 7 nodes, fenced
+    /// phases, and any phase that found the table full (as many phases as the largest
+    /// `max_in_flight` of the nodes). A manager of a group whose count keeps rising runs more
+    /// phases at once than its table holds: raise `max_in_flight`.
+    pub general_path: u64,
 }
 
 /// A snapshot of a manager: each node's connection and the lock outcomes.
