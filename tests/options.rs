@@ -444,6 +444,37 @@ async fn acquire_many_survives_a_lost_script_cache() {
     assert_eq!(r.stats().locks.general_path, 0);
 }
 
+/// A refused multi-key acquire leaves no key behind, also on a node that answered `NOSCRIPT`
+/// and was sent the script again around the verdict: that node counts as maybe holding the
+/// keys, and the release in the background reaches it after the resend (one connection, in
+/// order). Whether a round's resend comes before the verdict, around it, or not at all (after
+/// the caller finished) is the machine's timing: any of them must leave nothing. Bounded in
+/// rounds and in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_multi_key_acquire_leaves_no_key_after_a_resend() {
+    let servers = cluster(3);
+    let r = over(&servers, RedlockOptions::default()).await;
+    for round in 0..20 {
+        // Nodes 0 and 1 hold "b" for someone else; node 2 lost its script cache.
+        for s in &servers[..2] {
+            s.cmd(&["SET", "b", "other", "PX", "30000"]);
+        }
+        assert!(servers[2].cmd(&["SCRIPT", "FLUSH"]).is_ok());
+        let busy = r.try_acquire_many(&["a", "b"], TTL).await.unwrap_err();
+        assert!(busy.is_busy(), "{busy:?}");
+        let gone = support::eventually(Duration::from_secs(10), || {
+            matches!(servers[2].cmd(&["EXISTS", "a"]), Frame::Integer(0))
+        })
+        .await;
+        assert!(gone, "round {round}: \"a\" left on node 2");
+        settle(&r).await;
+        for s in &servers {
+            s.cmd(&["DEL", "a", "b"]);
+        }
+    }
+    assert_eq!(r.stats().locks.general_path, 0);
+}
+
 /// The same phases on connections not started as one group take the general path, and each
 /// is counted there: the negative control of the two tests above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
