@@ -33,7 +33,7 @@ use super::handshake::{self, Stream};
 use super::ops::{DeadlineTimer, OpTable};
 use super::stats::{now_us, RTT_CLOCK_MASK};
 use super::tls::{Connector, Session};
-use super::{reset_buffer, Shared, Status};
+use super::{reset_buffer, Shared, State, Status};
 use crate::error::{Error, ErrorKind};
 use crate::resp::{Decoder, Frame};
 use crate::trace::event;
@@ -415,6 +415,16 @@ fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error>
     Poll::Pending
 }
 
+/// Records the round trip of request `id`, whose reply was just read, on the clock reading
+/// `dispatch` takes once (at its first reply): see `ConnectionStats::rtt`.
+fn record_rtt(st: &mut State, id: u32, read_at: &mut Option<u32>) {
+    let read_us = *read_at.get_or_insert_with(now_us);
+    let sent_us = st.slots.get_mut(id).sent_us();
+    st.stats
+        .rtt
+        .record(read_us.wrapping_sub(sent_us) & RTT_CLOCK_MASK);
+}
+
 /// Makes room in the read buffer for the next read, without allocating in any burst of small
 /// replies.
 ///
@@ -476,23 +486,15 @@ fn dispatch(
             // to the oldest request, in order.
             let mut used = 0;
             while wakers.len() < WAKE_BATCH {
-                let Some(id) = st.slots.oldest() else { break };
-                let slot = st.slots.get_mut(id);
-                let op = slot.op();
-                if op.is_none() && !slot.abandoned() {
+                let Some((id, op)) = st.slots.oldest_frameless() else {
                     break;
-                }
+                };
                 let Some((reply, len)) = decoder.lock_reply(&buf[used..]) else {
                     break;
                 };
                 used += len;
                 st.slots.pop_oldest();
-                let read_us = *read_at.get_or_insert_with(now_us);
-                let st = &mut *st;
-                let sent_us = st.slots.get_mut(id).sent_us();
-                st.stats
-                    .rtt
-                    .record(read_us.wrapping_sub(sent_us) & RTT_CLOCK_MASK);
+                record_rtt(&mut st, id, &mut read_at);
                 st.slots.release(id);
                 // An abandoned slot's reply is dropped; an op's is counted in it.
                 let waker = op.zip(table).and_then(|((op, node), t)| {
@@ -516,13 +518,10 @@ fn dispatch(
                         result = Err(Error::new(ErrorKind::UnsolicitedReply));
                         return ControlFlow::Break(());
                     };
-                    let read_us = *read_at.get_or_insert_with(now_us);
+                    record_rtt(&mut st, id, &mut read_at);
                     let st = &mut *st;
-                    let slot = st.slots.get_mut(id);
-                    st.stats
-                        .rtt
-                        .record(read_us.wrapping_sub(slot.sent_us()) & RTT_CLOCK_MASK);
                     st.stats.errors.server_errors += u64::from(matches!(frame, Frame::Error(_)));
+                    let slot = st.slots.get_mut(id);
                     let waker = if slot.abandoned() {
                         st.slots.release(id);
                         None
@@ -546,8 +545,7 @@ fn dispatch(
                             return ControlFlow::Break(());
                         }
                     }
-                    let next = st.slots.oldest().map(|id| st.slots.get_mut(id));
-                    if next.is_some_and(|s| s.op().is_some() || s.abandoned()) {
+                    if st.slots.oldest_frameless().is_some() {
                         in_place_next = true;
                         return ControlFlow::Break(());
                     }

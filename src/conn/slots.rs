@@ -165,9 +165,14 @@ impl SlotTable {
         Some(id)
     }
 
-    /// The oldest request on the queue: the one the next reply belongs to.
-    pub(super) fn oldest(&self) -> Option<u32> {
-        (self.head != NIL).then_some(self.head)
+    /// The oldest request on the queue (the one the next reply belongs to) when its reply goes
+    /// to no caller as a frame: an op's, counted in the op table (`Some((op, node))`), or an
+    /// abandoned one's, dropped (`None`). See `driver::dispatch`.
+    pub(super) fn oldest_frameless(&self) -> Option<(u32, Option<(u32, u8)>)> {
+        let id = (self.head != NIL).then_some(self.head)?;
+        let slot = &self.slots[id as usize];
+        let op = slot.op();
+        (op.is_some() || slot.abandoned()).then_some((id, op))
     }
 
     /// Takes the oldest request off the queue: the one the next reply belongs to. The slot stays

@@ -368,10 +368,7 @@ impl Lock {
         let rule = OpRule::Count {
             unknown_retries: !multi,
         };
-        let op = (redlock.inner.ops.as_ref()).and_then(|t| {
-            let quorum = redlock.inner.quorum;
-            Some((t, t.open(rule, nodes.len(), quorum, all, deadline)?))
-        });
+        let op = redlock.open_op(rule, all, deadline);
         let (granted, results) = if let Some((table, id)) = op {
             let (_, results, granted) = quorum::run_op(table, id, nodes, |i, again| {
                 let op = Some((id, i as u8));
@@ -593,25 +590,15 @@ pub(crate) async fn extend_on_nodes(
     let (script, args) = (keys.extend_script(), [&token[..], ms]);
     // The hot path, as for the acquire's `SET`s and the release: one op the driver decides,
     // read by the same flag rule as the general path's `Vote::of_script_flag`.
-    let op = (redlock.inner.ops.as_ref()).and_then(|t| {
-        let quorum = redlock.inner.quorum;
-        Some((
-            t,
-            t.open(OpRule::Flag, nodes.len(), quorum, false, deadline)?,
-        ))
-    });
+    let op = redlock.open_op(OpRule::Flag, false, deadline);
     let (decision, results) = if let Some((table, id)) = op {
         let sent_us = crate::conn::now_us();
         let (decision, results, _) = quorum::run_op(table, id, nodes, |i, again| {
-            let call = if again {
-                ScriptCall::WithSource
+            // A resend (after `NOSCRIPT`) carries the source, on its own clock.
+            let (call, sent_us) = if again {
+                (ScriptCall::WithSource, crate::conn::now_us())
             } else {
-                ScriptCall::BySha
-            };
-            let sent_us = if again {
-                crate::conn::now_us()
-            } else {
-                sent_us
+                (ScriptCall::BySha, sent_us)
             };
             nodes[i].send_op((id, i as u8), false, None, sent_us, 0, |buf| {
                 script.encode(buf, call, keys.all(), &args)

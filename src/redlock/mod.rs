@@ -1323,12 +1323,7 @@ impl Redlock {
         // driver. The script answers 1 where it set every key and 0 where one was taken: the
         // extension's flag rule, with `NOSCRIPT` sent again with the source.
         let rule = if multi { OpRule::Flag } else { OpRule::SetNx };
-        let op = self.inner.ops.as_ref().and_then(|t| {
-            Some((
-                t,
-                t.open(rule, nodes.len(), self.inner.quorum, false, deadline)?,
-            ))
-        });
+        let op = self.open_op(rule, false, deadline);
         let (decision, results, granted) = if let Some((table, id)) = op {
             quorum::run_op(table, id, nodes, |i, again| {
                 let op = (id, i as u8);
@@ -1382,6 +1377,28 @@ impl Redlock {
                 refuse(self.classify_failure(&results, false))
             }
         }
+    }
+
+    /// A lock phase as an op of the connection group's table, decided by the group's driver
+    /// (see `conn/ops.rs`), with `rule` for its replies: the table and the op's id. `None`
+    /// sends the phase down the general path: no group, more nodes than an op counts, or a
+    /// full table.
+    #[inline]
+    pub(crate) fn open_op(
+        &self,
+        rule: OpRule,
+        all: bool,
+        deadline: Instant,
+    ) -> Option<(&OpTable, u32)> {
+        let table = self.inner.ops.as_deref()?;
+        let id = table.open(
+            rule,
+            self.inner.nodes.len(),
+            self.inner.quorum,
+            all,
+            deadline,
+        )?;
+        Some((table, id))
     }
 
     /// An acquire's phase on the general path ([`QuorumCollector`]): more nodes than an op

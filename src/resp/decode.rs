@@ -70,6 +70,9 @@ pub struct Decoder {
     stack: SmallVec<[Open; 16]>,
 }
 
+/// The longest line the fast paths read whole: `:-9223372036854775808\r\n`.
+const LONGEST_LINE: usize = 23;
+
 /// A lock command's reply, read in place by [`Decoder::lock_reply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LockReply {
@@ -179,12 +182,7 @@ impl Decoder {
     /// classify them in place (see `conn/driver.rs`).
     #[inline]
     pub(crate) fn lock_reply(&mut self, src: &[u8]) -> Option<(LockReply, usize)> {
-        if self.scanned != 0 || !self.stack.is_empty() || self.payload_end.is_some() {
-            return None;
-        }
-        // The same bound as `whole_line`, so that a decoder configured below it reads these
-        // lines on the general path, where the limit is judged.
-        if self.config.max_line_len < 23 || self.config.max_frame_bytes < 23 {
+        if !self.fast_path_open() {
             return None;
         }
         let reply = match src.get(..3)? {
@@ -202,12 +200,24 @@ impl Decoder {
         Some(reply)
     }
 
+    /// Whether the fast paths (`fast_frame`, `lock_reply`) may read a line whole: between
+    /// frames, and with limits no such line can break (a decoder configured below them reads
+    /// these lines on the general path, where the limits are judged).
+    #[inline(always)]
+    fn fast_path_open(&self) -> bool {
+        self.scanned == 0
+            && self.stack.is_empty()
+            && self.payload_end.is_none()
+            && self.config.max_line_len >= LONGEST_LINE
+            && self.config.max_frame_bytes >= LONGEST_LINE
+    }
+
     /// The fast path's entry, shared by `decode` and `decode_each`: between frames only, a whole
     /// line `whole_line` recognises, with the line search reset for the next frame. The caller
     /// consumes the `len` bytes.
     #[inline(always)]
     fn fast_frame(&mut self, src: &[u8]) -> Option<(Frame, usize)> {
-        if self.scanned != 0 || !self.stack.is_empty() || self.payload_end.is_some() {
+        if !self.fast_path_open() {
             return None;
         }
         let found = self.whole_line(src)?;
@@ -298,23 +308,18 @@ impl Decoder {
         Ok(Some(self.build(&bytes, &mut pos)))
     }
 
-    /// `+OK`, `:n`, `_`, `$-1` and `*-1` when the buffer starts with one, complete and within
-    /// the limits; `None` sends everything else (and anything doubtful) down the general path,
-    /// which gives the same frames and the errors.
+    /// `+OK`, `:n`, `_`, `$-1` and `*-1` when the buffer starts with one, complete (within the
+    /// limits: see `fast_path_open`); `None` sends everything else (and anything doubtful) down
+    /// the general path, which gives the same frames and the errors.
     #[inline]
     fn whole_line(&self, src: &[u8]) -> Option<(Frame, usize)> {
-        const LONGEST: usize = 23; // `:-9223372036854775808\r\n`
-        let cfg = &self.config;
-        if cfg.max_line_len < LONGEST || cfg.max_frame_bytes < LONGEST {
-            return None;
-        }
         match *src.first()? {
             b'+' if src.starts_with(b"+OK\r\n") => {
                 Some((Frame::Simple(Bytes::from_static(b"OK")), 5))
             }
             b':' => {
                 // A plain loop: the line is a few bytes, shorter than a `memchr` call's setup.
-                let head = &src[..src.len().min(LONGEST)];
+                let head = &src[..src.len().min(LONGEST_LINE)];
                 let cr = head.iter().position(|&b| b == b'\r')?;
                 if head.get(cr + 1) != Some(&b'\n') {
                     return None;
