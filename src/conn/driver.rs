@@ -1,4 +1,5 @@
-//! The driver task: one per connection. It owns the socket.
+//! The driver task: one per connection group (a connection started alone is a group of one).
+//! It owns the sockets, and each connection goes through these states on its own:
 //!
 //! ```text
 //!  start --> connect + handshake --ok--> serve (I/O loop) --EOF / error--> fail in-flight --+
@@ -9,15 +10,17 @@
 //!  closed (last handle dropped) ends the task from any state.
 //! ```
 //!
-//! The I/O loop (`poll_serve`) advances both directions in every turn: it hands everything
-//! callers queued to the socket in one write, then reads until the socket is empty. It never
-//! blocks on the write side while replies are waiting to be read, so both sides' buffers can
-//! be full without deadlock.
+//! The I/O loop (`run_group`) advances both directions of every connection in every turn: it
+//! hands everything callers queued to each socket in one write (`write_half`), then reads each
+//! socket until it is empty and hands out the replies (`read_half`). It never blocks on the
+//! write side while replies are waiting to be read, so both sides' buffers can be full without
+//! deadlock.
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::ControlFlow;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -46,23 +49,208 @@ const TURNS_BEFORE_YIELD: usize = 32;
 /// never allocates.
 const WAKE_BATCH: usize = 32;
 
-pub(super) async fn run(shared: Arc<Shared>) {
+/// Starts the task of a connection started alone: a group of one, without lock phases.
+pub(super) fn run(shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+    run_group(vec![shared])
+}
+
+/// Drives several connections from one task. Every turn writes what callers queued on every
+/// node first, then reads every node and hands out the replies; after a turn that woke a caller
+/// the task yields, so that what the woken callers send next goes out in the next turn's writes.
+/// A connection that is down reconnects on its own (its connect or backoff is polled in the
+/// write half of each turn); the task ends when every connection is closed.
+///
+/// The task also keeps the deadlines of the group's lock phases, with one timer (see
+/// `OpTable::drive_deadlines`); when it ends or is dropped, the phases still open expire.
+pub(super) fn run_group(shared: Vec<Arc<Shared>>) -> impl Future<Output = ()> + Send {
+    let ops = shared.first().and_then(|s| s.ops.clone());
+    // Made here, not in the future's body: a task dropped before its first poll drops it too.
+    let gone = ops.clone().map(DriverGone);
+    async move {
+        let _gone = gone;
+        group(shared, ops).await
+    }
+}
+
+async fn group(shared: Vec<Arc<Shared>>, ops: Option<Arc<OpTable>>) {
+    let Some(parked) = shared.first().map(|s| s.task_parked.clone()) else {
+        return;
+    };
+    let mut nodes: Vec<Node> = shared.into_iter().map(Node::new).collect();
+    // Armed only for an op's deadline; never polled before.
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut timer = DeadlineTimer::default();
+    poll_fn(|cx| {
+        parked.store(false, Ordering::Relaxed);
+        if let Some(ops) = &ops {
+            ops.drive_deadlines(cx, sleep.as_mut(), &mut timer);
+        }
+        for _ in 0..TURNS_BEFORE_YIELD {
+            let mut turn = Turn::default();
+            for node in nodes.iter_mut() {
+                node.write(cx, &mut turn);
+            }
+            for node in nodes.iter_mut() {
+                node.read(cx, &mut turn);
+            }
+            if !turn.running {
+                return Poll::Ready(());
+            }
+            if turn.woke {
+                // Callers were handed replies: let them run before writing again, so that the
+                // requests they send next go out together, one write per node, rather than one
+                // by one as each caller wakes the task. The wake puts this task at the back of
+                // the run queue, behind them; `dispatch` unregistered the waker of each node it
+                // handed out replies of, and `task_parked` is false, so their sends neither wake
+                // the task again nor write on their own meanwhile.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if !turn.progressed {
+                // Every wake source is registered: the sockets' readiness, each node's waker
+                // for callers' requests, a connect's or a backoff's timer.
+                parked.store(true, Ordering::Relaxed);
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+/// What one turn of the group's loop did.
+#[derive(Default)]
+struct Turn {
+    /// Some connection is not closed yet.
+    running: bool,
+    /// Bytes went out or came in, or a connection changed state.
+    progressed: bool,
+    /// A caller was handed a reply (or its phase's decision).
+    woke: bool,
+}
+
+/// One connection of a group, as its task sees it.
+struct Node {
+    shared: Arc<Shared>,
+    state: NodeState,
+}
+
+/// A connect in progress (see `connect`): a handshaken stream, or `None` once the connection is
+/// closed. Boxed: made once per connect, never per request.
+type Connecting = Pin<Box<dyn Future<Output = Option<(Stream, Connector)>> + Send>>;
+
+// The I/O state is inline, not boxed: it is the variant every turn reads, and the nodes live in
+// the task's one `Vec` on the heap, so the other variants' unused room costs nothing per turn.
+#[allow(clippy::large_enum_variant)]
+enum NodeState {
+    /// Connecting, or waiting out a backoff first.
+    Connecting(Connecting),
+    /// Connected: the I/O loop's state, and the TLS connector kept for the next connect.
+    Serving(Io, Connector),
+    Closed,
+}
+
+impl Node {
+    fn new(shared: Arc<Shared>) -> Node {
+        let state =
+            NodeState::Connecting(Box::pin(connect(shared.clone(), Connector::new(), None)));
+        Node { shared, state }
+    }
+
+    /// The write half of a turn: finishes a connect, or takes what callers queued and writes
+    /// it.
+    fn write(&mut self, cx: &mut Context<'_>, turn: &mut Turn) {
+        if let NodeState::Connecting(connect) = &mut self.state {
+            match connect.as_mut().poll(cx) {
+                Poll::Pending => {
+                    turn.running = true;
+                    return;
+                }
+                Poll::Ready(None) => {
+                    self.state = NodeState::Closed;
+                    return;
+                }
+                Poll::Ready(Some((stream, connector))) => {
+                    let io = Io::new(&self.shared, stream);
+                    self.state = NodeState::Serving(io, connector);
+                    turn.progressed = true;
+                }
+            }
+        }
+        let NodeState::Serving(io, _) = &mut self.state else {
+            return;
+        };
+        turn.running = true;
+        match write_half(&self.shared, io, cx) {
+            Ok(progressed) => turn.progressed |= progressed,
+            Err(error) => self.fail(error, turn),
+        }
+    }
+
+    /// The read half of a turn: reads everything the socket has and hands out the replies.
+    fn read(&mut self, cx: &mut Context<'_>, turn: &mut Turn) {
+        let NodeState::Serving(io, _) = &mut self.state else {
+            return;
+        };
+        match read_half(&self.shared, io, cx) {
+            Ok((progressed, woke)) => {
+                turn.progressed |= progressed;
+                turn.woke |= woke;
+            }
+            Err(error) => self.fail(error, turn),
+        }
+    }
+
+    /// The connection failed or was closed: fails what is in flight and starts reconnecting
+    /// after a backoff (or ends, if it was closed).
+    fn fail(&mut self, error: Error, turn: &mut Turn) {
+        fail_in_flight(&self.shared, error);
+        let connector = match std::mem::replace(&mut self.state, NodeState::Closed) {
+            NodeState::Serving(_, connector) => connector,
+            _ => Connector::new(),
+        };
+        let config = &self.shared.config;
+        let delay = backoff(config.backoff_base, config.backoff_max, 0);
+        self.state = NodeState::Connecting(Box::pin(connect(
+            self.shared.clone(),
+            connector,
+            Some(delay),
+        )));
+        // Another turn polls the new connect, which registers its wake.
+        turn.progressed = true;
+    }
+}
+
+/// Connects and handshakes, after `delay` if given, retrying with backoff until it succeeds;
+/// `None` once the connection is closed.
+async fn connect(
+    shared: Arc<Shared>,
+    mut connector: Connector,
+    mut delay: Option<Duration>,
+) -> Option<(Stream, Connector)> {
     let mut failures: u32 = 0;
-    let mut connector = Connector::new();
     loop {
         if shared.lock().closed {
-            return;
+            return None;
+        }
+        if let Some(delay) = delay.take() {
+            event!(DEBUG, node = %shared.config.addr(), failures, delay = ?delay, "reconnecting");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shared.shutdown.notified() => return None,
+            }
+            if shared.lock().closed {
+                return None;
+            }
         }
         let attempt = tokio::select! {
-            r = handshake::establish(&shared.config, &mut connector) => Some(r),
-            _ = shared.shutdown.notified() => None,
+            r = handshake::establish(&shared.config, &mut connector) => r,
+            _ = shared.shutdown.notified() => return None,
         };
-        // Wrong credentials or refused certificates do not fix themselves.
-        let mut refused = false;
         match attempt {
-            None => return,
-            Some(Ok((stream, info))) => {
-                failures = 0;
+            Ok((stream, info)) => {
                 shared
                     .delex
                     .store(info.has_delex, std::sync::atomic::Ordering::Relaxed);
@@ -85,12 +273,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     event!(WARN, node = %shared.config.addr(), marker = ?info.restart_marker,
                         "server restart detected: another server process than before");
                 }
-                let error = serve(&shared, stream).await;
-                fail_in_flight(&shared, error);
+                return Some((stream, connector));
             }
-            Some(Err(error)) => {
+            Err(error) => {
                 failures = failures.saturating_add(1);
-                refused = error.is_refusal();
+                // Wrong credentials or refused certificates do not fix themselves.
+                let refused = error.is_refusal();
                 let was = {
                     let mut st = shared.lock();
                     let was = st.status;
@@ -107,72 +295,15 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     event!(WARN, node = %shared.config.addr(), reason = %error,
                         "node down: connect failed");
                 }
-            }
-        }
-        let mut delay = backoff(
-            shared.config.backoff_base,
-            shared.config.backoff_max,
-            failures,
-        );
-        if refused {
-            delay = delay.max(super::AUTH_FAILURE_BACKOFF);
-        }
-        event!(DEBUG, node = %shared.config.addr(), failures, delay = ?delay, "reconnecting");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shared.shutdown.notified() => return,
-        }
-    }
-}
-
-/// Drives several connections from one task: every driver's future is polled on each wake.
-/// A wake is for one socket or for a caller's request, and polling a driver with nothing to do
-/// costs a lock and a readiness check, less than the task wakes it saves (one per node and
-/// turn). A driver that ends (its connection closed) is not polled again; the task ends with the
-/// last one.
-///
-/// The task also keeps the deadlines of the group's lock phases, with one timer (see
-/// `OpTable::drive_deadlines`); when it ends or is dropped, the phases still open expire.
-pub(super) fn run_group(shared: Vec<Arc<Shared>>) -> impl Future<Output = ()> + Send {
-    let ops = shared.first().and_then(|s| s.ops.clone());
-    // Made here, not in the future's body: a task dropped before its first poll drops it too.
-    let gone = ops.clone().map(DriverGone);
-    async move {
-        let _gone = gone;
-        group(shared, ops).await
-    }
-}
-
-async fn group(shared: Vec<Arc<Shared>>, ops: Option<Arc<OpTable>>) {
-    let mut drivers: Vec<Option<Pin<Box<dyn Future<Output = ()> + Send>>>> = shared
-        .into_iter()
-        .map(|s| Some(Box::pin(run(s)) as Pin<Box<dyn Future<Output = ()> + Send>>))
-        .collect();
-    // Armed only for an op's deadline; never polled before.
-    let sleep = tokio::time::sleep_until(Instant::now());
-    tokio::pin!(sleep);
-    let mut timer = DeadlineTimer::default();
-    poll_fn(|cx| {
-        if let Some(ops) = &ops {
-            ops.drive_deadlines(cx, sleep.as_mut(), &mut timer);
-        }
-        let mut running = false;
-        for slot in drivers.iter_mut() {
-            if let Some(driver) = slot {
-                if driver.as_mut().poll(cx).is_ready() {
-                    *slot = None;
-                } else {
-                    running = true;
+                let config = &shared.config;
+                let mut next = backoff(config.backoff_base, config.backoff_max, failures);
+                if refused {
+                    next = next.max(super::AUTH_FAILURE_BACKOFF);
                 }
+                delay = Some(next);
             }
         }
-        if running {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await
+    }
 }
 
 /// Expires the group's open lock phases when its driver ends, returns or unwinds.
@@ -266,153 +397,140 @@ struct Io {
     written: usize,
 }
 
-/// Runs the I/O loop until the connection fails or is closed; returns why it ended.
-async fn serve(shared: &Shared, stream: Stream) -> Error {
-    let tcp = Arc::new(stream.tcp);
-    if stream.tls.is_none() {
-        // Plain TCP: an idle connection's callers may write to the socket themselves.
-        shared.lock().socket = Some(tcp.clone());
+impl Io {
+    fn new(shared: &Shared, stream: Stream) -> Io {
+        let tcp = Arc::new(stream.tcp);
+        if stream.tls.is_none() {
+            // Plain TCP: an idle connection's callers may write to the socket themselves.
+            shared.lock().socket = Some(tcp.clone());
+        }
+        Io {
+            stream: tcp,
+            tls: stream.tls,
+            decoder: Decoder::new(shared.config.decoder),
+            read_buf: BytesMut::with_capacity(shared.config.read_buffer),
+            out: BytesMut::with_capacity(shared.config.write_buffer),
+            written: 0,
+        }
     }
-    let mut io = Io {
-        stream: tcp,
-        tls: stream.tls,
-        decoder: Decoder::new(shared.config.decoder),
-        read_buf: BytesMut::with_capacity(shared.config.read_buffer),
-        out: BytesMut::with_capacity(shared.config.write_buffer),
-        written: 0,
-    };
-    poll_fn(|cx| poll_serve(shared, &mut io, cx)).await
 }
 
-fn poll_serve(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Poll<Error> {
-    for _ in 0..TURNS_BEFORE_YIELD {
-        let mut progressed = false;
-        let mut woke = false;
-
-        // Take what callers queued, or register to be woken when they queue something.
-        if io.out.is_empty() {
-            let mut st = shared.lock();
-            if st.closed {
-                return Poll::Ready(Error::new(ErrorKind::Closed));
-            }
-            // Whatever it took before is written: callers may write directly again.
-            st.driver_writing = false;
-            if st.write_buf.is_empty() {
-                match &st.driver_waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => st.driver_waker = Some(cx.waker().clone()),
-                }
-            } else {
-                std::mem::swap(&mut io.out, &mut st.write_buf);
-                st.driver_writing = true;
-            }
+/// Takes what callers queued (or registers to be woken when they queue something) and writes
+/// as much as the socket takes. Returns whether bytes went out.
+fn write_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<bool, Error> {
+    let mut progressed = false;
+    // Take what callers queued, or register to be woken when they queue something.
+    if io.out.is_empty() {
+        let mut st = shared.lock();
+        if st.closed {
+            return Err(Error::new(ErrorKind::Closed));
         }
-
-        // Write as much as the socket takes.
-        if let Some(tls) = io.tls.as_deref_mut() {
-            if io.written < io.out.len() || tls.wants_write() {
-                match tls.poll_write(&io.stream, &io.out, &mut io.written, cx) {
-                    Ok(p) => progressed |= p,
-                    Err(e) => return Poll::Ready(e),
-                }
+        // Whatever it took before is written: callers may write directly again.
+        st.driver_writing = false;
+        if st.write_buf.is_empty() {
+            match &st.driver_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.driver_waker = Some(cx.waker().clone()),
             }
-        }
-        while io.tls.is_none() && io.written < io.out.len() {
-            match io.stream.poll_write_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
-                Poll::Ready(Ok(())) => {}
-            }
-            match io.stream.try_write(&io.out[io.written..]) {
-                Ok(n) => {
-                    io.written += n;
-                    progressed = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(e.into()),
-            }
-        }
-        if io.written == io.out.len() && !io.out.is_empty() {
-            // All written: empty, with its whole room, before callers fill it again. Its start
-            // moved only if a caller's direct write was partial (see `reset_buffer`).
-            io.written = 0;
-            reset_buffer(&mut io.out, shared.config.write_buffer);
-        }
-
-        // Read everything available and hand out the replies.
-        if let Some(tls) = io.tls.as_deref_mut() {
-            loop {
-                make_read_room(&mut io.read_buf, shared.config.read_buffer);
-                let room = io.read_buf.capacity() - io.read_buf.len();
-                match tls.poll_read(&io.stream, &mut io.read_buf, room, cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Ok(Some(n))) => {
-                        progressed = true;
-                        if n > 0 {
-                            match dispatch(
-                                shared,
-                                &mut io.decoder,
-                                &mut io.read_buf,
-                                io.out.is_empty(),
-                            ) {
-                                Ok(w) => woke |= w,
-                                Err(e) => return Poll::Ready(e),
-                            }
-                        }
-                    }
-                    Poll::Ready(Ok(None)) => return Poll::Ready(Error::new(ErrorKind::Eof)),
-                    Poll::Ready(Err(e)) => return Poll::Ready(e),
-                }
-            }
-        }
-        while io.tls.is_none() {
-            match io.stream.poll_read_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
-                Poll::Ready(Ok(())) => {}
-            }
-            make_read_room(&mut io.read_buf, shared.config.read_buffer);
-            let spare = io.read_buf.capacity() - io.read_buf.len();
-            let mut n = 0;
-            let read = io.stream.try_io(Interest::READABLE, || {
-                n = io.stream.try_read_buf(&mut io.read_buf)?;
-                if n > 0 && n < spare {
-                    // A short read took everything there was: clear the readiness now rather
-                    // than pay a second read that can only answer EAGAIN. Bytes that arrive
-                    // later raise a new readiness event, which tokio does not clear.
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(())
-            });
-            match (read, n) {
-                (_, 1..) => {
-                    progressed = true;
-                    match dispatch(shared, &mut io.decoder, &mut io.read_buf, io.out.is_empty()) {
-                        Ok(w) => woke |= w,
-                        Err(e) => return Poll::Ready(e),
-                    }
-                }
-                (Ok(()), 0) => return Poll::Ready(Error::new(ErrorKind::Eof)),
-                (Err(e), 0) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                (Err(e), 0) => return Poll::Ready(e.into()),
-            }
-        }
-
-        if woke {
-            // Callers were handed replies: let them run before writing again, so that the
-            // requests they send next go out together, one write per node, rather than one by
-            // one as each caller wakes the driver. The wake puts this task at the back of the
-            // run queue, behind them; `dispatch` unregistered the driver's waker, so their
-            // sends neither wake it again nor write on their own meanwhile.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        if !progressed {
-            return Poll::Pending;
+        } else {
+            std::mem::swap(&mut io.out, &mut st.write_buf);
+            st.driver_writing = true;
         }
     }
-    cx.waker().wake_by_ref();
-    Poll::Pending
+
+    // Write as much as the socket takes.
+    if let Some(tls) = io.tls.as_deref_mut() {
+        if io.written < io.out.len() || tls.wants_write() {
+            match tls.poll_write(&io.stream, &io.out, &mut io.written, cx) {
+                Ok(p) => progressed |= p,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    while io.tls.is_none() && io.written < io.out.len() {
+        match io.stream.poll_write_ready(cx) {
+            Poll::Pending => break,
+            Poll::Ready(Err(e)) => return Err(e.into()),
+            Poll::Ready(Ok(())) => {}
+        }
+        match io.stream.try_write(&io.out[io.written..]) {
+            Ok(n) => {
+                io.written += n;
+                progressed = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if io.written == io.out.len() && !io.out.is_empty() {
+        // All written: empty, with its whole room, before callers fill it again. Its start
+        // moved only if a caller's direct write was partial (see `reset_buffer`).
+        io.written = 0;
+        reset_buffer(&mut io.out, shared.config.write_buffer);
+    }
+    Ok(progressed)
+}
+
+/// Reads everything the socket has and hands out the replies. Returns whether bytes came in,
+/// and whether a caller was woken.
+fn read_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<(bool, bool), Error> {
+    let mut progressed = false;
+    let mut woke = false;
+    // Read everything available and hand out the replies.
+    if let Some(tls) = io.tls.as_deref_mut() {
+        loop {
+            make_read_room(&mut io.read_buf, shared.config.read_buffer);
+            let room = io.read_buf.capacity() - io.read_buf.len();
+            match tls.poll_read(&io.stream, &mut io.read_buf, room, cx) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(Some(n))) => {
+                    progressed = true;
+                    if n > 0 {
+                        match dispatch(shared, &mut io.decoder, &mut io.read_buf, io.out.is_empty())
+                        {
+                            Ok(w) => woke |= w,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Poll::Ready(Ok(None)) => return Err(Error::new(ErrorKind::Eof)),
+                Poll::Ready(Err(e)) => return Err(e),
+            }
+        }
+    }
+    while io.tls.is_none() {
+        match io.stream.poll_read_ready(cx) {
+            Poll::Pending => break,
+            Poll::Ready(Err(e)) => return Err(e.into()),
+            Poll::Ready(Ok(())) => {}
+        }
+        make_read_room(&mut io.read_buf, shared.config.read_buffer);
+        let spare = io.read_buf.capacity() - io.read_buf.len();
+        let mut n = 0;
+        let read = io.stream.try_io(Interest::READABLE, || {
+            n = io.stream.try_read_buf(&mut io.read_buf)?;
+            if n > 0 && n < spare {
+                // A short read took everything there was: clear the readiness now rather
+                // than pay a second read that can only answer EAGAIN. Bytes that arrive
+                // later raise a new readiness event, which tokio does not clear.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match (read, n) {
+            (_, 1..) => {
+                progressed = true;
+                match dispatch(shared, &mut io.decoder, &mut io.read_buf, io.out.is_empty()) {
+                    Ok(w) => woke |= w,
+                    Err(e) => return Err(e),
+                }
+            }
+            (Ok(()), 0) => return Err(Error::new(ErrorKind::Eof)),
+            (Err(e), 0) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (Err(e), 0) => return Err(e.into()),
+        }
+    }
+    Ok((progressed, woke))
 }
 
 /// Records the round trip of request `id`, whose reply was just read, on the clock reading
@@ -556,7 +674,7 @@ fn dispatch(
                 result = Err(e.into());
             }
             if !wakers.is_empty() {
-                // The driver yields after handing out replies (see `poll_serve`); until it
+                // The driver yields after handing out replies (see `run_group`); until it
                 // is back, callers' requests wait in the buffer for its next write. With
                 // nothing of its own half-written, a caller that finds the buffer full may
                 // send it meanwhile (see `enqueue_n`), rather than be refused.
