@@ -455,28 +455,26 @@ impl OpTable {
         Poll::Pending
     }
 
-    /// The caller is done with op `id`: hands each node's answer to `visit` (in node order;
-    /// `Pending` for those that did not answer before the verdict or the deadline) and gives
-    /// the entry up (it is reused once the last outstanding reply is read). Returns the verdict
-    /// (`None`: the deadline came first) and the yes votes.
-    pub(crate) fn finish(
+    /// The caller is done with op `id`: hands `read` the verdict (`None`: the deadline came
+    /// first), the yes votes and each node's answer (in node order; `Pending` for those that
+    /// did not answer before the verdict or the deadline; `read` may take them), and gives the
+    /// entry up (it is reused once the last outstanding reply is read). The verdict read here,
+    /// under the table's lock, is the last word.
+    pub(crate) fn finish<R>(
         &self,
         id: u32,
-        mut visit: impl FnMut(usize, Answer),
-    ) -> (Option<Verdict>, usize) {
+        read: impl FnOnce(Option<Verdict>, usize, &mut [Answer]) -> R,
+    ) -> R {
         let mut t = self.lock();
         let op = &mut t.ops[id as usize];
-        let verdict = op.verdict;
-        let yes = usize::from(op.yes);
-        for (i, answer) in op.answers[..usize::from(op.nodes)].iter_mut().enumerate() {
-            visit(i, std::mem::take(answer));
-        }
+        let nodes = usize::from(op.nodes);
+        let read = read(op.verdict, usize::from(op.yes), &mut op.answers[..nodes]);
         op.caller = false;
         op.waker = None;
         if op.outstanding == 0 {
             t.free(id);
         }
-        (verdict, yes)
+        read
     }
 
     /// The caller went away without [`finish`](OpTable::finish): the entry is reused once
@@ -631,7 +629,10 @@ mod tests {
 
     fn answers(t: &OpTable, id: u32) -> (Option<Verdict>, usize, Vec<String>) {
         let mut seen = Vec::new();
-        let (v, yes) = t.finish(id, |_, a| seen.push(format!("{a:?}")));
+        let (v, yes) = t.finish(id, |v, yes, answers| {
+            seen.extend(answers.iter().map(|a| format!("{a:?}")));
+            (v, yes)
+        });
         (v, yes, seen)
     }
 
@@ -863,7 +864,7 @@ mod tests {
         let at = Instant::now();
         assert!(at >= start + Duration::from_millis(100), "{:?}", at - start);
         assert!(at < start + Duration::from_millis(300), "{:?}", at - start);
-        let (v, _) = t.finish(a, |_, _| {});
+        let v = t.finish(a, |v, _, _| v);
         assert_eq!(v, None, "the deadline came first");
         // B is decided before its deadline: never expired.
         t.lock().answer(b, 0, ok());

@@ -369,8 +369,11 @@ impl Lock {
             unknown_retries: !multi,
         };
         let op = redlock.open_op(rule, all, deadline);
-        let (granted, results) = if let Some((table, id)) = op {
-            let (_, results, granted) = quorum::run_op(table, id, nodes, |i, again| {
+        let quorum = redlock.inner.quorum;
+        // Each node's result, read only by a failure's error.
+        let mut results = NodeResults::new();
+        let granted = if let Some((table, id)) = op {
+            let send = |i: usize, again| {
                 let op = Some((id, i as u8));
                 if again {
                     // As the general path's resend below.
@@ -379,13 +382,17 @@ impl Lock {
                 } else {
                     release(&nodes[i], ScriptCall::BySha, op).map(drop)
                 }
-            })
-            .await;
-            (granted, results)
+            };
+            let failed = |_: &Decision, granted| granted < quorum;
+            quorum::run_op(table, id, nodes, send, &mut results, failed)
+                .await
+                .1
         } else {
-            self.release_collect(deadline, all, &release).await
+            let granted;
+            (granted, results) = self.release_collect(deadline, all, &release).await;
+            granted
         };
-        if granted >= redlock.inner.quorum {
+        if granted >= quorum {
             redlock.count(Count::ReleaseOk);
             return Ok(granted);
         }
@@ -591,9 +598,13 @@ pub(crate) async fn extend_on_nodes(
     // The hot path, as for the acquire's `SET`s and the release: one op the driver decides,
     // read by the same flag rule as the general path's `Vote::of_script_flag`.
     let op = redlock.open_op(OpRule::Flag, false, deadline);
-    let (decision, results) = if let Some((table, id)) = op {
+    let min_validity = redlock.inner.options.min_validity;
+    let extended = move |d: &Decision| matches!(*d, Decision::Quorum(at) if at + min_validity <= new_valid_until);
+    // Each node's result, read only by a failure's error.
+    let mut results = NodeResults::new();
+    let decision = if let Some((table, id)) = op {
         let sent_us = crate::conn::now_us();
-        let (decision, results, _) = quorum::run_op(table, id, nodes, |i, again| {
+        let send = |i: usize, again| {
             // A resend (after `NOSCRIPT`) carries the source, on its own clock.
             let (call, sent_us) = if again {
                 (ScriptCall::WithSource, crate::conn::now_us())
@@ -603,9 +614,11 @@ pub(crate) async fn extend_on_nodes(
             nodes[i].send_op((id, i as u8), false, None, sent_us, 0, |buf| {
                 script.encode(buf, call, keys.all(), &args)
             })
-        })
-        .await;
-        (decision, results)
+        };
+        let failed = |d: &Decision, _| !extended(d);
+        quorum::run_op(table, id, nodes, send, &mut results, failed)
+            .await
+            .0
     } else {
         let (decision, collector) = redlock
             .collect(
@@ -619,13 +632,13 @@ pub(crate) async fn extend_on_nodes(
                 },
             )
             .await;
-        (decision, collector.results.clone())
+        results = collector.results.clone();
+        decision
     };
-    match decision {
-        Decision::Quorum(at) if at + redlock.inner.options.min_validity <= new_valid_until => {
-            Ok(new_valid_until)
-        }
-        _ => Err(redlock.lock_error(LockErrorKind::Lost, results, keys)),
+    if extended(&decision) {
+        Ok(new_valid_until)
+    } else {
+        Err(redlock.lock_error(LockErrorKind::Lost, results, keys))
     }
 }
 

@@ -1324,8 +1324,13 @@ impl Redlock {
         // extension's flag rule, with `NOSCRIPT` sent again with the source.
         let rule = if multi { OpRule::Flag } else { OpRule::SetNx };
         let op = self.open_op(rule, false, deadline);
-        let (decision, results, granted) = if let Some((table, id)) = op {
-            quorum::run_op(table, id, nodes, |i, again| {
+        let min_validity = self.inner.options.min_validity;
+        let granted_in_time =
+            |d: &Decision| matches!(*d, Decision::Quorum(at) if at + min_validity <= valid_until);
+        // Each node's result, read only when the attempt fails.
+        let mut results = NodeResults::new();
+        let (decision, granted) = if let Some((table, id)) = op {
+            let send = |i: usize, again| {
                 let op = (id, i as u8);
                 if again {
                     // Only the script meets `NOSCRIPT`: sent again with its source, and with
@@ -1338,20 +1343,24 @@ impl Redlock {
                 } else {
                     nodes[i].send_op(op, true, restart_delay, sent_us, 0, encode)
                 }
-            })
-            .await
+            };
+            let failed = |d: &Decision, _| !granted_in_time(d);
+            quorum::run_op(table, id, nodes, send, &mut results, failed).await
         } else {
-            self.attempt_collect(
-                nodes,
-                restart_delay,
-                sent_us,
-                multi,
-                deadline,
-                encode,
-                &keys,
-                &args,
-            )
-            .await
+            let (decision, granted);
+            (decision, results, granted) = self
+                .attempt_collect(
+                    nodes,
+                    restart_delay,
+                    sent_us,
+                    multi,
+                    deadline,
+                    encode,
+                    &keys,
+                    &args,
+                )
+                .await;
+            (decision, granted)
         };
         cleanup.armed = false;
         drop(cleanup);
@@ -1363,12 +1372,10 @@ impl Redlock {
             Err(self.lock_error(kind, results.clone(), &keys))
         };
         match decision {
-            Decision::Quorum(at) => {
-                if at + self.inner.options.min_validity > valid_until {
-                    return refuse(LockErrorKind::Expired);
-                }
+            Decision::Quorum(_) if granted_in_time(&decision) => {
                 Ok(Lock::new(self.clone(), keys, token, ttl, valid_until))
             }
+            Decision::Quorum(_) => refuse(LockErrorKind::Expired),
             // Cut by the acquire budget: the verdict of the answers so far (the caller turns
             // it into `Timeout`).
             Decision::Deadline if cut.is_some() => refuse(self.classify_failure(&results, false)),

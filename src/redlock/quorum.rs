@@ -241,9 +241,12 @@ impl Drop for OpGuard<'_> {
 /// Runs one lock phase as op `id` of `table` (opened for `nodes.len()` nodes): `send(i, again)`
 /// sends node `i`'s request as the op's (`again`: once more, in the form a `NOSCRIPT` or an
 /// unknown `DELEX` asked for), and the driver decides. Waits for the verdict or the op's
-/// deadline (given to `open`, kept by the group's driver), and returns the decision, each
-/// node's result and the yes votes: what [`QuorumCollector::run`] gives, without a future per
-/// node or a timer per phase.
+/// deadline (given to `open`, kept by the group's driver), and returns the decision and the yes
+/// votes: what [`QuorumCollector::run`] gives, without a future per node or a timer per phase.
+///
+/// Each node's result goes into `results` only when `wanted(decision, yes)` says the caller
+/// will read them (a failure, for its error): a phase that succeeds builds and moves none.
+/// Nodes silent at the deadline are counted in their connection's stats either way.
 ///
 /// Cancel safe: dropped early, the op is given back to its table, which reuses it once the
 /// replies already asked for have been read.
@@ -252,7 +255,9 @@ pub(crate) async fn run_op(
     id: u32,
     nodes: &[Connection],
     mut send: impl FnMut(usize, bool) -> Result<(), Error>,
-) -> (Decision, NodeResults, usize) {
+    results: &mut NodeResults,
+    wanted: impl FnOnce(&Decision, usize) -> bool,
+) -> (Decision, usize) {
     let mut guard = OpGuard {
         table,
         id,
@@ -288,37 +293,47 @@ pub(crate) async fn run_op(
     })
     .await;
     guard.armed = false;
-    // Filled in node order by `finish` (built in place: no vector of placeholders to clone).
-    let mut results: NodeResults = SmallVec::new();
-    let mut silent = 0u8;
-    let (verdict, yes) = table.finish(id, |i, answer| {
-        debug_assert_eq!(i, results.len());
-        results.push(match answer {
-            Answer::Yes => NodeResult::Granted,
-            Answer::No => NodeResult::Refused,
-            Answer::Failed(e) => NodeResult::Failed(e),
-            // Decided before it answered: not awaited. Else the deadline came first, and it
-            // was waited for in vain (the verdict, read under the table's lock, is the last
-            // word: a quorum completed just as the deadline passed still counts).
-            Answer::Pending | Answer::Retry => {
-                silent |= 1 << i;
-                NodeResult::NotAwaited
-            }
-        })
-    });
-    let decision = match verdict {
-        Some(Verdict::Quorum(at)) => Decision::Quorum(at),
-        Some(Verdict::Impossible) => Decision::Impossible,
-        Some(Verdict::AllDone) => Decision::AllDone,
-        None => {
-            for (i, node) in nodes.iter().enumerate() {
-                if silent & (1 << i) != 0 {
-                    results[i] = NodeResult::NoReply;
-                    node.count_timeouts(1);
+    let (decision, yes, silent) = table.finish(id, |verdict, yes, answers| {
+        let decision = match verdict {
+            Some(Verdict::Quorum(at)) => Decision::Quorum(at),
+            Some(Verdict::Impossible) => Decision::Impossible,
+            Some(Verdict::AllDone) => Decision::AllDone,
+            None => Decision::Deadline,
+        };
+        let build = wanted(&decision, yes);
+        let mut silent = 0u8;
+        if build || decision == Decision::Deadline {
+            // Filled in node order, in place: no vector of placeholders to clone.
+            for (i, answer) in answers.iter_mut().enumerate() {
+                let result = match std::mem::take(answer) {
+                    Answer::Yes => NodeResult::Granted,
+                    Answer::No => NodeResult::Refused,
+                    Answer::Failed(e) => NodeResult::Failed(e),
+                    // Decided before it answered: not awaited. Else the deadline came first,
+                    // and it was waited for in vain (the verdict, read under the table's lock,
+                    // is the last word: a quorum completed just as the deadline passed still
+                    // counts).
+                    Answer::Pending | Answer::Retry => {
+                        silent |= 1 << i;
+                        NodeResult::NotAwaited
+                    }
+                };
+                if build {
+                    results.push(result);
                 }
             }
-            Decision::Deadline
         }
-    };
-    (decision, results, yes)
+        (decision, yes, silent)
+    });
+    if decision == Decision::Deadline {
+        for (i, node) in nodes.iter().enumerate() {
+            if silent & (1 << i) != 0 {
+                if let Some(r) = results.get_mut(i) {
+                    *r = NodeResult::NoReply;
+                }
+                node.count_timeouts(1);
+            }
+        }
+    }
+    (decision, yes)
 }
