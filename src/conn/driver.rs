@@ -681,7 +681,8 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
         }
         let more = wakers.len() == WAKE_BATCH || (in_place_next && !buf.is_empty());
         woke |= !wakers.is_empty();
-        wakers.into_iter().for_each(Waker::wake);
+        // Drained in place: `into_iter` would move the whole inline array (512 bytes) first.
+        wakers.drain(..).for_each(Waker::wake);
         result?;
         if !more {
             return Ok(woke);
