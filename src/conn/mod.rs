@@ -132,8 +132,9 @@ pub(crate) struct Shared {
     /// started alone.
     ops: Option<Arc<OpTable>>,
     /// Set while the task driving this connection (and the rest of its group) waits for work:
-    /// no turn is running or scheduled. Only then does a caller write its request itself (see
-    /// `enqueue_n`); while the task runs or has yielded, requests wait for its next writes.
+    /// no turn is running or scheduled. Only then does a caller write its request directly to
+    /// an idle node (see `enqueue_n`); while the task runs or has yielded, requests wait for
+    /// its next writes (a caller that finds the buffer full still sends it).
     /// A hint for batching, never for safety: the checks under the state lock make a direct
     /// write safe.
     task_parked: Arc<AtomicBool>,
@@ -751,8 +752,8 @@ impl Connection {
             && !st.driver_writing
         {
             // Full of requests the driver has not taken yet: it yields after handing out
-            // replies (see `driver::run_group`), and hundreds of callers can queue behind it
-            // in one turn. Send what is there now rather than refuse. The same argument as the
+            // replies to several callers (see `driver::run_group`), and hundreds of callers
+            // can queue behind it in one turn. Send what is there now rather than refuse. The same argument as the
             // direct write below makes it safe: the driver holds nothing half-written.
             write_now(&mut st, write_buffer);
         }
@@ -766,8 +767,8 @@ impl Connection {
         }
         // Write directly when the socket is free and the connection is not busy. Free: nothing
         // waits to be written, the driver holds nothing half-written (it writes only bytes it
-        // took from `write_buf` under this lock, and says so in `driver_writing`), and it is
-        // parked, so it is registered for the reply. Not busy: at most DIRECT_WRITE_MAX_IN_FLIGHT
+        // took from `write_buf` under this lock, and says so in `driver_writing`), and its
+        // waker is registered, so it is woken for the reply. Not busy: at most DIRECT_WRITE_MAX_IN_FLIGHT
         // requests in flight, and the task of the whole group parked (a node's own waker stays
         // registered through turns that handed it nothing, so it alone says little; writing
         // there while the task runs or has yielded broke up the group's batches: 0.37 `sendto`
