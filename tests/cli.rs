@@ -217,7 +217,7 @@ fn run_passes_the_exit_code_through_and_reports_busy() {
         "--ttl",
         "5s",
         "--wait",
-        "300ms",
+        "1s",
         "--",
         "true",
     ]);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dragonlock::resp::Frame;
-use dragonlock::{NodeResult, Redlock, RedlockOptions, ReleaseWait};
+use dragonlock::{LockErrorKind, NodeResult, Redlock, RedlockOptions, ReleaseWait};
 use support::server::{cluster, Server};
 
 async fn redlock(servers: &[Server], options: RedlockOptions) -> Redlock {
@@ -888,6 +888,57 @@ async fn acquire_uses_its_whole_budget_and_reports_a_timeout() {
             .map(|(s, b)| sets(s) - b)
             .collect::<Vec<_>>()
     );
+}
+
+/// An attempt the acquire budget cuts before its answers decide it says nothing of the key:
+/// `Timeout` carries the last decided attempt's verdict and answers instead. Here the key is
+/// held on all three nodes; once an attempt was refused, two nodes go silent (their replies
+/// held by the proxy), so the attempts after it wait for them until the budget cuts them, with
+/// one refusal and two nodes unheard. Reported as cut, that was "no quorum" with two healthy
+/// nodes blamed as silent (`dragonlock run --wait` exited 69, not 75, on a loaded CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_that_cuts_an_attempt_reports_the_last_decided_attempt() {
+    let (servers, proxies) = support::proxy::proxied_cluster(3).await;
+    let holder = redlock(&servers, RedlockOptions::default()).await;
+    let _held = holder
+        .try_acquire("cut", Duration::from_secs(60))
+        .await
+        .unwrap();
+    for s in &servers {
+        assert!(eventually(|| s.cmd(&["EXISTS", "cut"]).as_integer() == Some(1)).await);
+    }
+    let urls: Vec<String> = proxies.iter().map(|p| p.url()).collect();
+    let options = RedlockOptions::default()
+        .retry_count(1000)
+        .retry_delay(Duration::from_millis(20), Duration::ZERO)
+        .acquire_timeout(Duration::from_millis(800));
+    let r = support::redlock_over(&urls, options).await;
+    let acquire = tokio::spawn({
+        let r = r.clone();
+        async move { r.acquire("cut", Duration::from_secs(10)).await }
+    });
+    // Bounded: the first attempt is answered in a round trip.
+    assert!(eventually(|| r.stats().locks.busy >= 1).await);
+    for p in &proxies[1..] {
+        p.set(support::proxy::Fault::BlackHole(
+            support::proxy::Direction::ToClient,
+        ));
+    }
+    let err = acquire.await.unwrap().unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.last_attempt(), Some(LockErrorKind::Busy), "{err:?}");
+    // The decided attempt's answers: refusals, and a node not waited for once two refused.
+    let refused = err.nodes().iter().filter(|n| **n == NodeResult::Refused);
+    assert!(refused.count() >= 2, "{err:?}");
+    assert!(
+        err.nodes()
+            .iter()
+            .all(|n| matches!(n, NodeResult::Refused | NodeResult::NotAwaited)),
+        "{err:?}"
+    );
+    for p in &proxies {
+        p.heal();
+    }
 }
 
 /// A busy answer on five healthy nodes blames none of them: the nodes the collector decided

@@ -155,6 +155,9 @@ pub struct LockError {
     resource: Key,
     /// How many more keys a multi-resource lock had (`u32` keeps the error within 400 bytes).
     more_resources: u32,
+    /// An acquire attempt that the acquire budget's end cut before its answers decided it:
+    /// its answers say nothing of the key (see `Redlock::acquire`'s retry loop).
+    cut: bool,
     /// Every node's address, in configured order, shared with the manager.
     addrs: Option<Arc<[Box<str>]>>,
 }
@@ -168,6 +171,7 @@ impl LockError {
             reason: "",
             resource: Key::new(),
             more_resources: 0,
+            cut: false,
             addrs: None,
         }
     }
@@ -202,6 +206,17 @@ impl LockError {
 
     /// This attempt's failure, turned into the acquire's `Timeout` (it keeps the kind as
     /// [`last_attempt`](LockError::last_attempt), and the per-node answers).
+    /// Marks an attempt the acquire budget cut before its answers decided it.
+    pub(crate) fn cut_short(mut self) -> LockError {
+        self.cut = true;
+        self
+    }
+
+    /// True for an attempt the acquire budget cut before its answers decided it.
+    pub(crate) fn was_cut(&self) -> bool {
+        self.cut
+    }
+
     pub(crate) fn timed_out(mut self) -> LockError {
         if self.kind != LockErrorKind::Timeout {
             self.last_attempt = Some(self.kind);
@@ -217,7 +232,10 @@ impl LockError {
 
     /// For [`LockErrorKind::Timeout`]: the kind the last attempt failed with (`Busy`,
     /// `Unavailable`, `NoQuorum`, `Expired`), which is what the caller would have got without
-    /// a time budget. `None` for other kinds.
+    /// a time budget. An attempt the budget's end cut before its answers decided it says
+    /// nothing of the key, so then it is the last attempt that was decided (and
+    /// [`nodes`](LockError::nodes) are that attempt's answers); only when none was decided is
+    /// it the cut attempt's reading of the answers it had. `None` for other kinds.
     pub fn last_attempt(&self) -> Option<LockErrorKind> {
         self.last_attempt
     }

@@ -1151,6 +1151,8 @@ impl Redlock {
         // jitter there only delays the one waiter it woke).
         let mut woken = false;
         let mut contested = false;
+        // The last failed attempt that its answers decided (see the budget's end below).
+        let mut last_decided: Option<LockError> = None;
         // One atomic load when nobody of this manager waits for anything.
         if o.wake_on_release && self.inner.handoff.has_waiters() {
             let keys = keys();
@@ -1187,6 +1189,15 @@ impl Redlock {
             let now = Instant::now();
             if final_attempt || budget_end.is_some_and(|end| now >= end) {
                 self.count(Count::Timeout);
+                // An attempt the budget cut before its answers decided it says nothing of the
+                // key (its silent nodes were only not waited for long enough): the last attempt
+                // that was decided speaks for it, with its kind and answers. Reported as cut,
+                // a key held everywhere came out as "no quorum" with healthy nodes blamed as
+                // silent, whenever the last attempt took longer than the ones before it.
+                let err = match last_decided {
+                    Some(decided) if err.was_cut() => decided,
+                    _ => err,
+                };
                 return Err(err.timed_out());
             }
             let (wake, is_final) = match interrupted.take().filter(|&(end, _)| end > now) {
@@ -1224,6 +1235,9 @@ impl Redlock {
                 }
             };
             final_attempt = is_final;
+            if !err.was_cut() {
+                last_decided = Some(err);
+            }
             match &waiter {
                 None => tokio::time::sleep_until(wake).await,
                 Some(w) => {
@@ -1378,7 +1392,9 @@ impl Redlock {
             Decision::Quorum(_) => refuse(LockErrorKind::Expired),
             // Cut by the acquire budget: the verdict of the answers so far (the caller turns
             // it into `Timeout`).
-            Decision::Deadline if cut.is_some() => refuse(self.classify_failure(&results, false)),
+            Decision::Deadline if cut.is_some() => {
+                refuse(self.classify_failure(&results, false)).map_err(LockError::cut_short)
+            }
             Decision::Deadline => refuse(LockErrorKind::Expired),
             Decision::Impossible | Decision::AllDone => {
                 refuse(self.classify_failure(&results, false))
