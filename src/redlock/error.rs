@@ -204,8 +204,6 @@ impl LockError {
         self
     }
 
-    /// This attempt's failure, turned into the acquire's `Timeout` (it keeps the kind as
-    /// [`last_attempt`](LockError::last_attempt), and the per-node answers).
     /// Marks an attempt the acquire budget cut before its answers decided it.
     pub(crate) fn cut_short(mut self) -> LockError {
         self.cut = true;
@@ -217,6 +215,15 @@ impl LockError {
         self.cut
     }
 
+    /// A cut attempt's error, read with the verdict of the last attempt that was decided
+    /// (`kind`), since its own partial answers decide nothing; its answers stay.
+    pub(crate) fn read_as(mut self, kind: LockErrorKind) -> LockError {
+        self.kind = kind;
+        self
+    }
+
+    /// This attempt's failure, turned into the acquire's `Timeout` (it keeps the kind as
+    /// [`last_attempt`](LockError::last_attempt), and the per-node answers).
     pub(crate) fn timed_out(mut self) -> LockError {
         if self.kind != LockErrorKind::Timeout {
             self.last_attempt = Some(self.kind);
@@ -230,18 +237,21 @@ impl LockError {
         self.kind
     }
 
-    /// For [`LockErrorKind::Timeout`]: the kind the last attempt failed with (`Busy`,
-    /// `Unavailable`, `NoQuorum`, `Expired`), which is what the caller would have got without
-    /// a time budget. An attempt the budget's end cut before its answers decided it says
-    /// nothing of the key, so then it is the last attempt that was decided (and
-    /// [`nodes`](LockError::nodes) are that attempt's answers); only when none was decided is
-    /// it the cut attempt's reading of the answers it had. `None` for other kinds.
+    /// For [`LockErrorKind::Timeout`]: how the last *decided* attempt failed (`Busy`,
+    /// `Unavailable`, `NoQuorum`, `Expired`), which is what the caller would most likely have
+    /// got without a time budget. When the budget ended an attempt that was still waiting for
+    /// answers, that attempt decided nothing (the client cannot tell a slow node from a dead
+    /// one), so the verdict is the attempt's before it, which may be older;
+    /// [`nodes`](LockError::nodes) are still the cut attempt's answers, with the nodes it did not
+    /// hear from as `NoReply`. If no attempt was decided, it is the cut attempt's reading of the
+    /// answers it had. `None` for other kinds.
     pub fn last_attempt(&self) -> Option<LockErrorKind> {
         self.last_attempt
     }
 
     /// What each node answered (empty when no node was asked). For a `Timeout`, the last
-    /// attempt's answers.
+    /// attempt's answers (also when the budget cut it: see
+    /// [`last_attempt`](LockError::last_attempt)).
     pub fn nodes(&self) -> &[NodeResult] {
         &self.nodes
     }
@@ -335,8 +345,14 @@ impl fmt::Display for LockError {
         if !self.reason.is_empty() {
             write!(f, ": {}", self.reason)?;
         }
-        if let Some(last) = self.last_attempt {
-            write!(f, "; the last attempt: {}", last.describe())?;
+        match self.last_attempt {
+            Some(last) if self.cut => write!(
+                f,
+                "; the last decided attempt: {} (the budget cut the last one)",
+                last.describe()
+            )?,
+            Some(last) => write!(f, "; the last attempt: {}", last.describe())?,
+            None => {}
         }
         if let Some(resource) = self.resource() {
             write!(f, "; resource {resource:?}")?;

@@ -629,9 +629,11 @@ impl Redlock {
                 let kind = self.classify_failure(&results, false);
                 return refuse(kind, results.clone());
             }
-            // Cut by the acquire budget: the verdict so far (the caller makes it `Timeout`).
+            // Cut by the acquire budget: the verdict so far (the caller makes it `Timeout`,
+            // read with the last decided attempt's verdict).
             Decision::Deadline if cut.is_some() => {
                 return refuse(self.classify_failure(&results, false), results.clone())
+                    .map_err(LockError::cut_short)
             }
             Decision::Deadline => return refuse(LockErrorKind::Expired, results.clone()),
             Decision::Impossible | Decision::AllDone => {

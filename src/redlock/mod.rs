@@ -1027,7 +1027,8 @@ impl Redlock {
     /// When the retries are spent first: the last attempt's error (`Busy`, `Unavailable`,
     /// `NoQuorum`, `Expired`), with each node's answer. When the time budget runs out first:
     /// [`LockErrorKind::Timeout`], whose [`last_attempt`](LockError::last_attempt) is the kind
-    /// the last attempt failed with and whose [`nodes`](LockError::nodes) are its answers.
+    /// the last decided attempt failed with and whose [`nodes`](LockError::nodes) are the last
+    /// attempt's answers.
     /// `Invalid` for a ttl not larger than the drift allowance.
     ///
     /// # Cancel safety
@@ -1151,8 +1152,8 @@ impl Redlock {
         // jitter there only delays the one waiter it woke).
         let mut woken = false;
         let mut contested = false;
-        // The last failed attempt that its answers decided (see the budget's end below).
-        let mut last_decided: Option<LockError> = None;
+        // How the last attempt that its answers decided failed (see the budget's end below).
+        let mut last_decided: Option<LockErrorKind> = None;
         // One atomic load when nobody of this manager waits for anything.
         if o.wake_on_release && self.inner.handoff.has_waiters() {
             let keys = keys();
@@ -1189,13 +1190,13 @@ impl Redlock {
             let now = Instant::now();
             if final_attempt || budget_end.is_some_and(|end| now >= end) {
                 self.count(Count::Timeout);
-                // An attempt the budget cut before its answers decided it says nothing of the
-                // key (its silent nodes were only not waited for long enough): the last attempt
-                // that was decided speaks for it, with its kind and answers. Reported as cut,
-                // a key held everywhere came out as "no quorum" with healthy nodes blamed as
-                // silent, whenever the last attempt took longer than the ones before it.
+                // An attempt the budget cut before its answers decided it decided nothing (a
+                // node it did not hear from may be slow or dead): the verdict is the last
+                // decided attempt's, and the answers stay the cut attempt's. Read as a verdict,
+                // a key held everywhere came out as "no quorum" whenever the last attempt took
+                // longer than the ones before it.
                 let err = match last_decided {
-                    Some(decided) if err.was_cut() => decided,
+                    Some(kind) if err.was_cut() => err.read_as(kind),
                     _ => err,
                 };
                 return Err(err.timed_out());
@@ -1236,7 +1237,7 @@ impl Redlock {
             };
             final_attempt = is_final;
             if !err.was_cut() {
-                last_decided = Some(err);
+                last_decided = Some(err.kind());
             }
             match &waiter {
                 None => tokio::time::sleep_until(wake).await,
