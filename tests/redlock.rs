@@ -32,6 +32,20 @@ async fn wait_no_keys(servers: &[Server]) -> Vec<i64> {
     counts()
 }
 
+/// `key` taken by a holder of its own, on every node (each node's `SET` done) before it
+/// returns: the holder and its lock, kept for as long as the key must stay taken.
+async fn held_everywhere(servers: &[Server], key: &str) -> (Redlock, dragonlock::Lock) {
+    let holder = redlock(servers, RedlockOptions::default()).await;
+    let held = holder
+        .try_acquire(key, Duration::from_secs(60))
+        .await
+        .unwrap();
+    for s in servers {
+        assert!(eventually(|| s.cmd(&["EXISTS", key]).as_integer() == Some(1)).await);
+    }
+    (holder, held)
+}
+
 /// True once `check` holds, polling for up to 2 s. For effects of requests already sent whose
 /// answers were not awaited (an operation that returns at the quorum leaves the last nodes'
 /// requests on their way).
@@ -852,15 +866,8 @@ async fn releasing_an_expired_lock_is_an_error_not_a_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_uses_its_whole_budget_and_reports_a_timeout() {
     let servers = cluster(3);
-    let holder = redlock(&servers, RedlockOptions::default()).await;
-    let _held = holder
-        .try_acquire("budget", Duration::from_secs(60))
-        .await
-        .unwrap();
     // Every node has the holder's key (and its SET counted) before counting starts.
-    for s in &servers {
-        assert!(eventually(|| s.cmd(&["EXISTS", "budget"]).as_integer() == Some(1)).await);
-    }
+    let _held = held_everywhere(&servers, "budget").await;
     let sets = |s: &Server| s.command_calls("set");
     let before: Vec<u64> = servers.iter().map(sets).collect();
     let options = RedlockOptions::default()
@@ -899,14 +906,7 @@ async fn acquire_uses_its_whole_budget_and_reports_a_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_that_cuts_an_attempt_reports_the_last_decided_attempt() {
     let (servers, proxies) = support::proxy::proxied_cluster(3).await;
-    let holder = redlock(&servers, RedlockOptions::default()).await;
-    let _held = holder
-        .try_acquire("cut", Duration::from_secs(60))
-        .await
-        .unwrap();
-    for s in &servers {
-        assert!(eventually(|| s.cmd(&["EXISTS", "cut"]).as_integer() == Some(1)).await);
-    }
+    let _held = held_everywhere(&servers, "cut").await;
     let urls: Vec<String> = proxies.iter().map(|p| p.url()).collect();
     let options = RedlockOptions::default()
         .retry_count(1000)

@@ -238,18 +238,15 @@ async fn connect(
 ) -> Option<(Stream, Connector)> {
     let mut failures: u32 = 0;
     loop {
-        if shared.lock().closed {
-            return None;
-        }
         if let Some(delay) = delay.take() {
             event!(DEBUG, node = %shared.config.addr(), failures, delay = ?delay, "reconnecting");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shared.shutdown.notified() => return None,
             }
-            if shared.lock().closed {
-                return None;
-            }
+        }
+        if shared.lock().closed {
+            return None;
         }
         let attempt = tokio::select! {
             r = handshake::establish(&shared.config, &mut connector) => r,

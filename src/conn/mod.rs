@@ -753,8 +753,9 @@ impl Connection {
         {
             // Full of requests the driver has not taken yet: it yields after handing out
             // replies to several callers (see `driver::run_group`), and hundreds of callers
-            // can queue behind it in one turn. Send what is there now rather than refuse. The same argument as the
-            // direct write below makes it safe: the driver holds nothing half-written.
+            // can queue behind it in one turn. Send what is there now rather than refuse. The
+            // same argument as the direct write below makes it safe: the driver holds nothing
+            // half-written.
             write_now(&mut st, write_buffer);
         }
         if !st.slots.has_free()
@@ -768,14 +769,14 @@ impl Connection {
         // Write directly when the socket is free and the connection is not busy. Free: nothing
         // waits to be written, the driver holds nothing half-written (it writes only bytes it
         // took from `write_buf` under this lock, and says so in `driver_writing`), and its
-        // waker is registered, so it is woken for the reply. Not busy: at most DIRECT_WRITE_MAX_IN_FLIGHT
-        // requests in flight, and the task of the whole group parked (a node's own waker stays
-        // registered through turns that handed it nothing, so it alone says little; writing
-        // there while the task runs or has yielded broke up the group's batches: 0.37 `sendto`
-        // per lock cycle at 64 callers against 0.17). Then this caller writes its request
-        // itself and the driver is not woken: one task hop less. Busier connections leave
-        // requests to pile up in the buffer for the driver to write in one burst, which is
-        // worth more under load than the hop.
+        // waker is registered, so it is woken for the reply. Not busy: at most
+        // DIRECT_WRITE_MAX_IN_FLIGHT requests in flight, and the task of the whole group parked
+        // (a node's own waker stays registered through turns that handed it nothing, so it
+        // alone says little; writing there while the task runs or has yielded broke up the
+        // group's batches: 0.37 `sendto` per lock cycle at 64 callers against 0.17). Then
+        // this caller writes its request itself and the driver is not woken: one task hop
+        // less. Busier connections leave requests to pile up in the buffer for the driver to
+        // write in one burst, which is worth more under load than the hop.
         let idle = st.slots.queued() <= DIRECT_WRITE_MAX_IN_FLIGHT
             && st.write_buf.is_empty()
             && !st.driver_writing

@@ -730,8 +730,9 @@ impl Redlock {
             Err(self.lock_error(kind, results, &keys))
         };
         match decision {
-            Decision::Quorum(at)
-                if counted >= quorum && at + self.inner.options.min_validity <= valid_until =>
+            Decision::Quorum(_)
+                if counted >= quorum
+                    && decision.quorum_in_time(self.inner.options.min_validity, valid_until) =>
             {
                 Ok(Lock::new(self.clone(), keys, token, ttl, valid_until).with_fences(tokens))
             }

@@ -599,7 +599,7 @@ pub(crate) async fn extend_on_nodes(
     // read by the same flag rule as the general path's `Vote::of_script_flag`.
     let op = redlock.open_op(OpRule::Flag, false, deadline);
     let min_validity = redlock.inner.options.min_validity;
-    let extended = move |d: &Decision| matches!(*d, Decision::Quorum(at) if at + min_validity <= new_valid_until);
+    let extended = move |d: &Decision| d.quorum_in_time(min_validity, new_valid_until);
     // Each node's result, read only by a failure's error.
     let mut results = NodeResults::new();
     let decision = if let Some((table, id)) = op {

@@ -1340,8 +1340,7 @@ impl Redlock {
         let rule = if multi { OpRule::Flag } else { OpRule::SetNx };
         let op = self.open_op(rule, false, deadline);
         let min_validity = self.inner.options.min_validity;
-        let granted_in_time =
-            |d: &Decision| matches!(*d, Decision::Quorum(at) if at + min_validity <= valid_until);
+        let granted_in_time = |d: &Decision| d.quorum_in_time(min_validity, valid_until);
         // Each node's result, read only when the attempt fails.
         let mut results = NodeResults::new();
         let (decision, granted) = if let Some((table, id)) = op {

@@ -12,6 +12,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
 use smallvec::SmallVec;
 use tokio::time::Instant;
@@ -55,6 +56,14 @@ pub(crate) enum Decision {
     Deadline,
     /// Every node answered (only when collecting all replies).
     AllDone,
+}
+
+impl Decision {
+    /// A quorum whose deciding reply still left `min_validity` before `valid_until`: a lock
+    /// (or an extension) that may be handed out.
+    pub(crate) fn quorum_in_time(self, min_validity: Duration, valid_until: Instant) -> bool {
+        matches!(self, Decision::Quorum(at) if at + min_validity <= valid_until)
+    }
 }
 
 pub(crate) struct QuorumCollector<'a> {
