@@ -373,24 +373,23 @@ impl OpTable {
         }
         let op = &mut t.ops[id as usize];
         t.free = op.next;
-        *op = Op {
-            waker: None,
-            answers: Default::default(),
-            verdict: None,
-            rule,
-            nodes: nodes as u8,
-            quorum: quorum as u8,
-            all,
-            yes: 0,
-            settled: 0,
-            outstanding: nodes as u8,
-            retried: 0,
-            resend: 0,
-            caller: true,
-            deadline,
-            expired: false,
-            next: NIL,
-        };
+        // A free entry has no waker, no verdict and every answer `Pending` (see `Table::free`):
+        // only the rest is set, not the 336 bytes of answers.
+        debug_assert!(op.waker.is_none() && op.verdict.is_none());
+        debug_assert!(op.answers.iter().all(|a| matches!(a, Answer::Pending)));
+        op.rule = rule;
+        op.nodes = nodes as u8;
+        op.quorum = quorum as u8;
+        op.all = all;
+        op.yes = 0;
+        op.settled = 0;
+        op.outstanding = nodes as u8;
+        op.retried = 0;
+        op.resend = 0;
+        op.caller = true;
+        op.deadline = deadline;
+        op.expired = false;
+        op.next = NIL;
         // The driver's timer is armed for `wake_at`; only an earlier deadline re-arms it.
         let mut driver = None;
         if t.wake_at.is_none_or(|at| deadline < at) {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{self, Decision, Vote};
 use super::stats::Count;
-use super::{Keys, Redlock, ReleaseWait, Token};
+use super::{Keys, Notice, Redlock, ReleaseWait, Token};
 use crate::conn::{Connection, OpRule, ReplyFuture, ScriptCall};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
@@ -319,7 +319,11 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn release(mut self) -> Result<usize, LockError> {
-        self.release_ref().await
+        // Not through `release_ref`: each layer of `async fn` moves the 400-byte result again.
+        if !self.begin_release() {
+            return Ok(0);
+        }
+        self.release_now().await
     }
 
     /// Releases, and can be called more than once: the first call does the release (and
@@ -347,19 +351,28 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn release_ref(&mut self) -> Result<usize, LockError> {
-        if self.done {
+        if !self.begin_release() {
             return Ok(0);
+        }
+        self.release_now().await
+    }
+
+    /// Marks the lock released and fires its signal; false when it was done already.
+    fn begin_release(&mut self) -> bool {
+        if self.done {
+            return false;
         }
         self.done = true;
         self.fire_signal();
-        self.release_now().await
+        true
     }
 
     async fn release_now(&self) -> Result<usize, LockError> {
         let redlock = &self.redlock;
         let nodes = &redlock.inner.nodes;
         let deadline = Instant::now() + redlock.inner.options.release_timeout;
-        let notice = redlock.notice(&self.keys, &self.token, true, ScriptCall::BySha);
+        let mut notice = Notice::off();
+        redlock.notice(&mut notice, &self.keys, &self.token, true, ScriptCall::BySha);
         let all = redlock.inner.options.release_wait == ReleaseWait::All;
         let multi = self.keys.is_multi();
         let release =
