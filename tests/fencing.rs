@@ -79,13 +79,16 @@ async fn contended_grants_of_one_resource_get_increasing_tokens_in_grant_order()
         managers.push(fenced(&servers).await);
     }
     let grants = Arc::new(Mutex::new(Vec::new()));
+    // Until 300 grants in all. How many attempts that takes depends on how the four loops
+    // interleave (on a loaded machine, one run of 2,000 attempts each gave 29 grants), so the
+    // bound on attempts is generous, and a time bound ends the loops either way.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
     let mut tasks = Vec::new();
     for (w, r) in managers.into_iter().enumerate() {
         let grants = grants.clone();
         tasks.push(tokio::spawn(async move {
-            let mut got = 0;
-            for _ in 0..2_000 {
-                if got == 150 {
+            for _ in 0..50_000 {
+                if grants.lock().unwrap().len() >= 300 || std::time::Instant::now() > end {
                     break;
                 }
                 let Ok(lock) = r.try_acquire("hot", TTL).await else {
@@ -96,7 +99,6 @@ async fn contended_grants_of_one_resource_get_increasing_tokens_in_grant_order()
                     .lock()
                     .unwrap()
                     .push((w, lock.fencing_token().unwrap()));
-                got += 1;
                 lock.release().await.unwrap();
             }
         }));
