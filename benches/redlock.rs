@@ -288,7 +288,7 @@ fn cycle(c: &mut Criterion) {
     let addrs: Vec<String> = servers.iter().map(|s| s.addr()).collect();
     let ttl = Duration::from_secs(30);
     let mut single_loop = rt
-        .block_on(baseline::Baseline::connect(&addrs, 5, ttl, false, 1))
+        .block_on(baseline::Baseline::connect(&addrs, 5, ttl, false, true, 1))
         .unwrap();
     eprintln!(
         "single loop releases with {}",

@@ -106,7 +106,7 @@ async fn every_reply_counts_for_its_own_operation() {
         .map(|f| format!("127.0.0.1:{}", f.port))
         .collect();
     let ttl = Duration::from_secs(30);
-    let mut base = Baseline::connect(&addrs, 3, ttl, false, CALLERS)
+    let mut base = Baseline::connect(&addrs, 3, ttl, false, false, CALLERS)
         .await
         .unwrap();
     assert_eq!(base.release_command(), "evalsha");
@@ -188,7 +188,9 @@ async fn an_acquire_without_a_quorum_expires_at_its_validity() {
         .map(|f| format!("127.0.0.1:{}", f.port))
         .collect();
     let ttl = Duration::from_millis(100);
-    let mut base = Baseline::connect(&addrs, 3, ttl, false, 1).await.unwrap();
+    let mut base = Baseline::connect(&addrs, 3, ttl, false, false, 1)
+        .await
+        .unwrap();
     let mut client = base.client();
     let r = tokio::time::timeout(Duration::from_secs(10), client.acquire(b"k"))
         .await
@@ -218,7 +220,7 @@ async fn the_newest_waker_is_woken() {
     let yes: Handler = Arc::new(|_: &[Vec<u8>]| Action::Reply(b"+OK\r\n".to_vec()));
     let fake = FakeServer::start(false, yes).await;
     let addrs = [format!("127.0.0.1:{}", fake.port)];
-    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, 1)
+    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, false, 1)
         .await
         .unwrap();
     let mut client = base.client();
@@ -255,7 +257,7 @@ async fn a_lock_cycle_allocates_nothing() {
     const CALLERS: usize = 8;
     let servers = support::server::cluster(3);
     let addrs: Vec<String> = servers.iter().map(|s| s.addr()).collect();
-    let mut base = Baseline::connect(&addrs, 3, Duration::from_secs(10), false, CALLERS)
+    let mut base = Baseline::connect(&addrs, 3, Duration::from_secs(10), false, false, CALLERS)
         .await
         .unwrap();
     let cycles = Arc::new(AtomicUsize::new(0));
@@ -295,7 +297,10 @@ async fn a_lock_cycle_allocates_nothing() {
 }
 
 /// Where `COMMAND INFO DELEX` finds the command (fakes that answer like Dragonfly), the release
-/// is `DELEX key IFEQ token`, as dragonlock's; with `force_script`, the script.
+/// is `DELEX key IFEQ token`, as dragonlock's; with `force_script`, the script. A release that
+/// notifies (as dragonlock's with `wake_on_release`) sends the `PUBLISH` right behind the
+/// `DELEX`, or the notifying script with the key's channel, and its reply to the `PUBLISH` is
+/// not taken for the release's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_release_is_delex_where_the_server_has_it() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -306,7 +311,19 @@ async fn the_release_is_delex_where_the_server_has_it() {
             "SET" => b"+OK\r\n",
             "DELEX" if args[2] == b"IFEQ" => b":1\r\n",
             "EVALSHA" => b":1\r\n",
+            // No subscriber: were this taken for a release's reply, the release would fail.
+            "PUBLISH" => b":0\r\n",
             _ => b"-ERR unexpected\r\n",
+        };
+        let name = match name.as_str() {
+            // Which script, and with which keys.
+            "EVALSHA" => format!(
+                "EVALSHA {} {}",
+                &String::from_utf8_lossy(&args[1])[..8],
+                String::from_utf8_lossy(&args[2..args.len() - 1].join(&b' '))
+            ),
+            "PUBLISH" => format!("PUBLISH {}", String::from_utf8_lossy(&args[1])),
+            _ => name,
         };
         log.lock().unwrap().push(name);
         Action::Reply(reply.to_vec())
@@ -319,26 +336,52 @@ async fn the_release_is_delex_where_the_server_has_it() {
         .iter()
         .map(|f| format!("127.0.0.1:{}", f.port))
         .collect();
-    for (force_script, release) in [(false, "DELEX"), (true, "EVALSHA")] {
+    let sha = |source: &str| support::fake::sha1_hex(source.as_bytes())[..8].to_string();
+    let plain = format!("EVALSHA {} 1 k", sha(dragonlock::redlock::scripts::RELEASE));
+    let notifying = format!(
+        "EVALSHA {} 2 k dragonlock:released:k",
+        sha(dragonlock::redlock::scripts::RELEASE_NOTIFY)
+    );
+    let delex_publish = ["DELEX", "PUBLISH dragonlock:released:k"];
+    let cases: [(bool, bool, &str, &[&str]); 4] = [
+        (false, false, "delex", &["DELEX"]),
+        (true, false, "evalsha", &[&plain]),
+        (false, true, "delex", &delex_publish),
+        (true, true, "evalsha", &[&notifying]),
+    ];
+    for (force_script, notify, release, sent) in cases {
         seen.lock().unwrap().clear();
         let ttl = Duration::from_secs(5);
-        let mut base = Baseline::connect(&addrs, 3, ttl, force_script, 1)
+        let mut base = Baseline::connect(&addrs, 3, ttl, force_script, notify, 1)
             .await
             .unwrap();
-        assert_eq!(base.release_command(), release.to_lowercase());
+        assert_eq!(base.release_command(), release);
         let mut client = base.client();
-        let token = client.acquire(b"k").await.unwrap();
-        assert!(client.release(b"k", &token).await >= 2);
-        // Every node gets the release; the third may still be on its way.
-        let all_in = || seen.lock().unwrap().len() == 6;
-        assert!(support::eventually(Duration::from_secs(5), all_in).await);
+        // Two cycles: the second one's votes are its own, not the first's `PUBLISH` replies.
+        let cycles = async {
+            for _ in 0..2 {
+                let token = client.acquire(b"k").await.unwrap();
+                assert!(client.release(b"k", &token).await >= 2);
+            }
+        };
+        // A reply taken for the wrong operation stops the loop (it panics): fail, not hang.
+        tokio::time::timeout(Duration::from_secs(10), cycles)
+            .await
+            .expect("two lock cycles");
+        // Every node gets the releases; the third may still be on its way.
+        let all_in = || seen.lock().unwrap().len() == 2 * 3 * (1 + sent.len());
+        let arrived = support::eventually(Duration::from_secs(5), all_in).await;
+        assert!(arrived, "{:?}", seen.lock().unwrap());
         let mut names = seen.lock().unwrap().clone();
         names.sort();
-        let want: Vec<String> = [release; 3]
-            .into_iter()
-            .chain(["SET"; 3])
+        let mut want: Vec<String> = sent
+            .iter()
+            .copied()
+            .chain(["SET"])
+            .flat_map(|s| [s; 6])
             .map(String::from)
             .collect();
-        assert_eq!(names, want);
+        want.sort();
+        assert_eq!(names, want, "force_script {force_script}, notify {notify}");
     }
 }

@@ -7,7 +7,9 @@
 //! (`start + ttl − (ttl × 0.01 + 2 ms)`) racing the replies; a failed acquire releases on every
 //! node that might hold the key; the release is the command dragonlock sends to that server
 //! (`DELEX key IFEQ token` where `COMMAND INFO DELEX` found it at connect, else `EVALSHA` of
-//! [`RELEASE`], loaded with `SCRIPT LOAD` at connect), decided at the quorum as
+//! [`RELEASE`], loaded with `SCRIPT LOAD` at connect; with `notify`, as dragonlock's with
+//! `wake_on_release`, the `DELEX` with a `PUBLISH` behind it or the [`RELEASE_NOTIFY`] script),
+//! decided at the quorum as
 //! `ReleaseWait::Quorum` does, within dragonlock's release timeout. Tokens are 128 random bits
 //! in hex. What it leaves out is what makes dragonlock a product: reconnects, cancel-safe
 //! callers, typed errors (it panics on a server error), RESP3, auth.
@@ -73,8 +75,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dragonlock::conn::{Script, ScriptCall};
-use dragonlock::redlock::{scripts::RELEASE, DEFAULT_MIN_VALIDITY, DEFAULT_RELEASE_TIMEOUT};
-use dragonlock::resp::{encode_command, encode_delex_ifeq, Decoder, Frame, SetNxPxCommand};
+use dragonlock::redlock::scripts::{RELEASE, RELEASE_CHANNEL_PREFIX, RELEASE_NOTIFY};
+use dragonlock::redlock::{DEFAULT_MIN_VALIDITY, DEFAULT_RELEASE_TIMEOUT};
+use dragonlock::resp::{
+    encode_command, encode_delex_ifeq, encode_publish, Decoder, Frame, SetNxPxCommand,
+};
 use dragonlock::LockErrorKind;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,6 +91,10 @@ pub const MAX_NODES: usize = 32;
 /// Longest key. Keys travel inline in the submission and the slot, so nothing is allocated per
 /// operation; the benches' keys are under 32 bytes.
 pub const MAX_KEY: usize = 64;
+
+/// In a node's ring of owed replies: a reply to drop (a `PUBLISH` behind a release's `DELEX`).
+/// Never a slot id: there are fewer slots.
+const DISCARD: u16 = u16::MAX;
 /// Slots per caller. A decided operation keeps its slot until its late votes are in, so a
 /// caller's release (and its next acquire) can start while the previous phase still owes
 /// replies: two or three slots per caller in a steady run. When the slab is full, submissions
@@ -237,6 +246,8 @@ struct Loop {
     quorum: usize,
     set: SetNxPxCommand,
     script: Script,
+    /// The release that tells waiters ([`RELEASE_NOTIFY`]), when releases publish.
+    notify: Option<Script>,
     validity: Duration,
     timer: Pin<Box<Sleep>>,
     armed: Option<Instant>,
@@ -248,6 +259,9 @@ impl Baseline {
     /// Connects to `addrs` (the live nodes of `total`; the others count as failed in every
     /// vote), loads the release script and probes `DELEX` on each, and starts the loop, sized
     /// for `callers` callers. `force_script` releases with the script even where `DELEX` exists.
+    /// `notify`: a release also publishes the token on the key's release channel, as
+    /// dragonlock's does with `wake_on_release` (the notifying script, or a `PUBLISH` right
+    /// behind the `DELEX`), so that both clients ask the servers for the same work.
     ///
     /// # Errors
     ///
@@ -262,6 +276,7 @@ impl Baseline {
         total: usize,
         ttl: Duration,
         force_script: bool,
+        notify: bool,
         callers: usize,
     ) -> io::Result<Baseline> {
         assert!(!addrs.is_empty() && total <= MAX_NODES && addrs.len() <= total);
@@ -269,8 +284,9 @@ impl Baseline {
             + dragonlock::redlock::DRIFT_FIXED;
         let validity = ttl.checked_sub(drift).expect("ttl above the drift");
         let script = Script::new(RELEASE);
+        let notify = notify.then(|| Script::new(RELEASE_NOTIFY));
         let callers = callers.max(1);
-        let slots = (callers * SLOTS_PER_CALLER).min(u16::MAX as usize);
+        let slots = (callers * SLOTS_PER_CALLER).min(DISCARD as usize);
         let mut nodes = Vec::new();
         for addr in addrs {
             let mut sock = TcpStream::connect(addr.as_str()).await?;
@@ -278,10 +294,11 @@ impl Baseline {
             let mut out = BytesMut::with_capacity(slots * OUT_PER_SLOT);
             encode_command(&mut out, &["COMMAND", "INFO", "DELEX"]);
             encode_command(&mut out, &["SCRIPT", "LOAD", RELEASE]);
+            encode_command(&mut out, &["SCRIPT", "LOAD", RELEASE_NOTIFY]);
             sock.write_all(&out).await?;
             out.clear();
             let (mut decoder, mut buf, mut replies) = (Decoder::default(), BytesMut::new(), vec![]);
-            while replies.len() < 2 {
+            while replies.len() < 3 {
                 match decoder.decode(&mut buf).map_err(io::Error::other)? {
                     Some(frame) => replies.push(frame),
                     None if sock.read_buf(&mut buf).await? == 0 => {
@@ -292,11 +309,13 @@ impl Baseline {
             }
             // An entry for the command means it exists; a null entry (or an error) means not.
             let delex = matches!(&replies[0], Frame::Array(e) if matches!(e.first(), Some(Frame::Array(_))));
-            if replies[1].as_bytes() != Some(script.sha().as_bytes()) {
-                return Err(io::Error::other(format!(
-                    "{addr}: SCRIPT LOAD answered {:?}",
-                    replies[1]
-                )));
+            let notify_sha = Script::new(RELEASE_NOTIFY);
+            for (reply, loaded) in replies[1..].iter().zip([&script, &notify_sha]) {
+                if reply.as_bytes() != Some(loaded.sha().as_bytes()) {
+                    return Err(io::Error::other(format!(
+                        "{addr}: SCRIPT LOAD answered {reply:?}"
+                    )));
+                }
             }
             nodes.push(Node {
                 sock,
@@ -337,6 +356,7 @@ impl Baseline {
             quorum: total / 2 + 1,
             set: SetNxPxCommand::new(ttl.as_millis() as u64),
             script,
+            notify,
             validity,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
@@ -570,14 +590,38 @@ impl Loop {
     fn start(&mut self, op: Submit) {
         let id = self.free.pop().expect("a free slot");
         let key = &op.key[..op.key_len as usize];
+        // The release channel, for a release that publishes: the prefix, then the key.
+        let mut channel = [0u8; RELEASE_CHANNEL_PREFIX.len() + MAX_KEY];
+        let channel_len = RELEASE_CHANNEL_PREFIX.len() + key.len();
+        channel[..RELEASE_CHANNEL_PREFIX.len()].copy_from_slice(RELEASE_CHANNEL_PREFIX.as_bytes());
+        channel[RELEASE_CHANNEL_PREFIX.len()..channel_len].copy_from_slice(key);
+        let channel = &channel[..channel_len];
         for node in &mut self.nodes {
-            match op.kind {
-                Kind::Acquire => self.set.encode(&mut node.out, key, &op.token),
-                Kind::Release if node.delex => encode_delex_ifeq(&mut node.out, key, &op.token),
-                Kind::Release => self
-                    .script
-                    .evalsha()
-                    .encode(&mut node.out, &[key], &[op.token]),
+            match (op.kind, &self.notify) {
+                (Kind::Acquire, _) => self.set.encode(&mut node.out, key, &op.token),
+                (Kind::Release, None) if node.delex => {
+                    encode_delex_ifeq(&mut node.out, key, &op.token)
+                }
+                (Kind::Release, Some(_)) if node.delex => {
+                    encode_delex_ifeq(&mut node.out, key, &op.token);
+                    let prefix = RELEASE_CHANNEL_PREFIX.as_bytes();
+                    encode_publish(&mut node.out, prefix, key, &op.token);
+                    // The `PUBLISH`'s reply comes right after the `DELEX`'s, and is dropped.
+                    assert!(node.owed.len() + 2 <= node.owed.capacity(), "ring bound");
+                    node.owed.push_back(id);
+                    node.owed.push_back(DISCARD);
+                    continue;
+                }
+                (Kind::Release, None) => {
+                    self.script
+                        .evalsha()
+                        .encode(&mut node.out, &[key], &[op.token])
+                }
+                (Kind::Release, Some(notify)) => {
+                    notify
+                        .evalsha()
+                        .encode(&mut node.out, &[key, channel], &[op.token])
+                }
             }
             assert!(node.owed.len() < node.owed.capacity(), "ring bound");
             node.owed.push_back(id);
@@ -662,6 +706,9 @@ impl Loop {
                 .owed
                 .pop_front()
                 .expect("a reply nobody asked for");
+            if id == DISCARD {
+                continue;
+            }
             self.dispatch(id, k, classify(line, k), now);
         }
         let node = &mut self.nodes[k];

@@ -16,7 +16,10 @@
 //! summaries (granted cycles only, as in the table: failed attempts are in `outcomes`), `outcomes`, `nodes_per_release`, and `refused` with `refused_by_reason`
 //! (`overloaded`, `not_connected`, `restarted`): node requests dragonlock's client refused over
 //! the measured window ([`REFUSED_LEGEND`]; null for the baseline, which has its own sockets). `setup` also has `ops`, `keys` and `zipf_s`
-//! (contended only), `key_prefix`, `retries`, `retry_delay_ms` and `restart_delay_ms`.
+//! (contended only), `key_prefix`, `retries`, `retry_delay_ms`, `restart_delay_ms` and
+//! `wake_on_release` (false with `--no-wake-on-release`: neither client publishes its releases).
+//! With `--server-stats` and `--baseline`, `baseline_server` is shaped as `server`, read around
+//! the baseline's run.
 //! `ratio_to_baseline.throughput` is the grants/s ratio, `ratio_to_baseline.attempts` the
 //! attempts/s one.
 //!
@@ -236,6 +239,11 @@ pub struct BenchArgs {
     /// Release with the Lua script even where the server has DELEX.
     #[arg(long)]
     pub(crate) force_script: bool,
+    /// Release without telling waiters (`RedlockOptions::wake_on_release(false)`): no `PUBLISH`
+    /// on the key's release channel. The baseline never publishes, so this is the like-for-like
+    /// comparison of the lock path; the publish costs the servers CPU on every release.
+    #[arg(long)]
+    pub(crate) no_wake_on_release: bool,
     /// How long each of dragonlock's releases waits for the nodes' answers (the baseline always
     /// stops at a quorum, as `quorum` does).
     /// [default: quorum]
@@ -776,6 +784,7 @@ async fn single(args: &BenchArgs, side: Side) -> ExitCode {
             side.addrs.len(),
             args.ttl,
             side.spec.force_script,
+            !args.no_wake_on_release,
             spec.concurrency,
         )
         .await;
@@ -792,7 +801,8 @@ async fn single(args: &BenchArgs, side: Side) -> ExitCode {
                 &spec,
                 |_| Runner::Baseline(base.client()),
                 &prefix,
-                None,
+                // The same servers, read the same way: server CPU per cycle of either client.
+                probe,
             )
             .await,
         )
@@ -882,6 +892,7 @@ pub(crate) fn setup_json(args: &BenchArgs, side: &Side, spec: &Spec) -> serde_js
         "zipf_s": (args.workload == Workload::Contended && args.keys() == KeysArg::Zipf).then_some(args.zipf_s),
         "key_prefix": args.key_prefix,
         "restart_delay_ms": args.restart_delay.map(|d| d.as_millis() as u64),
+        "wake_on_release": !args.no_wake_on_release,
         "retries": args.retries,
         "retry_delay_ms": args.retry_delay.as_millis() as u64,
         "cores": cores(),
@@ -1379,6 +1390,9 @@ fn report(
                 / 100.0
         };
         out["baseline"] = as_json(b, rate);
+        if let Some(server) = &b.server {
+            out["baseline_server"] = server.to_json();
+        }
         let rate = |x: &Results| x.attempts_per_sec();
         let grants = |x: &Results| x.outcomes.granted as f64 / x.elapsed.as_secs_f64();
         out["ratio_to_baseline"] = serde_json::json!({
@@ -1412,19 +1426,27 @@ fn report(
         _ => String::new(),
     };
     println!(
-        "options: key prefix {:?}, retries {} (delay {} ms + jitter up to as much), restart delay {}{keys}",
+        "options: key prefix {:?}, retries {} (delay {} ms + jitter up to as much), restart delay {}, wake on release {}{keys}",
         s["key_prefix"].as_str().unwrap_or(""),
         s["retries"],
         s["retry_delay_ms"],
         s["restart_delay_ms"]
             .as_u64()
             .map_or("off".to_string(), |ms| format!("{ms} ms")),
+        if s["wake_on_release"] == false { "off" } else { "on" },
     );
     if s.get("servers").is_some() {
         println!("servers: {}", side.servers_line());
     }
     if let Some(release) = s["baseline_release"].as_str() {
-        println!("baseline: the single-loop client, releasing via {release} at the quorum");
+        let publish = if s["wake_on_release"] == false {
+            ""
+        } else {
+            " (publishing the release, as dragonlock's does)"
+        };
+        println!(
+            "baseline: the single-loop client, releasing via {release}{publish} at the quorum"
+        );
     }
     println!();
     println!(
@@ -1524,6 +1546,11 @@ fn report(
     if let Some(server) = out.get("server") {
         for line in server_lines(server) {
             println!("{line}");
+        }
+    }
+    if let Some(server) = out.get("baseline_server") {
+        for line in server_lines(server) {
+            println!("baseline's {line}");
         }
     }
     if let Some(w) = warning {

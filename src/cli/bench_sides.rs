@@ -321,6 +321,7 @@ impl Side {
             .retry_delay(args.retry_delay, args.retry_delay)
             .key_prefix(args.key_prefix.clone())
             .force_script_release(spec.force_script)
+            .wake_on_release(!args.no_wake_on_release)
             .release_wait(spec.release_wait.into())
             .connect_timeout(Duration::from_secs(3));
         if let Some(d) = args.restart_delay {

@@ -372,7 +372,13 @@ impl Lock {
         let nodes = &redlock.inner.nodes;
         let deadline = Instant::now() + redlock.inner.options.release_timeout;
         let mut notice = Notice::off();
-        redlock.notice(&mut notice, &self.keys, &self.token, true, ScriptCall::BySha);
+        redlock.notice(
+            &mut notice,
+            &self.keys,
+            &self.token,
+            true,
+            ScriptCall::BySha,
+        );
         let all = redlock.inner.options.release_wait == ReleaseWait::All;
         let multi = self.keys.is_multi();
         let release =

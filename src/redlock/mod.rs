@@ -1659,7 +1659,10 @@ impl Redlock {
         notify: bool,
         call: ScriptCall,
     ) {
-        debug_assert!(notice.channel.is_none() && notice.script.is_empty(), "not fresh");
+        debug_assert!(
+            notice.channel.is_none() && notice.script.is_empty(),
+            "not fresh"
+        );
         let on = notify && self.inner.options.wake_on_release;
         notice.on = on;
         let by_script = self.inner.options.force_script_release
