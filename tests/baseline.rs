@@ -251,13 +251,19 @@ async fn the_newest_waker_is_woken() {
 
 /// Nothing is allocated per lock cycle: eight callers on one current-thread runtime (the loop
 /// and the callers all on this thread, whose allocations are counted), 2,000 cycles after a
-/// warm-up, against real servers.
+/// warm-up, against real servers; with the plain release and with the one that publishes.
 #[tokio::test]
 async fn a_lock_cycle_allocates_nothing() {
-    const CALLERS: usize = 8;
     let servers = support::server::cluster(3);
     let addrs: Vec<String> = servers.iter().map(|s| s.addr()).collect();
-    let mut base = Baseline::connect(&addrs, 3, Duration::from_secs(10), false, false, CALLERS)
+    for notify in [false, true] {
+        allocations_over_2000_cycles(&addrs, notify).await;
+    }
+}
+
+async fn allocations_over_2000_cycles(addrs: &[String], notify: bool) {
+    const CALLERS: usize = 8;
+    let mut base = Baseline::connect(addrs, 3, Duration::from_secs(10), false, notify, CALLERS)
         .await
         .unwrap();
     let cycles = Arc::new(AtomicUsize::new(0));
@@ -293,7 +299,10 @@ async fn a_lock_cycle_allocates_nothing() {
     for c in callers {
         c.await.unwrap();
     }
-    assert_eq!(allocated, 0, "allocations over 2,000 lock cycles");
+    assert_eq!(
+        allocated, 0,
+        "allocations over 2,000 lock cycles, notify {notify}"
+    );
 }
 
 /// Where `COMMAND INFO DELEX` finds the command (fakes that answer like Dragonfly), the release

@@ -298,6 +298,18 @@ async fn a_prefix_past_the_limit_is_refused_at_connect_and_in_a_view() {
     assert!(e.to_string().contains("at most 64"), "{e}");
 }
 
+/// A drift factor that is not a number is refused when the options are accepted (it would make
+/// every validity unknowable), and the clamp still bounds numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_factor_that_is_not_a_number_is_refused() {
+    let servers = cluster(1);
+    let r = over(&servers, RedlockOptions::default()).await;
+    let e = r.with_options(|o| o.drift_factor(f64::NAN)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidConfig(_)), "{e:?}");
+    let clamped = r.with_options(|o| o.drift_factor(7.0)).unwrap();
+    assert_eq!(clamped.options().drift_factor_value(), 0.5);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Who holds it
 

@@ -49,8 +49,9 @@
 //!                                                                  answers dropped in place)
 //! ```
 //!
-//! A slot is freed only when every node has answered everything it was sent for that slot, so
-//! a slot id in a ring always names the operation the reply belongs to. Nothing is allocated
+//! A slot is freed only when every node has answered everything it was sent for that slot
+//! (but for a `PUBLISH` behind a release's `DELEX`, whose ring entry is a marker, not the slot),
+//! so a slot id in a ring always names the operation the reply belongs to. Nothing is allocated
 //! per operation: the slab, the rings, the queues and the buffers have capacities fixed at
 //! connect. One timer serves every deadline: it is armed at the earliest deadline it knows of
 //! and, when it fires, the slab is scanned for expired operations and it is re-armed.
@@ -284,7 +285,7 @@ impl Baseline {
             + dragonlock::redlock::DRIFT_FIXED;
         let validity = ttl.checked_sub(drift).expect("ttl above the drift");
         let script = Script::new(RELEASE);
-        let notify = notify.then(|| Script::new(RELEASE_NOTIFY));
+        let notify_script = Script::new(RELEASE_NOTIFY);
         let callers = callers.max(1);
         let slots = (callers * SLOTS_PER_CALLER).min(DISCARD as usize);
         let mut nodes = Vec::new();
@@ -309,8 +310,7 @@ impl Baseline {
             }
             // An entry for the command means it exists; a null entry (or an error) means not.
             let delex = matches!(&replies[0], Frame::Array(e) if matches!(e.first(), Some(Frame::Array(_))));
-            let notify_sha = Script::new(RELEASE_NOTIFY);
-            for (reply, loaded) in replies[1..].iter().zip([&script, &notify_sha]) {
+            for (reply, loaded) in replies[1..].iter().zip([&script, &notify_script]) {
                 if reply.as_bytes() != Some(loaded.sha().as_bytes()) {
                     return Err(io::Error::other(format!(
                         "{addr}: SCRIPT LOAD answered {reply:?}"
@@ -323,7 +323,10 @@ impl Baseline {
                 written: 0,
                 inbuf: vec![0; READ_BUF].into_boxed_slice(),
                 have: 0,
-                owed: VecDeque::with_capacity(2 * slots),
+                // Two entries per slot at most (a vote and a cleanup, or a release and its
+                // `PUBLISH`), and one more: a release's slot is freed at its `DELEX` reply, so
+                // its `PUBLISH`'s marker can still be at the head when the slot is reused.
+                owed: VecDeque::with_capacity(2 * slots + 1),
                 delex: delex && !force_script,
             });
         }
@@ -356,7 +359,7 @@ impl Baseline {
             quorum: total / 2 + 1,
             set: SetNxPxCommand::new(ttl.as_millis() as u64),
             script,
-            notify,
+            notify: notify.then_some(notify_script),
             validity,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
@@ -767,7 +770,9 @@ impl Loop {
 
     /// Publishes the outcome and wakes the caller; a failed acquire releases wherever the key
     /// might be: the nodes that said yes and those that have not answered (their cleanup goes
-    /// after the `SET` on the same connection, so it runs after it).
+    /// after the `SET` on the same connection, so it runs after it). The cleanup never
+    /// publishes; dragonlock's does after a quorum that came too late (`Expired`), which a
+    /// bench run practically never meets.
     fn decide(&mut self, id: u16, outcome: u32) {
         let s = self.slots[id as usize].as_mut().expect("a live slot");
         s.decided = true;

@@ -374,7 +374,7 @@ impl OpTable {
         let op = &mut t.ops[id as usize];
         t.free = op.next;
         // A free entry has no waker, no verdict and every answer `Pending` (see `Table::free`):
-        // only the rest is set, not the 336 bytes of answers.
+        // only the rest is set, not the 280 bytes of answers.
         debug_assert!(op.waker.is_none() && op.verdict.is_none());
         debug_assert!(op.answers.iter().all(|a| matches!(a, Answer::Pending)));
         op.rule = rule;
