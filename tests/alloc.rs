@@ -240,6 +240,74 @@ fn uncontended_acquire_and_release_allocate_nothing_on_five_nodes() {
     });
 }
 
+/// Waits by yielding (nothing allocated), bounded by 120 s, until `n` reaches `count`.
+async fn until_all(n: &std::sync::atomic::AtomicUsize, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while n.load(std::sync::atomic::Ordering::SeqCst) < count {
+        assert!(std::time::Instant::now() < deadline, "callers stalled");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Sixteen callers at once on one thread: the group's task yields after handing out several
+/// callers' replies, so they find it busy and hand their phases' requests to it
+/// (`LockStats::handed_over`), which sends one copy to each node. That path allocates nothing
+/// either: 2,000 cycles per caller are counted after a warm-up of 200.
+#[test]
+fn phases_handed_to_the_groups_task_allocate_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const CALLERS: usize = 16;
+    let servers = cluster(5);
+    current_thread().block_on(async {
+        let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+        let r = support::redlock_over(&urls, RedlockOptions::default()).await;
+        seed_thread_rng();
+        // Each caller: its warm-up, then it waits for the gate, then the counted cycles.
+        let (gate, warm, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let mut callers = Vec::new();
+        for c in 0..CALLERS {
+            let (r, gate, warm, done) = (r.clone(), gate.clone(), warm.clone(), done.clone());
+            let key = format!("handed:{c}");
+            callers.push(tokio::spawn(async move {
+                let cycle = || async {
+                    let lock = r.try_acquire(&key, Duration::from_secs(30)).await.unwrap();
+                    assert!(lock.release().await.unwrap() >= r.quorum());
+                };
+                for _ in 0..200 {
+                    cycle().await;
+                }
+                warm.fetch_add(1, Ordering::SeqCst);
+                while !gate.load(Ordering::SeqCst) {
+                    tokio::task::yield_now().await;
+                }
+                for _ in 0..2_000 {
+                    cycle().await;
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        until_all(&warm, CALLERS).await;
+        let handed = r.stats().locks.handed_over;
+        let before = allocations();
+        gate.store(true, Ordering::SeqCst);
+        until_all(&done, CALLERS).await;
+        let made = allocations() - before;
+        for c in callers {
+            c.await.unwrap();
+        }
+        assert!(
+            r.stats().locks.handed_over > handed,
+            "no phase was handed over: the test did not take the path it is about"
+        );
+        assert_eq!(made, 0, "allocations over 16 x 2,000 cycles");
+    });
+}
+
 /// Extensions, of one key and of several, allocate nothing: after a warm-up (the first
 /// extension of each shape), 5,000 more of each are counted exactly.
 #[test]

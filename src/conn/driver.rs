@@ -36,7 +36,7 @@ use super::handshake::{self, Stream};
 use super::ops::{DeadlineTimer, OpTable};
 use super::stats::{now_us, RTT_CLOCK_MASK};
 use super::tls::{Connector, Session};
-use super::{reset_buffer, Shared, State, Status};
+use super::{admit, reset_buffer, take_slots, Shared, State, Status};
 use crate::error::{Error, ErrorKind};
 use crate::resp::{Decoder, Frame};
 use crate::trace::event;
@@ -81,6 +81,9 @@ async fn group(shared: Vec<Arc<Shared>>, ops: Option<Arc<OpTable>>) {
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     let mut timer = DeadlineTimer::default();
+    // The ops whose requests callers handed over (see `OpTable::open_handing`) until each node
+    // has taken its copy; never longer than the table, so it never grows.
+    let mut handed: Vec<u32> = Vec::with_capacity(ops.as_ref().map_or(0, |o| o.capacity()));
     poll_fn(|cx| {
         parked.store(false, Ordering::Relaxed);
         if let Some(ops) = &ops {
@@ -88,8 +91,20 @@ async fn group(shared: Vec<Arc<Shared>>, ops: Option<Arc<OpTable>>) {
         }
         for _ in 0..TURNS_BEFORE_YIELD {
             let mut turn = Turn::default();
-            for node in nodes.iter_mut() {
-                node.write(cx, &mut turn);
+            if let Some(ops) = &ops {
+                ops.take_handed(&mut handed);
+            }
+            let table = ops.as_deref().filter(|_| !handed.is_empty());
+            for (i, node) in nodes.iter_mut().enumerate() {
+                let handed = table.map(|t| Handover {
+                    table: t,
+                    ops: &handed,
+                    node: i as u8,
+                });
+                node.write(cx, &mut turn, handed);
+            }
+            if let Some(table) = table {
+                table.retain_pending(&mut handed);
             }
             for node in nodes.iter_mut() {
                 node.read(cx, &mut turn);
@@ -114,6 +129,10 @@ async fn group(shared: Vec<Arc<Shared>>, ops: Option<Arc<OpTable>>) {
                 return Poll::Pending;
             }
             if !turn.progressed {
+                // Ops handed over meanwhile: another turn sends them.
+                if ops.as_ref().is_some_and(|o| !o.park_driver()) {
+                    continue;
+                }
                 // Every wake source is registered: the sockets' readiness, each node's waker
                 // for callers' requests, a connect's or a backoff's timer.
                 parked.store(true, Ordering::Relaxed);
@@ -124,6 +143,15 @@ async fn group(shared: Vec<Arc<Shared>>, ops: Option<Arc<OpTable>>) {
         Poll::Pending
     })
     .await
+}
+
+/// The ops handed to the driver this turn, for node `node` of the group (which is node `node`
+/// of each op: see `Redlock`'s check that its nodes are the group's, in order).
+#[derive(Clone, Copy)]
+struct Handover<'a> {
+    table: &'a OpTable,
+    ops: &'a [u32],
+    node: u8,
 }
 
 /// What one turn of the group's loop did.
@@ -165,17 +193,24 @@ impl Node {
         Node { shared, state }
     }
 
-    /// The write half of a turn: finishes a connect, or takes what callers queued and writes
-    /// it.
-    fn write(&mut self, cx: &mut Context<'_>, turn: &mut Turn) {
+    /// The write half of a turn: finishes a connect, or takes what callers queued (and the
+    /// requests of ops handed to the driver) and writes it. A node that cannot take the handed
+    /// requests now refuses them as a caller's send would (not connected, closed).
+    fn write(&mut self, cx: &mut Context<'_>, turn: &mut Turn, handed: Option<Handover<'_>>) {
         if let NodeState::Connecting(connect) = &mut self.state {
             match connect.as_mut().poll(cx) {
                 Poll::Pending => {
                     turn.running = true;
+                    if let Some(h) = handed {
+                        turn.woke += send_handed(&self.shared, &mut self.shared.lock(), h, false);
+                    }
                     return;
                 }
                 Poll::Ready(None) => {
                     self.state = NodeState::Closed;
+                    if let Some(h) = handed {
+                        turn.woke += send_handed(&self.shared, &mut self.shared.lock(), h, false);
+                    }
                     return;
                 }
                 Poll::Ready(Some((stream, connector))) => {
@@ -186,10 +221,13 @@ impl Node {
             }
         }
         let NodeState::Serving(io, _) = &mut self.state else {
+            if let Some(h) = handed {
+                turn.woke += send_handed(&self.shared, &mut self.shared.lock(), h, false);
+            }
             return;
         };
         turn.running = true;
-        match write_half(&self.shared, io, cx) {
+        match write_half(&self.shared, io, cx, handed, &mut turn.woke) {
             Ok(progressed) => turn.progressed |= progressed,
             Err(error) => self.fail(error, turn),
         }
@@ -420,11 +458,21 @@ impl Io {
 
 /// Takes what callers queued (or registers to be woken when they queue something) and writes
 /// as much as the socket takes. Returns whether bytes went out.
-fn write_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<bool, Error> {
+fn write_half(
+    shared: &Shared,
+    io: &mut Io,
+    cx: &mut Context<'_>,
+    handed: Option<Handover<'_>>,
+    woke: &mut usize,
+) -> Result<bool, Error> {
     let mut progressed = false;
     // Take what callers queued, or register to be woken when they queue something.
     if io.out.is_empty() {
         let mut st = shared.lock();
+        if let Some(h) = handed {
+            // Behind what callers queued themselves; a refused one is that node's answer.
+            *woke += send_handed(shared, &mut st, h, true);
+        }
         if st.closed {
             return Err(Error::new(ErrorKind::Closed));
         }
@@ -478,6 +526,51 @@ fn write_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<bool
         shared.lock().driver_writing = false;
     }
     Ok(progressed)
+}
+
+/// Puts the requests of the ops handed to the driver into node `h.node`'s buffer (`st`, its
+/// locked state), each after the checks a caller's own send makes (`admit`); a refused one is
+/// that node's answer in its op. With `writable` false (the driver holds a write in progress,
+/// or the node is not serving), and at a full buffer, the rest wait for a later turn: only
+/// refusals are taken. Returns how many callers were woken (a refusal that decided their op).
+fn send_handed(shared: &Shared, st: &mut State, h: Handover<'_>, writable: bool) -> usize {
+    let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
+    {
+        // Lock order: the connection's state, then the table (as in `dispatch`).
+        let mut t = h.table.lock();
+        let room = shared.config.write_buffer;
+        for &id in h.ops {
+            let Some(handed) = t.unsent_request(id, h.node) else {
+                continue;
+            };
+            let (meta, len) = (handed.meta, handed.request.len());
+            let discarded = usize::from(meta.discarded);
+            if let Err(e) = admit(shared, st, meta.min_uptime, discarded, meta.acquire) {
+                if let Some(w) = t.handed_failed(id, h.node, e) {
+                    wakers.push(w);
+                    if wakers.len() == WAKE_BATCH {
+                        // The rest at the next turn: these are woken without the locks held.
+                        break;
+                    }
+                }
+                continue;
+            }
+            // A full buffer is written first; an empty one takes any request (the bound is
+            // the buffer's room, which it is reset to after each write, so this allocates
+            // nothing).
+            if !writable || (!st.write_buf.is_empty() && st.write_buf.len() + len > room) {
+                continue;
+            }
+            st.write_buf.extend_from_slice(&handed.request);
+            take_slots(st, meta.sent_us, discarded, Some((id, h.node)));
+            t.handed_sent(id, h.node);
+        }
+    }
+    let woke = wakers.len();
+    // Still under the connection's lock, which the woken callers' sends need; the table's is
+    // released. Waking only schedules them.
+    wakers.drain(..).for_each(Waker::wake);
+    woke
 }
 
 /// Reads everything the socket has and hands out the replies. Returns whether bytes came in,

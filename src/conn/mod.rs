@@ -68,7 +68,9 @@ pub use tls::{TlsConfig, TlsRoots};
 
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
-pub(crate) use ops::{Answer, Event as OpEvent, OpTable, Rule as OpRule, Verdict, MAX_OP_NODES};
+pub(crate) use ops::{
+    Answer, Event as OpEvent, Handed, HandedMeta, OpTable, Rule as OpRule, Verdict, MAX_OP_NODES,
+};
 use slots::SlotTable;
 pub(crate) use subscriber::{PubSubCommand, PubSubEvent, PubSubSink, Subscriber};
 
@@ -138,6 +140,8 @@ pub(crate) struct Shared {
     /// A hint for batching, never for safety: the checks under the state lock make a direct
     /// write safe.
     task_parked: Arc<AtomicBool>,
+    /// This connection's place in its group: the driver's node number for it.
+    group_index: usize,
 }
 
 impl Shared {
@@ -185,6 +189,67 @@ fn write_now(st: &mut State, capacity: usize) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The checks before a request is written, under the connection's lock: the connection is
+/// open and connected, up for `min_uptime` (the restart rule) and has slots for `1 +
+/// discarded` replies, of which an acquire leaves a quarter of the table free (see
+/// `send_acquire`). A refusal is counted in the stats.
+#[inline]
+fn admit(
+    shared: &Shared,
+    st: &mut State,
+    min_uptime: Option<Duration>,
+    discarded: usize,
+    acquire: bool,
+) -> Result<(), Error> {
+    if st.closed {
+        return Err(Error::new(ErrorKind::Closed));
+    }
+    if st.status != Status::Connected {
+        st.stats.errors.refused_not_connected += 1;
+        // A node that refuses our credentials says so, rather than just "not connected".
+        return Err(match &st.last_error {
+            Some(e) if e.is_refusal() => e.clone(),
+            _ => Error::new(ErrorKind::NotConnected),
+        });
+    }
+    if let Some(min) = min_uptime {
+        if uptime_now(st).is_none_or(|up| up < min) {
+            st.stats.errors.refused_restarted += 1;
+            return Err(Error::new(ErrorKind::Restarted));
+        }
+    }
+    let max_in_flight = shared.config.max_in_flight;
+    let slot_room = if acquire { max_in_flight / 4 } else { 0 };
+    if !st.slots.has_free() || st.slots.used() + discarded + slot_room >= max_in_flight {
+        st.stats.errors.refused_overloaded += 1;
+        return Err(Error::new(ErrorKind::Overloaded));
+    }
+    Ok(())
+}
+
+/// Takes the slots of a request just written (admitted by `admit`, under the same lock): the
+/// first for its reply (counted in `op` when given), then `discarded` whose replies are
+/// dropped. Returns the first.
+#[inline]
+fn take_slots(st: &mut State, sent_us: u32, discarded: usize, op: Option<(u32, u8)>) -> u32 {
+    let id = st
+        .slots
+        .take(sent_us)
+        .expect("admitted under the same lock");
+    if let Some((op, node)) = op {
+        st.slots.get_mut(id).belong_to(op, node);
+    }
+    for _ in 0..discarded {
+        let extra = st
+            .slots
+            .take(sent_us)
+            .expect("admitted under the same lock");
+        st.slots.get_mut(extra).abandon();
+    }
+    st.stats.sent += 1 + discarded as u64;
+    id
 }
 
 fn uptime_now(st: &State) -> Option<Duration> {
@@ -270,8 +335,9 @@ impl Connection {
     /// connection still fails, reconnects and refuses on its own; only the task is shared.
     /// The group also shares a table of lock phases (see `ops.rs`): as many as the largest
     /// [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections, at most 1,024,
-    /// 344 bytes each (344 KiB at the default), allocated here once. The task also keeps those
-    /// phases' deadlines, with one timer for all of them.
+    /// 704 bytes each with room for a request handed to the task (704 KiB at the default),
+    /// allocated here once. The task also keeps those phases' deadlines, with one timer for all
+    /// of them.
     ///
     /// Must be called inside a tokio runtime, and that runtime must keep running while the
     /// connections are used: its task reads every reply and keeps the deadlines. When the
@@ -298,11 +364,16 @@ impl Connection {
         // As many lock phases at once as the largest slot table has requests (each phase holds
         // a slot on every node until that node answers); past it, phases take the general path.
         let capacity = configs.iter().map(|c| c.max_in_flight).max().unwrap_or(1);
-        let ops = Arc::new(OpTable::new(capacity));
+        let ops = Arc::new(OpTable::new(capacity).in_group_of(configs.len()));
         let parked = Arc::new(AtomicBool::new(false));
         let shared: Vec<Arc<Shared>> = configs
             .into_iter()
-            .map(|c| Connection::new_shared(c, Some(ops.clone()), parked.clone()))
+            .enumerate()
+            .map(|(i, c)| {
+                let mut shared = Connection::new_shared(c, Some(ops.clone()), parked.clone());
+                Arc::get_mut(&mut shared).expect("just made").group_index = i;
+                shared
+            })
             .collect();
         if !shared.is_empty() {
             spawn_driver(driver::run_group(shared.clone()));
@@ -343,6 +414,7 @@ impl Connection {
             delex: AtomicBool::new(false),
             ops,
             task_parked,
+            group_index: 0,
         })
     }
 
@@ -644,6 +716,11 @@ impl Connection {
         self.shared().ops.as_ref()
     }
 
+    /// This connection's place in its group (0 for a connection started alone).
+    pub(crate) fn group_index(&self) -> usize {
+        self.shared().group_index
+    }
+
     /// Sends a request of op `op` (of [`op_table`](Connection::op_table)) as node `node`'s
     /// (`(op, node)`):
     /// its reply is counted in the op by the driver. `acquire` and `min_uptime` as for
@@ -719,34 +796,13 @@ impl Connection {
     ) -> Result<u32, Error> {
         let shared = self.shared();
         let mut st = shared.lock();
-        if st.closed {
-            return Err(Error::new(ErrorKind::Closed));
-        }
-        if st.status != Status::Connected {
-            st.stats.errors.refused_not_connected += 1;
-            // A node that refuses our credentials says so, rather than just "not connected".
-            return Err(match &st.last_error {
-                Some(e) if e.is_refusal() => e.clone(),
-                _ => Error::new(ErrorKind::NotConnected),
-            });
-        }
-        if let Some(min) = min_uptime {
-            if uptime_now(&st).is_none_or(|up| up < min) {
-                st.stats.errors.refused_restarted += 1;
-                return Err(Error::new(ErrorKind::Restarted));
-            }
-        }
+        admit(shared, &mut st, min_uptime, discarded, acquire)?;
         // Both bounds are checked before anything is written, so a refused request leaves no
         // trace. The slot is taken only after `encode` returned: an encoder that panics must
         // not leave a queued slot without a request, which would hand the next reply to it.
-        // An acquire keeps a quarter of the slots and of the buffer free (see `send_acquire`).
-        let (max_in_flight, write_buffer) =
-            (shared.config.max_in_flight, shared.config.write_buffer);
-        let (slot_room, byte_room) = if acquire {
-            (max_in_flight / 4, write_buffer / 4)
-        } else {
-            (0, 0)
-        };
+        // An acquire keeps a quarter of the buffer free (see `send_acquire`).
+        let write_buffer = shared.config.write_buffer;
+        let byte_room = if acquire { write_buffer / 4 } else { 0 };
         if !st.write_buf.is_empty()
             && st.write_buf.len() + COMMAND_ROOM + byte_room > write_buffer
             && !st.driver_writing
@@ -758,10 +814,7 @@ impl Connection {
             // half-written.
             write_now(&mut st, write_buffer);
         }
-        if !st.slots.has_free()
-            || st.slots.used() + discarded + slot_room >= max_in_flight
-            || (!st.write_buf.is_empty()
-                && st.write_buf.len() + COMMAND_ROOM + byte_room > write_buffer)
+        if !st.write_buf.is_empty() && st.write_buf.len() + COMMAND_ROOM + byte_room > write_buffer
         {
             st.stats.errors.refused_overloaded += 1;
             return Err(Error::new(ErrorKind::Overloaded));
@@ -783,21 +836,7 @@ impl Connection {
             && st.driver_waker.is_some()
             && shared.task_parked.load(Ordering::Relaxed);
         encode(&mut st.write_buf);
-        let id = st
-            .slots
-            .take(sent_us)
-            .expect("checked above, under the same lock");
-        if let Some((op, node)) = op {
-            st.slots.get_mut(id).belong_to(op, node);
-        }
-        for _ in 0..discarded {
-            let extra = st
-                .slots
-                .take(sent_us)
-                .expect("checked above, under the same lock");
-            st.slots.get_mut(extra).abandon();
-        }
-        st.stats.sent += 1 + discarded as u64;
+        let id = take_slots(&mut st, sent_us, discarded, op);
         if idle && write_now(&mut st, shared.config.write_buffer) {
             return Ok(id);
         }

@@ -37,7 +37,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Error, ErrorKind};
@@ -49,9 +51,37 @@ pub(crate) const MAX_OP_NODES: usize = 7;
 const NIL: u32 = u32::MAX;
 
 /// The most ops one table holds, whatever the group's `max_in_flight`: 1,024 lock phases at once
-/// (344 KiB) is four times the concurrency the benchmarks drive; past it, phases take the
-/// general path rather than every group holding memory for a million.
+/// (704 KiB with their handed requests) is four times the concurrency the benchmarks drive;
+/// past it, phases take the general path rather than every group holding memory for a million.
 pub(crate) const MAX_OPS: usize = 1024;
+
+/// The longest request an op hands to the driver (see [`OpTable::open`]): a `SET` or a
+/// release script's call for keys up to about 80 bytes. A longer one is sent by its caller.
+pub(crate) const OP_REQUEST_MAX: usize = 320;
+
+/// An op's request as its caller handed it to the driver: the same bytes for every node, and
+/// what the connection checks before it takes them (`meta`, as for a caller's own send).
+#[derive(Debug, Default)]
+pub(crate) struct Handed {
+    pub(crate) request: SmallVec<[u8; OP_REQUEST_MAX]>,
+    pub(crate) meta: HandedMeta,
+}
+
+/// A request's writer for [`OpTable::open_handing`] when there is none.
+type Fill = fn(&mut Handed) -> bool;
+
+/// What a connection checks before it takes a handed request, and how it counts it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HandedMeta {
+    /// Commands in the request after the first, whose replies are dropped.
+    pub(crate) discarded: u8,
+    /// An acquire: refused while less than a quarter of the connection's slots is left.
+    pub(crate) acquire: bool,
+    /// The restart rule: refused on a node up for less than this.
+    pub(crate) min_uptime: Option<Duration>,
+    /// The round trips' clock when the caller handed it over.
+    pub(crate) sent_us: u32,
+}
 
 /// How the driver reads a node's reply to an op's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +209,12 @@ struct Op {
     deadline: Instant,
     /// The driver found the deadline passed without a verdict.
     expired: bool,
+    /// Nodes the driver still has to send the handed request to (a bit each); 0 for an op whose
+    /// caller sends its own requests. Counted in `outstanding` already.
+    unsent: u8,
+    /// On the handed list or the driver's own (see [`OpTable::take_handed`]): at most once,
+    /// so neither list can outgrow the table.
+    queued: bool,
     /// The next free entry, while free.
     next: u32,
 }
@@ -228,11 +264,22 @@ pub(crate) struct OpTable {
     /// The driver must read `wake_at` and leave its waker: set at the start, when `open`
     /// lowers `wake_at`, and after an expiry.
     rearm: AtomicBool,
+    /// How many connections share the table: an op's node `i` is the group's connection `i`
+    /// only for a phase over all of them, in order (see [`OpTable::group_size`]).
+    group: usize,
 }
 
 #[derive(Debug)]
 pub(crate) struct Table {
     ops: Box<[Op]>,
+    /// Each op's handed request, by id: apart from `ops`, which every reply reads.
+    requests: Box<[Handed]>,
+    /// Ops handed over since the driver last looked (see [`OpTable::take_handed`]).
+    handed: Vec<u32>,
+    /// The driver found nothing to do and waits: ops are not handed to it then (their callers
+    /// send their own requests, and those wake it). Set and read under this lock, so a handed
+    /// op is never left for a driver that will not look.
+    driver_parked: bool,
     free: u32,
     /// The earliest deadline the driver's timer must fire for: lowered by `open`, computed
     /// afresh by `expire`. `None`: no open op needs the timer.
@@ -262,6 +309,41 @@ impl Table {
         reply: Result<Frame, Error>,
     ) -> Option<Waker> {
         self.answer_with(id, node, |rule| rule.classify(reply))
+    }
+
+    /// Op `id`'s handed request, when it is still to be sent to `node`.
+    pub(crate) fn unsent_request(&self, id: u32, node: u8) -> Option<&Handed> {
+        let op = &self.ops[id as usize];
+        (op.unsent & (1 << node) != 0).then(|| &self.requests[id as usize])
+    }
+
+    /// Op `id`'s handed request went into `node`'s buffer: its reply counts as any other's.
+    pub(crate) fn handed_sent(&mut self, id: u32, node: u8) {
+        self.ops[id as usize].unsent &= !(1 << node);
+    }
+
+    /// Op `id`'s handed request could not be sent to `node`: `error` is that node's answer (as
+    /// [`OpTable::failed`]). Returns the caller's waker when that decided the op.
+    pub(crate) fn handed_failed(&mut self, id: u32, node: u8, error: Error) -> Option<Waker> {
+        let op = &mut self.ops[id as usize];
+        op.unsent &= !(1 << node);
+        op.outstanding = op.outstanding.saturating_sub(1);
+        if op.verdict.is_some() {
+            op.answers[usize::from(node)] = Answer::Failed(error);
+            None
+        } else if op.record(usize::from(node), Answer::Failed(error)) {
+            op.waker.take()
+        } else {
+            None
+        }
+    }
+
+    /// The caller is done with op `id`: requests the driver has not sent yet never will be
+    /// (their nodes never saw the op), and are no longer waited for.
+    fn drop_unsent(&mut self, id: u32) {
+        let op = &mut self.ops[id as usize];
+        op.outstanding = op.outstanding.saturating_sub(op.unsent.count_ones() as u8);
+        op.unsent = 0;
     }
 
     /// [`answer`](Table::answer) for a reply read in place.
@@ -329,19 +411,43 @@ impl OpTable {
                 caller: false,
                 deadline: epoch,
                 expired: false,
+                unsent: 0,
+                queued: false,
                 next: if i + 1 < capacity { i as u32 + 1 } else { NIL },
             })
             .collect();
         OpTable {
             inner: Mutex::new(Table {
                 ops,
+                requests: (0..capacity).map(|_| Handed::default()).collect(),
+                handed: Vec::with_capacity(capacity),
+                driver_parked: true,
                 free: 0,
                 wake_at: None,
                 driver: None,
                 gone: false,
             }),
             rearm: AtomicBool::new(true),
+            group: 0,
         }
+    }
+
+    /// The table of a group of `connections` connections.
+    pub(crate) fn in_group_of(mut self, connections: usize) -> OpTable {
+        self.group = connections;
+        self
+    }
+
+    /// How many connections share the table. The driver sends a handed request to the
+    /// group's connection `i` as the op's node `i`, so only a phase whose nodes are the whole
+    /// group, in its order, may hand its requests over.
+    pub(crate) fn group_size(&self) -> usize {
+        self.group
+    }
+
+    /// How many ops the table holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.lock().ops.len()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Table> {
@@ -362,6 +468,26 @@ impl OpTable {
         all: bool,
         deadline: Instant,
     ) -> Option<u32> {
+        self.open_handing(rule, nodes, quorum, all, deadline, None::<(_, Fill)>)
+            .map(|(id, _)| id)
+    }
+
+    /// [`open`](OpTable::open), and with `hand`, hands the op's requests to the driver when it
+    /// is busy: `fill` writes the request into the op's entry (false: it does not fit), and
+    /// the driver sends it to every node at its next write, one copy per node, with the checks
+    /// a caller's send makes (see `driver::send_handed`). The second value says whether it was
+    /// handed over; if not, the caller sends its own requests, as after `open`. A driver that
+    /// waits for work is not handed anything: a caller's own send wakes it, or writes to the
+    /// socket itself, which is what one caller at a time wants.
+    pub(crate) fn open_handing<F: FnOnce(&mut Handed) -> bool>(
+        &self,
+        rule: Rule,
+        nodes: usize,
+        quorum: usize,
+        all: bool,
+        deadline: Instant,
+        hand: Option<(HandedMeta, F)>,
+    ) -> Option<(u32, bool)> {
         if nodes == 0 || nodes > MAX_OP_NODES || quorum > nodes {
             return None;
         }
@@ -373,9 +499,9 @@ impl OpTable {
         }
         let op = &mut t.ops[id as usize];
         t.free = op.next;
-        // A free entry has no waker, no verdict and every answer `Pending` (see `Table::free`):
-        // only the rest is set, not the 280 bytes of answers.
-        debug_assert!(op.waker.is_none() && op.verdict.is_none());
+        // A free entry has no waker, no verdict, nothing unsent and every answer `Pending` (see
+        // `Table::free`): only the rest is set, not the 280 bytes of answers.
+        debug_assert!(op.waker.is_none() && op.verdict.is_none() && op.unsent == 0);
         debug_assert!(op.answers.iter().all(|a| matches!(a, Answer::Pending)));
         op.rule = rule;
         op.nodes = nodes as u8;
@@ -390,6 +516,21 @@ impl OpTable {
         op.deadline = deadline;
         op.expired = false;
         op.next = NIL;
+        let mut handed = false;
+        if let Some((meta, fill)) = hand.filter(|_| !t.driver_parked) {
+            let entry = &mut t.requests[id as usize];
+            entry.request.clear();
+            if fill(entry) && !entry.request.is_empty() {
+                entry.meta = meta;
+                op.unsent = ((1u16 << nodes) - 1) as u8;
+                // Still on the driver's list (an earlier op of this entry's): it looks there.
+                if !op.queued {
+                    op.queued = true;
+                    t.handed.push(id);
+                }
+                handed = true;
+            }
+        }
         // The driver's timer is armed for `wake_at`; only an earlier deadline re-arms it.
         let mut driver = None;
         if t.wake_at.is_none_or(|at| deadline < at) {
@@ -401,7 +542,35 @@ impl OpTable {
         if let Some(w) = driver {
             w.wake();
         }
-        Some(id)
+        Some((id, handed))
+    }
+
+    /// The driver's turn begins: the ops handed over since its last look go onto its own list
+    /// `pending` (which it keeps until each has been sent everywhere), and ops are handed to it
+    /// again from now on.
+    pub(crate) fn take_handed(&self, pending: &mut Vec<u32>) {
+        let mut t = self.lock();
+        t.driver_parked = false;
+        pending.append(&mut t.handed);
+    }
+
+    /// The driver is about to wait for work: true when nothing was handed to it meanwhile, and
+    /// then nothing is until its next turn (see `driver_parked`).
+    pub(crate) fn park_driver(&self) -> bool {
+        let mut t = self.lock();
+        t.driver_parked = t.handed.is_empty();
+        t.driver_parked
+    }
+
+    /// Keeps on `pending` the ops with nodes still to send to (a node whose buffer was full, or
+    /// that was mid-write); the rest leave the driver's list.
+    pub(crate) fn retain_pending(&self, pending: &mut Vec<u32>) {
+        let mut t = self.lock();
+        pending.retain(|&id| {
+            let op = &mut t.ops[id as usize];
+            op.queued = op.unsent != 0;
+            op.queued
+        });
     }
 
     /// A request of op `id` to `node` was not sent: `error` is that node's answer, kept even
@@ -465,6 +634,7 @@ impl OpTable {
         read: impl FnOnce(Option<Verdict>, usize, &mut [Answer]) -> R,
     ) -> R {
         let mut t = self.lock();
+        t.drop_unsent(id);
         let op = &mut t.ops[id as usize];
         let nodes = usize::from(op.nodes);
         let read = read(op.verdict, usize::from(op.yes), &mut op.answers[..nodes]);
@@ -480,6 +650,7 @@ impl OpTable {
     /// its outstanding replies are read.
     pub(crate) fn abandon(&self, id: u32) {
         let mut t = self.lock();
+        t.drop_unsent(id);
         let op = &mut t.ops[id as usize];
         op.caller = false;
         op.waker = None;
@@ -812,12 +983,111 @@ mod tests {
         }
     }
 
-    /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
-    /// as its largest slot table has slots, 344 KiB at the default 1,024. Each node's answer
-    /// keeps its error, if any (40 bytes), for the lock error's per-node results.
+    fn hand(t: &OpTable, nodes: usize) -> Option<(u32, bool)> {
+        let meta = HandedMeta::default();
+        t.open_handing(
+            Rule::SetNx,
+            nodes,
+            nodes / 2 + 1,
+            false,
+            far(),
+            Some((meta, |h: &mut Handed| {
+                h.request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+                true
+            })),
+        )
+    }
+
     #[test]
-    fn an_op_is_344_bytes() {
-        assert_eq!(std::mem::size_of::<Op>(), 344);
+    fn a_parked_driver_is_handed_nothing_and_does_not_park_over_handed_ops() {
+        let t = OpTable::new(4);
+        // A new table's driver has not run: the caller sends its own requests.
+        assert_eq!(hand(&t, 3).map(|(_, handed)| handed), Some(false));
+        let mut pending = Vec::with_capacity(4);
+        t.take_handed(&mut pending);
+        let (id, handed) = hand(&t, 3).unwrap();
+        assert!(handed);
+        assert!(!t.park_driver(), "an op was handed since the driver looked");
+        t.take_handed(&mut pending);
+        assert_eq!(pending, [id]);
+        assert!(t.park_driver());
+        assert_eq!(hand(&t, 3).map(|(_, handed)| handed), Some(false));
+    }
+
+    #[test]
+    fn a_handed_op_is_sent_once_per_node_and_unsent_requests_are_dropped_with_it() {
+        let t = OpTable::new(1);
+        let mut pending = Vec::with_capacity(1);
+        t.take_handed(&mut pending);
+        let (id, _) = hand(&t, 3).unwrap();
+        t.take_handed(&mut pending);
+        {
+            let mut g = t.lock();
+            assert!(g.unsent_request(id, 0).is_some());
+            g.handed_sent(id, 0);
+            assert!(g.unsent_request(id, 0).is_none(), "sent once");
+            assert!(g.unsent_request(id, 1).is_some());
+        }
+        t.retain_pending(&mut pending);
+        assert_eq!(pending, [id], "nodes 1 and 2 still to send to");
+        // The caller goes before the driver sent to nodes 1 and 2: only node 0's reply is
+        // awaited, and the entry is free once it is read.
+        t.abandon(id);
+        assert!(t.lock().unsent_request(id, 1).is_none());
+        assert_eq!(t.used(), 1);
+        t.lock().answer(id, 0, ok());
+        assert_eq!(t.used(), 0);
+        t.retain_pending(&mut pending);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn an_entry_reused_while_on_the_drivers_list_is_listed_once() {
+        let t = OpTable::new(1);
+        let mut pending = Vec::with_capacity(1);
+        t.take_handed(&mut pending);
+        let (id, _) = hand(&t, 1).unwrap();
+        t.take_handed(&mut pending);
+        // Given back unsent, and opened again before the driver's next look.
+        t.abandon(id);
+        let (again, handed) = hand(&t, 1).unwrap();
+        assert_eq!((again, handed), (id, true));
+        t.take_handed(&mut pending);
+        assert_eq!(pending, [id], "on the driver's list once");
+        assert!(
+            t.lock().unsent_request(id, 0).is_some(),
+            "the new op's request"
+        );
+    }
+
+    #[test]
+    fn a_refused_handed_request_is_that_nodes_answer_and_can_decide() {
+        let t = OpTable::new(1);
+        let mut pending = Vec::with_capacity(1);
+        t.take_handed(&mut pending);
+        let (id, _) = hand(&t, 3).unwrap();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        assert!(poll(&t, id, &count).is_pending());
+        let mut g = t.lock();
+        assert!(g
+            .handed_failed(id, 0, Error::new(ErrorKind::NotConnected))
+            .is_none());
+        let w = g.handed_failed(id, 1, Error::new(ErrorKind::NotConnected));
+        assert!(w.is_some(), "two of three refused: no quorum possible");
+        assert!(
+            g.unsent_request(id, 2).is_some(),
+            "node 2 still gets its request"
+        );
+    }
+
+    /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
+    /// as its largest slot table has slots, each with room for a handed request: 704 KiB at
+    /// the default 1,024. Each node's answer keeps its error, if any (40 bytes), for the lock
+    /// error's per-node results.
+    #[test]
+    fn an_op_is_352_bytes_and_its_handed_request_352() {
+        assert_eq!(std::mem::size_of::<Op>(), 352);
+        assert_eq!(std::mem::size_of::<Handed>(), 352);
     }
 
     /// A driver that keeps the table's deadlines and does nothing else.

@@ -11,7 +11,7 @@ use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{self, Decision, Vote};
 use super::stats::Count;
 use super::{Keys, Notice, Redlock, ReleaseWait, Token};
-use crate::conn::{Connection, OpRule, ReplyFuture, ScriptCall};
+use crate::conn::{Connection, HandedMeta, OpRule, ReplyFuture, ScriptCall};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -387,11 +387,28 @@ impl Lock {
         let rule = OpRule::Count {
             unknown_retries: !multi,
         };
-        let op = redlock.open_op(rule, all, deadline);
+        // The script's call prepared once (`notice`) is the same request on every node when no
+        // node releases by `DELEX`: handed to the group's driver while it is busy.
+        let same_everywhere = !notice.script.is_empty()
+            && (redlock.inner.options.force_script_release || nodes.iter().all(|n| !n.has_delex()));
+        let op = if same_everywhere {
+            let meta = HandedMeta {
+                sent_us: crate::conn::now_us(),
+                ..HandedMeta::default()
+            };
+            redlock.open_op_handing(rule, all, deadline, meta, |h| {
+                h.request.extend_from_slice(&notice.script);
+                true
+            })
+        } else {
+            redlock
+                .open_op(rule, all, deadline)
+                .map(|(table, id)| (table, id, false))
+        };
         let quorum = redlock.inner.quorum;
         // Each node's result, read only by a failure's error.
         let mut results = NodeResults::new();
-        let granted = if let Some((table, id)) = op {
+        let granted = if let Some((table, id, handed)) = op {
             let send = |i: usize, again| {
                 let op = Some((id, i as u8));
                 if again {
@@ -403,7 +420,7 @@ impl Lock {
                 }
             };
             let failed = |_: &Decision, granted| granted < quorum;
-            quorum::run_op(table, id, nodes, send, &mut results, failed)
+            quorum::run_op(table, id, handed, nodes, send, &mut results, failed)
                 .await
                 .1
         } else {
@@ -635,7 +652,7 @@ pub(crate) async fn extend_on_nodes(
             })
         };
         let failed = |d: &Decision, _| !extended(d);
-        quorum::run_op(table, id, nodes, send, &mut results, failed)
+        quorum::run_op(table, id, false, nodes, send, &mut results, failed)
             .await
             .0
     } else {

@@ -47,7 +47,8 @@ pub use stats::{LockStats, RedlockStats};
 pub use token::{MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 
 use crate::conn::{
-    Connection, ConnectionConfig, OpRule, OpTable, ReplyFuture, Script, ScriptCall, MAX_OP_NODES,
+    Connection, ConnectionConfig, Handed, HandedMeta, OpRule, OpTable, ReplyFuture, Script,
+    ScriptCall, MAX_OP_NODES,
 };
 use crate::error::Error;
 use crate::resp::{encode_delex_ifeq, encode_publish, Frame, SetNxPxCommand};
@@ -533,6 +534,9 @@ pub(crate) struct Inner {
     /// The lock phases' table (`conn/ops.rs`) when every node is of one connection group and
     /// there are few enough of them; `None` sends every phase the general way.
     pub(crate) ops: Option<Arc<OpTable>>,
+    /// The nodes are the whole group of `ops`, in its order: a phase may hand its requests to
+    /// the group's driver (see `OpTable::open_handing`).
+    pub(crate) hand_over: bool,
 }
 
 /// The Redlock manager over N independent nodes. Cheap to clone.
@@ -756,6 +760,10 @@ impl Redlock {
                         .iter()
                         .all(|n| n.op_table().is_some_and(|o| Arc::ptr_eq(o, t)))
             });
+        let hand_over = ops.as_ref().is_some_and(|t| {
+            t.group_size() == nodes.len()
+                && nodes.iter().enumerate().all(|(i, n)| n.group_index() == i)
+        });
         Redlock {
             inner: Arc::new(Inner {
                 nodes: nodes.into(),
@@ -765,6 +773,7 @@ impl Redlock {
                 handoff: Arc::new(handoff),
                 stats: Arc::default(),
                 ops,
+                hand_over,
             }),
         }
     }
@@ -903,6 +912,7 @@ impl Redlock {
                 handoff: self.inner.handoff.clone(),
                 stats: self.inner.stats.clone(),
                 ops: self.inner.ops.clone(),
+                hand_over: self.inner.hand_over,
             }),
         })
     }
@@ -1343,13 +1353,28 @@ impl Redlock {
         // The hot path: the `SET`s (or the multi-key script's calls) as one op, decided by the
         // driver. The script answers 1 where it set every key and 0 where one was taken: the
         // extension's flag rule, with `NOSCRIPT` sent again with the source.
-        let rule = if multi { OpRule::Flag } else { OpRule::SetNx };
-        let op = self.open_op(rule, false, deadline);
+        // A single key's `SET` is the same request on every node: handed to the group's driver
+        // while it is busy, which copies it into each node's buffer in its next write.
+        let op = if multi {
+            self.open_op(OpRule::Flag, false, deadline)
+                .map(|(table, id)| (table, id, false))
+        } else {
+            let meta = HandedMeta {
+                acquire: true,
+                min_uptime: restart_delay,
+                sent_us,
+                discarded: 0,
+            };
+            let key = &keys.all()[0];
+            self.open_op_handing(OpRule::SetNx, false, deadline, meta, |h| {
+                set.encode_inline(&mut h.request, key, &token)
+            })
+        };
         let min_validity = self.inner.options.min_validity;
         let granted_in_time = |d: &Decision| d.quorum_in_time(min_validity, valid_until);
         // Each node's result, read only when the attempt fails.
         let mut results = NodeResults::new();
-        let (decision, granted) = if let Some((table, id)) = op {
+        let (decision, granted) = if let Some((table, id, handed)) = op {
             let send = |i: usize, again| {
                 let op = (id, i as u8);
                 if again {
@@ -1365,7 +1390,7 @@ impl Redlock {
                 }
             };
             let failed = |d: &Decision, _| !granted_in_time(d);
-            quorum::run_op(table, id, nodes, send, &mut results, failed).await
+            quorum::run_op(table, id, handed, nodes, send, &mut results, failed).await
         } else {
             let (decision, granted);
             (decision, results, granted) = self
@@ -1457,6 +1482,36 @@ impl Redlock {
             deadline,
         )?;
         Some((table, id))
+    }
+
+    /// [`open_op`](Redlock::open_op) for a phase whose request is the same on every node:
+    /// while the group's driver is busy, it is handed the request (`fill` writes it, with
+    /// `meta`'s checks) and sends it to every node itself, one copy each, in its next write
+    /// (see `OpTable::open_handing`). The third value says whether it was; if not, the caller
+    /// sends the requests. Measured: see `DESIGN.md`, *Requests handed to the driver*.
+    #[inline]
+    pub(crate) fn open_op_handing(
+        &self,
+        rule: OpRule,
+        all: bool,
+        deadline: Instant,
+        meta: HandedMeta,
+        fill: impl FnOnce(&mut Handed) -> bool,
+    ) -> Option<(&OpTable, u32, bool)> {
+        let table = self.inner.ops.as_deref()?;
+        let hand = self.inner.hand_over.then_some((meta, fill));
+        let (id, handed) = table.open_handing(
+            rule,
+            self.inner.nodes.len(),
+            self.inner.quorum,
+            all,
+            deadline,
+            hand,
+        )?;
+        if handed {
+            self.count(Count::HandedOver);
+        }
+        Some((table, id, handed))
     }
 
     /// An acquire's phase on the general path ([`QuorumCollector`]): more nodes than an op

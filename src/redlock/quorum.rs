@@ -259,21 +259,25 @@ impl Drop for OpGuard<'_> {
 ///
 /// Cancel safe: dropped early, the op is given back to its table, which reuses it once the
 /// replies already asked for have been read.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_op(
     table: &OpTable,
     id: u32,
+    handed: bool,
     nodes: &[Connection],
     mut send: impl FnMut(usize, bool) -> Result<(), Error>,
     results: &mut NodeResults,
     wanted: impl FnOnce(&Decision, usize) -> bool,
 ) -> (Decision, usize) {
+    // `handed`: the driver sends the requests (see `OpTable::open_handing`), and the table
+    // forgets those it has not sent when the op is given back.
     let mut guard = OpGuard {
         table,
         id,
         armed: true,
-        unsent: nodes.len(),
+        unsent: if handed { 0 } else { nodes.len() },
     };
-    for i in 0..nodes.len() {
+    for i in (0..nodes.len()).filter(|_| !handed) {
         let sent = send(i, false);
         guard.unsent -= 1;
         if let Err(e) = sent {

@@ -29,6 +29,7 @@ pub(crate) struct LockCounters {
     releases_failed: AtomicU64,
     released_on_drop: AtomicU64,
     general_path: AtomicU64,
+    handed_over: AtomicU64,
 }
 
 /// Which counter an event goes to.
@@ -51,6 +52,8 @@ pub(crate) enum Count {
     ReleasedOnDrop,
     /// A lock phase that took the general path (see `LockStats::general_path`).
     GeneralPath,
+    /// A lock phase whose requests the group's task sent (see `LockStats::handed_over`).
+    HandedOver,
 }
 
 impl LockCounters {
@@ -75,6 +78,7 @@ impl LockCounters {
             Count::ReleaseFailed(_) => &self.releases_failed,
             Count::ReleasedOnDrop => &self.released_on_drop,
             Count::GeneralPath => &self.general_path,
+            Count::HandedOver => &self.handed_over,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -98,6 +102,7 @@ impl LockCounters {
             releases_failed: get(&self.releases_failed),
             released_on_drop: get(&self.released_on_drop),
             general_path: get(&self.general_path),
+            handed_over: get(&self.handed_over),
         }
     }
 }
@@ -175,6 +180,11 @@ pub struct LockStats {
     /// `max_in_flight` of the nodes). A manager of a group whose count keeps rising runs more
     /// phases at once than its table holds: raise `max_in_flight`.
     pub general_path: u64,
+    /// Lock phases whose requests the group's task sent to every node, one copy of a request
+    /// prepared once, rather than their caller, node by node: single-key acquires and releases
+    /// (by script) that found the task busy. Diagnostic only: which way a phase goes changes
+    /// nothing it decides.
+    pub handed_over: u64,
 }
 
 /// A snapshot of a manager: each node's connection and the lock outcomes.

@@ -96,6 +96,25 @@ impl SetNxPxCommand {
         self.ttl_ms
     }
 
+    /// Writes `SET key token NX PX <ttl>` into a fixed buffer (a request encoded once and
+    /// copied into each node's buffer); false, and nothing written, when it does not fit.
+    pub(crate) fn encode_inline<const N: usize>(
+        &self,
+        dst: &mut smallvec::SmallVec<[u8; N]>,
+        key: &[u8],
+        token: &[u8],
+    ) -> bool {
+        write_prepared_into(
+            dst,
+            &SetNxPx {
+                key,
+                token,
+                tail: &self.tail,
+                tail_len: self.tail_len as usize,
+            },
+        )
+    }
+
     /// Writes `SET key token NX PX <ttl>` into `dst`.
     #[inline]
     pub fn encode(&self, dst: &mut BytesMut, key: &[u8], token: &[u8]) {
@@ -825,6 +844,29 @@ mod tests {
                 assert!(
                     expected.len() > 160 - 8,
                     "refused a {}-byte request",
+                    expected.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn set_encode_inline_matches_encode_and_refuses_what_does_not_fit() {
+        let set = super::SetNxPxCommand::new(30_000);
+        for key_len in 0..200 {
+            let key = vec![b'k'; key_len];
+            let mut expected = BytesMut::new();
+            set.encode(&mut expected, &key, b"token");
+            let mut inline: smallvec::SmallVec<[u8; 160]> = smallvec::SmallVec::new();
+            let fits = set.encode_inline(&mut inline, &key, b"token");
+            assert!(!inline.spilled());
+            if fits {
+                assert_eq!(&inline[..], &expected[..], "key of {key_len} bytes");
+            } else {
+                assert!(inline.is_empty(), "key of {key_len} bytes: written");
+                assert!(
+                    expected.len() > 160 - 48,
+                    "refused {} bytes",
                     expected.len()
                 );
             }
