@@ -1186,3 +1186,63 @@ async fn a_round_of_256_callers_is_not_refused_for_a_full_write_buffer() {
         .sum();
     assert_eq!((refused, failed.load(Ordering::Relaxed)), (0, 0));
 }
+
+/// A release whose future is dropped after its first poll still deletes its key on every
+/// node (its documented cancel safety), also when the group's task was busy and was handed
+/// the release's requests instead of the caller sending them. Sixteen callers keep the task
+/// busy, and every tenth of their releases is polled once and dropped; on this one-thread
+/// runtime nothing else runs during that poll, so a rise of `handed_over` then is that
+/// release's. Bounded: until 3 such releases, or 300 cycles per caller.
+#[tokio::test]
+async fn a_release_dropped_after_its_first_poll_deletes_its_key_everywhere_when_handed_over() {
+    use std::future::Future;
+    let servers = cluster(5);
+    let r = redlock(&servers, RedlockOptions::default()).await;
+    let dropped = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let callers: Vec<_> = (0..16)
+        .map(|w| {
+            let (r, dropped) = (r.clone(), dropped.clone());
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    if dropped.lock().unwrap().len() >= 3 {
+                        return;
+                    }
+                    let key = format!("dropped:{w}:{i}");
+                    let lock = r.try_acquire(&key, Duration::from_secs(60)).await.unwrap();
+                    if i % 10 != 0 {
+                        lock.release().await.unwrap();
+                        continue;
+                    }
+                    let before = r.stats().locks.handed_over;
+                    {
+                        let mut release = std::pin::pin!(lock.release());
+                        let waker = std::task::Waker::noop();
+                        let mut cx = std::task::Context::from_waker(waker);
+                        assert!(release.as_mut().poll(&mut cx).is_pending());
+                    }
+                    if r.stats().locks.handed_over > before {
+                        dropped.lock().unwrap().push(key);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    let dropped = dropped.lock().unwrap().clone();
+    assert!(
+        !dropped.is_empty(),
+        "no dropped release was handed over: the test did not take its path"
+    );
+    for key in &dropped {
+        for s in &servers {
+            let gone = eventually(|| s.cmd(&["EXISTS", key]).as_integer() == Some(0)).await;
+            assert!(
+                gone,
+                "{key} left on {} after its release was dropped",
+                s.addr()
+            );
+        }
+    }
+}

@@ -201,16 +201,12 @@ impl Node {
             match connect.as_mut().poll(cx) {
                 Poll::Pending => {
                     turn.running = true;
-                    if let Some(h) = handed {
-                        turn.woke += send_handed(&self.shared, &mut self.shared.lock(), h, false);
-                    }
+                    self.refuse_handed(handed, turn);
                     return;
                 }
                 Poll::Ready(None) => {
                     self.state = NodeState::Closed;
-                    if let Some(h) = handed {
-                        turn.woke += send_handed(&self.shared, &mut self.shared.lock(), h, false);
-                    }
+                    self.refuse_handed(handed, turn);
                     return;
                 }
                 Poll::Ready(Some((stream, connector))) => {
@@ -221,15 +217,23 @@ impl Node {
             }
         }
         let NodeState::Serving(io, _) = &mut self.state else {
-            if let Some(h) = handed {
-                turn.woke += send_handed(&self.shared, &mut self.shared.lock(), h, false);
-            }
+            self.refuse_handed(handed, turn);
             return;
         };
         turn.running = true;
         match write_half(&self.shared, io, cx, handed, &mut turn.woke) {
             Ok(progressed) => turn.progressed |= progressed,
             Err(error) => self.fail(error, turn),
+        }
+    }
+
+    /// A node that is not serving refuses the handed requests, as a caller's send would (not
+    /// connected, closed): those answers may decide ops now.
+    fn refuse_handed(&self, handed: Option<Handover<'_>>, turn: &mut Turn) {
+        if let Some(h) = handed {
+            let wakers = send_handed(&self.shared, &mut self.shared.lock(), h, false);
+            turn.woke += wakers.len();
+            wakers.into_iter().for_each(Waker::wake);
         }
     }
 
@@ -469,11 +473,12 @@ fn write_half(
     // Take what callers queued, or register to be woken when they queue something.
     if io.out.is_empty() {
         let mut st = shared.lock();
-        if let Some(h) = handed {
-            // Behind what callers queued themselves; a refused one is that node's answer.
-            *woke += send_handed(shared, &mut st, h, true);
-        }
+        // Behind what callers queued themselves; a refused one is that node's answer, and its
+        // caller is woken once the lock is released.
+        let refused = handed.map(|h| send_handed(shared, &mut st, h, true));
         if st.closed {
+            drop(st);
+            wake_refused(refused, woke);
             return Err(Error::new(ErrorKind::Closed));
         }
         // Whatever it took before is written: callers may write directly again.
@@ -487,6 +492,8 @@ fn write_half(
             std::mem::swap(&mut io.out, &mut st.write_buf);
             st.driver_writing = true;
         }
+        drop(st);
+        wake_refused(refused, woke);
     }
 
     // Write as much as the socket takes.
@@ -528,49 +535,59 @@ fn write_half(
     Ok(progressed)
 }
 
-/// Puts the requests of the ops handed to the driver into node `h.node`'s buffer (`st`, its
-/// locked state), each after the checks a caller's own send makes (`admit`); a refused one is
-/// that node's answer in its op. With `writable` false (the driver holds a write in progress,
-/// or the node is not serving), and at a full buffer, the rest wait for a later turn: only
-/// refusals are taken. Returns how many callers were woken (a refusal that decided their op).
-fn send_handed(shared: &Shared, st: &mut State, h: Handover<'_>, writable: bool) -> usize {
-    let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
-    {
-        // Lock order: the connection's state, then the table (as in `dispatch`).
-        let mut t = h.table.lock();
-        let room = shared.config.write_buffer;
-        for &id in h.ops {
-            let Some(handed) = t.unsent_request(id, h.node) else {
-                continue;
-            };
-            let (meta, len) = (handed.meta, handed.request.len());
-            let discarded = usize::from(meta.discarded);
-            if let Err(e) = admit(shared, st, meta.min_uptime, discarded, meta.acquire) {
-                if let Some(w) = t.handed_failed(id, h.node, e) {
-                    wakers.push(w);
-                    if wakers.len() == WAKE_BATCH {
-                        // The rest at the next turn: these are woken without the locks held.
-                        break;
-                    }
-                }
-                continue;
-            }
-            // A full buffer is written first; an empty one takes any request (the bound is
-            // the buffer's room, which it is reset to after each write, so this allocates
-            // nothing).
-            if !writable || (!st.write_buf.is_empty() && st.write_buf.len() + len > room) {
-                continue;
-            }
-            st.write_buf.extend_from_slice(&handed.request);
-            take_slots(st, meta.sent_us, discarded, Some((id, h.node)));
-            t.handed_sent(id, h.node);
-        }
+/// Wakes the callers whose ops a refusal decided, once the connection's lock is released.
+fn wake_refused(refused: Option<SmallVec<[Waker; WAKE_BATCH]>>, woke: &mut usize) {
+    if let Some(mut wakers) = refused {
+        *woke += wakers.len();
+        // Drained in place: `into_iter` would move the whole inline array first.
+        wakers.drain(..).for_each(Waker::wake);
     }
-    let woke = wakers.len();
-    // Still under the connection's lock, which the woken callers' sends need; the table's is
-    // released. Waking only schedules them.
-    wakers.drain(..).for_each(Waker::wake);
-    woke
+}
+
+/// Puts the requests of the ops handed to the driver into node `h.node`'s buffer (`st`, its
+/// locked state), in the order they were handed over, each after the checks a caller's own
+/// send makes (`admit`); a refused one is that node's answer in its op. With `writable` false
+/// (the node is not serving) only refusals are taken. At the first request that does not fit
+/// the buffer (an acquire leaves a quarter of it, as a caller's does), this node's list stops
+/// until a later turn, so requests to one node keep their order. Returns the callers to wake
+/// (a refusal decided their op), to be woken once the connection's lock is released.
+fn send_handed(
+    shared: &Shared,
+    st: &mut State,
+    h: Handover<'_>,
+    writable: bool,
+) -> SmallVec<[Waker; WAKE_BATCH]> {
+    let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
+    // Lock order: the connection's state, then the table (as in `dispatch`).
+    let mut t = h.table.lock();
+    let room = shared.config.write_buffer;
+    for &id in h.ops {
+        let Some(handed) = t.unsent_request(id, h.node) else {
+            continue;
+        };
+        let (meta, len) = (handed.meta, handed.request.len());
+        let discarded = usize::from(meta.discarded);
+        if let Err(e) = admit(shared, st, meta.min_uptime, discarded, meta.acquire) {
+            if let Some(w) = t.handed_failed(id, h.node, e) {
+                wakers.push(w);
+                if wakers.len() == WAKE_BATCH {
+                    // The rest at the next turn.
+                    break;
+                }
+            }
+            continue;
+        }
+        // An empty buffer takes any request (the bound is the buffer's room, which it is reset
+        // to after each write, so this allocates nothing).
+        let reserve = if meta.acquire { room / 4 } else { 0 };
+        if !writable || (!st.write_buf.is_empty() && st.write_buf.len() + len + reserve > room) {
+            break;
+        }
+        st.write_buf.extend_from_slice(&handed.request);
+        take_slots(st, meta.sent_us, discarded, Some((id, h.node)));
+        t.handed_sent(id, h.node);
+    }
+    wakers
 }
 
 /// Reads everything the socket has and hands out the replies. Returns whether bytes came in,

@@ -55,7 +55,7 @@ const NIL: u32 = u32::MAX;
 /// past it, phases take the general path rather than every group holding memory for a million.
 pub(crate) const MAX_OPS: usize = 1024;
 
-/// The longest request an op hands to the driver (see [`OpTable::open`]): a `SET` or a
+/// The longest request an op hands to the driver (see [`OpTable::open_handing`]): a `SET` or a
 /// release script's call for keys up to about 80 bytes. A longer one is sent by its caller.
 pub(crate) const OP_REQUEST_MAX: usize = 320;
 
@@ -81,6 +81,11 @@ pub(crate) struct HandedMeta {
     pub(crate) min_uptime: Option<Duration>,
     /// The round trips' clock when the caller handed it over.
     pub(crate) sent_us: u32,
+    /// Sent to every node even after the caller gave the op back (a release: its key must be
+    /// deleted on every node that may hold it, as when the caller sent its requests at once).
+    /// Without it, what the driver has not sent by then is never sent (an acquire: a `SET`
+    /// after its caller gave up could only leave a key behind, and overtake its clean-up).
+    pub(crate) outlive_caller: bool,
 }
 
 /// How the driver reads a node's reply to an op's request.
@@ -328,6 +333,13 @@ impl Table {
         let op = &mut self.ops[id as usize];
         op.unsent &= !(1 << node);
         op.outstanding = op.outstanding.saturating_sub(1);
+        if !op.caller {
+            // An op that outlived its caller: its last request settled, nothing is due.
+            if op.outstanding == 0 {
+                self.free(id);
+            }
+            return None;
+        }
         if op.verdict.is_some() {
             op.answers[usize::from(node)] = Answer::Failed(error);
             None
@@ -339,8 +351,12 @@ impl Table {
     }
 
     /// The caller is done with op `id`: requests the driver has not sent yet never will be
-    /// (their nodes never saw the op), and are no longer waited for.
+    /// (their nodes never saw the op), and are no longer waited for; but those of an op that
+    /// outlives its caller (`HandedMeta::outlive_caller`) are still sent.
     fn drop_unsent(&mut self, id: u32) {
+        if self.requests[id as usize].meta.outlive_caller {
+            return;
+        }
         let op = &mut self.ops[id as usize];
         op.outstanding = op.outstanding.saturating_sub(op.unsent.count_ones() as u8);
         op.unsent = 0;
@@ -517,10 +533,12 @@ impl OpTable {
         op.expired = false;
         op.next = NIL;
         let mut handed = false;
+        // A request not handed over is its caller's to send: nothing for the driver to keep.
+        t.requests[id as usize].meta.outlive_caller = false;
         if let Some((meta, fill)) = hand.filter(|_| !t.driver_parked) {
             let entry = &mut t.requests[id as usize];
             entry.request.clear();
-            if fill(entry) && !entry.request.is_empty() {
+            if fill(entry) && !entry.request.is_empty() && !entry.request.spilled() {
                 entry.meta = meta;
                 op.unsent = ((1u16 << nodes) - 1) as u8;
                 // Still on the driver's list (an earlier op of this entry's): it looks there.
@@ -983,6 +1001,18 @@ mod tests {
         }
     }
 
+    /// A table of `capacity` whose driver has looked once (so ops are handed to it), with one op
+    /// of `nodes` nodes handed over and taken onto the driver's list.
+    fn one_handed(capacity: usize, nodes: usize) -> (OpTable, Vec<u32>, u32) {
+        let t = OpTable::new(capacity);
+        let mut pending = Vec::with_capacity(capacity);
+        t.take_handed(&mut pending);
+        let (id, handed) = hand(&t, nodes).unwrap();
+        assert!(handed);
+        t.take_handed(&mut pending);
+        (t, pending, id)
+    }
+
     fn hand(t: &OpTable, nodes: usize) -> Option<(u32, bool)> {
         let meta = HandedMeta::default();
         t.open_handing(
@@ -1016,11 +1046,7 @@ mod tests {
 
     #[test]
     fn a_handed_op_is_sent_once_per_node_and_unsent_requests_are_dropped_with_it() {
-        let t = OpTable::new(1);
-        let mut pending = Vec::with_capacity(1);
-        t.take_handed(&mut pending);
-        let (id, _) = hand(&t, 3).unwrap();
-        t.take_handed(&mut pending);
+        let (t, mut pending, id) = one_handed(1, 3);
         {
             let mut g = t.lock();
             assert!(g.unsent_request(id, 0).is_some());
@@ -1042,12 +1068,51 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_reused_while_on_the_drivers_list_is_listed_once() {
+    fn a_handed_release_is_still_sent_everywhere_after_its_caller_went() {
         let t = OpTable::new(1);
         let mut pending = Vec::with_capacity(1);
         t.take_handed(&mut pending);
-        let (id, _) = hand(&t, 1).unwrap();
+        let meta = HandedMeta {
+            outlive_caller: true,
+            ..HandedMeta::default()
+        };
+        let fill = |h: &mut Handed| {
+            h.request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+            true
+        };
+        let rule = Rule::Count {
+            unknown_retries: true,
+        };
+        let (id, handed) = t
+            .open_handing(rule, 3, 2, false, far(), Some((meta, fill)))
+            .unwrap();
+        assert!(handed);
         t.take_handed(&mut pending);
+        t.lock().handed_sent(id, 0);
+        // Dropped before the driver reached nodes 1 and 2: their requests still go.
+        t.abandon(id);
+        assert!(t.lock().unsent_request(id, 1).is_some());
+        t.retain_pending(&mut pending);
+        assert_eq!(pending, [id]);
+        {
+            let mut g = t.lock();
+            g.handed_sent(id, 1);
+            assert!(g
+                .handed_failed(id, 2, Error::new(ErrorKind::NotConnected))
+                .is_none());
+        }
+        t.retain_pending(&mut pending);
+        assert!(pending.is_empty());
+        // Node 0's and node 1's replies are still due; the entry is free after them.
+        assert_eq!(t.used(), 1);
+        t.lock().answer(id, 0, Ok(Frame::Integer(1)));
+        t.lock().answer(id, 1, Ok(Frame::Integer(1)));
+        assert_eq!(t.used(), 0);
+    }
+
+    #[test]
+    fn an_entry_reused_while_on_the_drivers_list_is_listed_once() {
+        let (t, mut pending, id) = one_handed(1, 1);
         // Given back unsent, and opened again before the driver's next look.
         t.abandon(id);
         let (again, handed) = hand(&t, 1).unwrap();
@@ -1062,10 +1127,7 @@ mod tests {
 
     #[test]
     fn a_refused_handed_request_is_that_nodes_answer_and_can_decide() {
-        let t = OpTable::new(1);
-        let mut pending = Vec::with_capacity(1);
-        t.take_handed(&mut pending);
-        let (id, _) = hand(&t, 3).unwrap();
+        let (t, _pending, id) = one_handed(1, 3);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         assert!(poll(&t, id, &count).is_pending());
         let mut g = t.lock();

@@ -392,13 +392,19 @@ impl Lock {
         let same_everywhere = !notice.script.is_empty()
             && (redlock.inner.options.force_script_release || nodes.iter().all(|n| !n.has_delex()));
         let op = if same_everywhere {
+            // Sent to every node even if this future is dropped or decided first: a release
+            // deletes its key wherever it may be, as when its requests went out at once.
             let meta = HandedMeta {
                 sent_us: crate::conn::now_us(),
+                outlive_caller: true,
                 ..HandedMeta::default()
             };
             redlock.open_op_handing(rule, all, deadline, meta, |h| {
-                h.request.extend_from_slice(&notice.script);
-                true
+                let fits = notice.script.len() <= h.request.inline_size();
+                if fits {
+                    h.request.extend_from_slice(&notice.script);
+                }
+                fits
             })
         } else {
             redlock

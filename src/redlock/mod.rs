@@ -1359,11 +1359,13 @@ impl Redlock {
             self.open_op(OpRule::Flag, false, deadline)
                 .map(|(table, id)| (table, id, false))
         } else {
+            // Never sent after this attempt gave up (see `HandedMeta::outlive_caller`).
             let meta = HandedMeta {
                 acquire: true,
                 min_uptime: restart_delay,
                 sent_us,
                 discarded: 0,
+                outlive_caller: false,
             };
             let key = &keys.all()[0];
             self.open_op_handing(OpRule::SetNx, false, deadline, meta, |h| {

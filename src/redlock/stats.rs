@@ -180,10 +180,10 @@ pub struct LockStats {
     /// `max_in_flight` of the nodes). A manager of a group whose count keeps rising runs more
     /// phases at once than its table holds: raise `max_in_flight`.
     pub general_path: u64,
-    /// Lock phases whose requests the group's task sent to every node, one copy of a request
-    /// prepared once, rather than their caller, node by node: single-key acquires and releases
-    /// (by script) that found the task busy. Diagnostic only: which way a phase goes changes
-    /// nothing it decides.
+    /// Lock phases whose request was handed to the group's task, to be copied to every node,
+    /// rather than sent by their caller node by node: single-key acquires and releases (by
+    /// script) that found the task busy. Counted when handed over. Diagnostic only: which way
+    /// a phase goes changes nothing it decides.
     pub handed_over: u64,
 }
 

@@ -104,29 +104,23 @@ impl SetNxPxCommand {
         key: &[u8],
         token: &[u8],
     ) -> bool {
-        write_prepared_into(
-            dst,
-            &SetNxPx {
-                key,
-                token,
-                tail: &self.tail,
-                tail_len: self.tail_len as usize,
-            },
-        )
+        write_prepared_into(dst, &self.with(key, token))
     }
 
     /// Writes `SET key token NX PX <ttl>` into `dst`.
     #[inline]
     pub fn encode(&self, dst: &mut BytesMut, key: &[u8], token: &[u8]) {
-        write_prepared(
-            dst,
-            &SetNxPx {
-                key,
-                token,
-                tail: &self.tail,
-                tail_len: self.tail_len as usize,
-            },
-        );
+        write_prepared(dst, &self.with(key, token));
+    }
+
+    #[inline(always)]
+    fn with<'a>(&'a self, key: &'a [u8], token: &'a [u8]) -> SetNxPx<'a> {
+        SetNxPx {
+            key,
+            token,
+            tail: &self.tail,
+            tail_len: self.tail_len as usize,
+        }
     }
 }
 
