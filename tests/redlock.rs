@@ -1196,8 +1196,17 @@ async fn a_round_of_256_callers_is_not_refused_for_a_full_write_buffer() {
 #[tokio::test]
 async fn a_release_dropped_after_its_first_poll_deletes_its_key_everywhere_when_handed_over() {
     use std::future::Future;
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
     let servers = cluster(5);
-    let r = redlock(&servers, RedlockOptions::default()).await;
+    // Releases are handed over only when they go by script: so also on a server with DELEX.
+    let r = redlock(
+        &servers,
+        RedlockOptions::default().force_script_release(true),
+    )
+    .await;
     let dropped = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let callers: Vec<_> = (0..16)
         .map(|w| {
@@ -1216,8 +1225,8 @@ async fn a_release_dropped_after_its_first_poll_deletes_its_key_everywhere_when_
                     let before = r.stats().locks.handed_over;
                     {
                         let mut release = std::pin::pin!(lock.release());
-                        let waker = std::task::Waker::noop();
-                        let mut cx = std::task::Context::from_waker(waker);
+                        let waker = std::task::Waker::from(Arc::new(Noop));
+                        let mut cx = std::task::Context::from_waker(&waker);
                         assert!(release.as_mut().poll(&mut cx).is_pending());
                     }
                     if r.stats().locks.handed_over > before {

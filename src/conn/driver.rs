@@ -231,7 +231,7 @@ impl Node {
     /// connected, closed): those answers may decide ops now.
     fn refuse_handed(&self, handed: Option<Handover<'_>>, turn: &mut Turn) {
         if let Some(h) = handed {
-            let wakers = send_handed(&self.shared, &mut self.shared.lock(), h, false);
+            let wakers = send_handed(&self.shared, &mut self.shared.lock(), h, Room::None);
             turn.woke += wakers.len();
             wakers.into_iter().for_each(Waker::wake);
         }
@@ -475,7 +475,7 @@ fn write_half(
         let mut st = shared.lock();
         // Behind what callers queued themselves; a refused one is that node's answer, and its
         // caller is woken once the lock is released.
-        let refused = handed.map(|h| send_handed(shared, &mut st, h, true));
+        let refused = handed.map(|h| send_handed(shared, &mut st, h, Room::Flushed));
         if st.closed {
             drop(st);
             wake_refused(refused, woke);
@@ -494,6 +494,13 @@ fn write_half(
         }
         drop(st);
         wake_refused(refused, woke);
+    } else if let Some(h) = handed {
+        // Still writing what it took before (the socket was full): the handed requests queue
+        // in the buffer behind it, as callers' own sends do, and are refused when it is full.
+        // Waiting instead held a stalled node's releases, and their ops' entries, until the
+        // node came back.
+        let refused = send_handed(shared, &mut shared.lock(), h, Room::Queued);
+        wake_refused(Some(refused), woke);
     }
 
     // Write as much as the socket takes.
@@ -544,18 +551,30 @@ fn wake_refused(refused: Option<SmallVec<[Waker; WAKE_BATCH]>>, woke: &mut usize
     }
 }
 
+/// What a node's buffer can take of the handed requests (see `send_handed`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// The buffer is written right after: a request that does not fit waits for the next turn.
+    Flushed,
+    /// The node is still writing what it took before: a request that does not fit is refused
+    /// (`Overloaded`), as a caller's send to a full buffer is.
+    Queued,
+    /// The node is not serving: only refusals are taken (its checks refuse every request).
+    None,
+}
+
 /// Puts the requests of the ops handed to the driver into node `h.node`'s buffer (`st`, its
 /// locked state), in the order they were handed over, each after the checks a caller's own
-/// send makes (`admit`); a refused one is that node's answer in its op. With `writable` false
-/// (the node is not serving) only refusals are taken. At the first request that does not fit
-/// the buffer (an acquire leaves a quarter of it, as a caller's does), this node's list stops
-/// until a later turn, so requests to one node keep their order. Returns the callers to wake
-/// (a refusal decided their op), to be woken once the connection's lock is released.
+/// send makes (`admit`); a refused one is that node's answer in its op. A request that does
+/// not fit the buffer (an acquire leaves a quarter of it, as a caller's does) is refused, or,
+/// with the buffer about to be written (`Room::Flushed`), stops this node's list until the next
+/// turn, so requests to one node keep their order. Returns the callers to wake (a refusal
+/// decided their op), to be woken once the connection's lock is released.
 fn send_handed(
     shared: &Shared,
     st: &mut State,
     h: Handover<'_>,
-    writable: bool,
+    room_kind: Room,
 ) -> SmallVec<[Waker; WAKE_BATCH]> {
     let mut wakers: SmallVec<[Waker; WAKE_BATCH]> = SmallVec::new();
     // Lock order: the connection's state, then the table (as in `dispatch`).
@@ -580,8 +599,26 @@ fn send_handed(
         // An empty buffer takes any request (the bound is the buffer's room, which it is reset
         // to after each write, so this allocates nothing).
         let reserve = if meta.acquire { room / 4 } else { 0 };
-        if !writable || (!st.write_buf.is_empty() && st.write_buf.len() + len + reserve > room) {
-            break;
+        let fits = st.write_buf.is_empty() || st.write_buf.len() + len + reserve <= room;
+        match room_kind {
+            Room::Flushed if fits => {}
+            // An acquire short of its reserve waits without holding up the requests behind it
+            // (only requests with the same token need their order, and an acquire's release
+            // is opened only after the acquire is given back).
+            Room::Flushed if meta.acquire => continue,
+            Room::Flushed | Room::None => break,
+            Room::Queued if fits => {}
+            Room::Queued => {
+                st.stats.errors.refused_overloaded += 1;
+                let e = Error::new(ErrorKind::Overloaded);
+                if let Some(w) = t.handed_failed(id, h.node, e) {
+                    wakers.push(w);
+                    if wakers.len() == WAKE_BATCH {
+                        break;
+                    }
+                }
+                continue;
+            }
         }
         st.write_buf.extend_from_slice(&handed.request);
         take_slots(st, meta.sent_us, discarded, Some((id, h.node)));

@@ -22,6 +22,13 @@
 //! Nothing here allocates after [`OpTable::new`]: when every entry is in use, `open` says no
 //! and the caller takes the general path.
 //!
+//! Handed requests (`OpTable::open_handing`): while the driver is busy, a phase's request is
+//! written once into its entry and the driver copies it to every node (`driver::send_handed`).
+//! An acquire's copies not sent by the time its caller gives it back are never sent; a
+//! release's are (`HandedMeta::outlive_caller`), and its entry is freed after their replies.
+//! Once the driver is gone, nothing unsent is sent and those entries stay taken, which costs
+//! nothing more: the table then opens no op.
+//!
 //! Deadlines: each op has one, and the group's driver keeps them all with a single timer
 //! ([`OpTable::drive_deadlines`]), armed for the earliest deadline it knows of. An op past its
 //! deadline without a verdict is marked expired and its caller woken. A caller therefore
