@@ -11,8 +11,9 @@
 //! ```
 //!
 //! The I/O loop (`run_group`) advances both directions of every connection in every turn: it
-//! hands everything callers queued to each socket in one write (`write_half`), then reads each
-//! socket until it is empty and hands out the replies (`read_half`). It never blocks on the
+//! hands everything callers queued to each socket in one write (`write_half`), with a copy of
+//! each request of a lock phase handed to the task (`send_handed`), then reads each socket
+//! until it is empty and hands out the replies (`read_half`). It never blocks on the
 //! write side while replies are waiting to be read, so both sides' buffers can be full without
 //! deadlock.
 
@@ -232,8 +233,7 @@ impl Node {
     fn refuse_handed(&self, handed: Option<Handover<'_>>, turn: &mut Turn) {
         if let Some(h) = handed {
             let wakers = send_handed(&self.shared, &mut self.shared.lock(), h, Room::None);
-            turn.woke += wakers.len();
-            wakers.into_iter().for_each(Waker::wake);
+            wake_refused(Some(wakers), &mut turn.woke);
         }
     }
 

@@ -303,8 +303,9 @@ impl Lock {
     ///
     /// # Cancel safety
     ///
-    /// The release requests are sent when the future is first polled; dropping it afterwards
-    /// only loses the count.
+    /// The release requests are sent when the future is first polled (or handed to the task
+    /// that drives the nodes, which sends them to every node whatever becomes of the future);
+    /// dropping it afterwards only loses the count.
     ///
     /// # Examples
     ///
