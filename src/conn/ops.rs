@@ -57,10 +57,11 @@ pub(crate) const MAX_OP_NODES: usize = 7;
 
 const NIL: u32 = u32::MAX;
 
-/// The most ops one table holds, whatever the group's `max_in_flight`: 1,024 lock phases at once
-/// (704 KiB with their handed requests) is four times the concurrency the benchmarks drive;
-/// past it, phases take the general path rather than every group holding memory for a million.
-pub(crate) const MAX_OPS: usize = 1024;
+/// The most ops one table holds, whatever the group's `max_in_flight`: 2,048 lock phases at once
+/// (1.4 MiB with their handed requests), twice the default slots of a node (see
+/// `Connection::start_group`: a stopped node holds an entry per slot); past it, phases take the
+/// general path rather than every group holding memory for a million.
+pub(crate) const MAX_OPS: usize = 2048;
 
 /// The longest request an op hands to the driver (see [`OpTable::open_handing`]): a `SET` or a
 /// release script's call for keys up to about 80 bytes. A longer one is sent by its caller.
@@ -1149,9 +1150,9 @@ mod tests {
         );
     }
 
-    /// The memory figure in `Connection::start_group`'s docs: a group's table holds as many ops
-    /// as its largest slot table has slots, each with room for a handed request: 704 KiB at
-    /// the default 1,024. Each node's answer keeps its error, if any (40 bytes), for the lock
+    /// The memory figure in `Connection::start_group`'s docs: a group's table holds twice as
+    /// many ops as its largest slot table has slots, each with room for a handed request: 1.4
+    /// MiB at the default 1,024 slots. Each node's answer keeps its error, if any (40 bytes), for the lock
     /// error's per-node results.
     #[test]
     fn an_op_is_352_bytes_and_its_handed_request_352() {
