@@ -87,7 +87,10 @@ pub enum Protocol {
 /// | read buffer of [`read_buffer`](ConnectionConfig::read_buffer) | 16 KiB |
 /// | decoder stack: `max_depth` × 16 bytes, inline up to 16 levels | 512 bytes |
 ///
-/// About 160 KiB per node with the defaults, plus the kernel's socket buffers. Requests past
+/// About 160 KiB per node with the defaults, plus the kernel's socket buffers; connections
+/// started as a group ([`Connection::start_group`](super::Connection::start_group), as a
+/// `Redlock`'s are) also share a table of lock phases, 2 × the largest `max_in_flight` × 704
+/// bytes (1.4 MiB with the defaults). Requests past
 /// either bound fail at once with `Overloaded`, without being sent. Two things may still
 /// allocate, both chosen by the caller: a command larger than what is left of the write buffer
 /// (it grows for that command), and a reply frame larger than half the read buffer (it grows,

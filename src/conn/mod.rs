@@ -333,12 +333,12 @@ impl Connection {
     /// in one `write` per node. That is the shape of a Redlock's traffic (one request to every
     /// node per phase), and [`Redlock`](crate::Redlock) drives its nodes this way. Each
     /// connection still fails, reconnects and refuses on its own; only the task is shared.
-    /// The group also shares a table of lock phases (see `ops.rs`): as many as the largest
-    /// twice the largest [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections
-    /// (so that a node answering nothing, which holds an entry per slot, leaves the others
-    /// room), at most 2,048, 704 bytes each with room for a request handed to the task (1.4 MiB
-    /// at the default), allocated here once. The task also keeps those phases' deadlines, with one timer for all
-    /// of them.
+    /// The group also shares a table of lock phases (see `ops.rs`): twice as many as the
+    /// largest [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections (so that a
+    /// node answering nothing, which holds an entry per request in flight there, leaves the
+    /// others room), at most 2,048, 704 bytes each with room for a request handed to the task
+    /// (1.4 MiB at the default), allocated here once. The task also keeps those phases'
+    /// deadlines, with one timer for all of them.
     ///
     /// Must be called inside a tokio runtime, and that runtime must keep running while the
     /// connections are used: its task reads every reply and keeps the deadlines. When the
