@@ -46,6 +46,19 @@ async fn held_everywhere(servers: &[Server], key: &str) -> (Redlock, dragonlock:
     (holder, held)
 }
 
+/// A manager over `servers` whose connections have `slots` slots each.
+async fn with_slots(servers: &[Server], slots: usize, options: RedlockOptions) -> Redlock {
+    let configs = servers
+        .iter()
+        .map(|s| {
+            dragonlock::conn::ConnectionConfig::from_url(&s.url())
+                .unwrap()
+                .max_in_flight(slots)
+        })
+        .collect();
+    support::redlock_over_configs(configs, options).await
+}
+
 /// True once `check` holds, polling for up to 2 s. For effects of requests already sent whose
 /// answers were not awaited (an operation that returns at the quorum leaves the last nodes'
 /// requests on their way).
@@ -1145,15 +1158,7 @@ async fn contenders_leave_no_key_behind() {
 async fn a_round_of_256_callers_is_not_refused_for_a_full_write_buffer() {
     let servers = cluster(5);
     // Slots to spare, so that only the write buffer can refuse.
-    let configs = servers
-        .iter()
-        .map(|s| {
-            dragonlock::conn::ConnectionConfig::from_url(&s.url())
-                .unwrap()
-                .max_in_flight(4096)
-        })
-        .collect();
-    let redlock = support::redlock_over_configs(configs, RedlockOptions::default()).await;
+    let redlock = with_slots(&servers, 4096, RedlockOptions::default()).await;
     let failed = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..256)
         .map(|w| {
@@ -1267,16 +1272,12 @@ async fn a_stopped_node_leaves_the_op_table_room() {
     let mut servers = cluster(3);
     // Few slots, so that the stopped node fills them long before its socket buffers fill; one
     // slot a release (no `PUBLISH` behind a `DELEX`), on every server.
-    let configs = servers
-        .iter()
-        .map(|s| {
-            dragonlock::conn::ConnectionConfig::from_url(&s.url())
-                .unwrap()
-                .max_in_flight(128)
-        })
-        .collect();
-    let options = RedlockOptions::default().wake_on_release(false);
-    let r = support::redlock_over_configs(configs, options).await;
+    let r = with_slots(
+        &servers,
+        128,
+        RedlockOptions::default().wake_on_release(false),
+    )
+    .await;
     servers[2].stop();
     let end = std::time::Instant::now() + Duration::from_secs(60);
     let (cycles, full) = (
