@@ -593,12 +593,17 @@ impl Loop {
     fn start(&mut self, op: Submit) {
         let id = self.free.pop().expect("a free slot");
         let key = &op.key[..op.key_len as usize];
-        // The release channel, for a release that publishes: the prefix, then the key.
-        let mut channel = [0u8; RELEASE_CHANNEL_PREFIX.len() + MAX_KEY];
-        let channel_len = RELEASE_CHANNEL_PREFIX.len() + key.len();
-        channel[..RELEASE_CHANNEL_PREFIX.len()].copy_from_slice(RELEASE_CHANNEL_PREFIX.as_bytes());
-        channel[RELEASE_CHANNEL_PREFIX.len()..channel_len].copy_from_slice(key);
-        let channel = &channel[..channel_len];
+        // The release channel, for a release that publishes (only then: the baseline does no
+        // work dragonlock does not): the prefix, then the key.
+        let mut buf = [0u8; RELEASE_CHANNEL_PREFIX.len() + MAX_KEY];
+        let channel: &[u8] = if matches!(op.kind, Kind::Release) && self.notify.is_some() {
+            let prefix = RELEASE_CHANNEL_PREFIX.len();
+            buf[..prefix].copy_from_slice(RELEASE_CHANNEL_PREFIX.as_bytes());
+            buf[prefix..prefix + key.len()].copy_from_slice(key);
+            &buf[..prefix + key.len()]
+        } else {
+            &[]
+        };
         for node in &mut self.nodes {
             match (op.kind, &self.notify) {
                 (Kind::Acquire, _) => self.set.encode(&mut node.out, key, &op.token),

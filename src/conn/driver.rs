@@ -586,43 +586,40 @@ fn send_handed(
         };
         let (meta, len) = (handed.meta, handed.request.len());
         let discarded = usize::from(meta.discarded);
-        if let Err(e) = admit(shared, st, meta.min_uptime, discarded, meta.acquire) {
-            if let Some(w) = t.handed_failed(id, h.node, e) {
-                wakers.push(w);
-                if wakers.len() == WAKE_BATCH {
-                    // The rest at the next turn.
-                    break;
-                }
-            }
-            continue;
-        }
-        // An empty buffer takes any request (the bound is the buffer's room, which it is reset
-        // to after each write, so this allocates nothing).
-        let reserve = if meta.acquire { room / 4 } else { 0 };
-        let fits = st.write_buf.is_empty() || st.write_buf.len() + len + reserve <= room;
-        match room_kind {
-            Room::Flushed if fits => {}
-            // An acquire short of its reserve waits without holding up the requests behind it
-            // (only requests with the same token need their order, and an acquire's release
-            // is opened only after the acquire is given back).
-            Room::Flushed if meta.acquire => continue,
-            Room::Flushed | Room::None => break,
-            Room::Queued if fits => {}
-            Room::Queued => {
-                st.stats.errors.refused_overloaded += 1;
-                let e = Error::new(ErrorKind::Overloaded);
-                if let Some(w) = t.handed_failed(id, h.node, e) {
-                    wakers.push(w);
-                    if wakers.len() == WAKE_BATCH {
-                        break;
+        let refusal = match admit(shared, st, meta.min_uptime, discarded, meta.acquire) {
+            Err(e) => Some(e),
+            Ok(()) => {
+                // An empty buffer takes any request (the bound is the buffer's room, which it
+                // is reset to after each write, so this allocates nothing).
+                let reserve = if meta.acquire { room / 4 } else { 0 };
+                let fits = st.write_buf.is_empty() || st.write_buf.len() + len + reserve <= room;
+                match room_kind {
+                    Room::Flushed | Room::Queued if fits => None,
+                    // An acquire short of its reserve waits without holding up the requests
+                    // behind it (only requests with the same token need their order, and an
+                    // acquire's release is opened only after the acquire is given back).
+                    Room::Flushed if meta.acquire => continue,
+                    Room::Flushed | Room::None => break,
+                    Room::Queued => {
+                        st.stats.errors.refused_overloaded += 1;
+                        Some(Error::new(ErrorKind::Overloaded))
                     }
                 }
-                continue;
+            }
+        };
+        let Some(e) = refusal else {
+            st.write_buf.extend_from_slice(&handed.request);
+            take_slots(st, meta.sent_us, discarded, Some((id, h.node)));
+            t.handed_sent(id, h.node);
+            continue;
+        };
+        if let Some(w) = t.handed_failed(id, h.node, e) {
+            wakers.push(w);
+            if wakers.len() == WAKE_BATCH {
+                // The rest at the next turn.
+                break;
             }
         }
-        st.write_buf.extend_from_slice(&handed.request);
-        take_slots(st, meta.sent_us, discarded, Some((id, h.node)));
-        t.handed_sent(id, h.node);
     }
     wakers
 }

@@ -374,11 +374,7 @@ impl Connection {
         let shared: Vec<Arc<Shared>> = configs
             .into_iter()
             .enumerate()
-            .map(|(i, c)| {
-                let mut shared = Connection::new_shared(c, Some(ops.clone()), parked.clone());
-                Arc::get_mut(&mut shared).expect("just made").group_index = i;
-                shared
-            })
+            .map(|(i, c)| Connection::new_shared(c, Some((ops.clone(), i)), parked.clone()))
             .collect();
         if !shared.is_empty() {
             spawn_driver(driver::run_group(shared.clone()));
@@ -391,11 +387,13 @@ impl Connection {
             .collect()
     }
 
+    /// A connection's shared state; with `group`, its group's op table and its place there.
     fn new_shared(
         config: ConnectionConfig,
-        ops: Option<Arc<OpTable>>,
+        group: Option<(Arc<OpTable>, usize)>,
         task_parked: Arc<AtomicBool>,
     ) -> Arc<Shared> {
+        let (ops, group_index) = group.map_or((None, 0), |(ops, i)| (Some(ops), i));
         Arc::new(Shared {
             state: Mutex::new(State {
                 status: Status::Starting,
@@ -419,7 +417,7 @@ impl Connection {
             delex: AtomicBool::new(false),
             ops,
             task_parked,
-            group_index: 0,
+            group_index,
         })
     }
 

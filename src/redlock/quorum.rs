@@ -277,11 +277,13 @@ pub(crate) async fn run_op(
         armed: true,
         unsent: if handed { 0 } else { nodes.len() },
     };
-    for i in (0..nodes.len()).filter(|_| !handed) {
-        let sent = send(i, false);
-        guard.unsent -= 1;
-        if let Err(e) = sent {
-            table.failed(id, i, e);
+    if !handed {
+        for i in 0..nodes.len() {
+            let sent = send(i, false);
+            guard.unsent -= 1;
+            if let Err(e) = sent {
+                table.failed(id, i, e);
+            }
         }
     }
     poll_fn(|cx| {
