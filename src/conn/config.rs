@@ -26,15 +26,16 @@ pub const AUTH_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Default most requests on one connection whose reply has not been taken yet (in flight, or
 /// answered and not yet polled). Past it, requests fail at once with `Overloaded` instead of
-/// queueing. The slot table is allocated whole at start, 80 bytes a slot, so 1,024 slots are
-/// 80 KiB per connection. A lock operation holds one slot per node while it waits, plus at most
-/// one per phase for a node that answers after the quorum: 1,024 covers 512 lock operations at
-/// once on a node that stalls, twice the 256 concurrent workers the benchmarks drive. A node
-/// further behind than that is not keeping up, and failing fast on it (it counts as a failed
-/// node for that attempt) is better than holding more memory for it.
+/// queueing. The slot table is allocated whole at start, 84 bytes a slot (the slot and its
+/// entry in the in-flight queue), so 1,024 slots are 84 KiB per connection. A lock operation
+/// holds one slot per node while it waits, plus at most one per phase for a node that answers
+/// after the quorum: 1,024 covers 512 lock operations at once on a node that stalls, twice the
+/// 256 concurrent workers the benchmarks drive. A node further behind than that is not keeping
+/// up, and failing fast on it (it counts as a failed node for that attempt) is better than
+/// holding more memory for it.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
-/// The largest `max_in_flight` accepted (larger values are clamped): 1 Mi slots are 80 MiB, far
+/// The largest `max_in_flight` accepted (larger values are clamped): 1 Mi slots are 84 MiB, far
 /// past what one lock client's connection should hold.
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1 << 20;
 

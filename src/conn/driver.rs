@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use super::handshake::{self, Stream};
 use super::ops::{DeadlineTimer, OpTable};
+use super::slots::Owner;
 use super::stats::{now_us, RTT_CLOCK_MASK};
 use super::tls::{Connector, Session};
 use super::{admit, reset_buffer, take_slots, Shared, State, Status};
@@ -397,23 +398,25 @@ fn fail_in_flight(shared: &Shared, error: Error) {
         st.driver_writing = false;
         // Taken once, at the first request of an op (lock order: state, then ops).
         let mut ops = None;
-        while let Some(id) = st.slots.pop_oldest() {
-            let slot = st.slots.get_mut(id);
-            if slot.abandoned() {
-                st.slots.release(id);
-            } else if let Some((op, node)) = slot.op() {
-                st.slots.release(id);
-                // `send_op` names an op only on a connection of a group, which has the table.
-                if let Some(table) = shared.ops.as_deref() {
-                    let table = ops.get_or_insert_with(|| table.lock());
-                    if let Some(w) = table.answer(op, node, Err(error.clone())) {
-                        wakers.push(w);
+        while let Some(popped) = st.slots.pop_oldest() {
+            match popped.owner {
+                Owner::Dropped => {}
+                Owner::Op(op, node) => {
+                    // `send_op` names an op only on a connection of a group, which has the
+                    // table.
+                    if let Some(table) = shared.ops.as_deref() {
+                        let table = ops.get_or_insert_with(|| table.lock());
+                        if let Some(w) = table.answer(op, node, Err(error.clone())) {
+                            wakers.push(w);
+                        }
                     }
                 }
-            } else {
-                slot.reply = Some(Err(error.clone()));
-                if let Some(w) = slot.waker.take() {
-                    wakers.push(w);
+                Owner::Slot(id) => {
+                    let slot = st.slots.get_mut(id);
+                    slot.reply = Some(Err(error.clone()));
+                    if let Some(w) = slot.waker.take() {
+                        wakers.push(w);
+                    }
                 }
             }
         }
@@ -685,11 +688,10 @@ fn read_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<(bool
     Ok((progressed, woke))
 }
 
-/// Records the round trip of request `id`, whose reply was just read, on the clock reading
-/// `dispatch` takes once (at its first reply): see `ConnectionStats::rtt`.
-fn record_rtt(st: &mut State, id: u32, read_at: &mut Option<u32>) {
+/// Records the round trip of a request sent at `sent_us`, whose reply was just read, on the
+/// clock reading `dispatch` takes once (at its first reply): see `ConnectionStats::rtt`.
+fn record_rtt(st: &mut State, sent_us: u32, read_at: &mut Option<u32>) {
     let read_us = *read_at.get_or_insert_with(now_us);
-    let sent_us = st.slots.get_mut(id).sent_us();
     st.stats
         .rtt
         .record(read_us.wrapping_sub(sent_us) & RTT_CLOCK_MASK);
@@ -750,16 +752,15 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
             // to the oldest request, in order.
             let mut used = 0;
             while wakers.len() < WAKE_BATCH {
-                let Some((id, op)) = st.slots.oldest_frameless() else {
+                let Some(op) = st.slots.oldest_frameless() else {
                     break;
                 };
                 let Some((reply, len)) = decoder.lock_reply(&buf[used..]) else {
                     break;
                 };
                 used += len;
-                st.slots.pop_oldest();
-                record_rtt(&mut st, id, &mut read_at);
-                st.slots.release(id);
+                let sent_us = st.slots.pop_oldest().map_or(0, |p| p.sent_us);
+                record_rtt(&mut st, sent_us, &mut read_at);
                 // An abandoned slot's reply is dropped; an op's is counted in it.
                 let waker = op.zip(table).and_then(|((op, node), t)| {
                     ops.get_or_insert_with(|| t.lock())
@@ -778,29 +779,27 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
                         st.pushes += 1;
                         return ControlFlow::Continue(());
                     }
-                    let Some(id) = st.slots.pop_oldest() else {
+                    let Some(popped) = st.slots.pop_oldest() else {
                         result = Err(Error::new(ErrorKind::UnsolicitedReply));
                         return ControlFlow::Break(());
                     };
-                    record_rtt(&mut st, id, &mut read_at);
+                    record_rtt(&mut st, popped.sent_us, &mut read_at);
                     let st = &mut *st;
                     st.stats.errors.server_errors += u64::from(matches!(frame, Frame::Error(_)));
-                    let slot = st.slots.get_mut(id);
-                    let waker = if slot.abandoned() {
-                        st.slots.release(id);
-                        None
-                    } else if let Some((op, node)) = slot.op() {
+                    let waker = match popped.owner {
+                        Owner::Dropped => None,
                         // A lock phase's reply: counted in its op, in place; its caller is woken
-                        // only when this decides the op (see `ops.rs`).
-                        st.slots.release(id);
-                        // `send_op` names an op only on a connection of a group (see above).
-                        table.and_then(|t| {
+                        // only when this decides the op (see `ops.rs`). `send_op` names an op
+                        // only on a connection of a group (see above).
+                        Owner::Op(op, node) => table.and_then(|t| {
                             ops.get_or_insert_with(|| t.lock())
                                 .answer(op, node, Ok(frame))
-                        })
-                    } else {
-                        slot.reply = Some(Ok(frame));
-                        slot.waker.take()
+                        }),
+                        Owner::Slot(id) => {
+                            let slot = st.slots.get_mut(id);
+                            slot.reply = Some(Ok(frame));
+                            slot.waker.take()
+                        }
                     };
                     if let Some(w) = waker {
                         wakers.push(w);

@@ -222,31 +222,36 @@ fn admit(
     }
     let max_in_flight = shared.config.max_in_flight;
     let slot_room = if acquire { max_in_flight / 4 } else { 0 };
-    if !st.slots.has_free() || st.slots.used() + discarded + slot_room >= max_in_flight {
+    if st.slots.used() + discarded + slot_room >= max_in_flight {
         st.stats.errors.refused_overloaded += 1;
         return Err(Error::new(ErrorKind::Overloaded));
     }
     Ok(())
 }
 
-/// Takes the slots of a request just written (admitted by `admit`, under the same lock): the
-/// first for its reply (counted in `op` when given), then `discarded` whose replies are
-/// dropped. Returns the first.
+/// Queues a request just written (admitted by `admit`, under the same lock): its reply goes to
+/// op `op`'s count when given, else to a slot for its caller's future, whose id is returned;
+/// then `discarded` requests whose replies are dropped.
 #[inline]
-fn take_slots(st: &mut State, sent_us: u32, discarded: usize, op: Option<(u32, u8)>) -> u32 {
-    let id = st
-        .slots
-        .take(sent_us)
-        .expect("admitted under the same lock");
-    if let Some((op, node)) = op {
-        st.slots.get_mut(id).belong_to(op, node);
-    }
+fn take_slots(
+    st: &mut State,
+    sent_us: u32,
+    discarded: usize,
+    op: Option<(u32, u8)>,
+) -> Option<u32> {
+    let id = match op {
+        Some((op, node)) => {
+            st.slots.push_op(sent_us, op, node);
+            None
+        }
+        None => Some(
+            st.slots
+                .take(sent_us)
+                .expect("admitted under the same lock"),
+        ),
+    };
     for _ in 0..discarded {
-        let extra = st
-            .slots
-            .take(sent_us)
-            .expect("admitted under the same lock");
-        st.slots.get_mut(extra).abandon();
+        st.slots.push_dropped(sent_us);
     }
     st.stats.sent += 1 + discarded as u64;
     id
@@ -756,10 +761,11 @@ impl Connection {
         self.shared().lock().stats.errors.timeouts += n;
     }
 
-    fn reply_future(&self, id: u32) -> ReplyFuture<'_> {
+    /// The future of a caller's request, queued by `enqueue_n` without an op.
+    fn reply_future(&self, id: Option<u32>) -> ReplyFuture<'_> {
         ReplyFuture {
             shared: self.shared(),
-            id,
+            id: id.expect("a request without an op has a slot"),
             done: false,
         }
     }
@@ -786,8 +792,8 @@ impl Connection {
     }
 
     /// `enqueue` for `encode` writing `1 + discarded` commands; the replies past the first are
-    /// dropped as they come, as an abandoned request's are. The first request's slot counts
-    /// for `op` when given (see `ops.rs`). Returns the first request's slot.
+    /// dropped as they come, as an abandoned request's are. The first request's reply is
+    /// counted in `op` when given (see `ops.rs`); otherwise its slot is returned.
     fn enqueue_n(
         &self,
         min_uptime: Option<Duration>,
@@ -796,13 +802,13 @@ impl Connection {
         acquire: bool,
         op: Option<(u32, u8)>,
         encode: impl FnOnce(&mut BytesMut),
-    ) -> Result<u32, Error> {
+    ) -> Result<Option<u32>, Error> {
         let shared = self.shared();
         let mut st = shared.lock();
         admit(shared, &mut st, min_uptime, discarded, acquire)?;
         // Both bounds are checked before anything is written, so a refused request leaves no
-        // trace. The slot is taken only after `encode` returned: an encoder that panics must
-        // not leave a queued slot without a request, which would hand the next reply to it.
+        // trace. The request is queued only after `encode` returned: an encoder that panics must
+        // not leave a queue entry without a request, which would hand the next reply to it.
         // An acquire keeps a quarter of the buffer free (see `send_acquire`).
         let write_buffer = shared.config.write_buffer;
         let byte_room = if acquire { write_buffer / 4 } else { 0 };

@@ -16,13 +16,13 @@ use super::info::ServerInfo;
 use crate::error::Error;
 
 /// Buckets of a [`RttHistogram`]: bucket 0 holds round trips under 1 µs, bucket `k` (1..=31)
-/// those from 2^(k−1) to 2^k µs. The 31 bits of microseconds a slot keeps its send time in reach
+/// those from 2^(k−1) to 2^k µs. The 31 bits of microseconds a request's send time is kept in reach
 /// about 36 minutes, so the last bucket is the last one needed.
 pub const RTT_BUCKETS: usize = 32;
 
-/// The slot keeps its request's send time in 31 bits of microseconds (the 32nd is its
-/// *abandoned* flag), which keeps a slot at 80 bytes. That clock wraps every 2^31 µs (35.8
-/// minutes): a reply later than that would be counted as a shorter round trip. No request
+/// A request's entry in the in-flight queue keeps its send time in 31 bits of microseconds
+/// (the width the abandoned flag left it when the time was kept in the slot). That clock wraps
+/// every 2^31 µs (35.8 minutes): a reply later than that would be counted as a shorter round trip. No request
 /// waits that long in practice (a node stalled for half an hour has long been given up on by
 /// its callers), and the histogram is an estimate anyway.
 pub(crate) const RTT_CLOCK_MASK: u32 = (1 << 31) - 1;
