@@ -70,7 +70,6 @@ pub(crate) fn new_token() -> Token {
 /// A new token: `prefix`, then 128 random bits. A prefix longer than [`MAX_TOKEN_PREFIX`] is
 /// refused when the options are accepted; the cut here only keeps the copy in bounds.
 pub(crate) fn new_token_with(prefix: &[u8]) -> Token {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let prefix = &prefix[..prefix.len().min(MAX_TOKEN_PREFIX)];
     let mut token = Token {
         len: (prefix.len() + TOKEN_RANDOM_LEN) as u8,
@@ -80,10 +79,32 @@ pub(crate) fn new_token_with(prefix: &[u8]) -> Token {
     // ThreadRng: a CSPRNG seeded once per thread from OS entropy; no syscall per token.
     let bits: u128 = rand::rng().random();
     let random = &mut token.bytes[prefix.len()..prefix.len() + TOKEN_RANDOM_LEN];
-    for (i, t) in random.iter_mut().enumerate() {
-        *t = HEX[((bits >> (4 * i)) & 0xf) as usize];
+    for (chunk, word) in random
+        .chunks_exact_mut(8)
+        .zip(bits.to_be_bytes().chunks_exact(4))
+    {
+        let word = u32::from_be_bytes(word.try_into().expect("4 bytes"));
+        chunk.copy_from_slice(&hex8(word));
     }
     token
+}
+
+/// `word` as 8 lowercase hex characters, most significant first (`format!("{word:08x}")`),
+/// eight at a time in one `u64`. A loop over the nibbles (`u128` shifts and a table lookup
+/// each) took `new_token_with` to 220 instructions; this, to 163 (callgrind, 2026-12-01).
+fn hex8(word: u32) -> [u8; 8] {
+    // Spread the 8 nibbles into the 8 bytes, nibble i into byte i (counting from the least
+    // significant).
+    let mut x = u64::from(word);
+    x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose nibble is 10 or more (adding 6 carries into bit 4 exactly then).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    // '0' + nibble, and `'a' - '0' - 10` (39) more for a letter.
+    let ascii = x + 0x3030_3030_3030_3030 + letters * 39;
+    // Byte 7 holds the most significant nibble: big-endian puts it first.
+    ascii.to_be_bytes()
 }
 
 #[cfg(test)]
@@ -98,6 +119,36 @@ mod tests {
         assert!(t[14..].iter().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(new_token().len(), TOKEN_RANDOM_LEN);
         assert_ne!(&new_token()[..], &new_token()[..]);
+    }
+
+    #[test]
+    fn hex8_is_the_formatted_word() {
+        for word in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            0x10,
+            0x9a,
+            0xdead_beef,
+            0x0123_4567,
+            0x89ab_cdef,
+            u32::MAX,
+        ] {
+            assert_eq!(
+                &hex8(word)[..],
+                format!("{word:08x}").as_bytes(),
+                "{word:#x}"
+            );
+        }
+        let mut x = 0x2545_f491u32;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            assert_eq!(&hex8(x)[..], format!("{x:08x}").as_bytes());
+        }
     }
 
     #[test]
