@@ -752,17 +752,17 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
             // to the oldest request, in order.
             let mut used = 0;
             while wakers.len() < WAKE_BATCH {
-                let Some(op) = st.slots.oldest_frameless() else {
+                let Some(oldest) = st.slots.oldest_frameless() else {
                     break;
                 };
                 let Some((reply, len)) = decoder.lock_reply(&buf[used..]) else {
                     break;
                 };
                 used += len;
-                let sent_us = st.slots.pop_oldest().map_or(0, |p| p.sent_us);
-                record_rtt(&mut st, sent_us, &mut read_at);
-                // An abandoned slot's reply is dropped; an op's is counted in it.
-                let waker = op.zip(table).and_then(|((op, node), t)| {
+                st.slots.pop_frameless(oldest);
+                record_rtt(&mut st, oldest.sent_us, &mut read_at);
+                // A dropped reply is dropped; an op's is counted in it.
+                let waker = oldest.op.zip(table).and_then(|((op, node), t)| {
                     ops.get_or_insert_with(|| t.lock())
                         .answer_lock(op, node, reply)
                 });

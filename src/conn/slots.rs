@@ -91,6 +91,18 @@ enum Kind {
     Dropped,
 }
 
+/// The oldest request, whose reply goes to no caller as a frame (see
+/// [`SlotTable::oldest_frameless`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Frameless {
+    /// When it was queued (see [`Popped::sent_us`]).
+    pub(super) sent_us: u32,
+    /// The op and node its reply counts for; `None`: the reply is dropped.
+    pub(super) op: Option<(u32, u8)>,
+    /// The abandoned caller's slot it holds, `NIL` for none.
+    slot: u32,
+}
+
 /// A request taken off the queue by [`SlotTable::pop_oldest`]: its send time, and where its
 /// reply goes. An abandoned caller's request comes out as `Owner::Dropped`, its slot already
 /// free.
@@ -209,20 +221,43 @@ impl SlotTable {
         self.push(sent_us, NIL, 0, Kind::Dropped);
     }
 
-    /// Where the next reply goes when no caller takes it as a frame: an op's request, counted
-    /// in the op table (`Some(Some((op, node)))`), or one whose reply is dropped
-    /// (`Some(None)`). `None` when the queue is empty or the oldest request is a caller's. See
+    /// The oldest request when its reply goes to no caller as a frame: an op's, counted in the
+    /// op table, or one whose reply is dropped. `None` when the queue is empty or the oldest
+    /// request is a caller's. Taken off the queue with
+    /// [`pop_frameless`](SlotTable::pop_frameless) once its reply is read. See
     /// `driver::dispatch`.
     #[inline]
-    pub(super) fn oldest_frameless(&self) -> Option<Option<(u32, u8)>> {
+    pub(super) fn oldest_frameless(&self) -> Option<Frameless> {
         if self.queued == 0 {
             return None;
         }
         let q = self.ring[self.head];
-        match q.kind {
-            Kind::Op => Some(Some((q.id, q.node))),
-            Kind::Dropped => Some(None),
-            Kind::Slot => self.slots[q.id as usize].abandoned.then_some(None),
+        let op = match q.kind {
+            Kind::Op => Some((q.id, q.node)),
+            Kind::Dropped => None,
+            Kind::Slot if self.slots[q.id as usize].abandoned => None,
+            Kind::Slot => return None,
+        };
+        Some(Frameless {
+            sent_us: q.stamp,
+            op,
+            slot: if q.kind == Kind::Slot { q.id } else { NIL },
+        })
+    }
+
+    /// Takes off the queue the request [`oldest_frameless`](SlotTable::oldest_frameless) just
+    /// returned (its reply was read), freeing its place.
+    #[inline]
+    pub(super) fn pop_frameless(&mut self, oldest: Frameless) {
+        self.head += 1;
+        if self.head == self.ring.len() {
+            self.head = 0;
+        }
+        self.queued -= 1;
+        if oldest.slot == NIL {
+            self.used -= 1;
+        } else {
+            self.release(oldest.slot);
         }
     }
 
@@ -400,13 +435,19 @@ mod tests {
             "a caller's request takes a frame"
         );
         t.get_mut(id).abandon();
-        assert_eq!(t.oldest_frameless(), Some(None));
+        let oldest = t.oldest_frameless().expect("dropped");
+        assert_eq!((oldest.sent_us, oldest.op), (RTT_CLOCK_MASK, None));
+        t.pop_frameless(oldest);
+        assert_eq!((t.queued(), t.used()), (0, 0), "freed at its reply");
+        let id = t.take(RTT_CLOCK_MASK).unwrap();
+        t.get_mut(id).abandon();
         assert_eq!(
             t.pop_oldest(),
             Some(Popped {
                 sent_us: RTT_CLOCK_MASK,
                 owner: Owner::Dropped
-            })
+            }),
+            "popped as any request: dropped too"
         );
         assert_eq!(t.used(), 0, "freed at its reply");
         let again = t.take(5).unwrap();
@@ -415,11 +456,20 @@ mod tests {
         t.push_op(6, 9, 2);
         assert!(!t.has_free());
         assert_eq!(slot(t.pop_oldest()), Some(again));
-        assert_eq!(t.oldest_frameless(), Some(Some((9, 2))));
+        assert_eq!(t.oldest_frameless().map(|f| f.op), Some(Some((9, 2))));
         assert_eq!(
             t.pop_oldest().map(|p| (p.sent_us, p.owner)),
             Some((6, Owner::Op(9, 2)))
         );
         assert_eq!(t.used(), 1, "the slot waits for its future");
+        t.push_op(7, 10, 1);
+        t.push_dropped(8);
+        let op = t.oldest_frameless().unwrap();
+        assert_eq!((op.sent_us, op.op), (7, Some((10, 1))));
+        t.pop_frameless(op);
+        let dropped = t.oldest_frameless().unwrap();
+        assert_eq!((dropped.sent_us, dropped.op), (8, None));
+        t.pop_frameless(dropped);
+        assert_eq!((t.queued(), t.used()), (0, 1));
     }
 }
