@@ -176,6 +176,44 @@ pub(crate) enum Answer {
     Retry,
 }
 
+/// One node's answer as an op keeps it: a failure's error is kept apart (`Op::errors`), so
+/// counting a yes or a no writes one byte, not a 40-byte [`Answer`] (and drops none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Mark {
+    #[default]
+    Pending,
+    Yes,
+    No,
+    Failed,
+}
+
+/// Each node's answer in an op its caller is finishing (see [`OpTable::finish`]).
+pub(crate) struct Answers<'a> {
+    marks: &'a [Mark],
+    errors: &'a mut [Option<Error>],
+}
+
+impl Answers<'_> {
+    /// How many nodes the op has.
+    pub(crate) fn len(&self) -> usize {
+        self.marks.len()
+    }
+
+    /// Node `node`'s answer, its error (if any) taken out.
+    pub(crate) fn take(&mut self, node: usize) -> Answer {
+        match self.marks[node] {
+            Mark::Pending => Answer::Pending,
+            Mark::Yes => Answer::Yes,
+            Mark::No => Answer::No,
+            Mark::Failed => Answer::Failed(
+                self.errors[node]
+                    .take()
+                    .unwrap_or_else(|| Error::new(ErrorKind::UnexpectedReply)),
+            ),
+        }
+    }
+}
+
 /// How an op was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -203,7 +241,10 @@ pub(crate) enum Event {
 #[derive(Debug)]
 struct Op {
     waker: Option<Waker>,
-    answers: [Answer; MAX_OP_NODES],
+    /// Each node's answer; a failure's error is in `errors`.
+    marks: [Mark; MAX_OP_NODES],
+    /// The error of each node marked `Failed`.
+    errors: [Option<Error>; MAX_OP_NODES],
     verdict: Option<Verdict>,
     rule: Rule,
     nodes: u8,
@@ -233,25 +274,39 @@ struct Op {
 }
 
 impl Op {
+    /// Keeps `answer` as node `node`'s, even after the verdict (it explains the node's part in
+    /// the outcome); returns its mark.
+    #[inline(always)]
+    fn keep(&mut self, node: usize, answer: Answer) -> Mark {
+        let mark = match answer {
+            Answer::Yes => Mark::Yes,
+            Answer::No => Mark::No,
+            Answer::Failed(e) => {
+                self.errors[node] = Some(e);
+                Mark::Failed
+            }
+            Answer::Pending | Answer::Retry => unreachable!("not an answer"),
+        };
+        self.marks[node] = mark;
+        mark
+    }
+
     /// Counts one node's answer; true when it decided the op.
-    fn record(&mut self, node: usize, answer: Answer) -> bool {
+    /// `quorum_at`: the table's clock reading for quorums (see `Table::quorum_at`).
+    #[inline]
+    fn record(&mut self, node: usize, answer: Answer, quorum_at: &mut Option<Instant>) -> bool {
         if self.verdict.is_some() {
             return false;
         }
-        match answer {
-            Answer::Yes => {
-                self.yes += 1;
-                self.settled += 1;
-            }
-            Answer::No | Answer::Failed(_) => self.settled += 1,
-            Answer::Pending | Answer::Retry => unreachable!("not an answer"),
+        if self.keep(node, answer) == Mark::Yes {
+            self.yes += 1;
         }
-        self.answers[node] = answer;
+        self.settled += 1;
         let n = self.nodes;
         self.verdict = if self.all {
             (self.settled == n).then_some(Verdict::AllDone)
         } else if self.yes >= self.quorum {
-            Some(Verdict::Quorum(Instant::now()))
+            Some(Verdict::Quorum(*quorum_at.get_or_insert_with(Instant::now)))
         } else if self.yes + (n - self.settled) < self.quorum {
             Some(Verdict::Impossible)
         } else {
@@ -301,13 +356,23 @@ pub(crate) struct Table {
     driver: Option<Waker>,
     /// The driver is gone: every op was expired, and `open` says no.
     gone: bool,
+    /// When the first quorum decided under this hold of the lock was: read at that quorum, and
+    /// forgotten when the lock is taken again (`OpTable::lock`). The driver counts replies
+    /// only after reading them, so this one clock reading, taken after every reply counted
+    /// under the hold had arrived, is a conservative time for each quorum the hold decides:
+    /// one reading for a batch of replies, not one per quorum (two a lock cycle).
+    quorum_at: Option<Instant>,
 }
 
 impl Table {
     fn free(&mut self, id: u32) {
         let op = &mut self.ops[id as usize];
         op.waker = None;
-        op.answers = Default::default();
+        // No error outlives its op (one may hold a read buffer's bytes).
+        if op.marks.contains(&Mark::Failed) {
+            op.errors = Default::default();
+        }
+        op.marks = Default::default();
         op.verdict = None;
         op.next = self.free;
         self.free = id;
@@ -349,9 +414,13 @@ impl Table {
             return None;
         }
         if op.verdict.is_some() {
-            op.answers[usize::from(node)] = Answer::Failed(error);
+            op.keep(usize::from(node), Answer::Failed(error));
             None
-        } else if op.record(usize::from(node), Answer::Failed(error)) {
+        } else if op.record(
+            usize::from(node),
+            Answer::Failed(error),
+            &mut self.quorum_at,
+        ) {
             op.waker.take()
         } else {
             None
@@ -405,7 +474,7 @@ impl Table {
             Answer::Retry => Answer::Failed(Error::new(ErrorKind::UnexpectedReply)),
             answer => answer,
         };
-        if op.record(usize::from(node), answer) {
+        if op.record(usize::from(node), answer, &mut self.quorum_at) {
             op.waker.take()
         } else {
             None
@@ -421,7 +490,8 @@ impl OpTable {
         let ops = (0..capacity)
             .map(|i| Op {
                 waker: None,
-                answers: Default::default(),
+                marks: Default::default(),
+                errors: Default::default(),
                 verdict: None,
                 rule: Rule::SetNx,
                 nodes: 0,
@@ -450,6 +520,7 @@ impl OpTable {
                 wake_at: None,
                 driver: None,
                 gone: false,
+                quorum_at: None,
             }),
             rearm: AtomicBool::new(true),
             group: 0,
@@ -476,7 +547,9 @@ impl OpTable {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Table> {
         // Every mutation is a few plain assignments: a panic leaves the table consistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        t.quorum_at = None;
+        t
     }
 
     /// Opens an op for one request to each of `nodes` nodes, all counted outstanding: report a
@@ -524,9 +597,10 @@ impl OpTable {
         let op = &mut t.ops[id as usize];
         t.free = op.next;
         // A free entry has no waker, no verdict, nothing unsent and every answer `Pending` (see
-        // `Table::free`): only the rest is set, not the 280 bytes of answers.
+        // `Table::free`): only the rest is set, not the 280 bytes of errors.
         debug_assert!(op.waker.is_none() && op.verdict.is_none() && op.unsent == 0);
-        debug_assert!(op.answers.iter().all(|a| matches!(a, Answer::Pending)));
+        debug_assert!(op.marks.iter().all(|m| *m == Mark::Pending));
+        debug_assert!(op.errors.iter().all(Option::is_none));
         op.rule = rule;
         op.nodes = nodes as u8;
         op.quorum = quorum as u8;
@@ -603,7 +677,8 @@ impl OpTable {
     /// when the op was decided meanwhile (the node never got the request: it cannot hold the
     /// key, and its error explains the node's part in the outcome).
     pub(crate) fn failed(&self, id: u32, node: usize, error: Error) {
-        let mut t = self.lock();
+        let mut guard = self.lock();
+        let t = &mut *guard;
         let op = &mut t.ops[id as usize];
         debug_assert!(
             op.outstanding > 0,
@@ -611,9 +686,9 @@ impl OpTable {
         );
         op.outstanding = op.outstanding.saturating_sub(1);
         if op.verdict.is_some() {
-            op.answers[node] = Answer::Failed(error);
+            op.keep(node, Answer::Failed(error));
         } else {
-            op.record(node, Answer::Failed(error));
+            op.record(node, Answer::Failed(error), &mut t.quorum_at);
         }
     }
 
@@ -657,13 +732,17 @@ impl OpTable {
     pub(crate) fn finish<R>(
         &self,
         id: u32,
-        read: impl FnOnce(Option<Verdict>, usize, &mut [Answer]) -> R,
+        read: impl FnOnce(Option<Verdict>, usize, &mut Answers<'_>) -> R,
     ) -> R {
         let mut t = self.lock();
         t.drop_unsent(id);
         let op = &mut t.ops[id as usize];
         let nodes = usize::from(op.nodes);
-        let read = read(op.verdict, usize::from(op.yes), &mut op.answers[..nodes]);
+        let mut answers = Answers {
+            marks: &op.marks[..nodes],
+            errors: &mut op.errors[..nodes],
+        };
+        let read = read(op.verdict, usize::from(op.yes), &mut answers);
         op.caller = false;
         op.waker = None;
         if op.outstanding == 0 {
@@ -826,7 +905,7 @@ mod tests {
     fn answers(t: &OpTable, id: u32) -> (Option<Verdict>, usize, Vec<String>) {
         let mut seen = Vec::new();
         let (v, yes) = t.finish(id, |v, yes, answers| {
-            seen.extend(answers.iter().map(|a| format!("{a:?}")));
+            seen.extend((0..answers.len()).map(|i| format!("{:?}", answers.take(i))));
             (v, yes)
         });
         (v, yes, seen)

@@ -319,8 +319,8 @@ pub(crate) async fn run_op(
         let mut silent = 0u8;
         if build || decision == Decision::Deadline {
             // Filled in node order, in place: no vector of placeholders to clone.
-            for (i, answer) in answers.iter_mut().enumerate() {
-                let result = match std::mem::take(answer) {
+            for i in 0..answers.len() {
+                let result = match answers.take(i) {
                     Answer::Yes => NodeResult::Granted,
                     Answer::No => NodeResult::Refused,
                     Answer::Failed(e) => NodeResult::Failed(e),
