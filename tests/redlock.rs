@@ -1261,24 +1261,10 @@ async fn a_release_dropped_after_its_first_poll_deletes_its_key_everywhere_when_
     }
 }
 
-/// A node that stays connected but answers nothing (SIGSTOP) holds an op-table entry for each
-/// of its requests in flight, until its slots are full and it refuses the rest; the table has
-/// room for those and for the phases the other nodes decide, so no phase takes the general
-/// path. Sized as one slot table (default slots), 3,490 of 4,770 phases went there within half
-/// a second. Sixteen callers on one thread, until the stopped node refused and 2,000 more
-/// cycles ran (bounded by 60 s and 200,000 cycles).
-#[tokio::test]
-async fn a_stopped_node_leaves_the_op_table_room() {
-    let mut servers = cluster(3);
-    // Few slots, so that the stopped node fills them long before its socket buffers fill; one
-    // slot a release (no `PUBLISH` behind a `DELEX`), on every server.
-    let r = with_slots(
-        &servers,
-        128,
-        RedlockOptions::default().wake_on_release(false),
-    )
-    .await;
-    servers[2].stop();
+/// Sixteen lock cycles at a time on keys of their own, until node `node` (stopped) refused a
+/// request for want of slots and each caller ran 125 more cycles (bounded by 60 s and 200,000
+/// cycles). Returns whether it refused, and its requests in flight then.
+async fn cycle_until_full(r: &Redlock, node: usize) -> (bool, usize) {
     let end = std::time::Instant::now() + Duration::from_secs(60);
     let (cycles, full) = (
         Arc::new(AtomicUsize::new(0)),
@@ -1298,7 +1284,7 @@ async fn a_stopped_node_leaves_the_op_table_room() {
                     lock.release().await.unwrap();
                     if full.load(Ordering::Relaxed) {
                         after_full += 1;
-                    } else if r.nodes()[2].stats().errors.refused_overloaded > 0 {
+                    } else if r.nodes()[node].stats().errors.refused_overloaded > 0 {
                         full.store(true, Ordering::Relaxed);
                     }
                 }
@@ -1308,16 +1294,63 @@ async fn a_stopped_node_leaves_the_op_table_room() {
     for c in callers {
         c.await.unwrap();
     }
-    // Acquires stop at three quarters of the slots; releases may take the rest.
-    let in_flight = r.nodes()[2].in_flight();
+    (full.load(Ordering::Relaxed), r.nodes()[node].in_flight())
+}
+
+/// A node that stays connected but answers nothing (SIGSTOP) fills its slots and refuses the
+/// rest; the phases the other nodes decide still go through the op table, none down the general
+/// path. An entry used to be held until every node answered its phase: sized as one slot table
+/// (default slots), 3,490 of 4,770 phases went there within half a second.
+#[tokio::test]
+async fn a_stopped_node_leaves_the_op_table_room() {
+    let mut servers = cluster(3);
+    // Few slots, so that the stopped node fills them long before its socket buffers fill; one
+    // slot a release (no `PUBLISH` behind a `DELEX`), on every server.
+    let r = with_slots(
+        &servers,
+        128,
+        RedlockOptions::default().wake_on_release(false),
+    )
+    .await;
+    servers[2].stop();
+    let (full, in_flight) = cycle_until_full(&r, 2).await;
     servers[2].cont();
-    assert!(
-        full.load(Ordering::Relaxed),
-        "the stopped node never refused"
-    );
+    assert!(full, "the stopped node never refused");
+    // Acquires stop at three quarters of the slots; releases may take the rest.
     assert!(
         in_flight >= 96,
         "{in_flight} requests in flight on the stopped node"
+    );
+    let stats = r.stats().locks;
+    assert_eq!(stats.general_path, 0, "phases left the op table: {stats:?}");
+}
+
+/// Two of five nodes stopped one after the other, each until its slots were full. With entries
+/// held until every node answered, the two held the whole table between them (twice 128
+/// entries, 128 slots a node) and the phases after went down the general path; an entry is now
+/// freed when its caller is done, and the late replies it was owed are dropped by generation.
+#[tokio::test]
+async fn two_stopped_nodes_hold_no_op_entries() {
+    let mut servers = cluster(5);
+    let r = with_slots(
+        &servers,
+        128,
+        RedlockOptions::default().wake_on_release(false),
+    )
+    .await;
+    let mut in_flight = Vec::new();
+    for node in [3, 4] {
+        servers[node].stop();
+        let (full, n) = cycle_until_full(&r, node).await;
+        assert!(full, "stopped node {node} never refused");
+        in_flight.push(n);
+    }
+    for node in [3, 4] {
+        servers[node].cont();
+    }
+    assert!(
+        in_flight.iter().all(|&n| n >= 96),
+        "requests in flight on the stopped nodes: {in_flight:?}"
     );
     let stats = r.stats().locks;
     assert_eq!(stats.general_path, 0, "phases left the op table: {stats:?}");

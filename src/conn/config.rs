@@ -26,8 +26,8 @@ pub const AUTH_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Default most requests on one connection whose reply has not been taken yet (in flight, or
 /// answered and not yet polled). Past it, requests fail at once with `Overloaded` instead of
-/// queueing. The slot table is allocated whole at start, 84 bytes a slot (the slot and its
-/// entry in the in-flight queue), so 1,024 slots are 84 KiB per connection. A lock operation
+/// queueing. The slot table is allocated whole at start, 88 bytes a slot (the slot and its
+/// entry in the in-flight queue), so 1,024 slots are 88 KiB per connection. A lock operation
 /// holds one slot per node while it waits, plus at most one per phase for a node that answers
 /// after the quorum: 1,024 covers 512 lock operations at once on a node that stalls, twice the
 /// 256 concurrent workers the benchmarks drive. A node further behind than that is not keeping
@@ -35,7 +35,7 @@ pub const AUTH_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 /// holding more memory for it.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
-/// The largest `max_in_flight` accepted (larger values are clamped): 1 Mi slots are 84 MiB, far
+/// The largest `max_in_flight` accepted (larger values are clamped): 1 Mi slots are 88 MiB, far
 /// past what one lock client's connection should hold.
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1 << 20;
 
@@ -90,7 +90,7 @@ pub enum Protocol {
 ///
 /// About 160 KiB per node with the defaults, plus the kernel's socket buffers; connections
 /// started as a group ([`Connection::start_group`](super::Connection::start_group), as a
-/// `Redlock`'s are) also share a table of lock phases, 2 × the largest `max_in_flight` × 704
+/// `Redlock`'s are) also share a table of lock phases, 2 × the largest `max_in_flight` × 712
 /// bytes (1.4 MiB with the defaults). Requests past
 /// either bound fail at once with `Overloaded`, without being sent. Two things may still
 /// allocate, both chosen by the caller: a command larger than what is left of the write buffer

@@ -583,8 +583,8 @@ fn send_handed(
     // Lock order: the connection's state, then the table (as in `dispatch`).
     let mut t = h.table.lock();
     let room = shared.config.write_buffer;
-    for &id in h.ops {
-        let Some(handed) = t.unsent_request(id, h.node) else {
+    for &index in h.ops {
+        let Some((id, handed)) = t.unsent_request(index, h.node) else {
             continue;
         };
         let (meta, len) = (handed.meta, handed.request.len());
@@ -613,10 +613,10 @@ fn send_handed(
         let Some(e) = refusal else {
             st.write_buf.extend_from_slice(&handed.request);
             take_slots(st, meta.sent_us, discarded, Some((id, h.node)));
-            t.handed_sent(id, h.node);
+            t.handed_sent(index, h.node);
             continue;
         };
-        if let Some(w) = t.handed_failed(id, h.node, e) {
+        if let Some(w) = t.handed_failed(index, h.node, e) {
             wakers.push(w);
             if wakers.len() == WAKE_BATCH {
                 // The rest at the next turn.

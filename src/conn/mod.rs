@@ -69,7 +69,8 @@ pub use tls::{TlsConfig, TlsRoots};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 pub(crate) use ops::{
-    Answer, Event as OpEvent, Handed, HandedMeta, OpTable, Rule as OpRule, Verdict, MAX_OP_NODES,
+    Answer, Event as OpEvent, Handed, HandedMeta, OpId, OpTable, Rule as OpRule, Verdict,
+    MAX_OP_NODES,
 };
 use slots::SlotTable;
 pub(crate) use subscriber::{PubSubCommand, PubSubEvent, PubSubSink, Subscriber};
@@ -237,7 +238,7 @@ fn take_slots(
     st: &mut State,
     sent_us: u32,
     discarded: usize,
-    op: Option<(u32, u8)>,
+    op: Option<(OpId, u8)>,
 ) -> Option<u32> {
     let id = match op {
         Some((op, node)) => {
@@ -339,10 +340,9 @@ impl Connection {
     /// node per phase), and [`Redlock`](crate::Redlock) drives its nodes this way. Each
     /// connection still fails, reconnects and refuses on its own; only the task is shared.
     /// The group also shares a table of lock phases (see `ops.rs`): twice as many as the
-    /// largest [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections (so that a
-    /// node answering nothing, which holds an entry per request in flight there, leaves the
-    /// others room), at most 2,048, 704 bytes each with room for a request handed to the task
-    /// (1.4 MiB at the default), allocated here once. The task also keeps those phases'
+    /// largest [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections, at most
+    /// 2,048, 712 bytes each with room for a request handed to the task (1.4 MiB at the
+    /// default), allocated here once. The task also keeps those phases'
     /// deadlines, with one timer for all of them.
     ///
     /// Must be called inside a tokio runtime, and that runtime must keep running while the
@@ -367,12 +367,12 @@ impl Connection {
     /// ```
     pub fn start_group(configs: impl IntoIterator<Item = ConnectionConfig>) -> Vec<Connection> {
         let configs: Vec<ConnectionConfig> = configs.into_iter().collect();
-        // Twice as many lock phases at once as the largest slot table has requests: an entry is
-        // held until every node answered its phase, so a node that answers nothing (stopped)
-        // holds as many entries as it has slots, and the other half serves the phases the
-        // other nodes decide. Sized as one slot table, a stopped node of three sent 3,490 of
-        // the next 4,770 phases down the general path (16 callers, 2026-11-30). Past it,
-        // phases take the general path.
+        // Twice as many lock phases at once as the largest slot table has requests. A phase
+        // holds its entry while its caller waits for it (and a release's handed requests wait
+        // to be sent), not until every node answered: a node that answers nothing (stopped)
+        // holds none (see `ops.rs`, op ids). Each phase in flight takes a place in every
+        // node's slot table, so this covers the phases the connections can carry twice over.
+        // Past it, phases take the general path.
         let capacity = 2 * configs.iter().map(|c| c.max_in_flight).max().unwrap_or(1);
         let ops = Arc::new(OpTable::new(capacity).in_group_of(configs.len()));
         let parked = Arc::new(AtomicBool::new(false));
@@ -736,7 +736,7 @@ impl Connection {
     /// have their replies dropped, as [`send_then_discard`](Connection::send_then_discard)'s.
     pub(crate) fn send_op(
         &self,
-        (op, node): (u32, u8),
+        (op, node): (OpId, u8),
         acquire: bool,
         min_uptime: Option<Duration>,
         sent_us: u32,
@@ -800,7 +800,7 @@ impl Connection {
         sent_us: u32,
         discarded: usize,
         acquire: bool,
-        op: Option<(u32, u8)>,
+        op: Option<(OpId, u8)>,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<Option<u32>, Error> {
         let shared = self.shared();

@@ -14,8 +14,15 @@
 //!  free --open()--> open -----------------> decided -----------------> caller gone
 //!                    |   caller: deadline, or dropped (abandon())          |
 //!                    +-----------------------------------------------------+
-//!  caller gone and no request of the op outstanding --> free
+//!  caller gone and no handed request of the op left to send --> free (generation + 1)
 //! ```
+//!
+//! An op's id ([`OpId`]) is its entry's index and the entry's *generation*, which goes up each
+//! time the entry is freed. The requests in a connection's queue name the op by id, so a reply
+//! that comes after its op was freed (from a node that answered late, or a stopped node that
+//! resumed) names an old generation and is dropped. An entry is therefore freed as soon as its
+//! caller is done with it, whatever its nodes still owe: a stopped node holds no entry (it
+//! held one per request in flight there, and two such nodes could hold the whole table).
 //!
 //! Lock order: a driver holds its connection's state lock and then takes this table's; a caller
 //! never holds this table's lock while it takes a connection's, so the two cannot deadlock.
@@ -25,7 +32,7 @@
 //! Handed requests (`OpTable::open_handing`): while the driver is busy, a phase's request is
 //! written once into its entry and the driver copies it to every node (`driver::send_handed`).
 //! An acquire's copies not sent by the time its caller gives it back are never sent; a
-//! release's are (`HandedMeta::outlive_caller`), and its entry is freed after their replies.
+//! release's are (`HandedMeta::outlive_caller`), and its entry is freed once they are sent.
 //! Once the driver is gone, nothing unsent is sent and those entries stay taken, which costs
 //! nothing more: the table then opens no op.
 //!
@@ -57,10 +64,26 @@ pub(crate) const MAX_OP_NODES: usize = 7;
 
 const NIL: u32 = u32::MAX;
 
+/// An op's id: its entry's index in the low [`INDEX_BITS`], the entry's generation above (see
+/// the module docs). 53 bits of generation: an entry freed a million times a second reuses a
+/// generation after 285 years, so a late reply can never be taken for a later op's.
+pub(crate) type OpId = u64;
+
+/// The bits of an [`OpId`] that hold the entry's index.
+const INDEX_BITS: u32 = 11;
+
+const _: () = assert!(MAX_OPS <= 1 << INDEX_BITS);
+
+/// The entry of op `id`.
+#[inline]
+fn index_of(id: OpId) -> usize {
+    (id & ((1 << INDEX_BITS) - 1)) as usize
+}
+
 /// The most ops one table holds, whatever the group's `max_in_flight`: 2,048 lock phases at once
 /// (1.4 MiB with their handed requests), twice the default slots of a node (see
-/// `Connection::start_group`: a stopped node holds an entry per slot); past it, phases take the
-/// general path rather than every group holding memory for a million.
+/// `Connection::start_group`); past it, phases take the general path rather than every group
+/// holding memory for a million.
 pub(crate) const MAX_OPS: usize = 2048;
 
 /// The longest request an op hands to the driver (see [`OpTable::open_handing`]): a `SET` or a
@@ -230,8 +253,8 @@ pub(crate) enum Verdict {
 pub(crate) enum Event {
     Decided(Verdict),
     /// Send the request to these nodes again (a bit per node), in the form that cannot meet
-    /// the answer that asked for it (see [`Rule::Count`]). Each is counted outstanding already;
-    /// a send that fails must be reported with [`OpTable::failed`]. Handed out before the
+    /// the answer that asked for it (see [`Rule::Count`]); a send that fails must be reported
+    /// with [`OpTable::failed`]. Handed out before the
     /// verdict, when there is one: a release still deletes its key on such a node.
     Resend(u8),
     /// The op's deadline passed without a verdict (or the group's driver went).
@@ -252,8 +275,6 @@ struct Op {
     all: bool,
     yes: u8,
     settled: u8,
-    /// Requests sent (or about to be) whose replies have not been read.
-    outstanding: u8,
     /// Nodes sent again once (a bit each), and nodes to send again now.
     retried: u8,
     resend: u8,
@@ -264,13 +285,16 @@ struct Op {
     /// The driver found the deadline passed without a verdict.
     expired: bool,
     /// Nodes the driver still has to send the handed request to (a bit each); 0 for an op whose
-    /// caller sends its own requests. Counted in `outstanding` already.
+    /// caller sends its own requests.
     unsent: u8,
     /// On the handed list or the driver's own (see [`OpTable::take_handed`]): at most once,
     /// so neither list can outgrow the table.
     queued: bool,
     /// The next free entry, while free.
     next: u32,
+    /// This entry's generation: its op's id is `gen << INDEX_BITS | index`. Goes up at each
+    /// `Table::free`.
+    gen: u64,
 }
 
 impl Op {
@@ -365,8 +389,11 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    fn free(&mut self, id: u32) {
-        let op = &mut self.ops[id as usize];
+    /// Gives entry `index` back: the op in it is gone, and replies still to come for it name
+    /// an old generation.
+    fn free(&mut self, index: usize) {
+        let op = &mut self.ops[index];
+        op.gen = (op.gen + 1) & (u64::MAX >> INDEX_BITS);
         op.waker = None;
         // No error outlives its op (one may hold a read buffer's bytes).
         if op.marks.contains(&Mark::Failed) {
@@ -375,41 +402,54 @@ impl Table {
         op.marks = Default::default();
         op.verdict = None;
         op.next = self.free;
-        self.free = id;
+        self.free = index as u32;
+    }
+
+    /// The id of the op now in entry `index`.
+    fn id_at(&self, index: usize) -> OpId {
+        self.ops[index].gen << INDEX_BITS | index as u64
     }
 
     /// The driver read node `node`'s reply to op `id`: counts it, and returns the caller's
     /// waker when the caller must look (the op is decided, or a node must be sent again).
     pub(crate) fn answer(
         &mut self,
-        id: u32,
+        id: OpId,
         node: u8,
         reply: Result<Frame, Error>,
     ) -> Option<Waker> {
         self.answer_with(id, node, |rule| rule.classify(reply))
     }
 
-    /// Op `id`'s handed request, when it is still to be sent to `node`.
-    pub(crate) fn unsent_request(&self, id: u32, node: u8) -> Option<&Handed> {
-        let op = &self.ops[id as usize];
-        (op.unsent & (1 << node) != 0).then(|| &self.requests[id as usize])
+    /// The op in entry `index` (from the driver's list) and its handed request, when that is
+    /// still to be sent to `node`.
+    pub(crate) fn unsent_request(&self, index: u32, node: u8) -> Option<(OpId, &Handed)> {
+        let index = index as usize;
+        let op = &self.ops[index];
+        (op.unsent & (1 << node) != 0).then(|| (self.id_at(index), &self.requests[index]))
     }
 
-    /// Op `id`'s handed request went into `node`'s buffer: its reply counts as any other's.
-    pub(crate) fn handed_sent(&mut self, id: u32, node: u8) {
-        self.ops[id as usize].unsent &= !(1 << node);
-    }
-
-    /// Op `id`'s handed request could not be sent to `node`: `error` is that node's answer (as
-    /// [`OpTable::failed`]). Returns the caller's waker when that decided the op.
-    pub(crate) fn handed_failed(&mut self, id: u32, node: u8, error: Error) -> Option<Waker> {
-        let op = &mut self.ops[id as usize];
+    /// The handed request of the op in entry `index` went into `node`'s buffer: its reply
+    /// counts as any other's. The entry of an op whose caller is gone is freed with its last
+    /// request sent.
+    pub(crate) fn handed_sent(&mut self, index: u32, node: u8) {
+        let op = &mut self.ops[index as usize];
         op.unsent &= !(1 << node);
-        op.outstanding = op.outstanding.saturating_sub(1);
+        if !op.caller && op.unsent == 0 {
+            self.free(index as usize);
+        }
+    }
+
+    /// The handed request of the op in entry `index` could not be sent to `node`: `error` is
+    /// that node's answer (as [`OpTable::failed`]). Returns the caller's waker when that
+    /// decided the op.
+    pub(crate) fn handed_failed(&mut self, index: u32, node: u8, error: Error) -> Option<Waker> {
+        let op = &mut self.ops[index as usize];
+        op.unsent &= !(1 << node);
         if !op.caller {
-            // An op that outlived its caller: its last request settled, nothing is due.
-            if op.outstanding == 0 {
-                self.free(id);
+            // An op that outlived its caller: freed with its last request settled.
+            if op.unsent == 0 {
+                self.free(index as usize);
             }
             return None;
         }
@@ -427,37 +467,39 @@ impl Table {
         }
     }
 
-    /// The caller is done with op `id`: requests the driver has not sent yet never will be
-    /// (their nodes never saw the op), and are no longer waited for; but those of an op that
-    /// outlives its caller (`HandedMeta::outlive_caller`) are still sent.
-    fn drop_unsent(&mut self, id: u32) {
-        if self.requests[id as usize].meta.outlive_caller {
-            return;
+    /// The caller is done with the op in entry `index`: requests the driver has not sent yet
+    /// never will be (their nodes never saw the op); but those of an op that outlives its
+    /// caller (`HandedMeta::outlive_caller`) are still sent. The entry is freed now, or, with
+    /// requests still to send, once they are.
+    fn give_back(&mut self, index: usize) {
+        let outlive = self.requests[index].meta.outlive_caller;
+        let op = &mut self.ops[index];
+        if !outlive {
+            op.unsent = 0;
         }
-        let op = &mut self.ops[id as usize];
-        op.outstanding = op.outstanding.saturating_sub(op.unsent.count_ones() as u8);
-        op.unsent = 0;
+        op.caller = false;
+        op.waker = None;
+        if op.unsent == 0 {
+            self.free(index);
+        }
     }
 
     /// [`answer`](Table::answer) for a reply read in place.
-    pub(crate) fn answer_lock(&mut self, id: u32, node: u8, reply: LockReply) -> Option<Waker> {
+    pub(crate) fn answer_lock(&mut self, id: OpId, node: u8, reply: LockReply) -> Option<Waker> {
         self.answer_with(id, node, |rule| rule.classify_lock(reply))
     }
 
     #[inline(always)]
     fn answer_with(
         &mut self,
-        id: u32,
+        id: OpId,
         node: u8,
         classify: impl FnOnce(Rule) -> Answer,
     ) -> Option<Waker> {
-        let op = &mut self.ops[id as usize];
-        debug_assert!(op.outstanding > 0, "a reply for op {id} that sent nothing");
-        op.outstanding = op.outstanding.saturating_sub(1);
-        if !op.caller {
-            if op.outstanding == 0 {
-                self.free(id);
-            }
+        let op = &mut self.ops[index_of(id)];
+        // A reply to an op since freed (its entry may hold a later op), or to one whose caller
+        // is gone (it still has handed requests to send): nobody waits for it.
+        if op.gen != id >> INDEX_BITS || !op.caller {
             return None;
         }
         let bit = 1u8 << node;
@@ -499,7 +541,6 @@ impl OpTable {
                 all: false,
                 yes: 0,
                 settled: 0,
-                outstanding: 0,
                 retried: 0,
                 resend: 0,
                 caller: false,
@@ -508,6 +549,7 @@ impl OpTable {
                 unsent: 0,
                 queued: false,
                 next: if i + 1 < capacity { i as u32 + 1 } else { NIL },
+                gen: 0,
             })
             .collect();
         OpTable {
@@ -552,8 +594,8 @@ impl OpTable {
         t
     }
 
-    /// Opens an op for one request to each of `nodes` nodes, all counted outstanding: report a
-    /// request that could not be sent with [`failed`](OpTable::failed). Its caller is woken
+    /// Opens an op for one request to each of `nodes` nodes: report a request that could not
+    /// be sent with [`failed`](OpTable::failed). Its caller is woken
     /// with [`Event::Expired`] once `deadline` passed without a verdict. `None` when every
     /// entry is in use, for more than [`MAX_OP_NODES`] nodes, or when the group's driver is
     /// gone.
@@ -564,7 +606,7 @@ impl OpTable {
         quorum: usize,
         all: bool,
         deadline: Instant,
-    ) -> Option<u32> {
+    ) -> Option<OpId> {
         self.open_handing(rule, nodes, quorum, all, deadline, None::<(_, Fill)>)
             .map(|(id, _)| id)
     }
@@ -584,17 +626,18 @@ impl OpTable {
         all: bool,
         deadline: Instant,
         hand: Option<(HandedMeta, F)>,
-    ) -> Option<(u32, bool)> {
+    ) -> Option<(OpId, bool)> {
         if nodes == 0 || nodes > MAX_OP_NODES || quorum > nodes {
             return None;
         }
         let mut guard = self.lock();
         let t = &mut *guard;
-        let id = t.free;
-        if id == NIL || t.gone {
+        if t.free == NIL || t.gone {
             return None;
         }
-        let op = &mut t.ops[id as usize];
+        let index = t.free as usize;
+        let id = t.id_at(index);
+        let op = &mut t.ops[index];
         t.free = op.next;
         // A free entry has no waker, no verdict, nothing unsent and every answer `Pending` (see
         // `Table::free`): only the rest is set, not the 280 bytes of errors.
@@ -607,7 +650,6 @@ impl OpTable {
         op.all = all;
         op.yes = 0;
         op.settled = 0;
-        op.outstanding = nodes as u8;
         op.retried = 0;
         op.resend = 0;
         op.caller = true;
@@ -616,9 +658,9 @@ impl OpTable {
         op.next = NIL;
         let mut handed = false;
         // A request not handed over is its caller's to send: nothing for the driver to keep.
-        t.requests[id as usize].meta.outlive_caller = false;
+        t.requests[index].meta.outlive_caller = false;
         if let Some((meta, fill)) = hand.filter(|_| !t.driver_parked) {
-            let entry = &mut t.requests[id as usize];
+            let entry = &mut t.requests[index];
             entry.request.clear();
             if fill(entry) && !entry.request.is_empty() && !entry.request.spilled() {
                 entry.meta = meta;
@@ -626,7 +668,7 @@ impl OpTable {
                 // Still on the driver's list (an earlier op of this entry's): it looks there.
                 if !op.queued {
                     op.queued = true;
-                    t.handed.push(id);
+                    t.handed.push(index as u32);
                 }
                 handed = true;
             }
@@ -676,15 +718,14 @@ impl OpTable {
     /// A request of op `id` to `node` was not sent: `error` is that node's answer, kept even
     /// when the op was decided meanwhile (the node never got the request: it cannot hold the
     /// key, and its error explains the node's part in the outcome).
-    pub(crate) fn failed(&self, id: u32, node: usize, error: Error) {
+    pub(crate) fn failed(&self, id: OpId, node: usize, error: Error) {
         let mut guard = self.lock();
         let t = &mut *guard;
-        let op = &mut t.ops[id as usize];
+        let op = &mut t.ops[index_of(id)];
         debug_assert!(
-            op.outstanding > 0,
-            "op {id}: a failed send that was not counted"
+            op.gen == id >> INDEX_BITS && op.caller,
+            "op {id} is not its caller's"
         );
-        op.outstanding = op.outstanding.saturating_sub(1);
         if op.verdict.is_some() {
             op.keep(node, Answer::Failed(error));
         } else {
@@ -692,24 +733,18 @@ impl OpTable {
         }
     }
 
-    /// `count` requests of op `id` counted by [`open`](OpTable::open) will never be sent (their
-    /// sender panicked): they are no longer waited for.
-    pub(crate) fn unsent(&self, id: u32, count: usize) {
-        let mut t = self.lock();
-        let op = &mut t.ops[id as usize];
-        op.outstanding = op.outstanding.saturating_sub(count as u8);
-    }
-
     /// The caller's look: the verdict once there is one, nodes to send again, or `Pending`
     /// with the caller's waker registered.
-    pub(crate) fn poll(&self, id: u32, cx: &mut Context<'_>) -> Poll<Event> {
+    pub(crate) fn poll(&self, id: OpId, cx: &mut Context<'_>) -> Poll<Event> {
         let mut t = self.lock();
-        let op = &mut t.ops[id as usize];
+        let op = &mut t.ops[index_of(id)];
+        debug_assert!(
+            op.gen == id >> INDEX_BITS && op.caller,
+            "op {id} is not its caller's"
+        );
         // Resends first, even once decided (see `Table::answer`).
         if op.resend != 0 {
-            let nodes = std::mem::take(&mut op.resend);
-            op.outstanding += nodes.count_ones() as u8;
-            return Poll::Ready(Event::Resend(nodes));
+            return Poll::Ready(Event::Resend(std::mem::take(&mut op.resend)));
         }
         if let Some(v) = op.verdict {
             return Poll::Ready(Event::Decided(v));
@@ -727,41 +762,40 @@ impl OpTable {
     /// The caller is done with op `id`: hands `read` the verdict (`None`: the deadline came
     /// first), the yes votes and each node's answer (in node order; `Pending` for those that
     /// did not answer before the verdict or the deadline; `read` may take them), and gives the
-    /// entry up (it is reused once the last outstanding reply is read). The verdict read here,
-    /// under the table's lock, is the last word.
+    /// entry back (see `Table::give_back`). The verdict read here, under the table's lock, is
+    /// the last word.
     pub(crate) fn finish<R>(
         &self,
-        id: u32,
+        id: OpId,
         read: impl FnOnce(Option<Verdict>, usize, &mut Answers<'_>) -> R,
     ) -> R {
         let mut t = self.lock();
-        t.drop_unsent(id);
-        let op = &mut t.ops[id as usize];
+        let index = index_of(id);
+        let op = &mut t.ops[index];
+        debug_assert!(
+            op.gen == id >> INDEX_BITS && op.caller,
+            "op {id} is not its caller's"
+        );
         let nodes = usize::from(op.nodes);
         let mut answers = Answers {
             marks: &op.marks[..nodes],
             errors: &mut op.errors[..nodes],
         };
         let read = read(op.verdict, usize::from(op.yes), &mut answers);
-        op.caller = false;
-        op.waker = None;
-        if op.outstanding == 0 {
-            t.free(id);
-        }
+        t.give_back(index);
         read
     }
 
-    /// The caller went away without [`finish`](OpTable::finish): the entry is reused once
-    /// its outstanding replies are read.
-    pub(crate) fn abandon(&self, id: u32) {
+    /// The caller went away without [`finish`](OpTable::finish): the entry is given back (see
+    /// `Table::give_back`).
+    pub(crate) fn abandon(&self, id: OpId) {
         let mut t = self.lock();
-        t.drop_unsent(id);
-        let op = &mut t.ops[id as usize];
-        op.caller = false;
-        op.waker = None;
-        if op.outstanding == 0 {
-            t.free(id);
-        }
+        let index = index_of(id);
+        debug_assert!(
+            t.ops[index].gen == id >> INDEX_BITS,
+            "op {id} is not its caller's"
+        );
+        t.give_back(index);
     }
 
     /// The group driver's side of the deadlines, called on each of its polls: re-arms `sleep`
@@ -897,12 +931,12 @@ mod tests {
         Ok(Frame::Simple(bytes::Bytes::from_static(b"OK")))
     }
 
-    fn poll(t: &OpTable, id: u32, w: &Arc<Count>) -> Poll<Event> {
+    fn poll(t: &OpTable, id: OpId, w: &Arc<Count>) -> Poll<Event> {
         let waker = Waker::from(w.clone());
         t.poll(id, &mut Context::from_waker(&waker))
     }
 
-    fn answers(t: &OpTable, id: u32) -> (Option<Verdict>, usize, Vec<String>) {
+    fn answers(t: &OpTable, id: OpId) -> (Option<Verdict>, usize, Vec<String>) {
         let mut seen = Vec::new();
         let (v, yes) = t.finish(id, |v, yes, answers| {
             seen.extend((0..answers.len()).map(|i| format!("{:?}", answers.take(i))));
@@ -911,8 +945,13 @@ mod tests {
         (v, yes, seen)
     }
 
+    /// The entry of op `id`, as the driver's list names it.
+    fn index(id: OpId) -> u32 {
+        index_of(id) as u32
+    }
+
     #[test]
-    fn a_quorum_wakes_the_caller_once_and_late_replies_free_the_entry() {
+    fn a_quorum_wakes_the_caller_once_and_a_late_reply_is_not_taken_for_the_next_op() {
         let t = OpTable::new(2);
         let w = Arc::new(Count::default());
         let id = t.open(Rule::SetNx, 5, 3, false, far()).unwrap();
@@ -931,9 +970,26 @@ mod tests {
         assert!(matches!(v, Some(Verdict::Quorum(_))));
         assert_eq!(yes, 3);
         assert_eq!(seen, ["Yes", "Yes", "No", "Yes", "Pending"]);
-        assert_eq!(t.used(), 1, "node 4's reply is still outstanding");
+        assert_eq!(
+            t.used(),
+            0,
+            "freed at once, though node 4 still owes its reply"
+        );
+        // The entry holds a later op of one node, which one yes decides: node 4's late `OK`,
+        // and one for node 0, name the old op and must not count for it.
+        let next = t.open(Rule::SetNx, 1, 1, false, far()).unwrap();
+        assert_eq!(index_of(next), index_of(id), "the same entry");
+        assert_ne!(next, id, "another generation");
         assert!(t.lock().answer(id, 4, ok()).is_none());
-        assert_eq!(t.used(), 0);
+        assert!(t.lock().answer(id, 0, ok()).is_none());
+        assert!(
+            poll(&t, next, &w).is_pending(),
+            "not decided by a stale reply"
+        );
+        assert!(
+            t.lock().answer(next, 0, ok()).is_some(),
+            "its own reply decides it"
+        );
     }
 
     #[test]
@@ -959,7 +1015,6 @@ mod tests {
             (0, "No", "Pending")
         );
         assert!(seen[1].starts_with("Failed"));
-        t.lock().answer(id, 2, ok());
         assert!(t.open(Rule::SetNx, 3, 2, false, far()).is_some(), "reused");
     }
 
@@ -1002,15 +1057,14 @@ mod tests {
     }
 
     #[test]
-    fn an_abandoned_op_is_reused_only_after_its_last_reply() {
+    fn an_abandoned_op_is_reused_at_once_and_its_late_replies_are_dropped() {
         let t = OpTable::new(1);
         let id = t.open(Rule::SetNx, 2, 2, false, far()).unwrap();
         t.failed(id, 1, Error::new(ErrorKind::NotConnected));
         t.abandon(id);
-        assert!(t.open(Rule::SetNx, 1, 1, false, far()).is_none());
-        assert!(t.lock().answer(id, 0, ok()).is_none(), "nobody to wake");
         let again = t.open(Rule::SetNx, 1, 1, false, far()).unwrap();
-        assert_eq!(again, id);
+        assert_eq!(index_of(again), index_of(id));
+        assert!(t.lock().answer(id, 0, ok()).is_none(), "nobody to wake");
         let (v, yes, seen) = answers(&t, again);
         assert_eq!((v, yes, seen), (None, 0, vec!["Pending".to_string()]));
     }
@@ -1044,19 +1098,8 @@ mod tests {
         assert_eq!(yes, 3);
         assert!(seen[3].starts_with("Failed"), "{seen:?}");
         assert_eq!(seen[4], "Pending", "the resend is not awaited");
-        assert_eq!(t.used(), 1, "the resent request is outstanding");
-        t.lock().answer(id, 4, Ok(Frame::Integer(1)));
-        assert_eq!(t.used(), 0);
-    }
-
-    #[test]
-    fn requests_never_sent_are_not_waited_for() {
-        let t = OpTable::new(1);
-        let id = t.open(Rule::SetNx, 3, 2, false, far()).unwrap();
-        t.lock().answer(id, 0, ok());
-        t.unsent(id, 2);
-        t.abandon(id);
-        assert_eq!(t.used(), 0, "freed: nothing is outstanding");
+        assert_eq!(t.used(), 0, "freed, the resend's reply still due");
+        assert!(t.lock().answer(id, 4, Ok(Frame::Integer(1))).is_none());
     }
 
     #[test]
@@ -1090,7 +1133,7 @@ mod tests {
 
     /// A table of `capacity` whose driver has looked once (so ops are handed to it), with one op
     /// of `nodes` nodes handed over and taken onto the driver's list.
-    fn one_handed(capacity: usize, nodes: usize) -> (OpTable, Vec<u32>, u32) {
+    fn one_handed(capacity: usize, nodes: usize) -> (OpTable, Vec<u32>, OpId) {
         let t = OpTable::new(capacity);
         let mut pending = Vec::with_capacity(capacity);
         t.take_handed(&mut pending);
@@ -1100,7 +1143,7 @@ mod tests {
         (t, pending, id)
     }
 
-    fn hand(t: &OpTable, nodes: usize) -> Option<(u32, bool)> {
+    fn hand(t: &OpTable, nodes: usize) -> Option<(OpId, bool)> {
         let meta = HandedMeta::default();
         t.open_handing(
             Rule::SetNx,
@@ -1126,7 +1169,7 @@ mod tests {
         assert!(handed);
         assert!(!t.park_driver(), "an op was handed since the driver looked");
         t.take_handed(&mut pending);
-        assert_eq!(pending, [id]);
+        assert_eq!(pending, [index(id)]);
         assert!(t.park_driver());
         assert_eq!(hand(&t, 3).map(|(_, handed)| handed), Some(false));
     }
@@ -1136,20 +1179,19 @@ mod tests {
         let (t, mut pending, id) = one_handed(1, 3);
         {
             let mut g = t.lock();
-            assert!(g.unsent_request(id, 0).is_some());
-            g.handed_sent(id, 0);
-            assert!(g.unsent_request(id, 0).is_none(), "sent once");
-            assert!(g.unsent_request(id, 1).is_some());
+            assert_eq!(g.unsent_request(index(id), 0).map(|(op, _)| op), Some(id));
+            g.handed_sent(index(id), 0);
+            assert!(g.unsent_request(index(id), 0).is_none(), "sent once");
+            assert!(g.unsent_request(index(id), 1).is_some());
         }
         t.retain_pending(&mut pending);
-        assert_eq!(pending, [id], "nodes 1 and 2 still to send to");
-        // The caller goes before the driver sent to nodes 1 and 2: only node 0's reply is
-        // awaited, and the entry is free once it is read.
+        assert_eq!(pending, [index(id)], "nodes 1 and 2 still to send to");
+        // The caller goes before the driver sent to nodes 1 and 2: they never get it, and the
+        // entry is free at once (node 0's reply, when it comes, names an old generation).
         t.abandon(id);
-        assert!(t.lock().unsent_request(id, 1).is_none());
-        assert_eq!(t.used(), 1);
-        t.lock().answer(id, 0, ok());
+        assert!(t.lock().unsent_request(index(id), 1).is_none());
         assert_eq!(t.used(), 0);
+        assert!(t.lock().answer(id, 0, ok()).is_none());
         t.retain_pending(&mut pending);
         assert!(pending.is_empty());
     }
@@ -1175,26 +1217,28 @@ mod tests {
             .unwrap();
         assert!(handed);
         t.take_handed(&mut pending);
-        t.lock().handed_sent(id, 0);
-        // Dropped before the driver reached nodes 1 and 2: their requests still go.
+        t.lock().handed_sent(index(id), 0);
+        // Dropped before the driver reached nodes 1 and 2: their requests still go, and the
+        // entry (which holds the request) stays taken until they went.
         t.abandon(id);
-        assert!(t.lock().unsent_request(id, 1).is_some());
+        assert!(t.lock().unsent_request(index(id), 1).is_some());
+        assert_eq!(t.used(), 1);
         t.retain_pending(&mut pending);
-        assert_eq!(pending, [id]);
+        assert_eq!(pending, [index(id)]);
         {
             let mut g = t.lock();
-            g.handed_sent(id, 1);
+            g.handed_sent(index(id), 1);
+            assert!(
+                g.answer(id, 0, Ok(Frame::Integer(1))).is_none(),
+                "nobody waits"
+            );
             assert!(g
-                .handed_failed(id, 2, Error::new(ErrorKind::NotConnected))
+                .handed_failed(index(id), 2, Error::new(ErrorKind::NotConnected))
                 .is_none());
         }
+        assert_eq!(t.used(), 0, "freed with its last request settled");
         t.retain_pending(&mut pending);
         assert!(pending.is_empty());
-        // Node 0's and node 1's replies are still due; the entry is free after them.
-        assert_eq!(t.used(), 1);
-        t.lock().answer(id, 0, Ok(Frame::Integer(1)));
-        t.lock().answer(id, 1, Ok(Frame::Integer(1)));
-        assert_eq!(t.used(), 0);
     }
 
     #[test]
@@ -1203,11 +1247,12 @@ mod tests {
         // Given back unsent, and opened again before the driver's next look.
         t.abandon(id);
         let (again, handed) = hand(&t, 1).unwrap();
-        assert_eq!((again, handed), (id, true));
+        assert_eq!((index(again), handed), (index(id), true));
         t.take_handed(&mut pending);
-        assert_eq!(pending, [id], "on the driver's list once");
-        assert!(
-            t.lock().unsent_request(id, 0).is_some(),
+        assert_eq!(pending, [index(id)], "on the driver's list once");
+        assert_eq!(
+            t.lock().unsent_request(index(id), 0).map(|(op, _)| op),
+            Some(again),
             "the new op's request"
         );
     }
@@ -1219,23 +1264,23 @@ mod tests {
         assert!(poll(&t, id, &count).is_pending());
         let mut g = t.lock();
         assert!(g
-            .handed_failed(id, 0, Error::new(ErrorKind::NotConnected))
+            .handed_failed(index(id), 0, Error::new(ErrorKind::NotConnected))
             .is_none());
-        let w = g.handed_failed(id, 1, Error::new(ErrorKind::NotConnected));
+        let w = g.handed_failed(index(id), 1, Error::new(ErrorKind::NotConnected));
         assert!(w.is_some(), "two of three refused: no quorum possible");
         assert!(
-            g.unsent_request(id, 2).is_some(),
+            g.unsent_request(index(id), 2).is_some(),
             "node 2 still gets its request"
         );
     }
 
     /// The memory figure in `Connection::start_group`'s docs: a group's table holds twice as
     /// many ops as its largest slot table has slots, each with room for a handed request: 1.4
-    /// MiB at the default 1,024 slots. Each node's answer keeps its error, if any (40 bytes), for the lock
-    /// error's per-node results.
+    /// MiB at the default 1,024 slots. Each node's answer keeps its error, if any (40 bytes),
+    /// for the lock error's per-node results.
     #[test]
-    fn an_op_is_352_bytes_and_its_handed_request_352() {
-        assert_eq!(std::mem::size_of::<Op>(), 352);
+    fn an_op_is_360_bytes_and_its_handed_request_352() {
+        assert_eq!(std::mem::size_of::<Op>(), 360);
         assert_eq!(std::mem::size_of::<Handed>(), 352);
     }
 
@@ -1255,14 +1300,14 @@ mod tests {
 
     /// Op `id`'s next event; a failure, not a hang, when nothing comes (the paused clock jumps
     /// to the bound when nothing else is armed).
-    async fn wait(t: &OpTable, id: u32) -> Event {
+    async fn wait(t: &OpTable, id: OpId) -> Event {
         let event = std::future::poll_fn(|cx| t.poll(id, cx));
         tokio::time::timeout(std::time::Duration::from_secs(3600), event)
             .await
             .expect("no event for the op")
     }
 
-    fn expired(t: &OpTable, id: u32) -> bool {
+    fn expired(t: &OpTable, id: OpId) -> bool {
         t.lock().ops[id as usize].expired
     }
 
@@ -1318,7 +1363,7 @@ mod tests {
         let t = OpTable::new(64);
         let now = Instant::now();
         let w = Arc::new(Count::default());
-        let due: Vec<u32> = (0..40)
+        let due: Vec<OpId> = (0..40)
             .map(|_| t.open(Rule::SetNx, 1, 1, false, now).unwrap())
             .collect();
         let later = t.open(Rule::SetNx, 1, 1, false, now + Duration::from_secs(5));

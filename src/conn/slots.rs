@@ -31,6 +31,7 @@
 
 use std::task::Waker;
 
+use super::ops::OpId;
 use super::stats::RTT_CLOCK_MASK;
 use crate::error::Error;
 use crate::resp::Frame;
@@ -67,19 +68,19 @@ pub(super) enum Owner {
     /// A caller's request: the reply is kept in this slot for its future.
     Slot(u32),
     /// Node `.1`'s request of op `.0`: the reply is counted in the op (see `ops.rs`).
-    Op(u32, u8),
+    Op(OpId, u8),
     /// Nobody: the reply is read and dropped (a request sent only for its effect, or one whose
     /// caller went away).
     Dropped,
 }
 
 /// One request in flight: when it was queued, on the connection's 31-bit microsecond clock
-/// (see `stats::now_us`), for its round trip, and where its reply goes. 12 bytes.
+/// (see `stats::now_us`), for its round trip, and where its reply goes. 16 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Queued {
+    /// The slot, or the op (its whole id, generation included), by `kind`.
+    id: u64,
     stamp: u32,
-    /// The slot, or the op, by `kind`.
-    id: u32,
     node: u8,
     kind: Kind,
 }
@@ -98,7 +99,7 @@ pub(super) struct Frameless {
     /// When it was queued (see [`Popped::sent_us`]).
     pub(super) sent_us: u32,
     /// The op and node its reply counts for; `None`: the reply is dropped.
-    pub(super) op: Option<(u32, u8)>,
+    pub(super) op: Option<(OpId, u8)>,
     /// The abandoned caller's slot it holds, `NIL` for none.
     slot: u32,
 }
@@ -144,7 +145,7 @@ impl SlotTable {
             .collect();
         let empty = Queued {
             stamp: 0,
-            id: NIL,
+            id: u64::from(NIL),
             node: 0,
             kind: Kind::Dropped,
         };
@@ -178,7 +179,7 @@ impl SlotTable {
 
     /// Puts a request at the tail of the queue (the caller checked `has_free`).
     #[inline]
-    fn push(&mut self, sent_us: u32, id: u32, node: u8, kind: Kind) {
+    fn push(&mut self, sent_us: u32, id: u64, node: u8, kind: Kind) {
         debug_assert!(self.used < self.ring.len(), "pushed past the capacity");
         let mut at = self.head + self.queued;
         if at >= self.ring.len() {
@@ -204,21 +205,21 @@ impl SlotTable {
         let slot = &mut self.slots[id as usize];
         self.free = slot.next;
         slot.next = NIL;
-        self.push(sent_us, id, 0, Kind::Slot);
+        self.push(sent_us, u64::from(id), 0, Kind::Slot);
         Some(id)
     }
 
     /// Queues node `node`'s request of op `op`, which takes no slot (the caller checked
     /// `has_free`).
     #[inline]
-    pub(super) fn push_op(&mut self, sent_us: u32, op: u32, node: u8) {
+    pub(super) fn push_op(&mut self, sent_us: u32, op: OpId, node: u8) {
         self.push(sent_us, op, node, Kind::Op);
     }
 
     /// Queues a request whose reply is dropped (the caller checked `has_free`).
     #[inline]
     pub(super) fn push_dropped(&mut self, sent_us: u32) {
-        self.push(sent_us, NIL, 0, Kind::Dropped);
+        self.push(sent_us, u64::from(NIL), 0, Kind::Dropped);
     }
 
     /// The oldest request when its reply goes to no caller as a frame: an op's, counted in the
@@ -241,7 +242,11 @@ impl SlotTable {
         Some(Frameless {
             sent_us: q.stamp,
             op,
-            slot: if q.kind == Kind::Slot { q.id } else { NIL },
+            slot: if q.kind == Kind::Slot {
+                q.id as u32
+            } else {
+                NIL
+            },
         })
     }
 
@@ -276,9 +281,9 @@ impl SlotTable {
         }
         self.queued -= 1;
         let owner = match q.kind {
-            Kind::Slot if !self.slots[q.id as usize].abandoned => Owner::Slot(q.id),
+            Kind::Slot if !self.slots[q.id as usize].abandoned => Owner::Slot(q.id as u32),
             Kind::Slot => {
-                self.release(q.id);
+                self.release(q.id as u32);
                 Owner::Dropped
             }
             Kind::Op => {
@@ -374,7 +379,8 @@ mod tests {
                     None => assert!(full),
                 },
                 1 if !full => {
-                    let op = Owner::Op((seed >> 16) as u32 % 4096, (seed >> 40) as u8 % 7);
+                    // An op's whole id, its generation's high bits included.
+                    let op = Owner::Op(seed >> 3, (seed >> 40) as u8 % 7);
                     let Owner::Op(id, node) = op else {
                         unreachable!()
                     };
@@ -418,11 +424,12 @@ mod tests {
     }
 
     /// What a request in flight costs a connection, the figure `ConnectionConfig`'s docs give:
-    /// a slot (72 bytes) and a queue entry (12). A lock phase's request takes only the entry.
+    /// a slot (72 bytes) and a queue entry (16: an op's id is 64 bits, see `ops::OpId`). A
+    /// lock phase's request takes only the entry.
     #[test]
-    fn a_request_takes_84_bytes_at_most() {
+    fn a_request_takes_88_bytes_at_most() {
         assert_eq!(std::mem::size_of::<Slot>(), 72);
-        assert_eq!(std::mem::size_of::<Queued>(), 12);
+        assert_eq!(std::mem::size_of::<Queued>(), 16);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{self, Decision, Vote};
 use super::stats::Count;
 use super::{Keys, Notice, Redlock, ReleaseWait, Token};
-use crate::conn::{Connection, HandedMeta, OpRule, ReplyFuture, ScriptCall};
+use crate::conn::{Connection, HandedMeta, OpId, OpRule, ReplyFuture, ScriptCall};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -458,7 +458,7 @@ impl Lock {
         release: &impl Fn(
             &'a Connection,
             ScriptCall,
-            Option<(u32, u8)>,
+            Option<(OpId, u8)>,
         ) -> Result<Option<ReplyFuture<'a>>, Error>,
     ) -> (usize, NodeResults) {
         let redlock = &self.redlock;

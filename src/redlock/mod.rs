@@ -47,7 +47,7 @@ pub use stats::{LockStats, RedlockStats};
 pub use token::{MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 
 use crate::conn::{
-    Connection, ConnectionConfig, Handed, HandedMeta, OpRule, OpTable, ReplyFuture, Script,
+    Connection, ConnectionConfig, Handed, HandedMeta, OpId, OpRule, OpTable, ReplyFuture, Script,
     ScriptCall, MAX_OP_NODES,
 };
 use crate::error::Error;
@@ -1474,7 +1474,7 @@ impl Redlock {
         rule: OpRule,
         all: bool,
         deadline: Instant,
-    ) -> Option<(&OpTable, u32)> {
+    ) -> Option<(&OpTable, OpId)> {
         let table = self.inner.ops.as_deref()?;
         let id = table.open(
             rule,
@@ -1499,7 +1499,7 @@ impl Redlock {
         deadline: Instant,
         meta: HandedMeta,
         fill: impl FnOnce(&mut Handed) -> bool,
-    ) -> Option<(&OpTable, u32, bool)> {
+    ) -> Option<(&OpTable, OpId, bool)> {
         let table = self.inner.ops.as_deref()?;
         let hand = self.inner.hand_over.then_some((meta, fill));
         let (id, handed) = table.open_handing(
@@ -1787,7 +1787,7 @@ impl Redlock {
         token: &Token,
         call: ScriptCall,
         notice: &Notice,
-        op: Option<(u32, u8)>,
+        op: Option<(OpId, u8)>,
     ) -> Result<Option<ReplyFuture<'a>>, Error> {
         let notify = notice.on;
         let all = keys.all();

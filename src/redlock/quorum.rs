@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::error::{NodeResult, NodeResults};
-use crate::conn::{Answer, Connection, OpEvent, OpTable, ReplyFuture, Verdict};
+use crate::conn::{Answer, Connection, OpEvent, OpId, OpTable, ReplyFuture, Verdict};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -230,18 +230,13 @@ pub(crate) fn might_hold(result: &NodeResult) -> bool {
 /// panicked).
 struct OpGuard<'a> {
     table: &'a OpTable,
-    id: u32,
+    id: OpId,
     armed: bool,
-    /// Requests `open` counted that were not sent yet.
-    unsent: usize,
 }
 
 impl Drop for OpGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            if self.unsent > 0 {
-                self.table.unsent(self.id, self.unsent);
-            }
             self.table.abandon(self.id);
         }
     }
@@ -257,12 +252,12 @@ impl Drop for OpGuard<'_> {
 /// will read them (a failure, for its error): a phase that succeeds builds and moves none.
 /// Nodes silent at the deadline are counted in their connection's stats either way.
 ///
-/// Cancel safe: dropped early, the op is given back to its table, which reuses it once the
-/// replies already asked for have been read.
+/// Cancel safe: dropped early, the op is given back to its table, which may reuse its entry at
+/// once (the replies still due name the old op, and are dropped).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_op(
     table: &OpTable,
-    id: u32,
+    id: OpId,
     handed: bool,
     nodes: &[Connection],
     mut send: impl FnMut(usize, bool) -> Result<(), Error>,
@@ -275,13 +270,10 @@ pub(crate) async fn run_op(
         table,
         id,
         armed: true,
-        unsent: if handed { 0 } else { nodes.len() },
     };
     if !handed {
         for i in 0..nodes.len() {
-            let sent = send(i, false);
-            guard.unsent -= 1;
-            if let Err(e) = sent {
+            if let Err(e) = send(i, false) {
                 table.failed(id, i, e);
             }
         }

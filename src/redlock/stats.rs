@@ -177,10 +177,10 @@ pub struct LockStats {
     /// table, where the group's task decides them: every phase of a manager made
     /// [`from_connections`](super::Redlock::from_connections) or of more than 7 nodes, fenced
     /// phases, and any phase that found the table full (twice as many phases as the largest
-    /// `max_in_flight` of the nodes, at most 2,048). An entry is held until every node answered
-    /// its phase, so a node that answers nothing holds one per request in flight there (up to
-    /// its `max_in_flight`). A count that keeps rising means more phases at once than the table
-    /// holds (raise `max_in_flight`, up to 1,024), or more than one node answering nothing.
+    /// `max_in_flight` of the nodes, at most 2,048). An entry is held while its caller waits
+    /// for the phase, not until every node answered, so nodes that answer nothing hold none. A
+    /// count that keeps rising means more phases at once than the table holds (raise
+    /// `max_in_flight`, up to 1,024).
     pub general_path: u64,
     /// Lock phases whose request was handed to the group's task, to be copied to every node,
     /// rather than sent by their caller node by node: single-key acquires and releases (by
