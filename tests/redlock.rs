@@ -1352,6 +1352,29 @@ async fn two_stopped_nodes_hold_no_op_entries() {
         in_flight.iter().all(|&n| n >= 96),
         "requests in flight on the stopped nodes: {in_flight:?}"
     );
+    // Resumed, the two answer every request they held: hundreds of replies to ops freed long
+    // ago, whose entries hold other ops now. They are dropped, and the cycles after (all five
+    // nodes voting) still lock and release through the table.
+    let drained = support::eventually(Duration::from_secs(10), || {
+        [3, 4].iter().all(|&n| r.nodes()[n].in_flight() == 0)
+    })
+    .await;
+    assert!(drained, "the resumed nodes' replies were not all read");
+    let callers: Vec<_> = (0..16)
+        .map(|w| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let key = format!("resumed:{w}");
+                for _ in 0..50 {
+                    let lock = r.try_acquire(&key, Duration::from_secs(30)).await.unwrap();
+                    assert!(lock.release().await.unwrap() >= 3);
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
     let stats = r.stats().locks;
     assert_eq!(stats.general_path, 0, "phases left the op table: {stats:?}");
 }

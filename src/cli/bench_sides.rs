@@ -327,7 +327,7 @@ impl Side {
         if let Some(d) = args.restart_delay {
             options = options.restart_delay(d);
         }
-        // Each worker holds a slot per node while it waits, and more for replies that come
+        // Each worker holds a place per node while it waits, and more for replies that come
         // after the quorum (two a cycle on a node that lags). Acquires may use three quarters
         // of the table (the rest is kept for releases): eight per worker leaves room, so the
         // bench measures the nodes, not the bound. A sweep sizes them for its largest point.

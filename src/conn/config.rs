@@ -28,7 +28,7 @@ pub const AUTH_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 /// answered and not yet polled). Past it, requests fail at once with `Overloaded` instead of
 /// queueing. The slot table is allocated whole at start, 88 bytes a slot (the slot and its
 /// entry in the in-flight queue), so 1,024 slots are 88 KiB per connection. A lock operation
-/// holds one slot per node while it waits, plus at most one per phase for a node that answers
+/// holds one per node while it waits, plus at most one per phase for a node that answers
 /// after the quorum: 1,024 covers 512 lock operations at once on a node that stalls, twice the
 /// 256 concurrent workers the benchmarks drive. A node further behind than that is not keeping
 /// up, and failing fast on it (it counts as a failed node for that attempt) is better than
@@ -83,12 +83,12 @@ pub enum Protocol {
 ///
 /// | what | size with the defaults |
 /// |---|---|
-/// | slot table: [`max_in_flight`](ConnectionConfig::max_in_flight) × 80 bytes | 80 KiB |
+/// | slot table: [`max_in_flight`](ConnectionConfig::max_in_flight) × 88 bytes (a slot and a queue entry) | 88 KiB |
 /// | two write buffers of [`write_buffer`](ConnectionConfig::write_buffer) | 64 KiB |
 /// | read buffer of [`read_buffer`](ConnectionConfig::read_buffer) | 16 KiB |
 /// | decoder stack: `max_depth` × 16 bytes, inline up to 16 levels | 512 bytes |
 ///
-/// About 160 KiB per node with the defaults, plus the kernel's socket buffers; connections
+/// About 168 KiB per node with the defaults, plus the kernel's socket buffers; connections
 /// started as a group ([`Connection::start_group`](super::Connection::start_group), as a
 /// `Redlock`'s are) also share a table of lock phases, 2 × the largest `max_in_flight` × 712
 /// bytes (1.4 MiB with the defaults). Requests past
@@ -325,7 +325,7 @@ impl ConnectionConfig {
 
     /// The most requests whose reply has not been taken yet (in flight, or answered and not yet
     /// polled) before new ones fail with `Overloaded`: the size of the slot table, allocated
-    /// whole when the connection starts (80 bytes a slot). Clamped to 1 ..=
+    /// whole when the connection starts (88 bytes a slot). Clamped to 1 ..=
     /// [`MAX_IN_FLIGHT_LIMIT`]; the default is [`DEFAULT_MAX_IN_FLIGHT`].
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.clamp(1, MAX_IN_FLIGHT_LIMIT);

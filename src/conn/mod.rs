@@ -193,8 +193,8 @@ fn write_now(st: &mut State, capacity: usize) -> bool {
 }
 
 /// The checks before a request is written, under the connection's lock: the connection is
-/// open and connected, up for `min_uptime` (the restart rule) and has slots for `1 +
-/// discarded` replies, of which an acquire leaves a quarter of the table free (see
+/// open and connected, up for `min_uptime` (the restart rule) and has places for `1 +
+/// discarded` replies (see `slots.rs`), of which an acquire leaves a quarter free (see
 /// `send_acquire`). A refusal is counted in the stats.
 #[inline]
 fn admit(
@@ -597,8 +597,9 @@ impl Connection {
         self.shared().lock().slots.queued()
     }
 
-    /// Requests holding a slot now: in flight, or answered and not yet taken by their future.
-    /// At [`max_in_flight`](ConnectionConfig::max_in_flight), `send` refuses with `Overloaded`.
+    /// Requests holding a slot now: in flight (a lock phase's included, which holds a place in
+    /// the queue and no reply slot), or answered and not yet taken by their future. At
+    /// [`max_in_flight`](ConnectionConfig::max_in_flight), `send` refuses with `Overloaded`.
     pub fn slots_in_use(&self) -> usize {
         self.shared().lock().slots.used()
     }
@@ -772,7 +773,7 @@ impl Connection {
 
     /// [`send`](Connection::send) for an `encode` that writes two commands: the future yields
     /// the first one's reply, and the second one's is read and dropped (a `PUBLISH` that rides
-    /// behind a release). Both take a slot under one lock, so they go out in the same write.
+    /// behind a release). Both are queued under one lock, so they go out in the same write.
     pub(crate) fn send_then_discard(
         &self,
         encode: impl FnOnce(&mut BytesMut),

@@ -4,7 +4,7 @@
 //! node and waits for a decision. On the general path every request gets a `ReplyFuture`, and
 //! the caller's quorum collector polls them all, each poll taking its connection's lock, every
 //! time the caller is woken. Here a phase is one *op*: an entry of a fixed table that the
-//! connections of one group share. Each request's slot names the op and the node; the driver
+//! connections of one group share. Each request's queue entry names the op and the node; the driver
 //! classifies the reply where it decodes it, counts it, and wakes the caller once, when the
 //! outcome is known: a quorum, a quorum made impossible, or (when asked) every node answered.
 //! Replies that come after the decision are classified and dropped in place.
@@ -240,7 +240,9 @@ impl Answers<'_> {
 /// How an op was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// A quorum said yes; when the reply that completed it was read.
+    /// A quorum said yes; when: a clock reading taken after the reply that completed it was
+    /// read (one for the quorums decided under one hold of the table's lock, see
+    /// `Table::quorum_at`).
     Quorum(Instant),
     /// Too many nodes said no or failed for a quorum to be possible.
     Impossible,
@@ -292,6 +294,8 @@ struct Op {
     queued: bool,
     /// The next free entry, while free.
     next: u32,
+    /// Between `open` and `free` (checked: an entry freed twice would loop the free list).
+    taken: bool,
     /// This entry's generation: its op's id is `gen << INDEX_BITS | index`. Goes up at each
     /// `Table::free`.
     gen: u64,
@@ -393,6 +397,11 @@ impl Table {
     /// an old generation.
     fn free(&mut self, index: usize) {
         let op = &mut self.ops[index];
+        debug_assert!(
+            op.taken && !op.caller && op.unsent == 0,
+            "entry {index} freed twice"
+        );
+        op.taken = false;
         op.gen = (op.gen + 1) & (u64::MAX >> INDEX_BITS);
         op.waker = None;
         // No error outlives its op (one may hold a read buffer's bytes).
@@ -549,6 +558,7 @@ impl OpTable {
                 unsent: 0,
                 queued: false,
                 next: if i + 1 < capacity { i as u32 + 1 } else { NIL },
+                taken: false,
                 gen: 0,
             })
             .collect();
@@ -653,6 +663,7 @@ impl OpTable {
         op.retried = 0;
         op.resend = 0;
         op.caller = true;
+        op.taken = true;
         op.deadline = deadline;
         op.expired = false;
         op.next = NIL;
@@ -1307,8 +1318,40 @@ mod tests {
             .expect("no event for the op")
     }
 
+    /// A quorum's time is read after the reply that completed it: the quorums decided under
+    /// one hold of the table's lock share one reading, and a later hold reads the clock again.
+    /// Reusing an earlier hold's reading would date a late grant early, and let it pass for
+    /// one within its validity.
+    #[tokio::test(start_paused = true)]
+    // The clock is moved while the lock is held, to show the reading is the hold's.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_quorum_time_is_read_once_a_lock_hold_and_never_reused_by_the_next() {
+        use std::time::Duration;
+        let t = OpTable::new(4);
+        let [a, b, c] = [(); 3].map(|()| t.open(Rule::SetNx, 1, 1, false, far()).unwrap());
+        let quorum_at = |id| match t.finish(id, |v, _, _| v) {
+            Some(Verdict::Quorum(at)) => at,
+            v => panic!("{v:?}"),
+        };
+        let start = Instant::now();
+        let mut hold = t.lock();
+        assert!(hold.answer(a, 0, ok()).is_none(), "nobody polled yet");
+        tokio::time::advance(Duration::from_millis(5)).await;
+        hold.answer(b, 0, ok());
+        drop(hold);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        t.lock().answer(c, 0, ok());
+        assert_eq!(quorum_at(a), start);
+        assert_eq!(quorum_at(b), start, "one reading for the hold");
+        assert_eq!(
+            quorum_at(c),
+            start + Duration::from_millis(10),
+            "a new hold reads the clock again"
+        );
+    }
+
     fn expired(t: &OpTable, id: OpId) -> bool {
-        t.lock().ops[id as usize].expired
+        t.lock().ops[index_of(id)].expired
     }
 
     /// One timer for every op: an op nobody answers expires at its own deadline (the paused

@@ -356,46 +356,67 @@ mod tests {
         assert_eq!((t.queued(), t.used()), (0, 0));
     }
 
-    /// Many rounds of sends, phases, dropped requests, answers and releases in shifting
-    /// orders against a model `VecDeque`, the ring wrapping many times.
+    /// Many rounds of sends, phases, dropped requests, abandons, answers (popped as a frame or
+    /// in place) and releases in shifting orders against a model `VecDeque`, the ring wrapping
+    /// many times.
     #[test]
     fn the_queue_is_fifo_under_any_interleaving() {
         const CAP: usize = 8;
         let mut t = SlotTable::new(CAP);
-        let mut model = std::collections::VecDeque::new();
+        // Each request in flight: its stamp, its owner, and whether its caller went away.
+        let mut model: std::collections::VecDeque<(u32, Owner, bool)> = Default::default();
         let mut answered = Vec::new();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut stamp = 0u32;
-        for _ in 0..40_000 {
+        let mut in_place = 0;
+        for _ in 0..60_000 {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             stamp = stamp.wrapping_add(1);
             let full = model.len() + answered.len() == CAP;
             assert_eq!(t.has_free(), !full);
-            match seed % 6 {
+            // What a reply to the oldest request goes to: an abandoned caller's is dropped.
+            let owner = |&(_, o, abandoned): &(u32, Owner, bool)| {
+                if abandoned {
+                    Owner::Dropped
+                } else {
+                    o
+                }
+            };
+            match seed % 8 {
                 0 => match t.take(stamp) {
-                    Some(id) => model.push_back((stamp, Owner::Slot(id))),
+                    Some(id) => model.push_back((stamp, Owner::Slot(id), false)),
                     None => assert!(full),
                 },
                 1 if !full => {
                     // An op's whole id, its generation's high bits included.
-                    let op = Owner::Op(seed >> 3, (seed >> 40) as u8 % 7);
-                    let Owner::Op(id, node) = op else {
-                        unreachable!()
-                    };
+                    let (id, node) = (seed >> 3, (seed >> 40) as u8 % 7);
                     t.push_op(stamp, id, node);
-                    model.push_back((stamp, op));
+                    model.push_back((stamp, Owner::Op(id, node), false));
                 }
                 2 if !full => {
                     t.push_dropped(stamp);
-                    model.push_back((stamp, Owner::Dropped));
+                    model.push_back((stamp, Owner::Dropped, false));
                 }
-                3 | 4 => {
+                3 => {
+                    // A caller goes away while its request is in flight.
+                    let callers: Vec<usize> = (0..model.len())
+                        .filter(|&i| matches!(model[i], (_, Owner::Slot(_), false)))
+                        .collect();
+                    if let Some(&i) = callers.get((seed >> 8) as usize % callers.len().max(1)) {
+                        let Owner::Slot(id) = model[i].1 else {
+                            unreachable!()
+                        };
+                        t.get_mut(id).abandon();
+                        model[i].2 = true;
+                    }
+                }
+                4 | 5 => {
                     let got = t.pop_oldest();
-                    let want = model.pop_front().map(|(s, owner)| Popped {
-                        sent_us: s & RTT_CLOCK_MASK,
-                        owner,
+                    let want = model.pop_front().map(|q| Popped {
+                        sent_us: q.0 & RTT_CLOCK_MASK,
+                        owner: owner(&q),
                     });
                     assert_eq!(got, want);
                     if let Some(Popped {
@@ -406,6 +427,28 @@ mod tests {
                         answered.push(id);
                     }
                 }
+                6 => {
+                    // The in-place read: only a reply no caller takes as a frame.
+                    let got = t.oldest_frameless();
+                    let want = model.front().map(|q| (q.0 & RTT_CLOCK_MASK, owner(q)));
+                    match want {
+                        Some((sent_us, Owner::Op(id, node))) => {
+                            assert_eq!(
+                                got.map(|f| (f.sent_us, f.op)),
+                                Some((sent_us, Some((id, node))))
+                            );
+                        }
+                        Some((sent_us, Owner::Dropped)) => {
+                            assert_eq!(got.map(|f| (f.sent_us, f.op)), Some((sent_us, None)));
+                        }
+                        Some((_, Owner::Slot(_))) | None => assert_eq!(got, None),
+                    }
+                    if let Some(f) = got {
+                        t.pop_frameless(f);
+                        model.pop_front();
+                        in_place += 1;
+                    }
+                }
                 _ => {
                     if !answered.is_empty() {
                         let i = (seed >> 8) as usize % answered.len();
@@ -414,13 +457,14 @@ mod tests {
                 }
             }
             assert_eq!(t.queued(), model.len());
-            let slotless = model
+            let slots_in_flight = model
                 .iter()
-                .filter(|(_, o)| !matches!(o, Owner::Slot(_)))
+                .filter(|(_, o, _)| matches!(o, Owner::Slot(_)))
                 .count();
-            let slots_in_use = model.len() - slotless + answered.len();
-            assert_eq!(t.used(), slots_in_use + slotless);
+            let slotless = model.len() - slots_in_flight;
+            assert_eq!(t.used(), slots_in_flight + answered.len() + slotless);
         }
+        assert!(in_place > 1_000, "{in_place} replies read in place");
     }
 
     /// What a request in flight costs a connection, the figure `ConnectionConfig`'s docs give:

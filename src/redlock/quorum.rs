@@ -299,7 +299,7 @@ pub(crate) async fn run_op(
         }
     })
     .await;
-    guard.armed = false;
+    // Still armed while `finish` reads the answers: a panic there gives the op back.
     let (decision, yes, silent) = table.finish(id, |verdict, yes, answers| {
         let decision = match verdict {
             Some(Verdict::Quorum(at)) => Decision::Quorum(at),
@@ -332,6 +332,7 @@ pub(crate) async fn run_op(
         }
         (decision, yes, silent)
     });
+    guard.armed = false;
     if decision == Decision::Deadline {
         for (i, node) in nodes.iter().enumerate() {
             if silent & (1 << i) != 0 {
