@@ -1261,6 +1261,40 @@ async fn a_release_dropped_after_its_first_poll_deletes_its_key_everywhere_when_
     }
 }
 
+/// An extension's request is the same on every node: with sixteen holders extending at once,
+/// the group's task is busy and is handed them (only extensions run in the window counted).
+#[tokio::test]
+async fn extensions_are_handed_to_the_groups_task_when_it_is_busy() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default()).await;
+    let ttl = Duration::from_secs(30);
+    let mut locks = Vec::new();
+    for w in 0..16 {
+        locks.push(r.try_acquire(&format!("extended:{w}"), ttl).await.unwrap());
+    }
+    let before = r.stats().locks.handed_over;
+    let holders: Vec<_> = locks
+        .into_iter()
+        .map(|mut lock| {
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    lock.extend(ttl).await.unwrap();
+                }
+                lock
+            })
+        })
+        .collect();
+    for h in holders {
+        h.await.unwrap().release().await.unwrap();
+    }
+    let stats = r.stats().locks;
+    assert_eq!((stats.extensions_ok, stats.general_path), (3_200, 0));
+    assert!(
+        stats.handed_over > before,
+        "no extension was handed over: {stats:?}"
+    );
+}
+
 /// Sixteen lock cycles at a time on keys of their own, until node `node` (stopped) refused a
 /// request for want of slots and each caller ran 125 more cycles (bounded by 60 s and 200,000
 /// cycles). Returns whether it refused, and its requests in flight then.

@@ -639,14 +639,25 @@ pub(crate) async fn extend_on_nodes(
     let deadline = valid_until.map_or(new_valid_until, |v| v.min(new_valid_until));
     let (script, args) = (keys.extend_script(), [&token[..], ms]);
     // The hot path, as for the acquire's `SET`s and the release: one op the driver decides,
-    // read by the same flag rule as the general path's `Vote::of_script_flag`.
-    let op = redlock.open_op(OpRule::Flag, false, deadline);
+    // read by the same flag rule as the general path's `Vote::of_script_flag`. The script's
+    // call is the same on every node: handed to the group's driver while it is busy. Not an
+    // acquire (no reserve, no restart rule, as the caller's own sends below), and not sent
+    // after the caller gave up: an extension nobody waits for changes nothing it needs.
+    let sent_us = crate::conn::now_us();
+    let meta = HandedMeta {
+        sent_us,
+        ..HandedMeta::default()
+    };
+    let op = redlock.open_op_handing(OpRule::Flag, false, deadline, meta, |h| {
+        script
+            .evalsha()
+            .encode_inline(&mut h.request, keys.all(), &args)
+    });
     let min_validity = redlock.inner.options.min_validity;
     let extended = move |d: &Decision| d.quorum_in_time(min_validity, new_valid_until);
     // Each node's result, read only by a failure's error.
     let mut results = NodeResults::new();
-    let decision = if let Some((table, id)) = op {
-        let sent_us = crate::conn::now_us();
+    let decision = if let Some((table, id, handed)) = op {
         let send = |i: usize, again| {
             // A resend (after `NOSCRIPT`) carries the source, on its own clock.
             let (call, sent_us) = if again {
@@ -659,7 +670,7 @@ pub(crate) async fn extend_on_nodes(
             })
         };
         let failed = |d: &Decision, _| !extended(d);
-        quorum::run_op(table, id, false, nodes, send, &mut results, failed)
+        quorum::run_op(table, id, handed, nodes, send, &mut results, failed)
             .await
             .0
     } else {
