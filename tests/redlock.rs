@@ -1262,7 +1262,9 @@ async fn a_release_dropped_after_its_first_poll_deletes_its_key_everywhere_when_
 }
 
 /// An extension's request is the same on every node: with sixteen holders extending at once,
-/// the group's task is busy and is handed them (only extensions run in the window counted).
+/// the group's task is busy and is handed them (only extensions run in the window counted). A
+/// seventeenth holds two long keys, whose extension is too long to hand over: its caller sends
+/// it, as before.
 #[tokio::test]
 async fn extensions_are_handed_to_the_groups_task_when_it_is_busy() {
     let servers = cluster(3);
@@ -1272,7 +1274,9 @@ async fn extensions_are_handed_to_the_groups_task_when_it_is_busy() {
     for w in 0..16 {
         locks.push(r.try_acquire(&format!("extended:{w}"), ttl).await.unwrap());
     }
-    let before = r.stats().locks.handed_over;
+    let long = ["a", "b"].map(|k| format!("extended:{}:{k}", "x".repeat(200)));
+    locks.push(r.try_acquire_many(&long, ttl).await.unwrap());
+    let before = r.stats().locks;
     let holders: Vec<_> = locks
         .into_iter()
         .map(|mut lock| {
@@ -1284,15 +1288,31 @@ async fn extensions_are_handed_to_the_groups_task_when_it_is_busy() {
             })
         })
         .collect();
+    let mut locks = Vec::new();
     for h in holders {
-        h.await.unwrap().release().await.unwrap();
+        locks.push(h.await.unwrap());
     }
-    let stats = r.stats().locks;
-    assert_eq!((stats.extensions_ok, stats.general_path), (3_200, 0));
+    let after = r.stats().locks;
+    assert_eq!(after.extensions_ok - before.extensions_ok, 17 * 200);
+    assert_eq!(after.general_path, 0, "{after:?}");
     assert!(
-        stats.handed_over > before,
-        "no extension was handed over: {stats:?}"
+        after.handed_over > before.handed_over,
+        "no extension was handed over: {after:?}"
     );
+    for lock in locks {
+        lock.release().await.unwrap();
+    }
+}
+
+/// A manager whose nodes have 128 slots each: a stopped node fills them long before its
+/// socket buffers fill. One slot a release (no `PUBLISH` behind a `DELEX`), on every server.
+async fn with_few_slots(servers: &[Server]) -> Redlock {
+    with_slots(
+        servers,
+        128,
+        RedlockOptions::default().wake_on_release(false),
+    )
+    .await
 }
 
 /// Sixteen lock cycles at a time on keys of their own, until node `node` (stopped) refused a
@@ -1338,14 +1358,7 @@ async fn cycle_until_full(r: &Redlock, node: usize) -> (bool, usize) {
 #[tokio::test]
 async fn a_stopped_node_leaves_the_op_table_room() {
     let mut servers = cluster(3);
-    // Few slots, so that the stopped node fills them long before its socket buffers fill; one
-    // slot a release (no `PUBLISH` behind a `DELEX`), on every server.
-    let r = with_slots(
-        &servers,
-        128,
-        RedlockOptions::default().wake_on_release(false),
-    )
-    .await;
+    let r = with_few_slots(&servers).await;
     servers[2].stop();
     let (full, in_flight) = cycle_until_full(&r, 2).await;
     servers[2].cont();
@@ -1366,12 +1379,7 @@ async fn a_stopped_node_leaves_the_op_table_room() {
 #[tokio::test]
 async fn two_stopped_nodes_hold_no_op_entries() {
     let mut servers = cluster(5);
-    let r = with_slots(
-        &servers,
-        128,
-        RedlockOptions::default().wake_on_release(false),
-    )
-    .await;
+    let r = with_few_slots(&servers).await;
     let mut in_flight = Vec::new();
     for node in [3, 4] {
         servers[node].stop();

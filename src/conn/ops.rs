@@ -86,8 +86,9 @@ fn index_of(id: OpId) -> usize {
 /// holding memory for a million.
 pub(crate) const MAX_OPS: usize = 2048;
 
-/// The longest request an op hands to the driver (see [`OpTable::open_handing`]): a `SET` or a
-/// release script's call for keys up to about 80 bytes. A longer one is sent by its caller.
+/// The longest request an op hands to the driver (see [`OpTable::open_handing`]): a `SET`, or a
+/// release's or an extension's script call, for keys up to about 80 bytes. A longer one is
+/// sent by its caller.
 pub(crate) const OP_REQUEST_MAX: usize = 320;
 
 /// An op's request as its caller handed it to the driver: the same bytes for every node, and
@@ -399,7 +400,7 @@ impl Table {
         let op = &mut self.ops[index];
         debug_assert!(
             op.taken && !op.caller && op.unsent == 0,
-            "entry {index} freed twice"
+            "entry {index} freed twice, or while its caller or its unsent requests hold it"
         );
         op.taken = false;
         op.gen = (op.gen + 1) & (u64::MAX >> INDEX_BITS);
@@ -802,11 +803,13 @@ impl OpTable {
     pub(crate) fn abandon(&self, id: OpId) {
         let mut t = self.lock();
         let index = index_of(id);
-        debug_assert!(
-            t.ops[index].gen == id >> INDEX_BITS,
-            "op {id} is not its caller's"
-        );
-        t.give_back(index);
+        let op = &t.ops[index];
+        let its_callers = op.gen == id >> INDEX_BITS && op.caller;
+        debug_assert!(its_callers, "op {id} is not its caller's");
+        // Never another op's entry, whatever a caller's bug (a release build keeps the check).
+        if its_callers {
+            t.give_back(index);
+        }
     }
 
     /// The group driver's side of the deadlines, called on each of its polls: re-arms `sleep`

@@ -513,14 +513,16 @@ mod tests {
             Some((6, Owner::Op(9, 2)))
         );
         assert_eq!(t.used(), 1, "the slot waits for its future");
+        t.release(again);
         t.push_op(7, 10, 1);
         t.push_dropped(8);
+        assert!(!t.has_free());
         let op = t.oldest_frameless().unwrap();
         assert_eq!((op.sent_us, op.op), (7, Some((10, 1))));
         t.pop_frameless(op);
         let dropped = t.oldest_frameless().unwrap();
         assert_eq!((dropped.sent_us, dropped.op), (8, None));
         t.pop_frameless(dropped);
-        assert_eq!((t.queued(), t.used()), (0, 1));
+        assert_eq!((t.queued(), t.used()), (0, 0));
     }
 }

@@ -183,8 +183,8 @@ pub struct LockStats {
     /// `max_in_flight`, up to 1,024).
     pub general_path: u64,
     /// Lock phases whose request was handed to the group's task, to be copied to every node,
-    /// rather than sent by their caller node by node: single-key acquires and releases (by
-    /// script) that found the task busy. Counted when handed over. Diagnostic only: which way
+    /// rather than sent by their caller node by node: single-key acquires, releases (by
+    /// script) and extensions that found the task busy. Counted when handed over. Diagnostic only: which way
     /// a phase goes changes nothing it decides.
     pub handed_over: u64,
 }
