@@ -1167,9 +1167,9 @@ fn bench_production_options_reach_the_manager() {
 }
 
 /// `--rate`: an open-loop run at a rate the servers easily keep up with reports the achieved
-/// rate (bounded by the schedule: no more cycles than slots in the window), and latency from
-/// each cycle's intended start, which is never below the latency from its actual start. A rate
-/// no client can reach is said to be missed.
+/// rate (bounded by the schedule: no more cycles than slots up to the window's end), and
+/// latency from each cycle's intended start, which is never below the latency from its actual
+/// start. A rate no client can reach is said to be missed.
 #[test]
 fn bench_open_loop_reports_the_achieved_rate_and_corrected_latency() {
     let servers = cluster(3);
@@ -1193,9 +1193,11 @@ fn bench_open_loop_reports_the_achieved_rate_and_corrected_latency() {
     for client in ["dragonlock", "baseline"] {
         let c = &v[client];
         let cycles = c["cycles"].as_u64().unwrap();
-        // The window holds 400 slots; a run that keeps up (any machine does, at 200/s) runs
-        // them; one that falls behind runs fewer, never more.
-        assert!((1..=400).contains(&cycles), "{client}: {c}");
+        // The window holds 400 slots and the warm-up 40 before them. A cycle counts when it
+        // really starts inside the window, so a slot of the warm-up that started late counts
+        // too (one did, on a loaded machine: 401): more than 400 is possible, more than the
+        // 440 slots up to the window's end is not.
+        assert!((1..=440).contains(&cycles), "{client}: {c}");
         let ol = &c["open_loop"];
         assert_eq!(ol["target_per_sec"], 200, "{client}: {ol}");
         let achieved = ol["achieved_per_sec"].as_f64().unwrap();
