@@ -761,7 +761,7 @@ fn dispatch(shared: &Shared, decoder: &mut Decoder, buf: &mut BytesMut) -> Resul
                 used += len;
                 st.slots.pop_frameless(oldest);
                 record_rtt(&mut st, oldest.sent_us, &mut read_at);
-                // A dropped reply is dropped; an op's is counted in it.
+                // A reply nobody waits for is dropped; an op's is counted in it.
                 let waker = oldest.op.zip(table).and_then(|((op, node), t)| {
                     ops.get_or_insert_with(|| t.lock())
                         .answer_lock(op, node, reply)

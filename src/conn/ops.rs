@@ -303,6 +303,24 @@ struct Op {
 }
 
 impl Op {
+    /// Whether `id` names the op in this entry and its caller still holds it.
+    #[inline]
+    fn is_callers(&self, id: OpId) -> bool {
+        self.gen == id >> INDEX_BITS && self.caller
+    }
+
+    /// Node `node`'s request failed (not sent, or refused): `error` is its answer, kept even
+    /// after the verdict (the node never got the request: it cannot hold the key, and its
+    /// error explains its part in the outcome). True when it decided the op.
+    fn fail(&mut self, node: usize, error: Error, quorum_at: &mut Option<Instant>) -> bool {
+        if self.verdict.is_some() {
+            self.keep(node, Answer::Failed(error));
+            false
+        } else {
+            self.record(node, Answer::Failed(error), quorum_at)
+        }
+    }
+
     /// Keeps `answer` as node `node`'s, even after the verdict (it explains the node's part in
     /// the outcome); returns its mark.
     #[inline(always)]
@@ -444,11 +462,8 @@ impl Table {
     /// counts as any other's. The entry of an op whose caller is gone is freed with its last
     /// request sent.
     pub(crate) fn handed_sent(&mut self, index: u32, node: u8) {
-        let op = &mut self.ops[index as usize];
-        op.unsent &= !(1 << node);
-        if !op.caller && op.unsent == 0 {
-            self.free(index as usize);
-        }
+        self.ops[index as usize].unsent &= !(1 << node);
+        self.free_if_settled(index as usize);
     }
 
     /// The handed request of the op in entry `index` could not be sent to `node`: `error` is
@@ -459,22 +474,21 @@ impl Table {
         op.unsent &= !(1 << node);
         if !op.caller {
             // An op that outlived its caller: freed with its last request settled.
-            if op.unsent == 0 {
-                self.free(index as usize);
-            }
+            self.free_if_settled(index as usize);
             return None;
         }
-        if op.verdict.is_some() {
-            op.keep(usize::from(node), Answer::Failed(error));
-            None
-        } else if op.record(
-            usize::from(node),
-            Answer::Failed(error),
-            &mut self.quorum_at,
-        ) {
+        if op.fail(usize::from(node), error, &mut self.quorum_at) {
             op.waker.take()
         } else {
             None
+        }
+    }
+
+    /// Frees entry `index` once its caller is gone and nothing is left to send.
+    fn free_if_settled(&mut self, index: usize) {
+        let op = &self.ops[index];
+        if !op.caller && op.unsent == 0 {
+            self.free(index);
         }
     }
 
@@ -490,9 +504,7 @@ impl Table {
         }
         op.caller = false;
         op.waker = None;
-        if op.unsent == 0 {
-            self.free(index);
-        }
+        self.free_if_settled(index);
     }
 
     /// [`answer`](Table::answer) for a reply read in place.
@@ -510,7 +522,7 @@ impl Table {
         let op = &mut self.ops[index_of(id)];
         // A reply to an op since freed (its entry may hold a later op), or to one whose caller
         // is gone (it still has handed requests to send): nobody waits for it.
-        if op.gen != id >> INDEX_BITS || !op.caller {
+        if !op.is_callers(id) {
             return None;
         }
         let bit = 1u8 << node;
@@ -607,8 +619,8 @@ impl OpTable {
     }
 
     /// Opens an op for one request to each of `nodes` nodes: report a request that could not
-    /// be sent with [`failed`](OpTable::failed). Its caller is woken
-    /// with [`Event::Expired`] once `deadline` passed without a verdict. `None` when every
+    /// be sent with [`failed`](OpTable::failed). Its caller is woken with [`Event::Expired`]
+    /// once `deadline` passed without a verdict. `None` when every
     /// entry is in use, for more than [`MAX_OP_NODES`] nodes, or when the group's driver is
     /// gone.
     pub(crate) fn open(
@@ -728,22 +740,14 @@ impl OpTable {
         });
     }
 
-    /// A request of op `id` to `node` was not sent: `error` is that node's answer, kept even
-    /// when the op was decided meanwhile (the node never got the request: it cannot hold the
-    /// key, and its error explains the node's part in the outcome).
+    /// A request of op `id` to `node` was not sent: `error` is that node's answer (see
+    /// `Op::fail`).
     pub(crate) fn failed(&self, id: OpId, node: usize, error: Error) {
         let mut guard = self.lock();
         let t = &mut *guard;
         let op = &mut t.ops[index_of(id)];
-        debug_assert!(
-            op.gen == id >> INDEX_BITS && op.caller,
-            "op {id} is not its caller's"
-        );
-        if op.verdict.is_some() {
-            op.keep(node, Answer::Failed(error));
-        } else {
-            op.record(node, Answer::Failed(error), &mut t.quorum_at);
-        }
+        debug_assert!(op.is_callers(id), "op {id} is not its caller's");
+        op.fail(node, error, &mut t.quorum_at);
     }
 
     /// The caller's look: the verdict once there is one, nodes to send again, or `Pending`
@@ -751,10 +755,7 @@ impl OpTable {
     pub(crate) fn poll(&self, id: OpId, cx: &mut Context<'_>) -> Poll<Event> {
         let mut t = self.lock();
         let op = &mut t.ops[index_of(id)];
-        debug_assert!(
-            op.gen == id >> INDEX_BITS && op.caller,
-            "op {id} is not its caller's"
-        );
+        debug_assert!(op.is_callers(id), "op {id} is not its caller's");
         // Resends first, even once decided (see `Table::answer`).
         if op.resend != 0 {
             return Poll::Ready(Event::Resend(std::mem::take(&mut op.resend)));
@@ -785,10 +786,7 @@ impl OpTable {
         let mut t = self.lock();
         let index = index_of(id);
         let op = &mut t.ops[index];
-        debug_assert!(
-            op.gen == id >> INDEX_BITS && op.caller,
-            "op {id} is not its caller's"
-        );
+        debug_assert!(op.is_callers(id), "op {id} is not its caller's");
         let nodes = usize::from(op.nodes);
         let mut answers = Answers {
             marks: &op.marks[..nodes],
@@ -805,7 +803,7 @@ impl OpTable {
         let mut t = self.lock();
         let index = index_of(id);
         let op = &t.ops[index];
-        let its_callers = op.gen == id >> INDEX_BITS && op.caller;
+        let its_callers = op.is_callers(id);
         debug_assert!(its_callers, "op {id} is not its caller's");
         // Never another op's entry, whatever a caller's bug (a release build keeps the check).
         if its_callers {

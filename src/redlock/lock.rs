@@ -390,9 +390,7 @@ impl Lock {
         };
         // The script's call prepared once (`notice`) is the same request on every node when no
         // node releases by `DELEX`: handed to the group's driver while it is busy.
-        let same_everywhere = !notice.script.is_empty()
-            && (redlock.inner.options.force_script_release || nodes.iter().all(|n| !n.has_delex()));
-        let op = if same_everywhere {
+        let op = if notice.everywhere && !notice.script.is_empty() {
             // Sent to every node even if this future is dropped or decided first: a release
             // deletes its key wherever it may be, as when its requests went out at once.
             let meta = HandedMeta {

@@ -1752,8 +1752,10 @@ impl Redlock {
         );
         let on = notify && self.inner.options.wake_on_release;
         notice.on = on;
-        let by_script = self.inner.options.force_script_release
-            || self.inner.nodes.iter().any(|n| !n.has_delex());
+        let force = self.inner.options.force_script_release;
+        let with_delex = self.inner.nodes.iter().filter(|n| n.has_delex()).count();
+        notice.everywhere = force || with_delex == 0;
+        let by_script = force || with_delex < self.inner.nodes.len();
         if keys.is_multi() || !by_script {
             return;
         }
@@ -2084,6 +2086,9 @@ pub(crate) struct Notice {
     /// releases by script (and copied into each one's buffer); empty when none does, or when it
     /// does not fit.
     script: SmallVec<[u8; RELEASE_INLINE]>,
+    /// Every node releases by script (none by `DELEX`): `script`, when there is one, is the
+    /// same request on every node.
+    everywhere: bool,
 }
 
 /// Room for a single key's release encoded once (see [`Notice`]): the `EVALSHA` with its SHA,
@@ -2097,6 +2102,7 @@ impl Notice {
             on: false,
             channel: None,
             script: SmallVec::new(),
+            everywhere: false,
         }
     }
 }
