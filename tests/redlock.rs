@@ -842,6 +842,45 @@ async fn with_lock_reports_max_hold_with_its_own_kind() {
     assert!(err.to_string().contains("max_hold"), "{err}");
 }
 
+/// A body woken after the lock's validity ended is not run again: with its thread blocked past
+/// the validity (by another task on a current-thread runtime), the body's wake and the expiry
+/// come due together, and the body must not be polled first (that would run its next step
+/// without the lock and report `Ok`). The blocker sleeps in wall time, so the order holds on a
+/// loaded machine too.
+#[test]
+fn with_lock_never_runs_its_body_past_the_validity() {
+    let servers = cluster(3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+        let ttl = Duration::from_millis(300);
+        let wrote = Arc::new(AtomicBool::new(false));
+        let written = wrote.clone();
+        let err = r
+            .with_lock("starved", ttl, None, |_signal| async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                // Holds the only thread past the validity, then wakes the body.
+                tokio::spawn(async move {
+                    std::thread::sleep(ttl + Duration::from_millis(200));
+                    let _ = tx.send(());
+                });
+                let _ = rx.await;
+                // The protected write: must not happen once the lock has run out.
+                written.store(true, Ordering::SeqCst);
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is_lost(), "{err:?}");
+        assert!(
+            !wrote.load(Ordering::SeqCst),
+            "the body ran past the validity"
+        );
+    });
+}
+
 /// A lock released after it expired: the release is an error that says the lock was no longer
 /// held (the critical section outlived it), with each node's answer, not `Ok(0)`. A second
 /// `release_ref` releases nothing and says so with `Ok(0)`.

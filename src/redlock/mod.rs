@@ -1944,16 +1944,25 @@ impl Redlock {
         // Why renewals stopped, if they did: the kind the lock's expiry is reported with.
         let mut stopped: Option<LockErrorKind> = None;
         loop {
-            // The body first, every time: nothing below waits without polling it.
+            let valid_until = lock.valid_until();
             let step = std::future::poll_fn(|cx| {
-                if let Poll::Ready(out) = body.as_mut().poll(cx) {
-                    return Poll::Ready(Step::Done(out));
-                }
+                // A renewal that came back is applied before the body runs again, and the body
+                // runs only while the lock is valid, read on the clock: a task polled late (a
+                // busy or blocked thread) finds the validity over before its body is woken,
+                // whatever order its timers fire in. Nothing below waits without polling the
+                // body.
                 if let Some(extending) = renewal.as_mut().as_pin_mut() {
                     if let Poll::Ready(outcome) = extending.poll(cx) {
                         return Poll::Ready(Step::Renewed(outcome));
                     }
-                } else if stopped.is_none() && renew_at.as_mut().poll(cx).is_ready() {
+                }
+                if Instant::now() >= valid_until {
+                    return Poll::Ready(Step::Expired);
+                }
+                if let Poll::Ready(out) = body.as_mut().poll(cx) {
+                    return Poll::Ready(Step::Done(out));
+                }
+                if renewal.is_none() && stopped.is_none() && renew_at.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Step::RenewalDue);
                 }
                 if expiry.as_mut().poll(cx).is_ready() {
