@@ -64,6 +64,33 @@ async fn a_request_larger_than_the_socket_buffer_is_finished_by_the_driver(proto
     assert_eq!(conn.connects(), 1);
 }
 
+/// A caller's encoder that panics after writing part or all of its command leaves nothing in the
+/// connection's buffer: the next caller gets its own reply, not the panicked one's (a whole
+/// command left behind was answered, and that answer handed to the next caller), and the
+/// stream is not corrupted (a half-written one would be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_encoder_leaves_nothing_behind() {
+    let server = Server::start();
+    let conn = Connection::connect(config(&server, Protocol::Resp3))
+        .await
+        .unwrap();
+    for whole in [true, false] {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = conn.send(|buf| {
+                let command: &[u8] = b"*2\r\n$4\r\nECHO\r\n$6\r\nstolen\r\n";
+                let len = if whole { command.len() } else { 9 };
+                buf.extend_from_slice(&command[..len]);
+                panic!("the encoder failed");
+            });
+        }));
+        assert!(panicked.is_err());
+        let reply = conn.command(&["ECHO", "mine"]).await.unwrap();
+        assert_eq!(reply.as_bytes(), Some(&b"mine"[..]), "whole: {whole}");
+    }
+    assert_eq!(conn.connects(), 1, "the stream stayed in step");
+    assert_eq!(conn.in_flight(), 0);
+}
+
 async fn every_caller_gets_its_own_reply(protocol: Protocol) {
     let server = Server::start();
     let conn = Connection::connect(config(&server, protocol))

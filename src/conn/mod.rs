@@ -230,6 +230,26 @@ fn admit(
     Ok(())
 }
 
+/// Runs a caller's encoder on the write buffer. If it panics, what it wrote is cut off again
+/// before the panic goes on (the connection's lock ignores poisoning, so the connection lives
+/// on): bytes with no queue entry would be a request whose reply the next caller takes.
+#[inline]
+fn encode_or_undo(buf: &mut BytesMut, encode: impl FnOnce(&mut BytesMut)) {
+    struct Undo<'a> {
+        buf: &'a mut BytesMut,
+        len: usize,
+    }
+    impl Drop for Undo<'_> {
+        fn drop(&mut self) {
+            self.buf.truncate(self.len);
+        }
+    }
+    let len = buf.len();
+    let undo = Undo { buf, len };
+    encode(&mut *undo.buf);
+    std::mem::forget(undo);
+}
+
 /// Queues a request just written (admitted by `admit`, under the same lock): its reply goes to
 /// op `op`'s count when given, else to a slot for its caller's future, whose id is returned;
 /// then `discarded` requests whose replies are dropped.
@@ -808,8 +828,9 @@ impl Connection {
         let mut st = shared.lock();
         admit(shared, &mut st, min_uptime, discarded, acquire)?;
         // Both bounds are checked before anything is written, so a refused request leaves no
-        // trace. The request is queued only after `encode` returned: an encoder that panics must
-        // not leave a queue entry without a request, which would hand the next reply to it.
+        // trace. The request is queued only after `encode` returned, and what a panicking
+        // encoder wrote is cut off again (`encode_or_undo`): a queue entry without its request,
+        // or a request without its entry, would hand the next reply to the wrong caller.
         // An acquire keeps a quarter of the buffer free (see `send_acquire`).
         let write_buffer = shared.config.write_buffer;
         let byte_room = if acquire { write_buffer / 4 } else { 0 };
@@ -845,7 +866,7 @@ impl Connection {
             && !st.driver_writing
             && st.driver_waker.is_some()
             && shared.task_parked.load(Ordering::Relaxed);
-        encode(&mut st.write_buf);
+        encode_or_undo(&mut st.write_buf, encode);
         let id = take_slots(&mut st, sent_us, discarded, op);
         if idle && write_now(&mut st, shared.config.write_buffer) {
             return Ok(id);
