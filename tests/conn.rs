@@ -64,6 +64,38 @@ async fn a_request_larger_than_the_socket_buffer_is_finished_by_the_driver(proto
     assert_eq!(conn.connects(), 1);
 }
 
+/// With attributes kept, a push that comes behind an attribute map is still a push: counted as
+/// one and never handed to the oldest request (each caller gets its own reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attributed_push_is_not_taken_for_a_reply() {
+    let handler: support::fake::Handler = Arc::new(|args: &[Vec<u8>]| match args[0].as_slice() {
+        b"ECHO" => {
+            let mut reply = b"|1\r\n+key\r\n+value\r\n>2\r\n+message\r\n+x\r\n".to_vec();
+            let arg = &args[1];
+            reply.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            reply.extend_from_slice(arg);
+            reply.extend_from_slice(b"\r\n");
+            Action::Reply(reply)
+        }
+        _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
+    });
+    let fake = FakeServer::start(false, handler).await;
+    let conn = Connection::connect(
+        ConnectionConfig::from_url(&fake.url())
+            .unwrap()
+            .decoder(dragonlock::resp::DecoderConfig::default().keep_attributes(true)),
+    )
+    .await
+    .unwrap();
+    let (one, two) = tokio::join!(
+        conn.command(&["ECHO", "one"]),
+        conn.command(&["ECHO", "two"])
+    );
+    assert_eq!(one.unwrap().as_bytes(), Some(&b"one"[..]));
+    assert_eq!(two.unwrap().as_bytes(), Some(&b"two"[..]));
+    assert_eq!(conn.stats().pushes_received, 2);
+}
+
 /// A caller's encoder that panics after writing part or all of its command leaves nothing in the
 /// connection's buffer: the next caller gets its own reply, not the panicked one's (a whole
 /// command left behind was answered, and that answer handed to the next caller), and the

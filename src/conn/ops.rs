@@ -160,7 +160,8 @@ impl Rule {
             Ok(frame) => frame,
             Err(e) => return Answer::Failed(e),
         };
-        match (self, frame) {
+        // A lock reply's attributes (kept only when the decoder is asked to) say nothing of it.
+        match (self, frame.without_attributes()) {
             (Rule::SetNx, f) if f.is_ok() => Answer::Yes,
             (Rule::SetNx, Frame::Null) => Answer::No,
             (Rule::Count { .. }, Frame::Integer(n)) => {
@@ -956,6 +957,34 @@ mod tests {
             (v, yes)
         });
         (v, yes, seen)
+    }
+
+    /// Attributes (kept only when the decoder is asked to) do not change a lock reply's meaning.
+    #[test]
+    fn an_attributed_lock_reply_is_read_as_its_value() {
+        let attributed = |value: Frame| {
+            Ok(Frame::Attributed {
+                attributes: vec![(Frame::Simple("k".into()), Frame::Simple("v".into()))],
+                value: Box::new(value),
+            })
+        };
+        let ok = Frame::Simple(bytes::Bytes::from_static(b"OK"));
+        assert!(matches!(Rule::SetNx.classify(attributed(ok)), Answer::Yes));
+        assert!(matches!(
+            Rule::SetNx.classify(attributed(Frame::Null)),
+            Answer::No
+        ));
+        assert!(matches!(
+            Rule::Flag.classify(attributed(Frame::Integer(1))),
+            Answer::Yes
+        ));
+        let count = Rule::Count {
+            unknown_retries: false,
+        };
+        assert!(matches!(
+            count.classify(attributed(Frame::Integer(0))),
+            Answer::No
+        ));
     }
 
     /// The entry of op `id`, as the driver's list names it.

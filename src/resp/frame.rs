@@ -57,9 +57,19 @@ pub enum Frame {
 }
 
 impl Frame {
-    /// True for `Frame::Push`, which the connection routes away from the reply queue.
+    /// True for `Frame::Push`, also behind attributes (kept with
+    /// [`DecoderConfig::keep_attributes`](super::DecoderConfig::keep_attributes)): the connection
+    /// routes pushes away from the reply queue, so an attributed push must not be taken for a
+    /// reply.
     pub fn is_push(&self) -> bool {
-        matches!(self, Frame::Push(_))
+        let mut frame = self;
+        loop {
+            match frame {
+                Frame::Push(_) => return true,
+                Frame::Attributed { value, .. } => frame = value,
+                _ => return false,
+            }
+        }
     }
 
     /// True for the null reply (`_`, `$-1`, `*-1`).
