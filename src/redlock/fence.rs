@@ -693,6 +693,14 @@ impl Redlock {
             args
         };
         let index = |node: &Connection| nodes.iter().position(|n| std::ptr::eq(n, node));
+        // The lock keys are set on a quorum while step 3 is awaited: dropped there, the
+        // attempt releases them, as in step 1.
+        let mut cleanup = super::CleanupOnDrop {
+            redlock: self,
+            keys: &keys,
+            token: &token,
+            armed: true,
+        };
         let (decision, collector) = self
             .collect(
                 deadline,
@@ -712,6 +720,8 @@ impl Redlock {
                 },
             )
             .await;
+        cleanup.armed = false;
+        drop(cleanup);
         let mut write_results = collector.results.clone();
         drop(collector);
         drop(all_keys);
