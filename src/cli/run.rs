@@ -483,6 +483,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
         Err(e) => return fail(EXIT_UNAVAILABLE, e),
     };
+    // A lock granted late (a slow quorum) may have too little validity left for the command
+    // to start and be stopped in time: it is extended first, or the command does not start.
+    if let Err(why) = room_to_start(&mut lock, args.ttl, grace).await {
+        let _ = lock.release_ref().await;
+        return fail(EXIT_UNAVAILABLE, why);
+    }
     let mut group = match Group::spawn(&args.command, lock.fencing_token(), signals) {
         Ok(g) => g,
         Err(e) => {
@@ -519,6 +525,37 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     let _ = lock.release_ref().await;
     ExitCode::from(code)
+}
+
+/// Time the command must have, past its start, before its stop could begin: the spawn (the
+/// fork and exec, which `Group::spawn` waits for) fits well inside it.
+const START_ROOM: Duration = KILL_MARGIN;
+
+/// Whether the command may start under `lock`: its stop begins `grace + KILL_MARGIN` before the
+/// validity ends, and that must be at least `START_ROOM` away. An acquire is granted with any
+/// validity above `min_validity`, so one whose quorum came late can leave less; it is then
+/// extended once (to `ttl`), and the command starts only if that leaves enough. The error says
+/// why not.
+async fn room_to_start(lock: &mut Lock, ttl: Duration, grace: Duration) -> Result<(), String> {
+    let needed = grace + KILL_MARGIN + START_ROOM;
+    if lock.remaining() > needed {
+        return Ok(());
+    }
+    let left = lock.remaining();
+    match lock.extend(ttl).await {
+        Ok(()) if lock.remaining() > needed => Ok(()),
+        Ok(()) => Err(format!(
+            "the lock was granted with {} ms of validity left and extended to only {} ms,              less than the {} ms the command needs to start and be stopped in time",
+            left.as_millis(),
+            lock.remaining().as_millis(),
+            needed.as_millis()
+        )),
+        Err(e) => Err(format!(
+            "the lock was granted with {} ms of validity left, less than the {} ms the              command needs to start and be stopped in time, and could not be extended: {e}",
+            left.as_millis(),
+            needed.as_millis()
+        )),
+    }
 }
 
 /// Keeps the lock while the group's leader runs: renews it every ttl/3, forwards signals, and
@@ -593,6 +630,42 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    /// A lock with too little validity left for the command is extended before it starts,
+    /// and the command does not start when that fails. The locks are left to run down to
+    /// under what the command needs (half a second left of 2, against 0.7 s needed) rather
+    /// than taken from slow nodes; the last one's nodes are stopped before its extension.
+    #[test]
+    fn a_command_starts_only_with_room_to_be_stopped_in_time() {
+        let (bin, flavor) = crate::cli::servers::find_binary().unwrap();
+        let (mut servers, _) = crate::cli::servers::start(3, &bin, flavor, 1).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nodes: Vec<String> = servers.iter().map(|s| s.addr()).collect();
+            let configs = node_configs(&nodes, &Default::default()).unwrap();
+            let options = RedlockOptions::default().retry_count(0);
+            let redlock = Redlock::from_configs(configs, options).await.unwrap();
+            let (ttl, grace) = (2_000 * MS, 600 * MS);
+            let needed = grace + KILL_MARGIN + START_ROOM;
+            let mut fresh = redlock.try_acquire("fresh", ttl).await.unwrap();
+            assert_eq!(room_to_start(&mut fresh, ttl, grace).await, Ok(()));
+            let mut late = redlock.try_acquire("late", ttl).await.unwrap();
+            let mut lost = redlock.try_acquire("lost", ttl).await.unwrap();
+            tokio::time::sleep_until(late.valid_until() - 500 * MS).await;
+            assert!(late.remaining() < needed);
+            assert_eq!(room_to_start(&mut late, ttl, grace).await, Ok(()));
+            assert!(late.remaining() > needed, "extended before the start");
+            for s in &mut servers[..2] {
+                s.stop();
+            }
+            let refused = room_to_start(&mut lost, ttl, grace).await.unwrap_err();
+            assert!(refused.contains("could not be extended"), "{refused}");
+        });
+    }
 
     #[test]
     fn fenced_runs_need_the_restart_rule_at_twice_the_ttl() {
