@@ -488,7 +488,7 @@ impl Redlock {
             ScriptCall::BySha
         };
         let start = Instant::now();
-        let valid_until = start + ttl - self.drift(ttl);
+        let valid_until = Redlock::valid_until(start, ttl, self.drift(ttl));
         let mut cleanup = super::CleanupOnDrop {
             redlock: self,
             keys: &keys,

@@ -632,7 +632,7 @@ pub(crate) async fn extend_on_nodes(
     let nodes = &redlock.inner.nodes;
     let mut ms = itoa::Buffer::new();
     let ms = ms.format(ttl.as_millis() as u64).as_bytes();
-    let new_valid_until = start + ttl - redlock.drift(ttl);
+    let new_valid_until = Redlock::valid_until(start, ttl, redlock.drift(ttl));
     // The extension must complete while the current lock still holds.
     let deadline = valid_until.map_or(new_valid_until, |v| v.min(new_valid_until));
     let (script, args) = (keys.extend_script(), [&token[..], ms]);

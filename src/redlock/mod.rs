@@ -992,6 +992,13 @@ impl Redlock {
         drift + DRIFT_FIXED
     }
 
+    /// When a lock taken at `start` for `ttl` stops being valid: `start` plus the ttl the nodes
+    /// are sent (`PX`/`PEXPIRE` take whole milliseconds, so a fraction of one is not sent and
+    /// not counted) less `drift`.
+    pub(crate) fn valid_until(start: Instant, ttl: Duration, drift: Duration) -> Instant {
+        start + Duration::from_millis(ttl.as_millis() as u64) - drift
+    }
+
     fn key(&self, resource: &str) -> Key {
         let mut key = SmallVec::new();
         key.extend_from_slice(self.inner.options.key_prefix.as_bytes());
@@ -1340,7 +1347,7 @@ impl Redlock {
         let start = Instant::now();
         // The round trips' clock, read once for every node (see `Connection::stats`).
         let sent_us = crate::conn::now_us();
-        let valid_until = start + ttl - drift;
+        let valid_until = Redlock::valid_until(start, ttl, drift);
         // Releases whatever this attempt may have set if it is dropped before it finishes.
         let mut cleanup = CleanupOnDrop {
             redlock: self,
@@ -2137,6 +2144,24 @@ impl Drop for CleanupOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The validity counts only the whole milliseconds the nodes are sent: a ttl of 1,000.9 ms
+    /// goes out as `PX 1000`, and the lock is valid until `start + 1000 ms - drift`.
+    #[test]
+    fn the_validity_counts_only_the_milliseconds_sent() {
+        let start = Instant::now();
+        let drift = Duration::from_millis(12);
+        let ttl = Duration::from_micros(1_000_900);
+        assert_eq!(
+            Redlock::valid_until(start, ttl, drift),
+            start + Duration::from_millis(1_000) - drift
+        );
+        let whole = Duration::from_millis(1_000);
+        assert_eq!(
+            Redlock::valid_until(start, whole, drift),
+            start + whole - drift
+        );
+    }
 
     /// The kept command is used only for its own ttl: another ttl gets its own digits.
     #[test]
