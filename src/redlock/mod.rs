@@ -1565,11 +1565,17 @@ impl Redlock {
             Frame::Error(e) => Vote::Fail(Error::new(crate::ErrorKind::Server(e.clone()))),
             _ => Vote::Fail(Error::new(crate::ErrorKind::UnexpectedReply)),
         };
+        // With the restart rule again, as the op path's resend: the connection may have met a
+        // restarted server since the first send.
         let resend = |i: usize| {
-            nodes[i].send(|buf| {
+            let encode = |buf: &mut BytesMut| {
                 s.multi_acquire
                     .encode(buf, ScriptCall::WithSource, keys.all(), args)
-            })
+            };
+            match restart_delay {
+                Some(min_uptime) => nodes[i].send_if_up_for(min_uptime, encode),
+                None => nodes[i].send(encode),
+            }
         };
         let decision = collector.run(deadline, false, classify, resend).await;
         let granted = collector.granted();
