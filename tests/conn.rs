@@ -96,6 +96,96 @@ async fn an_attributed_push_is_not_taken_for_a_reply() {
     assert_eq!(conn.stats().pushes_received, 2);
 }
 
+/// A node that floods its socket does not hold the connection's task in one read: the task
+/// reads at most `READS_PER_TURN` times a turn and yields after its turns, so the caller whose
+/// reply came first runs while the flood is still being read, and the rest of the flood is
+/// still read to its end (a read stopped with bytes left keeps the socket's readiness). Before
+/// the bound the task read for as long as bytes kept coming: when the fake stayed ahead, the
+/// whole flood before the caller ran (this test failed three release runs of four with it; a
+/// review saw it starve a current-thread runtime for seconds).
+#[test]
+fn a_flooding_node_does_not_hold_the_task_in_one_read() {
+    // Floods of 400,000 pushes of 40 bytes (16 MB): more than the task reads before it yields
+    // (32 turns of 16 reads of at most 16 KiB, the default read buffer). Each push nests
+    // eight arrays, so that decoding it (eight allocations) is slower than the fake's writes.
+    // The fake runs on a thread of its own, so that it keeps the socket full while the client
+    // reads.
+    const PUSHES: u64 = 400_000;
+    const FLOODS: u64 = 3;
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let push = b">1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*0\r\n";
+            let flood = push.repeat(PUSHES as usize);
+            let handler: support::fake::Handler =
+                Arc::new(move |args: &[Vec<u8>]| match args[0].as_slice() {
+                    b"ECHO" => {
+                        let mut reply = format!("${}\r\n", args[1].len()).into_bytes();
+                        reply.extend_from_slice(&args[1]);
+                        reply.extend_from_slice(b"\r\n");
+                        reply.extend_from_slice(&flood);
+                        Action::Reply(reply)
+                    }
+                    _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
+                });
+            let fake = FakeServer::start(false, handler).await;
+            port_tx.send(fake.port).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    let port = port_rx.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // In a task of its own, as the flood's driver is: the runtime's `block_on` future is
+    // polled only once every so many task polls, and would see more than one yield's worth.
+    rt.block_on(async {
+        tokio::spawn(async move {
+            let url = format!("redis://127.0.0.1:{port}");
+            let config = ConnectionConfig::from_url(&url).unwrap();
+            let conn = Connection::connect(config).await.unwrap();
+            let read_all = |floods: u64| {
+                let conn = &conn;
+                async move {
+                    let all = support::eventually(Duration::from_secs(60), || {
+                        conn.pushes_received() == floods * PUSHES
+                    })
+                    .await;
+                    let seen = conn.pushes_received();
+                    assert!(all, "{seen} of {} pushes", floods * PUSHES);
+                }
+            };
+            // The first flood grows the connection's TCP window.
+            conn.command(&["ECHO", "warm"]).await.unwrap();
+            read_all(1).await;
+            for flood in 1..FLOODS {
+                // Let the flood pile up in the socket's buffers before the task reads any of
+                // it (this thread is the runtime's only one): the fake is ahead from the start.
+                let reply = conn
+                    .send(|buf| dragonlock::resp::encode_command(buf, &["ECHO", "one"]))
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                let reply = reply.await.unwrap();
+                assert_eq!(reply.as_bytes(), Some(&b"one"[..]));
+                let seen = conn.pushes_received() - flood * PUSHES;
+                assert!(
+                    seen < PUSHES,
+                    "flood {flood}: all of it was read before the caller ran"
+                );
+                // And the rest is read, to the last push.
+                read_all(flood + 1).await;
+            }
+        })
+        .await
+        .unwrap();
+    });
+}
+
 /// A caller's encoder that panics after writing part or all of its command leaves nothing in the
 /// connection's buffer: the next caller gets its own reply, not the panicked one's (a whole
 /// command left behind was answered, and that answer handed to the next caller), and the

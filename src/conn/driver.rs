@@ -47,6 +47,13 @@ use crate::trace::event;
 /// the runtime's other tasks.
 const TURNS_BEFORE_YIELD: usize = 32;
 
+/// Reads of one socket in one turn (each up to the read buffer, 16 KiB by default). A socket
+/// still readable after them is read again at the next turn: a peer that sends faster than its
+/// replies are decoded would otherwise keep the task in one node's read for as long as it
+/// sends, and the other nodes, the ops' deadlines and (on a current-thread runtime) every
+/// other task would wait.
+const READS_PER_TURN: usize = 16;
+
 /// Wakers gathered while the lock is held and woken after it is released; a fixed array so it
 /// never allocates.
 const WAKE_BATCH: usize = 32;
@@ -632,9 +639,11 @@ fn send_handed(
 fn read_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<(bool, usize), Error> {
     let mut progressed = false;
     let mut woke = 0;
-    // Read everything available and hand out the replies.
+    // Read what is available, up to `READS_PER_TURN` reads, and hand out the replies.
+    let mut reads = 0;
     if let Some(tls) = io.tls.as_deref_mut() {
-        loop {
+        while reads < READS_PER_TURN {
+            reads += 1;
             make_read_room(&mut io.read_buf, shared.config.read_buffer);
             let room = io.read_buf.capacity() - io.read_buf.len();
             match tls.poll_read(&io.stream, &mut io.read_buf, room, cx) {
@@ -653,7 +662,8 @@ fn read_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<(bool
             }
         }
     }
-    while io.tls.is_none() {
+    while io.tls.is_none() && reads < READS_PER_TURN {
+        reads += 1;
         match io.stream.poll_read_ready(cx) {
             Poll::Pending => break,
             Poll::Ready(Err(e)) => return Err(e.into()),
