@@ -96,6 +96,48 @@ async fn an_attributed_push_is_not_taken_for_a_reply() {
     assert_eq!(conn.stats().pushes_received, 2);
 }
 
+/// This process's TCP connections to 127.0.0.1:`port` that are still established (read from
+/// `/proc/net/tcp`: the entries whose remote end is that port).
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && f[2] == remote && f[3] == "01")
+        .count()
+}
+
+/// A connection dropped while its node reads nothing (stopped, its socket full of a request
+/// the connection is still writing) closes its socket at once: it used to wait for the node to
+/// read again, which a stopped node never does (the kernel keeps answering its zero-window
+/// probes), so the socket and the connection's task stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_while_its_node_reads_nothing_closes() {
+    let mut server = Server::start();
+    let conn = Connection::connect(config(&server, Protocol::Resp3))
+        .await
+        .unwrap();
+    assert_eq!(established_to(server.port), 1);
+    server.stop();
+    let big = "x".repeat(16 << 20);
+    let reply = conn
+        .send(|buf| dragonlock::resp::encode_command(buf, &["ECHO", &big]))
+        .unwrap();
+    drop(reply);
+    // The driver has taken the request and waits for the socket to take more.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(conn);
+    let closed =
+        support::eventually(Duration::from_secs(5), || established_to(server.port) == 0).await;
+    server.cont();
+    assert!(
+        closed,
+        "the dropped connection's socket is still established"
+    );
+}
+
 /// A node that floods its socket does not hold the connection's task in one read: the task
 /// reads at most `READS_PER_TURN` times a turn and yields after its turns, so the caller whose
 /// reply came first runs while the flood is still being read, and the rest of the flood is

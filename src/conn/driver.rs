@@ -548,6 +548,19 @@ fn write_half(
         // whose replies woke nobody, and a group of 256 callers, all sending in one round, had
         // 15-20% of its acquires refused as `Overloaded` there.
         shared.lock().driver_writing = false;
+    } else if io.written < io.out.len() {
+        // The socket is full: the task waits for it to take more, and a peer that reads
+        // nothing (a stopped node) may never make room, while the kernel keeps answering its
+        // zero-window probes. A close must not wait with it: it is seen here, and the task's
+        // waker is left where closing the connection (`Handle::drop`) wakes it.
+        let mut st = shared.lock();
+        if st.closed {
+            return Err(Error::new(ErrorKind::Closed));
+        }
+        match &st.driver_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.driver_waker = Some(cx.waker().clone()),
+        }
     }
     Ok(progressed)
 }
