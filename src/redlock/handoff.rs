@@ -106,7 +106,11 @@ struct State {
 
 #[derive(Default)]
 struct NodeState {
-    /// Channels to reconcile with `channels` at the subscriber's next turn.
+    /// The subscriber connection is up (between `Connected` and `Lost`): only then are channels
+    /// marked dirty for it. A connection that comes up reconciles every channel anyway, so a
+    /// node that is down, or whose subscriber never runs (a `rediss://` node), keeps nothing.
+    serving: bool,
+    /// Channels to reconcile with `channels` at the subscriber's next turn, each once.
     dirty: Vec<Vec<u8>>,
     /// What this node's connection subscribed: the id of the entry it did so for, and whether
     /// the server confirmed it.
@@ -306,8 +310,10 @@ impl Shared {
 impl State {
     /// Asks every subscriber connection to bring `channel` in line with `channels`.
     fn mark_dirty(&mut self, channel: &[u8]) {
-        for node in &mut self.nodes {
-            node.dirty.push(channel.to_vec());
+        for node in self.nodes.iter_mut().filter(|n| n.serving) {
+            if !node.dirty.iter().any(|c| c == channel) {
+                node.dirty.push(channel.to_vec());
+            }
         }
         for s in &self.subscribers {
             s.wake();
@@ -330,11 +336,14 @@ impl PubSubSink for NodeSink {
             let node = &mut st.nodes[self.node];
             match event {
                 PubSubEvent::Connected => {
+                    node.serving = true;
                     node.subscribed.clear();
                     node.sent.clear();
                     node.dirty = st.channels.keys().cloned().collect();
                 }
                 PubSubEvent::Lost => {
+                    node.serving = false;
+                    node.dirty.clear();
                     for (channel, (id, live)) in node.subscribed.drain() {
                         match st.channels.get_mut(&channel) {
                             Some(entry) if live && entry.id == id => entry.live -= 1,
@@ -571,6 +580,40 @@ mod tests {
             ConnectionConfig::new("127.0.0.1", 1),
             ConnectionConfig::new("127.0.0.1", 1),
         ])
+    }
+
+    /// Waiters that come and go on nodes whose subscriber is not up (down, or `rediss://`,
+    /// where it does not run) leave nothing behind: each such episode used to add the channel
+    /// to every node's list of channels to reconcile, twice, for the manager's life. A node
+    /// that is up has each channel at most once, however often it is marked.
+    #[tokio::test]
+    async fn channels_to_reconcile_do_not_pile_up() {
+        let h = handoff();
+        let t0 = Instant::now();
+        for _ in 0..1_000 {
+            drop(h.register(b"some:lock:key", t0));
+        }
+        let dirty = |h: &Handoff| -> Vec<usize> {
+            h.shared
+                .lock()
+                .nodes
+                .iter()
+                .map(|n| n.dirty.len())
+                .collect()
+        };
+        assert_eq!(dirty(&h), vec![0, 0]);
+        let a = sink(&h, 0);
+        a.event(PubSubEvent::Connected);
+        for _ in 0..1_000 {
+            drop(h.register(b"some:lock:key", t0));
+        }
+        assert_eq!(dirty(&h), vec![1, 0]);
+        assert!(
+            requests(&a).is_empty(),
+            "nothing to subscribe: no waiter left"
+        );
+        a.event(PubSubEvent::Lost);
+        assert_eq!(dirty(&h), vec![0, 0]);
     }
 
     #[tokio::test]
