@@ -399,7 +399,20 @@ impl PubSubSink for NodeSink {
                             release.copies += 1;
                             if release.copies == quorum && release.woke != 0 {
                                 let woke = release.woke;
-                                wake = entry.wake_where(true, |id| id == woke).1;
+                                if entry.waiters.iter().any(|w| w.id == woke) {
+                                    wake = entry.wake_where(true, |id| id == woke).1;
+                                } else {
+                                    // It left after its try (out of budget, cancelled): the
+                                    // next waiter tries in its place, or the free lock waits
+                                    // for its polls.
+                                    let (next, waker) = entry.wake_where(true, |_| true);
+                                    wake = waker;
+                                    if let Some(r) =
+                                        entry.recent.iter_mut().find(|r| r.token == payload)
+                                    {
+                                        r.woke = next;
+                                    }
+                                }
                             }
                         } else {
                             if entry.recent.len() == RECENT_TOKENS {
@@ -676,6 +689,30 @@ mod tests {
         assert_eq!(first.sleep_until(Instant::now()).await, Wake::Release);
         copy(2); // the rest changes nothing
         assert!(!woken(&first) && !woken(&second));
+    }
+
+    /// The waiter the first copy woke tried too early and left (its budget ran out): the copy
+    /// that completes the quorum wakes the next waiter in its place.
+    #[tokio::test]
+    async fn a_quorums_wake_up_goes_to_the_next_waiter_when_the_first_left() {
+        let h = Handoff::new(vec![ConnectionConfig::new("127.0.0.1", 1); 3]);
+        let t0 = Instant::now();
+        let (first, second) = (h.register(b"c", t0), h.register(b"c", t0));
+        let copy = |node| {
+            sink(&h, node).event(PubSubEvent::Message {
+                channel: b"c",
+                payload: b"t",
+            })
+        };
+        copy(0);
+        assert_eq!(first.sleep_until(Instant::now()).await, Wake::Release);
+        drop(first); // tried, failed, gave up
+        assert!(!woken(&second), "the first's wake-up was used");
+        copy(1); // a quorum has released: the lock is free
+        assert!(woken(&second));
+        assert_eq!(second.sleep_until(Instant::now()).await, Wake::Release);
+        copy(2);
+        assert!(!woken(&second));
     }
 
     #[tokio::test]
