@@ -246,3 +246,45 @@ async fn a_restart_while_held_loses_that_node_only() {
     );
     assert_eq!(lock.release().await.unwrap(), 2);
 }
+
+/// Lock replies with RESP3 attributes in front (kept only when the decoder is asked to) count
+/// as their values on the general path too (connections not started as a group): an
+/// attributed `+OK` is a grant and an attributed `:1` a release, not an unexpected reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributed_lock_replies_count_as_their_values_on_the_general_path() {
+    let handler: support::fake::Handler = Arc::new(|args: &[Vec<u8>]| match args[0].as_slice() {
+        b"SET" => Action::Reply(b"|1\r\n+k\r\n+v\r\n+OK\r\n".to_vec()),
+        b"EVALSHA" | b"EVAL" => Action::Reply(b"|1\r\n+k\r\n+v\r\n:1\r\n".to_vec()),
+        b"PING" => Action::Reply(b"+PONG\r\n".to_vec()),
+        _ => Action::Reply(b"-ERR unknown command\r\n".to_vec()),
+    });
+    let mut fakes = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let fake = FakeServer::start(false, handler.clone()).await;
+        let config = dragonlock::conn::ConnectionConfig::from_url(&fake.url())
+            .unwrap()
+            .decoder(dragonlock::resp::DecoderConfig::default().keep_attributes(true));
+        nodes.push(dragonlock::conn::Connection::connect(config).await.unwrap());
+        fakes.push(fake);
+    }
+    let r = dragonlock::Redlock::from_connections(
+        nodes,
+        RedlockOptions::default()
+            .retry_count(0)
+            .wake_on_release(false)
+            .force_script_release(true)
+            .release_wait(ReleaseWait::All),
+    )
+    .unwrap();
+    let lock = r
+        .try_acquire("attributed", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(lock.release().await.unwrap(), 3);
+    assert_eq!(
+        r.stats().locks.general_path,
+        2,
+        "both phases on the general path"
+    );
+}

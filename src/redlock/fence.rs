@@ -533,7 +533,7 @@ impl Redlock {
                     continue;
                 };
                 pending[i] = None;
-                let read = match reply {
+                let read = match reply.map(Frame::without_attributes) {
                     Ok(Frame::Integer(n)) if !multi => Ok(NodeRead::from_reply(n)),
                     Ok(Frame::Array(items)) if multi => NodeRead::from_array(&items, n_keys)
                         .ok_or_else(|| Error::new(ErrorKind::UnexpectedReply)),

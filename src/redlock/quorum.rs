@@ -153,8 +153,10 @@ impl<'a> QuorumCollector<'a> {
                     continue;
                 };
                 self.pending[i] = None;
+                // A lock reply's attributes (kept only when the decoder is asked to) say
+                // nothing of it, here as on the op path (`conn::ops::Rule::classify`).
                 let vote = match reply {
-                    Ok(frame) => classify(&frame),
+                    Ok(frame) => classify(&frame.without_attributes()),
                     Err(e) => Vote::Fail(e),
                 };
                 let vote = match vote {
@@ -168,12 +170,14 @@ impl<'a> QuorumCollector<'a> {
                                         self.pending[i] = Some(f);
                                         continue;
                                     }
-                                    Poll::Ready(Ok(frame)) => match classify(&frame) {
-                                        Vote::Retry => {
-                                            Vote::Fail(Error::new(ErrorKind::UnexpectedReply))
+                                    Poll::Ready(Ok(frame)) => {
+                                        match classify(&frame.without_attributes()) {
+                                            Vote::Retry => {
+                                                Vote::Fail(Error::new(ErrorKind::UnexpectedReply))
+                                            }
+                                            v => v,
                                         }
-                                        v => v,
-                                    },
+                                    }
                                     Poll::Ready(Err(e)) => Vote::Fail(e),
                                 }
                             }
