@@ -143,8 +143,10 @@ async fn a_connection_dropped_while_its_node_reads_nothing_closes() {
 /// reply came first runs while the flood is still being read, and the rest of the flood is
 /// still read to its end (a read stopped with bytes left keeps the socket's readiness). Before
 /// the bound the task read for as long as bytes kept coming: when the fake stayed ahead, the
-/// whole flood before the caller ran (this test failed three release runs of four with it; a
-/// review saw it starve a current-thread runtime for seconds).
+/// whole flood before the caller ran. Whether the fake stays ahead depends on the connection's
+/// TCP state, so with the old loop this test failed about half of its release runs here (and
+/// passed in debug builds, whose client is too slow to catch up); a review saw the old loop
+/// starve a current-thread runtime for seconds. With the bound it cannot fail that way.
 #[test]
 fn a_flooding_node_does_not_hold_the_task_in_one_read() {
     // Floods of 400,000 pushes of 40 bytes (16 MB): more than the task reads before it yields

@@ -534,6 +534,13 @@ async fn invalid_requests_are_refused() {
         .await
         .unwrap_err()
         .is_invalid());
+    // 3.9 ms goes out as `PX 3`, which the drift allowance (2.04 ms) and the minimum validity
+    // (1 ms) leave nothing of: refused as such, not tried and reported `Expired`.
+    assert!(r
+        .try_acquire("x", Duration::from_micros(3_900))
+        .await
+        .unwrap_err()
+        .is_invalid());
     assert!(r
         .try_acquire_many::<&str>(&[], Duration::from_secs(1))
         .await

@@ -485,9 +485,17 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     // A lock granted late (a slow quorum) may have too little validity left for the command
     // to start and be stopped in time: it is extended first, or the command does not start.
-    if let Err(why) = room_to_start(&mut lock, args.ttl, grace).await {
-        let _ = lock.release_ref().await;
-        return fail(EXIT_UNAVAILABLE, why);
+    // A signal meanwhile: nothing runs yet, as while acquiring.
+    match unless_signalled(&mut signals, room_to_start(&mut lock, args.ttl, grace)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            let _ = lock.release_ref().await;
+            return fail(EXIT_UNAVAILABLE, why);
+        }
+        Err(sig) => {
+            let _ = lock.release_ref().await;
+            return ExitCode::from(128 + sig as u8);
+        }
     }
     let mut group = match Group::spawn(&args.command, lock.fencing_token(), signals) {
         Ok(g) => g,
@@ -545,13 +553,15 @@ async fn room_to_start(lock: &mut Lock, ttl: Duration, grace: Duration) -> Resul
     match lock.extend(ttl).await {
         Ok(()) if lock.remaining() > needed => Ok(()),
         Ok(()) => Err(format!(
-            "the lock was granted with {} ms of validity left and extended to only {} ms,              less than the {} ms the command needs to start and be stopped in time",
+            "the lock was granted with {} ms of validity left and extended to only {} ms, \
+             less than the {} ms the command needs to start and be stopped in time",
             left.as_millis(),
             lock.remaining().as_millis(),
             needed.as_millis()
         )),
         Err(e) => Err(format!(
-            "the lock was granted with {} ms of validity left, less than the {} ms the              command needs to start and be stopped in time, and could not be extended: {e}",
+            "the lock was granted with {} ms of validity left, less than the {} ms the \
+             command needs to start and be stopped in time, and could not be extended: {e}",
             left.as_millis(),
             needed.as_millis()
         )),

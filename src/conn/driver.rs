@@ -676,7 +676,6 @@ fn read_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<(bool
         }
     }
     while io.tls.is_none() && reads < READS_PER_TURN {
-        reads += 1;
         match io.stream.poll_read_ready(cx) {
             Poll::Pending => break,
             Poll::Ready(Err(e)) => return Err(e.into()),
@@ -697,6 +696,9 @@ fn read_half(shared: &Shared, io: &mut Io, cx: &mut Context<'_>) -> Result<(bool
         });
         match (read, n) {
             (_, 1..) => {
+                // Only reads that brought bytes count: one that found none cleared the
+                // readiness, and the next poll registers for it.
+                reads += 1;
                 progressed = true;
                 match dispatch(shared, &mut io.decoder, &mut io.read_buf) {
                     Ok(w) => woke += w,

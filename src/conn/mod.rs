@@ -871,7 +871,14 @@ impl Connection {
         if idle && write_now(&mut st, shared.config.write_buffer) {
             return Ok(id);
         }
-        let driver = st.driver_waker.take();
+        // Not while the driver is writing what it took before: it runs another turn once the
+        // socket takes it, and takes this then. (It leaves its waker registered while the
+        // socket is full, for a close to wake it; a send need not.)
+        let driver = if st.driver_writing {
+            None
+        } else {
+            st.driver_waker.take()
+        };
         // Wake the driver after unlocking, so it does not run straight into the held lock.
         drop(st);
         if let Some(w) = driver {

@@ -1009,14 +1009,16 @@ impl Redlock {
     /// Refuses a ttl that leaves no validity (`Invalid`); returns its drift allowance, which
     /// an acquire then takes off its validity (computed once: `drift` is float work).
     fn check_ttl(&self, ttl: Duration) -> Result<Duration, LockError> {
+        if ttl.as_millis() > u64::MAX as u128 / 2 {
+            return Err(LockError::invalid("the ttl is too large"));
+        }
         let drift = self.drift(ttl);
-        if ttl <= drift + self.inner.options.min_validity || ttl.as_millis() == 0 {
+        // On the whole milliseconds the nodes are sent, as the validity is (`valid_until`).
+        let sent = Duration::from_millis(ttl.as_millis() as u64);
+        if sent <= drift + self.inner.options.min_validity || sent.is_zero() {
             return Err(LockError::invalid(
                 "the ttl must exceed the clock drift allowance plus the minimum validity",
             ));
-        }
-        if ttl.as_millis() > u64::MAX as u128 / 2 {
-            return Err(LockError::invalid("the ttl is too large"));
         }
         Ok(drift)
     }
