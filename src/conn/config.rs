@@ -121,6 +121,12 @@ pub struct ConnectionConfig {
 }
 
 impl ConnectionConfig {
+    /// The server name a TLS connection asks for (SNI): the configured one, else the host;
+    /// `None` for plain TCP.
+    pub(crate) fn tls_name(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.name_for(&self.host))
+    }
+
     /// A config for `host:port` with every default.
     pub fn new(host: impl Into<String>, port: u16) -> ConnectionConfig {
         ConnectionConfig {

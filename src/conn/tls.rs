@@ -257,8 +257,13 @@ mod imp {
             Ok(Arc::new(config))
         }
 
+        /// The name asked for (SNI) on a connection to `host`.
+        pub(crate) fn name_for<'a>(&'a self, host: &'a str) -> &'a str {
+            self.server_name.as_deref().unwrap_or(host)
+        }
+
         fn server_name_for(&self, host: &str) -> Result<ServerName<'static>, Error> {
-            let name = self.server_name.as_deref().unwrap_or(host);
+            let name = self.name_for(host);
             ServerName::try_from(name.to_string())
                 .map_err(|_| config_error(format!("{name:?} is not a valid TLS server name")))
         }
@@ -668,6 +673,12 @@ mod off {
     /// Without the `tls` feature no config can hold TLS settings.
     #[derive(Debug, Clone)]
     pub(crate) enum TlsConfig {}
+
+    impl TlsConfig {
+        pub(crate) fn name_for<'a>(&'a self, _host: &'a str) -> &'a str {
+            match *self {}
+        }
+    }
 
     pub(crate) struct Connector;
 

@@ -83,7 +83,9 @@ fn duplicate(first: usize, second: usize, detail: String) -> Error {
 /// Why two connections are believed to reach one server process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SameServer {
-    /// Both reached the same socket address (after name resolution): certain.
+    /// Both reached the same socket address (after name resolution): certain, unless both
+    /// are TLS connections asking for different server names (a router that sends each name
+    /// to its own server can serve several behind one address).
     PeerAddr,
     /// Both servers reported the same `run_id` (random per process): certain.
     RunId,
@@ -107,9 +109,16 @@ impl SameServer {
     }
 }
 
-/// Whether two handshakes describe one server process, and how sure that is.
-pub(crate) fn same_server(a: &ServerInfo, b: &ServerInfo) -> Option<SameServer> {
-    if a.peer_addr.is_some() && a.peer_addr == b.peer_addr {
+/// Whether two handshakes describe one server process, and how sure that is. `names` are the
+/// TLS server names the two connections asked for (`None`: plain TCP): with two different
+/// names, one socket address may front two servers, and the handshakes decide.
+pub(crate) fn same_server(
+    a: &ServerInfo,
+    b: &ServerInfo,
+    names: (Option<&str>, Option<&str>),
+) -> Option<SameServer> {
+    let routed_by_name = matches!(names, (Some(x), Some(y)) if x != y);
+    if a.peer_addr.is_some() && a.peer_addr == b.peer_addr && !routed_by_name {
         return Some(SameServer::PeerAddr);
     }
     match (&a.restart_marker, &b.restart_marker) {
@@ -137,7 +146,11 @@ impl Redlock {
                 let (Some(a), Some(b)) = (&infos[first], &infos[second]) else {
                     continue;
                 };
-                match same_server(a, b) {
+                let names = (
+                    nodes[first].config().tls_name(),
+                    nodes[second].config().tls_name(),
+                );
+                match same_server(a, b, names) {
                     None => {}
                     Some(SameServer::PortAndStart) => suspects.push((first, second)),
                     Some(certain) => {
@@ -346,34 +359,57 @@ mod tests {
         let started = |at| Some(RestartMarker::StartedAt(at));
         // Redis: the run_id decides.
         assert_eq!(
-            same_server(&info(run("a"), Some(1)), &info(run("a"), Some(2))),
+            same_server_tcp(&info(run("a"), Some(1)), &info(run("a"), Some(2))),
             Some(SameServer::RunId)
         );
         assert_eq!(
-            same_server(&info(run("a"), Some(1)), &info(run("b"), Some(1))),
+            same_server_tcp(&info(run("a"), Some(1)), &info(run("b"), Some(1))),
             None
         );
         // Dragonfly: port and start time, to the rounding of the uptime; only a suspicion.
         assert_eq!(
-            same_server(&info(started(100), Some(1)), &info(started(101), Some(1))),
+            same_server_tcp(&info(started(100), Some(1)), &info(started(101), Some(1))),
             Some(SameServer::PortAndStart)
         );
         assert_eq!(
-            same_server(&info(started(100), Some(1)), &info(started(100), Some(2))),
+            same_server_tcp(&info(started(100), Some(1)), &info(started(100), Some(2))),
             None
         );
         assert_eq!(
-            same_server(&info(started(100), Some(1)), &info(started(200), Some(1))),
+            same_server_tcp(&info(started(100), Some(1)), &info(started(200), Some(1))),
             None
         );
         assert_eq!(
-            same_server(&info(started(100), None), &info(started(100), None)),
+            same_server_tcp(&info(started(100), None), &info(started(100), None)),
             None
         );
         // The same socket reached: certain, whatever the markers say.
         let mut a = info(None, None);
         a.peer_addr = Some("127.0.0.1:7701".parse().unwrap());
         let b = a.clone();
-        assert_eq!(same_server(&a, &b), Some(SameServer::PeerAddr));
+        assert_eq!(same_server_tcp(&a, &b), Some(SameServer::PeerAddr));
+        // Two TLS names behind one address (a router that sends each name to its own
+        // server): the handshakes decide, here two run_ids.
+        let (mut c, mut d) = (info(run("c"), Some(1)), info(run("d"), Some(1)));
+        c.peer_addr = a.peer_addr;
+        d.peer_addr = a.peer_addr;
+        assert_eq!(
+            same_server(&c, &d, (Some("one.example"), Some("two.example"))),
+            None
+        );
+        assert_eq!(
+            same_server(&c, &d, (Some("one.example"), Some("one.example"))),
+            Some(SameServer::PeerAddr)
+        );
+        d = info(run("c"), Some(1));
+        d.peer_addr = a.peer_addr;
+        assert_eq!(
+            same_server(&c, &d, (Some("one.example"), Some("two.example"))),
+            Some(SameServer::RunId)
+        );
+    }
+
+    fn same_server_tcp(a: &ServerInfo, b: &ServerInfo) -> Option<SameServer> {
+        same_server(a, b, (None, None))
     }
 }
