@@ -186,6 +186,17 @@ impl NodeFacts {
                  clients with restart_delay at least twice the longest ttl"
                     .to_string(),
             );
+        } else if self.save.is_none() {
+            // Redis, whose `CONFIG GET save` was refused (an ACL, a managed service): the
+            // default save points may be on. `INFO` cannot say either way.
+            add(
+                Severity::Warning,
+                "persistence cannot be read (CONFIG GET save was refused or not answered): if \
+                 the node restarts from a snapshot it brings back older lock keys, so clients \
+                 need restart_delay at least the longest ttl, twice it for fencing, whatever \
+                 its uptime"
+                    .to_string(),
+            );
         } else if restart_delay.is_none() {
             add(
                 Severity::Warning,
@@ -501,6 +512,12 @@ mod tests {
     #[test]
     fn persistence_and_uptime_against_the_restart_delay() {
         let mut f = NodeFacts::from_info(b"uptime_in_seconds:5\r\naof_enabled:0\r\n");
+        // `CONFIG GET save` refused: persistence unknown, a warning whatever the delay.
+        let unknown = f.findings(Some(Duration::from_secs(4)));
+        assert_eq!(unknown.len(), 1);
+        assert!(unknown[0].text.contains("cannot be read"), "{unknown:?}");
+        // No save points.
+        f.save = Some(String::new());
         let warn = f.findings(None);
         assert_eq!(warn.len(), 1);
         assert_eq!(warn[0].severity, Severity::Warning);
