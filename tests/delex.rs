@@ -272,3 +272,43 @@ async fn force_script_release_skips_delex() {
     assert_eq!(store.delex_calls.load(Ordering::SeqCst), 0);
     assert_eq!(store.eval_calls.load(Ordering::SeqCst), 1);
 }
+
+/// An acquire dropped after its first poll (its `SET`s sent, refused: the key is held) cleans
+/// up in the background; on `DELEX` nodes that clean-up must not publish a release of a token
+/// that held nothing, which would wake every manager's oldest waiter for a wasted attempt. It
+/// releases by script there, which publishes only where it deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_acquire_publishes_no_release_it_did_not_make() {
+    let mut fakes = Vec::new();
+    for _ in 0..3 {
+        fakes.push(fake(false).await);
+    }
+    let urls: Vec<String> = fakes.iter().map(|(f, _)| f.url()).collect();
+    let holder = redlock(urls.clone(), RedlockOptions::default()).await;
+    let held = holder
+        .try_acquire("contended", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let r = redlock(urls, RedlockOptions::default()).await;
+    for _ in 0..20 {
+        let mut acquire = Box::pin(r.try_acquire("contended", Duration::from_secs(60)));
+        std::future::poll_fn(|cx| {
+            let _ = std::future::Future::poll(acquire.as_mut(), cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        drop(acquire);
+    }
+    // Each node has run the clean-ups once it answers a later request (FIFO).
+    for node in r.nodes() {
+        node.command(&["GET", "settled"]).await.unwrap();
+    }
+    for (_, store) in &fakes {
+        assert_eq!(store.publish_calls.load(Ordering::SeqCst), 0);
+    }
+    assert_eq!(
+        held.release().await.unwrap(),
+        3,
+        "the holder's key was left alone"
+    );
+}

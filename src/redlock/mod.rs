@@ -1725,7 +1725,9 @@ impl Redlock {
     /// Queues a release on every node for which `which` is true, without waiting for answers:
     /// the requests follow the acquire on the same FIFO connection, so they run after it.
     /// `notify`: whether waiters are told (see [`send_release`](Redlock::send_release)); a
-    /// failed attempt's clean-up of keys on a minority blocks nobody and does not tell.
+    /// failed attempt's clean-up of keys on a minority blocks nobody and does not tell. Told
+    /// only by the nodes that deleted the key (by script on `DELEX` nodes too: see
+    /// `Notice::where_deleted`).
     pub(crate) fn release_in_background(
         &self,
         keys: &Keys,
@@ -1735,6 +1737,7 @@ impl Redlock {
     ) {
         let mut notice = Notice::off();
         self.notice(&mut notice, keys, token, notify, ScriptCall::WithSource);
+        notice.where_deleted = true;
         for (i, node) in self.inner.nodes.iter().enumerate() {
             if which(i) {
                 // The reply is not awaited: dropping the future discards it when it arrives.
@@ -1835,7 +1838,8 @@ impl Redlock {
             None if discard => node.send_then_discard(encode).map(Some),
             None => node.send(encode).map(Some),
         };
-        if !keys.is_multi() && node.has_delex() && !self.inner.options.force_script_release {
+        let native = !(notify && notice.where_deleted) && !self.inner.options.force_script_release;
+        if !keys.is_multi() && node.has_delex() && native {
             let key = &all[0][..];
             if notify {
                 return send(true, &mut |buf| {
@@ -2113,6 +2117,11 @@ pub(crate) struct Notice {
     /// Every node releases by script (none by `DELEX`): `script`, when there is one, is the
     /// same request on every node.
     everywhere: bool,
+    /// Publish only where the key was deleted, so by script on `DELEX` nodes too (a `DELEX`
+    /// is followed by its `PUBLISH` whatever it deleted): for the releases sent in the
+    /// background, whose token may hold nothing (a dropped acquire's, a failed attempt's, a
+    /// lock dropped after its validity), and whose waking of waiters would then be for nothing.
+    where_deleted: bool,
 }
 
 /// Room for a single key's release encoded once (see [`Notice`]): the `EVALSHA` with its SHA,
@@ -2127,6 +2136,7 @@ impl Notice {
             channel: None,
             script: SmallVec::new(),
             everywhere: false,
+            where_deleted: false,
         }
     }
 }
