@@ -1838,8 +1838,8 @@ impl Redlock {
             None if discard => node.send_then_discard(encode).map(Some),
             None => node.send(encode).map(Some),
         };
-        let native = !(notify && notice.where_deleted) && !self.inner.options.force_script_release;
-        if !keys.is_multi() && node.has_delex() && native {
+        let by_script = self.inner.options.force_script_release || (notify && notice.where_deleted);
+        if !keys.is_multi() && node.has_delex() && !by_script {
             let key = &all[0][..];
             if notify {
                 return send(true, &mut |buf| {
