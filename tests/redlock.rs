@@ -355,6 +355,45 @@ async fn dropping_acquires_at_random_points_leaves_no_orphans() {
     assert_eq!(wait_no_keys(&servers).await, vec![0; 5]);
 }
 
+/// An extension to a shorter ttl shortens the keys on every node it reaches, even when its
+/// future is dropped before it decides: the lock must not go on claiming its old validity
+/// (another client could take the keys once they expire), nor its signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_extension_to_a_shorter_ttl_shortens_the_local_validity() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default()).await;
+    let mut lock = r
+        .try_acquire("shortened", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let signal = lock.signal();
+    // A waiter already asleep until the old validity is woken to read the new one.
+    let waiter = {
+        let signal = lock.signal();
+        tokio::spawn(async move { signal.lost().await })
+    };
+    // Time for it to go to sleep (if it has not, it reads the new validity: no harm).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let short = Duration::from_millis(300);
+    {
+        let mut extend = Box::pin(lock.extend(short));
+        std::future::poll_fn(|cx| {
+            let _ = std::future::Future::poll(extend.as_mut(), cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+    assert!(lock.remaining() <= short, "{:?} left", lock.remaining());
+    assert!(signal.valid_until() <= tokio::time::Instant::now() + short);
+    // And the signal fires when that shorter validity ends, for the waiter asleep since
+    // before it too.
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the signal fires at the shortened validity")
+        .unwrap();
+    assert!(!lock.is_valid());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_never_resurrects_or_steals() {
     let servers = cluster(3);

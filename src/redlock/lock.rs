@@ -504,8 +504,11 @@ impl Lock {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future leaves the lock as it was, or extended on some nodes: the local
-    /// validity is not changed, so it stays on the safe side.
+    /// Dropping the future leaves the lock as it was, or extended on some nodes, and the local
+    /// validity on the safe side: an extension to a ttl shorter than the validity left
+    /// shortens the keys on every node it reaches, so before it is sent the local validity is
+    /// lowered to what that ttl leaves; a longer one changes the local validity only once a
+    /// quorum confirmed it.
     ///
     /// # Examples
     ///
@@ -528,6 +531,15 @@ impl Lock {
         self.check_extend(ttl)?;
         // A rebuilt lock's current validity is unknown: only the new one bounds the wait.
         let current = (!self.unconfirmed).then_some(self.valid_until);
+        // Read before the nodes are sent anything (their `PEXPIRE` starts later), so no
+        // earlier than any key this extension shortens will live.
+        let shortest = Redlock::valid_until(Instant::now(), ttl, self.redlock.drift(ttl));
+        if shortest < self.valid_until {
+            self.valid_until = shortest;
+            if let Some(signal) = self.signal.get() {
+                signal.shorten_to(shortest);
+            }
+        }
         let r = extend_on_nodes(&self.redlock, &self.keys, &self.token, current, ttl).await;
         self.apply_extension(ttl, r)
     }
@@ -734,6 +746,13 @@ impl LockSignal {
             .valid_until
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    /// Moves the validity earlier: the waiters of [`lost`](LockSignal::lost) sleep until the
+    /// validity they read, so they are woken to read it again.
+    pub(crate) fn shorten_to(&self, t: Instant) {
+        self.set_valid_until(t);
+        self.inner.notify.notify_waiters();
     }
 
     pub(crate) fn fire(&self) {
