@@ -523,8 +523,20 @@ impl Waiter {
                 return;
             };
             let slot = entry.waiters.remove(at).expect("found above");
+            // Who a recent release's quorum wake-up is for, now that this waiter leaves (see
+            // `PubSubEvent::Message`): nobody once it took the lock (the release was its
+            // own), the waiter it passes an unused wake-up to, and otherwise still this one,
+            // gone, so that the quorum wakes the next waiter in its place.
+            let mut passed_to = 0;
             if slot.notified && pass_on {
-                wake = entry.wake_one(slot.by_release);
+                let (next, waker) = entry.wake_where(slot.by_release, |_| true);
+                passed_to = next;
+                wake = waker;
+            }
+            if !pass_on || passed_to != 0 {
+                for release in entry.recent.iter_mut().filter(|r| r.woke == self.id) {
+                    release.woke = passed_to;
+                }
             }
             if entry.waiters.is_empty() {
                 st.channels.remove(&self.channel);
@@ -713,6 +725,39 @@ mod tests {
         assert_eq!(second.sleep_until(Instant::now()).await, Wake::Release);
         copy(2);
         assert!(!woken(&second));
+    }
+
+    /// The quorum's wake-up follows the first copy's: to nobody when its waiter took the lock
+    /// (the release was its own), and to the waiter it passed an unused wake-up to, not to a
+    /// third one as well.
+    #[tokio::test]
+    async fn a_quorums_wake_up_follows_the_first_copys_wake_up() {
+        let h = Handoff::new(vec![ConnectionConfig::new("127.0.0.1", 1); 3]);
+        let t0 = Instant::now();
+        let copy = |payload: &'static [u8], node| {
+            sink(&h, node).event(PubSubEvent::Message {
+                channel: b"c",
+                payload,
+            })
+        };
+        // Taken: nobody else is woken by the quorum.
+        let (first, second) = (h.register(b"c", t0), h.register(b"c", t0));
+        copy(b"t1", 0);
+        assert_eq!(first.sleep_until(Instant::now()).await, Wake::Release);
+        first.done();
+        copy(b"t1", 1);
+        assert!(!woken(&second), "the lock is held by the first");
+        // Passed on unused: the quorum wakes the one it went to (already woken), nobody more.
+        // (Registered after t1's copy came, from attempts begun after it: nothing missed.)
+        let third = h.register(b"c", Instant::now());
+        copy(b"t2", 0);
+        assert!(woken(&second));
+        drop(second);
+        assert!(woken(&third));
+        let fourth = h.register(b"c", Instant::now());
+        copy(b"t2", 1);
+        assert!(!woken(&fourth), "one release, one waiter trying");
+        assert_eq!(third.sleep_until(Instant::now()).await, Wake::Release);
     }
 
     #[tokio::test]
