@@ -45,7 +45,9 @@ pub(crate) fn normal_addr(host: &str, port: u16) -> String {
     format!("{host}:{port}")
 }
 
-/// Refuses an empty list, and two configs whose addresses are one in the normal form.
+/// Refuses an empty list, and two configs whose addresses are one in the normal form, unless
+/// both are TLS connections asking for different server names (a router that sends each
+/// name to its own server; the handshakes then tell, see [`same_server`]).
 pub(crate) fn check_configs<'a>(
     configs: impl ExactSizeIterator<Item = &'a ConnectionConfig>,
 ) -> Result<(), Error> {
@@ -54,11 +56,14 @@ pub(crate) fn check_configs<'a>(
             "Redlock needs at least one node",
         )));
     }
-    let addrs: Vec<(String, String)> = configs
-        .map(|c| (c.addr(), normal_addr(&c.host, c.port)))
+    let addrs: Vec<(String, String, Option<&str>)> = configs
+        .map(|c| (c.addr(), normal_addr(&c.host, c.port), c.tls_name()))
         .collect();
-    for (second, (given, normal)) in addrs.iter().enumerate() {
-        if let Some(first) = addrs[..second].iter().position(|(_, n)| n == normal) {
+    for (second, (given, normal, name)) in addrs.iter().enumerate() {
+        let same = |(_, n, other): &(String, String, Option<&str>)| {
+            n == normal && !matches!((name, other), (Some(x), Some(y)) if x != y)
+        };
+        if let Some(first) = addrs[..second].iter().position(same) {
             return Err(duplicate(
                 first,
                 second,
@@ -343,6 +348,27 @@ mod tests {
             "{text}"
         );
         assert!(check_configs(configs[..2].iter()).is_ok());
+    }
+
+    /// One address asked for under two TLS server names may front two servers (a router that
+    /// sends each name to its own): not refused before connecting. Under one name, or
+    /// without TLS, it is one server.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn one_address_under_two_tls_names_is_not_refused_before_connecting() {
+        use crate::conn::TlsConfig;
+        let named = |name: &str| {
+            ConnectionConfig::new("10.0.0.1", 6380).tls(TlsConfig::new().server_name(name))
+        };
+        let two = [named("one.example"), named("two.example")];
+        assert!(check_configs(two.iter()).is_ok());
+        let same = [named("one.example"), named("one.example")];
+        assert!(check_configs(same.iter()).unwrap_err().is_duplicate_node());
+        let mixed = [
+            named("one.example"),
+            ConnectionConfig::new("10.0.0.1", 6380),
+        ];
+        assert!(check_configs(mixed.iter()).unwrap_err().is_duplicate_node());
     }
 
     fn info(marker: Option<RestartMarker>, port: Option<u16>) -> ServerInfo {
