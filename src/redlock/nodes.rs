@@ -45,6 +45,17 @@ pub(crate) fn normal_addr(host: &str, port: u16) -> String {
     format!("{host}:{port}")
 }
 
+/// The server name a TLS connection asks for, as a router that sends each name to its own
+/// server would read it (lower case, no trailing dot); `None` for plain TCP, and for an IP
+/// address or `localhost`, which name no server apart from their address (rustls sends no
+/// name for an IP address at all).
+fn routing_name(config: &ConnectionConfig) -> Option<String> {
+    let name = config.tls_name()?;
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    (name.parse::<IpAddr>().is_err() && name != "localhost").then_some(name)
+}
+
 /// Refuses an empty list, and two configs whose addresses are one in the normal form, unless
 /// both are TLS connections asking for different server names (a router that sends each
 /// name to its own server; the handshakes then tell, see [`same_server`]).
@@ -56,11 +67,11 @@ pub(crate) fn check_configs<'a>(
             "Redlock needs at least one node",
         )));
     }
-    let addrs: Vec<(String, String, Option<&str>)> = configs
-        .map(|c| (c.addr(), normal_addr(&c.host, c.port), c.tls_name()))
+    let addrs: Vec<(String, String, Option<String>)> = configs
+        .map(|c| (c.addr(), normal_addr(&c.host, c.port), routing_name(c)))
         .collect();
     for (second, (given, normal, name)) in addrs.iter().enumerate() {
-        let same = |(_, n, other): &(String, String, Option<&str>)| {
+        let same = |(_, n, other): &(String, String, Option<String>)| {
             n == normal && !matches!((name, other), (Some(x), Some(y)) if x != y)
         };
         if let Some(first) = addrs[..second].iter().position(same) {
@@ -115,8 +126,9 @@ impl SameServer {
 }
 
 /// Whether two handshakes describe one server process, and how sure that is. `names` are the
-/// TLS server names the two connections asked for (`None`: plain TCP): with two different
-/// names, one socket address may front two servers, and the handshakes decide.
+/// TLS server names the two connections asked for, as a router reads them (`routing_name`;
+/// `None`: plain TCP, or no name to route by): with two different names, one socket address
+/// may front two servers, and the handshakes decide.
 pub(crate) fn same_server(
     a: &ServerInfo,
     b: &ServerInfo,
@@ -151,11 +163,11 @@ impl Redlock {
                 let (Some(a), Some(b)) = (&infos[first], &infos[second]) else {
                     continue;
                 };
-                let names = (
-                    nodes[first].config().tls_name(),
-                    nodes[second].config().tls_name(),
+                let (x, y) = (
+                    routing_name(nodes[first].config()),
+                    routing_name(nodes[second].config()),
                 );
-                match same_server(a, b, names) {
+                match same_server(a, b, (x.as_deref(), y.as_deref())) {
                     None => {}
                     Some(SameServer::PortAndStart) => suspects.push((first, second)),
                     Some(certain) => {
@@ -369,6 +381,22 @@ mod tests {
             ConnectionConfig::new("10.0.0.1", 6380),
         ];
         assert!(check_configs(mixed.iter()).unwrap_err().is_duplicate_node());
+        // Spellings of one name, or names that route nothing (an IP address, localhost), are
+        // not two names.
+        for (x, y) in [
+            ("One.Example", "one.example."),
+            ("10.0.0.1", "10.0.0.2"),
+            ("localhost", "127.0.0.1"),
+        ] {
+            let pair = [named(x), named(y)];
+            let e = check_configs(pair.iter()).unwrap_err();
+            assert!(e.is_duplicate_node(), "{x} and {y}: {e}");
+        }
+        let spelt: Vec<ConnectionConfig> = ["rediss://localhost:6380", "rediss://127.0.0.1:6380"]
+            .iter()
+            .map(|u| ConnectionConfig::from_url(u).unwrap())
+            .collect();
+        assert!(check_configs(spelt.iter()).unwrap_err().is_duplicate_node());
     }
 
     fn info(marker: Option<RestartMarker>, port: Option<u16>) -> ServerInfo {
