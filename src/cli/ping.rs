@@ -481,12 +481,34 @@ mod tests {
             let mut text = fixture_info(server, "info_replication");
             text.extend(fixture_info(server, "info_memory"));
             text.extend(fixture_info(server, "info_persistence"));
-            let f = NodeFacts::from_info(&text);
+            let mut f = NodeFacts::from_info(&text);
+            // `CONFIG GET save` as `reach` reads it: Redis answers '' (no save points),
+            // Dragonfly an empty map (it does not say).
+            let raw = fixture_info(server, "config_get_save");
+            let reply = dragonlock::resp::Decoder::default()
+                .decode(&mut bytes::BytesMut::from(&raw[..]))
+                .unwrap()
+                .unwrap();
+            f.save = reply
+                .map_get(b"save")
+                .and_then(|v| v.as_bytes())
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            let redis = server.starts_with("redis");
+            assert_eq!(f.save.is_some(), redis, "{server}");
+            // What `INFO server` says (`dragonfly_version`); the fixtures do not have it.
+            f.dragonfly = !redis;
             assert_eq!(f.role, "master", "{server}");
             assert_eq!(f.maxmemory_policy, "noeviction", "{server}");
             assert!(f.identity.is_some(), "{server}: master_replid");
             let findings = f.findings(Some(Duration::from_secs(0)));
-            assert!(findings.is_empty(), "{server}: {findings:?}");
+            if redis {
+                assert!(findings.is_empty(), "{server}: {findings:?}");
+            } else {
+                // Nothing unsafe; Dragonfly's persistence cannot be read, which is said.
+                assert_eq!(findings.len(), 1, "{server}: {findings:?}");
+                assert_eq!(findings[0].severity, Severity::Warning);
+                assert!(findings[0].text.contains("cannot be read from Dragonfly"));
+            }
         }
     }
 
