@@ -681,17 +681,25 @@ mod tests {
         assert_eq!(h.subscriptions(), vec![0, 0]);
     }
 
+    /// A handoff over three nodes, driven by hand as `handoff()`'s.
+    fn three_nodes() -> Handoff {
+        Handoff::new(vec![ConnectionConfig::new("127.0.0.1", 1); 3])
+    }
+
+    /// Node `node`'s copy of the release of channel `c` by token `payload`.
+    fn copy(h: &Handoff, node: usize, payload: &[u8]) {
+        sink(h, node).event(PubSubEvent::Message {
+            channel: b"c",
+            payload,
+        })
+    }
+
     #[tokio::test]
     async fn a_waiter_woken_too_early_gets_one_more_wake_up_when_a_quorum_has_released() {
-        let h = Handoff::new(vec![ConnectionConfig::new("127.0.0.1", 1); 3]);
+        let h = three_nodes();
         let t0 = Instant::now();
         let (first, second) = (h.register(b"c", t0), h.register(b"c", t0));
-        let copy = |node| {
-            sink(&h, node).event(PubSubEvent::Message {
-                channel: b"c",
-                payload: b"t",
-            })
-        };
+        let copy = |node| copy(&h, node, b"t");
         copy(0);
         // The first node's copy: the oldest waiter tries (and, say, fails: the release has
         // not run on two of three nodes yet).
@@ -707,15 +715,10 @@ mod tests {
     /// that completes the quorum wakes the next waiter in its place.
     #[tokio::test]
     async fn a_quorums_wake_up_goes_to_the_next_waiter_when_the_first_left() {
-        let h = Handoff::new(vec![ConnectionConfig::new("127.0.0.1", 1); 3]);
+        let h = three_nodes();
         let t0 = Instant::now();
         let (first, second) = (h.register(b"c", t0), h.register(b"c", t0));
-        let copy = |node| {
-            sink(&h, node).event(PubSubEvent::Message {
-                channel: b"c",
-                payload: b"t",
-            })
-        };
+        let copy = |node| copy(&h, node, b"t");
         copy(0);
         assert_eq!(first.sleep_until(Instant::now()).await, Wake::Release);
         drop(first); // tried, failed, gave up
@@ -732,14 +735,9 @@ mod tests {
     /// third one as well.
     #[tokio::test]
     async fn a_quorums_wake_up_follows_the_first_copys_wake_up() {
-        let h = Handoff::new(vec![ConnectionConfig::new("127.0.0.1", 1); 3]);
+        let h = three_nodes();
         let t0 = Instant::now();
-        let copy = |payload: &'static [u8], node| {
-            sink(&h, node).event(PubSubEvent::Message {
-                channel: b"c",
-                payload,
-            })
-        };
+        let copy = |payload: &'static [u8], node| copy(&h, node, payload);
         // Taken: nobody else is woken by the quorum.
         let (first, second) = (h.register(b"c", t0), h.register(b"c", t0));
         copy(b"t1", 0);
