@@ -13,9 +13,9 @@
 //! The I/O loop (`run_group`) advances both directions of every connection in every turn: it
 //! hands everything callers queued to each socket in one write (`write_half`), with a copy of
 //! each request of a lock phase handed to the task (`send_handed`), then reads each socket
-//! until it is empty and hands out the replies (`read_half`). It never blocks on the
-//! write side while replies are waiting to be read, so both sides' buffers can be full without
-//! deadlock.
+//! until it is empty, or `READS_PER_TURN` times, and hands out the replies (`read_half`). It
+//! never blocks on the write side while replies are waiting to be read, so both sides'
+//! buffers can be full without deadlock.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -245,7 +245,8 @@ impl Node {
         }
     }
 
-    /// The read half of a turn: reads everything the socket has and hands out the replies.
+    /// The read half of a turn: reads what the socket has (up to `READS_PER_TURN` reads) and
+    /// hands out the replies.
     fn read(&mut self, cx: &mut Context<'_>, turn: &mut Turn) {
         let NodeState::Serving(io, _) = &mut self.state else {
             return;
