@@ -35,8 +35,7 @@ const PROBE_TTL_MS: &str = "10000";
 /// credentials and the database number are not part of it: two databases of one server are
 /// still one server, whose crash takes both votes.
 pub(crate) fn normal_addr(host: &str, port: u16) -> String {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let host = lower_host(host);
     let host = match host.parse::<IpAddr>() {
         Ok(ip) => ip.to_canonical().to_string(),
         Err(_) if host == "localhost" => "127.0.0.1".to_string(),
@@ -50,10 +49,15 @@ pub(crate) fn normal_addr(host: &str, port: u16) -> String {
 /// address or `localhost`, which name no server apart from their address (rustls sends no
 /// name for an IP address at all).
 fn routing_name(config: &ConnectionConfig) -> Option<String> {
-    let name = config.tls_name()?;
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let name = lower_host(config.tls_name()?);
     (name.parse::<IpAddr>().is_err() && name != "localhost").then_some(name)
+}
+
+/// A host name or address without IPv6 brackets or a trailing dot, in lower case: the part of
+/// the normal form that [`normal_addr`] and [`routing_name`] share.
+fn lower_host(host: &str) -> String {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 /// Refuses an empty list, and two configs whose addresses are one in the normal form, unless
