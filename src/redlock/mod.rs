@@ -471,6 +471,14 @@ pub enum ReleaseWait {
     Quorum,
 }
 
+/// Why an acquire attempt's phase was refused (see `Redlock::attempt_phase`).
+#[derive(Clone, Copy)]
+struct Refusal {
+    kind: LockErrorKind,
+    /// Cut by the acquire budget's end before its answers decided it (`LockError::cut_short`).
+    cut_short: bool,
+}
+
 /// A lock key, prefix included; inline up to 64 bytes, so the hot path does not allocate.
 pub(crate) type Key = SmallVec<[u8; 64]>;
 
@@ -1050,8 +1058,16 @@ impl Redlock {
     /// ```
     pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lock, LockError> {
         let drift = self.check_ttl(ttl)?;
-        self.attempt(Keys::one(self.key(resource)), ttl, drift, None)
-            .await
+        let keys = Keys::one(self.key(resource));
+        if self.inner.options.fencing {
+            return self.attempt(keys, ttl, drift, None).await;
+        }
+        // `attempt`'s body without its layer: the result is built here, where it is returned.
+        let mut results = NodeResults::new();
+        let phase = self
+            .attempt_phase(&keys, ttl, drift, None, &mut results)
+            .await;
+        self.attempted(phase, keys, ttl, results)
     }
 
     /// Takes `resource` for `ttl`, retrying with a jittered delay until the retry count or the
@@ -1311,9 +1327,8 @@ impl Redlock {
 
     /// One acquire attempt over all nodes, decided by the lock's validity or at `cut` (the
     /// acquire budget's end), whichever is first; its outcome counted, and a failure traced
-    /// with each node's answer (see [`counted`](Redlock::counted)). Counted where each outcome
-    /// is made rather than by a wrapping `async fn`: every layer of `async fn` moves the
-    /// 400-byte result once more. `drift` is the ttl's drift allowance (from `check_ttl`).
+    /// with each node's answer (see [`counted`](Redlock::counted)). `drift` is the ttl's drift
+    /// allowance (from `check_ttl`).
     async fn attempt(
         &self,
         keys: Keys,
@@ -1332,6 +1347,54 @@ impl Redlock {
             self.counted(&outcome);
             return outcome;
         }
+        let mut results = NodeResults::new();
+        let phase = self
+            .attempt_phase(&keys, ttl, drift, cut, &mut results)
+            .await;
+        self.attempted(phase, keys, ttl, results)
+    }
+
+    /// The lock, or the error, of an attempt whose phase (`attempt_phase`) decided `phase`;
+    /// a failure counted and traced.
+    #[inline]
+    fn attempted(
+        &self,
+        phase: Result<(Token, Instant), Refusal>,
+        keys: Keys,
+        ttl: Duration,
+        results: NodeResults,
+    ) -> Result<Lock, LockError> {
+        match phase {
+            Ok((token, valid_until)) => Ok(Lock::new(self.clone(), keys, token, ttl, valid_until)),
+            Err(refusal) => Err(self.refused(refusal, keys, results)),
+        }
+    }
+
+    /// A refused attempt's error, counted and traced.
+    #[cold]
+    fn refused(&self, refusal: Refusal, keys: Keys, results: NodeResults) -> LockError {
+        let mut e = self.lock_error(refusal.kind, results, &keys);
+        if refusal.cut_short {
+            e = e.cut_short();
+        }
+        self.failed_attempt(&e);
+        e
+    }
+
+    /// An unfenced acquire attempt's phase (see [`attempt`](Redlock::attempt)): the token and
+    /// the validity of a granted lock (counted), or why it was refused, with each node's answer
+    /// left in `results` and what it may have set released in the background. Returns a few
+    /// words rather than the 400-byte result, which each layer of `async fn` moves once more:
+    /// the callers build that where they return it (measured: see `DESIGN.md`, *Results built
+    /// where they are returned*).
+    async fn attempt_phase(
+        &self,
+        keys: &Keys,
+        ttl: Duration,
+        drift: Duration,
+        cut: Option<Instant>,
+        results: &mut NodeResults,
+    ) -> Result<(Token, Instant), Refusal> {
         let token = token::new_token_with(self.inner.options.token_prefix.as_bytes());
         let ttl_ms = ttl.as_millis() as u64;
         let nodes = &self.inner.nodes;
@@ -1353,7 +1416,7 @@ impl Redlock {
         // Releases whatever this attempt may have set if it is dropped before it finishes.
         let mut cleanup = CleanupOnDrop {
             redlock: self,
-            keys: &keys,
+            keys,
             token: &token,
             armed: true,
         };
@@ -1395,8 +1458,7 @@ impl Redlock {
         };
         let min_validity = self.inner.options.min_validity;
         let granted_in_time = |d: &Decision| d.quorum_in_time(min_validity, valid_until);
-        // Each node's result, read only when the attempt fails.
-        let mut results = NodeResults::new();
+        // Each node's result (filled only when the attempt fails).
         let (decision, granted) = if let Some((table, id, handed)) = op {
             let send = |i: usize, again| {
                 let op = (id, i as u8);
@@ -1413,10 +1475,10 @@ impl Redlock {
                 }
             };
             let failed = |d: &Decision, _| !granted_in_time(d);
-            quorum::run_op(table, id, handed, nodes, send, &mut results, failed).await
+            quorum::run_op(table, id, handed, nodes, send, results, failed).await
         } else {
             let (decision, granted);
-            (decision, results, granted) = self
+            (decision, *results, granted) = self
                 .attempt_collect(
                     nodes,
                     restart_delay,
@@ -1424,7 +1486,7 @@ impl Redlock {
                     multi,
                     deadline,
                     encode,
-                    &keys,
+                    keys,
                     &args,
                 )
                 .await;
@@ -1436,28 +1498,23 @@ impl Redlock {
         let refuse = |kind, cut_short| {
             // Keys on a quorum (an attempt that got there too late) block the waiters.
             let notify = granted >= self.inner.quorum;
-            self.release_in_background(&keys, &token, notify, |i| quorum::might_hold(&results[i]));
-            let mut e = self.lock_error(kind, results.clone(), &keys);
-            if cut_short {
-                e = e.cut_short();
-            }
-            self.failed_attempt(&e);
-            Err(e)
+            self.release_in_background(keys, &token, notify, |i| quorum::might_hold(&results[i]));
+            Err(Refusal { kind, cut_short })
         };
         match decision {
             Decision::Quorum(_) if granted_in_time(&decision) => {
                 self.count(Count::Granted);
-                Ok(Lock::new(self.clone(), keys, token, ttl, valid_until))
+                Ok((token, valid_until))
             }
             Decision::Quorum(_) => refuse(LockErrorKind::Expired, false),
             // Cut by the acquire budget: the verdict of the answers so far (the caller turns
             // it into `Timeout`).
             Decision::Deadline if cut.is_some() => {
-                refuse(self.classify_failure(&results, false), true)
+                refuse(self.classify_failure(results, false), true)
             }
             Decision::Deadline => refuse(LockErrorKind::Expired, false),
             Decision::Impossible | Decision::AllDone => {
-                refuse(self.classify_failure(&results, false), false)
+                refuse(self.classify_failure(results, false), false)
             }
         }
     }
