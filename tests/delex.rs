@@ -122,9 +122,13 @@ async fn fake_of(dragonfly: bool, lying: bool) -> (FakeServer, Arc<Store>) {
     (FakeServer::start(dragonfly, handler).await, store)
 }
 
-/// These tests count the nodes each release reached, so releases wait for every node.
+/// These tests count the nodes each release reached, so releases wait for every node (however
+/// late a loaded machine makes one).
 async fn redlock(urls: Vec<String>, options: RedlockOptions) -> Redlock {
-    let options = options.retry_count(0).release_wait(ReleaseWait::All);
+    let options = options
+        .retry_count(0)
+        .release_wait(ReleaseWait::All)
+        .release_timeout(Duration::from_secs(30));
     support::redlock_over(&urls, options).await
 }
 

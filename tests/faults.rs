@@ -174,8 +174,11 @@ async fn black_holed_minority_and_majority() {
 async fn reset_minority_then_heal() {
     let (_servers, proxies) = support::proxy::proxied_cluster(5).await;
     let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
-    // Counting the nodes released: wait for every node.
-    let options = RedlockOptions::default().release_wait(ReleaseWait::All);
+    // Counting the nodes released: wait for every node (however late a loaded machine makes
+    // one: the reset ones fail at once).
+    let options = RedlockOptions::default()
+        .release_wait(ReleaseWait::All)
+        .release_timeout(Duration::from_secs(30));
     let redlock = support::redlock_over(&urls, options).await;
     proxies[0].set(Fault::Reset);
     proxies[1].set(Fault::Reset);

@@ -355,9 +355,12 @@ async fn contended_overlapping_sets_get_increasing_tokens_per_resource_in_grant_
     for (w, r) in managers.into_iter().enumerate() {
         let seen = seen.clone();
         tasks.push(tokio::spawn(async move {
+            // Ends at a count of grants: how many contended attempts win depends on how the
+            // loops interleave (as in the test above). Bounded in attempts and time.
+            let end = std::time::Instant::now() + Duration::from_secs(30);
             let mut got = 0;
-            for i in 0..1_500 {
-                if got == 80 {
+            for i in 0..50_000 {
+                if got == 80 || std::time::Instant::now() > end {
                     break;
                 }
                 let set = SETS[(i + w) % SETS.len()];

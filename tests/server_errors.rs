@@ -171,10 +171,12 @@ async fn a_password_changed_under_a_live_client_is_an_auth_failure_on_that_node(
 async fn script_flush_while_locks_are_held() {
     let servers = cluster(3);
     let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
-    // Counting the nodes released: wait for every node.
+    // Counting the nodes released: wait for every node, however late a loaded machine makes
+    // one.
     let options = RedlockOptions::default()
         .force_script_release(true)
-        .release_wait(ReleaseWait::All);
+        .release_wait(ReleaseWait::All)
+        .release_timeout(Duration::from_secs(30));
     let redlock = support::redlock_over(&urls, options).await;
     let ttl = Duration::from_secs(5);
     let mut one = redlock.try_acquire("flush-one", ttl).await.unwrap();

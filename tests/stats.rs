@@ -298,7 +298,9 @@ async fn a_node_silent_until_the_release_timeout_counts_a_timeout() {
         &urls,
         RedlockOptions::default()
             .release_wait(dragonlock::ReleaseWait::All)
-            .release_timeout(Duration::from_millis(100)),
+            // Long enough for the two running nodes on a loaded machine (100 ms was not
+            // always), short enough to wait out for the stopped one.
+            .release_timeout(Duration::from_secs(2)),
     )
     .await;
     let lock = redlock
