@@ -394,7 +394,13 @@ fn bench_sweep_plot_and_histogram_logs() {
         .filter_map(|n| n.text())
         .map(str::trim)
         .collect();
-    for label in ["c=1 rate=200", "c=2 rate=200", "Throughput against p99"] {
+    // An open-loop sweep: both panels say their latency is from each cycle's intended start.
+    for label in [
+        "c=1 rate=200",
+        "c=2 rate=200",
+        "Lock cycle latency by percentile (from each cycle's intended start)",
+        "Throughput against p99 (from each cycle's intended start)",
+    ] {
         assert!(texts.contains(&label), "{label}: {texts:?}");
     }
     for file in ["c_1_rate_200.hlog", "c_2_rate_200.hlog"] {
@@ -868,6 +874,54 @@ fn bench_contended_latency_rows_hold_granted_cycles_only() {
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("granted cycles only"), "{text}");
+}
+
+/// A lock granted and then not released on a quorum is not a granted cycle: it is counted as
+/// a failed release, and left out of the grants and the latency rows. Releases are made to fail
+/// by taking `EVAL`/`EVALSHA` from the servers' default user (the release script); each
+/// worker's first lock then stays, and its later attempts are busy.
+#[test]
+fn bench_counts_a_failed_release_as_its_own_outcome() {
+    if support::server::binary().1 == support::server::Flavor::Dragonfly {
+        support::not_on_this_server(
+            "bench_counts_a_failed_release_as_its_own_outcome",
+            "denies the release script by ACL; Dragonfly releases by DELEX",
+        );
+        return;
+    }
+    let servers = cluster(3);
+    for s in &servers {
+        s.cmd(&["ACL", "SETUSER", "default", "-eval", "-evalsha"]);
+    }
+    let nodes = node_list(&servers);
+    let common = [
+        "bench",
+        "--nodes",
+        &nodes,
+        "--concurrency",
+        "4",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+    ];
+    let mut json = common.to_vec();
+    json.push("--json");
+    let o = dragonlock(&json);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = &v["dragonlock"];
+    assert_eq!(d["outcomes"]["release_failed"], 4, "{d}");
+    assert_eq!(d["outcomes"]["granted"], 0, "{d}");
+    assert_eq!(d["cycle"]["count"], 0, "{d}");
+    assert_eq!(d["nodes_per_release"], serde_json::Value::Null, "{d}");
+    for s in &servers {
+        s.cmd(&["FLUSHALL"]);
+    }
+    let o = dragonlock(&common);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("release failed 4"), "{text}");
 }
 
 /// With `--retries`, attempts/s counts every attempt, retries included (the manager's lock

@@ -178,6 +178,8 @@ struct Lane {
 struct Shared {
     queue: Mutex<Queue>,
     lanes: Box<[Lane]>,
+    /// `N/2+1` of the nodes.
+    quorum: usize,
 }
 
 impl Shared {
@@ -336,6 +338,7 @@ impl Baseline {
             _ => "mixed",
         };
         let shared = Arc::new(Shared {
+            quorum: total / 2 + 1,
             queue: Mutex::new(Queue {
                 ops: VecDeque::with_capacity(callers),
                 loop_waker: None,
@@ -356,7 +359,7 @@ impl Baseline {
             free: (0..slots as u16).rev().collect(),
             taken: VecDeque::with_capacity(callers),
             total,
-            quorum: total / 2 + 1,
+            quorum: shared.quorum,
             set: SetNxPxCommand::new(ttl.as_millis() as u64),
             script,
             notify: notify.then_some(notify_script),
@@ -435,6 +438,11 @@ impl Client {
             EXPIRED => Err(LockErrorKind::Expired),
             other => panic!("baseline: the loop stopped (outcome {other})"),
         }
+    }
+
+    /// How many nodes make a quorum (`N/2+1`): a release that counts fewer failed.
+    pub fn quorum(&self) -> usize {
+        self.shared.quorum
     }
 
     /// Releases `key` if it still holds `token`; returns the nodes that had released when a

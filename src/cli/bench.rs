@@ -318,8 +318,8 @@ impl Refused {
 
 /// What the latency rows hold, printed when some attempts failed.
 pub(crate) const LATENCY_LEGEND: &str = "latency rows (acquire, release, cycle, intended): \
-    granted cycles only; failed attempts (busy, no quorum ...) count in attempts/s and the \
-    outcomes";
+    granted cycles only; failed attempts (busy, no quorum ...), and granted locks whose release \
+    failed, count in attempts/s and the outcomes";
 
 /// What "refused" means, for the help, the outcomes line and the per-node view.
 pub(crate) const REFUSED_LEGEND: &str = "refused: node requests dragonlock's client did not send \
@@ -337,8 +337,12 @@ pub(crate) struct Outcomes {
     pub(crate) unavailable: u64,
     pub(crate) expired: u64,
     pub(crate) other: u64,
-    /// Releases that returned a count, and the nodes they counted: with `--release-wait all`
-    /// every node that deleted the key, with `quorum` the nodes that had when it returned.
+    /// Cycles whose acquire was granted and whose release failed (fewer than a quorum
+    /// confirmed it): not counted as granted, and left out of the latency rows.
+    pub(crate) release_failed: u64,
+    /// Successful releases, and the nodes they counted: with `--release-wait all` every node
+    /// that deleted the key, with `quorum` the nodes that had when it returned. Failed ones
+    /// are left out for both clients (dragonlock's error carries no count).
     pub(crate) releases: u64,
     pub(crate) released_nodes: u64,
 }
@@ -430,6 +434,7 @@ impl Outcomes {
         self.unavailable += o.unavailable;
         self.expired += o.expired;
         self.other += o.other;
+        self.release_failed += o.release_failed;
         self.releases += o.releases;
         self.released_nodes += o.released_nodes;
     }
@@ -446,6 +451,8 @@ struct WorkerOut {
     cycles: u64,
     /// Every cycle it ran, the warm-up's included.
     all_cycles: u64,
+    /// When its last measured cycle ended.
+    last_end: Option<Instant>,
     /// The worker's client, and the locks acquire-only kept, for the release after the run.
     runner: Runner,
     kept: Vec<Kept>,
@@ -469,6 +476,7 @@ async fn gather(
     probe: Option<(&Redlock, Vec<Option<bench_server::Reading>>, Instant)>,
     counted: Option<Redlock>,
     manager_attempts: bool,
+    tickets: bool,
 ) -> Results {
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu0 = cpu_time();
@@ -478,6 +486,7 @@ async fn gather(
     let mut r = Results::empty();
     r.started = measure_from;
     let mut leftovers = Vec::new();
+    let mut last_end: Option<Instant> = None;
     for w in workers {
         let w = w.await.expect("bench worker");
         if !w.kept.is_empty() {
@@ -490,8 +499,17 @@ async fn gather(
         r.cycles += w.cycles;
         all_cycles += w.all_cycles;
         r.outcomes.add(&w.outcomes);
+        last_end = last_end.max(w.last_end);
     }
     r.cpu = cpu_time().saturating_sub(cpu0);
+    // The window ends at its end, or (`--ops`) when the last ticket's cycle ended: not when
+    // the servers' counters below have been read (1-2 ms, on a 40 ms run 3-5% of the rate), nor
+    // when an open loop's workers woke for the slots they held after the tickets ran out.
+    let window_end = if tickets {
+        last_end.unwrap_or_else(Instant::now).min(end)
+    } else {
+        Instant::now().min(end)
+    };
     // Read once the last worker has ended: their requests have all been sent or refused.
     if let (Some(redlock), Some(before)) = (&counted, &refused0) {
         r.refused = Some(Refused::of(redlock).since(before));
@@ -511,8 +529,7 @@ async fn gather(
         d.cycles = all_cycles;
         r.server = Some(d);
     }
-    r.elapsed = Instant::now()
-        .min(end)
+    r.elapsed = window_end
         .saturating_duration_since(measure_from)
         .max(Duration::from_millis(1));
     // Only now: a worker that ended early must not release while others still measure.
@@ -939,6 +956,17 @@ fn classify(outcomes: &mut Outcomes, kind: LockErrorKind) {
     }
 }
 
+/// What a granted cycle's release did.
+#[derive(Clone, Copy)]
+enum Release {
+    /// None in this cycle: the lock is kept (acquire-only) or extended.
+    Kept,
+    /// Confirmed on this many nodes (at least a quorum).
+    On(usize),
+    /// Fewer than a quorum confirmed it.
+    Failed,
+}
+
 /// Who a worker's cycles go through.
 pub(crate) enum Runner {
     Dragonlock(Redlock),
@@ -1010,6 +1038,7 @@ pub(crate) async fn measure(
             let mut outcomes = Outcomes::default();
             let mut cycles = 0u64;
             let mut all_cycles = 0u64;
+            let mut last_end = None;
             let mut kept = Vec::new();
             let own = format!("{prefix}:w{w}");
             let multi = [
@@ -1027,6 +1056,8 @@ pub(crate) async fn measure(
                 // it for a slot still ahead (tokio's timer wakes a millisecond or two late: that
                 // was most of the corrected latency at loads the client kept up with).
                 let queued = match &schedule {
+                    // `--ops`: no slot is waited for once the tickets are gone.
+                    Some(_) if progress.remaining.load(Ordering::Relaxed) == 0 => break,
                     Some(slots) => {
                         let k = slots.fetch_add(1, Ordering::Relaxed);
                         let at = start + Duration::from_secs_f64(k as f64 / rate);
@@ -1084,7 +1115,7 @@ pub(crate) async fn measure(
                         };
                         let t1 = Instant::now();
                         match r {
-                            Ok(lock) => (Ok(lock.release().await.ok()), t1),
+                            Ok(lock) => (Ok(released(lock.release().await)), t1),
                             Err(e) => (Err(e.kind()), t1),
                         }
                     }
@@ -1097,9 +1128,11 @@ pub(crate) async fn measure(
                             };
                         }
                         let r = match held.as_mut() {
-                            Some(lock) => {
-                                lock.extend(ttl).await.map(|()| None).map_err(|e| e.kind())
-                            }
+                            Some(lock) => lock
+                                .extend(ttl)
+                                .await
+                                .map(|()| Release::Kept)
+                                .map_err(|e| e.kind()),
                             // The first acquire failed (busy or nodes down): count it as such.
                             None => Err(LockErrorKind::NoQuorum),
                         };
@@ -1115,8 +1148,15 @@ pub(crate) async fn measure(
                     continue;
                 }
                 cycles += 1;
+                last_end = Some(t2);
                 let ns = |d: Duration| (d.as_nanos() as u64).max(1);
                 match outcome {
+                    // A lock granted and then not released on a quorum is not a cycle done:
+                    // its own outcome, out of the grants and the latency rows.
+                    Ok(Release::Failed) => {
+                        outcomes.release_failed += 1;
+                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     // The latency histograms hold granted cycles only, as acquire and release
                     // do: a busy answer is one round trip, and mixing those in put the contended
                     // cycle p50 below the acquire p50. Failed attempts are in attempts/s and
@@ -1129,7 +1169,7 @@ pub(crate) async fn measure(
                         let _ = recent.record(ns(t2 - t0));
                         outcomes.granted += 1;
                         progress.granted.fetch_add(1, Ordering::Relaxed);
-                        if let Some(n) = released {
+                        if let Release::On(n) = released {
                             outcomes.releases += 1;
                             outcomes.released_nodes += n as u64;
                         }
@@ -1164,6 +1204,7 @@ pub(crate) async fn measure(
                 outcomes,
                 cycles,
                 all_cycles,
+                last_end,
                 runner,
                 kept,
             }
@@ -1173,7 +1214,17 @@ pub(crate) async fn measure(
     // With --retries each cycle may make several attempts, which the manager counts; extend's
     // cycles are extensions, one attempt each.
     let manager_attempts = args.retries > 0 && args.workload != Workload::Extend;
-    let results = gather(workers, measure_from, end, probe, counted, manager_attempts).await;
+    let tickets = spec.ops.is_some();
+    let results = gather(
+        workers,
+        measure_from,
+        end,
+        probe,
+        counted,
+        manager_attempts,
+        tickets,
+    )
+    .await;
     if let Some(reporter) = reporter {
         // Its next line would cover an interval past the run's end: the summary follows instead.
         reporter.abort();
@@ -1243,10 +1294,15 @@ async fn show_progress(p: Arc<Progress>, from: Instant, end: Instant) {
             }
             continue;
         };
+        // Over the cycles the workers handed in since the last line, not since the start.
         let p99 = p
             .recent
             .lock()
-            .map(|h| h.value_at_quantile(0.99))
+            .map(|mut h| {
+                let p99 = h.value_at_quantile(0.99);
+                h.reset();
+                p99
+            })
             .unwrap_or(0);
         let line = format!(
             "{rate:>9.0} cycles/s {grants:>9.0} grants/s  p99 {:>8.1}us  errors {}  {}s left",
@@ -1283,7 +1339,7 @@ async fn single_key_cycle(
     release: bool,
     retry: bool,
     kept: &mut Vec<Kept>,
-) -> (Result<Option<usize>, LockErrorKind>, Instant) {
+) -> (Result<Release, LockErrorKind>, Instant) {
     match runner {
         Runner::Dragonlock(redlock) => {
             let r = if retry {
@@ -1295,9 +1351,9 @@ async fn single_key_cycle(
             match r {
                 Ok(lock) if !release => {
                     kept.push(Kept::Lock(lock));
-                    (Ok(None), t1)
+                    (Ok(Release::Kept), t1)
                 }
-                Ok(lock) => (Ok(lock.release().await.ok()), t1),
+                Ok(lock) => (Ok(released(lock.release().await)), t1),
                 Err(e) => (Err(e.kind()), t1),
             }
         }
@@ -1308,12 +1364,28 @@ async fn single_key_cycle(
             match r {
                 Ok(token) if !release => {
                     kept.push(Kept::Token(resource.to_string(), token));
-                    (Ok(None), t1)
+                    (Ok(Release::Kept), t1)
                 }
-                Ok(token) => (Ok(Some(client.release(key, &token).await)), t1),
+                Ok(token) => {
+                    let n = client.release(key, &token).await;
+                    let r = if n >= client.quorum() {
+                        Release::On(n)
+                    } else {
+                        Release::Failed
+                    };
+                    (Ok(r), t1)
+                }
                 Err(kind) => (Err(kind), t1),
             }
         }
+    }
+}
+
+/// What dragonlock's release returned, as a cycle's outcome.
+fn released(r: Result<usize, dragonlock::LockError>) -> Release {
+    match r {
+        Ok(n) => Release::On(n),
+        Err(_) => Release::Failed,
     }
 }
 
@@ -1354,7 +1426,7 @@ pub(crate) fn as_json(r: &Results, rate: Option<u64>) -> serde_json::Value {
         "acquire": summary(&r.acquire),
         "release": summary(&r.release),
         "cycle": summary(&r.cycle),
-        "outcomes": { "granted": o.granted, "busy": o.busy, "no_quorum": o.no_quorum, "unavailable": o.unavailable, "expired": o.expired, "other": o.other },
+        "outcomes": { "granted": o.granted, "busy": o.busy, "no_quorum": o.no_quorum, "unavailable": o.unavailable, "expired": o.expired, "other": o.other, "release_failed": o.release_failed },
         "nodes_per_release": (o.releases > 0).then(|| o.released_nodes as f64 / o.releases as f64),
         "refused": r.refused.map(|f| f.total()),
         "refused_by_reason": r.refused.map(|f| serde_json::json!({
@@ -1530,13 +1602,15 @@ fn report(
         println!("{line}");
     }
     println!(
-        "outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, other {}{}",
+        "outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, other {}, \
+         release failed {}{}",
         o["granted"],
         o["busy"],
         o["no_quorum"],
         o["unavailable"],
         o["expired"],
         o["other"],
+        o["release_failed"],
         refused_words(r.refused.as_ref())
     );
     if let Some(n) = out["dragonlock"]["nodes_per_release"].as_f64() {

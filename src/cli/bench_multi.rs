@@ -162,6 +162,7 @@ pub async fn run(args: &BenchArgs, sides: Vec<Side>, compare: Option<Compare>) -
                 "dragonlock".into()
             },
             points: Vec::new(),
+            open_loop: false,
         })
         .collect();
     let mut lost: Option<String> = None;
@@ -448,8 +449,16 @@ fn emit(
         }
         let (med, spread) = median_and_spread(&measured);
         let warning = saturation_warning(&res.merged, &side.addrs);
-        if let (Some(g), Some(p99)) = (med.get("grants_per_sec"), med.get("cycle_p99_us")) {
+        // An open-loop point's p99 from each cycle's intended start, as the percentile panel
+        // draws it (the latency a caller arriving on schedule sees).
+        let p99_key = if open_loop {
+            "cycle_corrected_p99_us"
+        } else {
+            "cycle_p99_us"
+        };
+        if let (Some(g), Some(p99)) = (med.get("grants_per_sec"), med.get(p99_key)) {
             sweep[si].points.push((point.label(), *g, *p99));
+            sweep[si].open_loop |= open_loop;
         }
         let side_name = (sides.len() > 1).then(|| side.label().to_string());
         let spec = Spec {
@@ -513,14 +522,15 @@ fn emit(
             if o.granted < res.merged.cycles {
                 footnotes.push(format!(
                     "{who}: {} of {} attempts not granted: busy {}, no quorum {}, unavailable \
-                     {}, expired {}, other {}",
+                     {}, expired {}, other {}, release failed {}",
                     res.merged.cycles - o.granted,
                     res.merged.cycles,
                     o.busy,
                     o.no_quorum,
                     o.unavailable,
                     o.expired,
-                    o.other
+                    o.other,
+                    o.release_failed
                 ));
             }
             if let Some(f) = res.merged.refused.filter(|f| f.total() > 0) {

@@ -35,6 +35,11 @@ pub struct Series {
 }
 
 impl Series {
+    /// Whether it plots an open loop's latency from each cycle's intended start.
+    pub fn open_loop(&self) -> bool {
+        self.intervals.iter().any(|i| i.corrected.is_some())
+    }
+
     /// A series of one measurement.
     pub fn new(label: &str, open_loop: bool, r: &Results) -> Series {
         let mut s = Series {
@@ -63,10 +68,28 @@ impl Series {
     }
 }
 
-/// One side's line through a sweep: (label of the point, grants/s, p99 µs) per point.
+/// One side's line through a sweep: (label of the point, grants/s, p99 µs) per point; an
+/// open-loop point's p99 is from each cycle's intended start.
 pub struct SweepLine {
     pub label: String,
     pub points: Vec<(String, f64, f64)>,
+    /// Some of its points are open-loop (see `open_loop_caption`).
+    pub open_loop: bool,
+}
+
+/// What a panel's caption adds for its lines' latency: `None` when every line is closed-loop
+/// (the cycle's latency), else whether all or some of them are from the intended start.
+fn open_loop_caption(open: impl Iterator<Item = bool>) -> Option<&'static str> {
+    let (mut any, mut all) = (false, true);
+    for o in open {
+        any |= o;
+        all &= o;
+    }
+    match (any, all) {
+        (false, _) => None,
+        (true, true) => Some("from each cycle's intended start"),
+        (true, false) => Some("open-loop lines from each cycle's intended start"),
+    }
 }
 
 /// The deepest percentile plotted: 99.999%. Past the data's own depth (log10 of the count)
@@ -131,11 +154,12 @@ where
         .fold(0.0f64, f64::max)
         .max(0.001)
         * 1.05;
+    let caption = match open_loop_caption(series.iter().map(Series::open_loop)) {
+        Some(part) => format!("Lock cycle latency by percentile ({part})"),
+        None => "Lock cycle latency by percentile".to_string(),
+    };
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Lock cycle latency by percentile",
-            ("sans-serif", 22).into_font(),
-        )
+        .caption(caption, ("sans-serif", 22).into_font())
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -192,8 +216,12 @@ where
         .fold(0.0f64, f64::max)
         .max(0.001)
         * 1.1;
+    let caption = match open_loop_caption(sweep.iter().map(|l| l.open_loop)) {
+        Some(part) => format!("Throughput against p99 ({part})"),
+        None => "Throughput against p99".to_string(),
+    };
     let mut chart = ChartBuilder::on(area)
-        .caption("Throughput against p99", ("sans-serif", 22).into_font())
+        .caption(caption, ("sans-serif", 22).into_font())
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -295,6 +323,19 @@ pub fn hdr_logs(dir: &Path, series: &[Series]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_say_when_latency_is_from_the_intended_start() {
+        assert_eq!(open_loop_caption([false, false].into_iter()), None);
+        assert_eq!(
+            open_loop_caption([true, true].into_iter()),
+            Some("from each cycle's intended start")
+        );
+        assert_eq!(
+            open_loop_caption([false, true].into_iter()),
+            Some("open-loop lines from each cycle's intended start")
+        );
+    }
 
     #[test]
     fn percentile_labels() {
