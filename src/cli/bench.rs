@@ -1161,22 +1161,24 @@ pub(crate) async fn measure(
                     // do: a busy answer is one round trip, and mixing those in put the contended
                     // cycle p50 below the acquire p50. Failed attempts are in attempts/s and
                     // the outcomes.
+                    // Saturating: a sample past the histograms' 60 s top (an open loop far
+                    // behind its schedule) counts as 60 s rather than not at all.
                     Ok(released) => {
-                        let _ = cyc.record(ns(t2 - t0));
+                        cyc.saturating_record(ns(t2 - t0));
                         if let Some(queued) = queued {
-                            let _ = corrected.record(ns(t2 - t0 + queued));
+                            corrected.saturating_record(ns(t2 - t0 + queued));
                         }
-                        let _ = recent.record(ns(t2 - t0));
+                        recent.saturating_record(ns(t2 - t0));
                         outcomes.granted += 1;
                         progress.granted.fetch_add(1, Ordering::Relaxed);
                         if let Release::On(n) = released {
                             outcomes.releases += 1;
                             outcomes.released_nodes += n as u64;
                         }
-                        let _ = acq.record(ns(t1 - t0));
+                        acq.saturating_record(ns(t1 - t0));
                         if t2 > t1 && !matches!(workload, Workload::AcquireOnly | Workload::Extend)
                         {
-                            let _ = rel.record(ns(t2 - t1));
+                            rel.saturating_record(ns(t2 - t1));
                         }
                     }
                     Err(kind) => {
