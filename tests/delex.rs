@@ -293,6 +293,11 @@ async fn a_dropped_acquire_publishes_no_release_it_did_not_make() {
         .try_acquire("contended", Duration::from_secs(60))
         .await
         .unwrap();
+    // The holder's acquire returned at a quorum: its third `SET` is settled first (FIFO), or
+    // the dropped acquires could win that node and rightly publish their clean-up there.
+    for node in holder.nodes() {
+        node.command(&["GET", "settled"]).await.unwrap();
+    }
     let r = redlock(urls, RedlockOptions::default()).await;
     for _ in 0..20 {
         let mut acquire = Box::pin(r.try_acquire("contended", Duration::from_secs(60)));

@@ -43,11 +43,31 @@ async fn lose_a_majority(servers: &mut [Server], r: &Redlock, resource: &str, gr
         let lock = r.try_acquire(resource, TTL).await.unwrap();
         lock.release().await.unwrap();
     }
+    let connects = connects(r);
     servers[0].restart();
     servers[1].restart();
-    for n in &r.nodes()[..2] {
-        n.wait_connected(Duration::from_secs(5)).await.unwrap();
-    }
+    reconnected(r, &connects, &[0, 1]).await;
+}
+
+/// Each node's successful connects so far (see `reconnected`).
+fn connects(r: &Redlock) -> Vec<u64> {
+    r.nodes().iter().map(|n| n.stats().connects).collect()
+}
+
+/// Waits (bounded) until the nodes `which` are connected again to their restarted servers:
+/// right after a restart a connection may not have seen the old process end yet, and still say
+/// it is connected (`before`: `connects` from before the restart).
+async fn reconnected(r: &Redlock, before: &[u64], which: &[usize]) {
+    let again = || {
+        which.iter().all(|&i| {
+            let n = &r.nodes()[i];
+            n.is_connected() && n.stats().connects > before[i]
+        })
+    };
+    assert!(
+        support::eventually(Duration::from_secs(10), again).await,
+        "nodes {which:?} did not reconnect"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,22 +481,19 @@ async fn counters_restored_from_an_older_snapshot_never_make_tokens_go_back() {
     };
 
     // A minority restored: passed over.
+    let before = connects(&r);
     restore(&mut servers[0]);
-    r.nodes()[0]
-        .wait_connected(Duration::from_secs(5))
-        .await
-        .unwrap();
+    reconnected(&r, &before, &[0]).await;
     // (Node 0's counter is replaced only when node 0 is among the nodes the write goes to:
     // those that had granted when the quorum was reached, which under load it may not be.)
     assert_eq!(grant().await, 11);
 
     // Every node restored: without the tags, every counter says 5 and the token would be 6.
+    let before = connects(&r);
     for s in servers.iter_mut() {
         restore(s);
     }
-    for n in r.nodes() {
-        n.wait_connected(Duration::from_secs(5)).await.unwrap();
-    }
+    reconnected(&r, &before, &[0, 1, 2]).await;
     let err = match r.try_acquire("ledger", TTL).await {
         Ok(lock) => panic!("token {:?} after 11", lock.fencing_token()),
         Err(e) => e,
