@@ -407,18 +407,7 @@ fn the_native_delex_path_allocates_nothing() {
 /// test is about busy answers, so it keeps every node's backlog small instead. Waits by
 /// yielding (no timer, nothing allocated), bounded by 10 s.
 async fn keep_up(r: &Redlock) {
-    const BACKLOG: usize = 64;
-    if r.nodes().iter().all(|n| n.in_flight() <= BACKLOG) {
-        return;
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while r.nodes().iter().any(|n| n.in_flight() > BACKLOG / 2) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a node did not catch up in 10 s"
-        );
-        tokio::task::yield_now().await;
-    }
+    support::keep_up(r, 64).await;
 }
 
 /// A busy answer on a contended lock (a hot path for callers that retry) allocates nothing,

@@ -64,3 +64,22 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
     }
     check()
 }
+
+/// Yields (bounded: 10 s) while a node of `r` has more than `backlog` requests in flight, until
+/// every node is down to half of it. A quorum does not wait for a node whose server a loaded
+/// machine starves, so that node's requests in flight can grow until its acquires are refused
+/// for want of slots (`Overloaded`, by design); tests about something else keep the backlog
+/// small with this. Waits by yielding: no timer, nothing allocated.
+pub async fn keep_up(r: &Redlock, backlog: usize) {
+    if r.nodes().iter().all(|n| n.in_flight() <= backlog) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.nodes().iter().any(|n| n.in_flight() > backlog / 2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a node did not catch up in 10 s"
+        );
+        tokio::task::yield_now().await;
+    }
+}
