@@ -863,19 +863,29 @@ fn bench_contended_latency_rows_hold_granted_cycles_only() {
         "--ttl",
         "10s",
     ];
-    let mut json = common.to_vec();
-    json.push("--json");
-    let o = dragonlock(&json);
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json_run(&common);
     let d = &v["dragonlock"];
     assert!(d["outcomes"]["busy"].as_u64().unwrap() > 0, "{d}");
     assert_eq!(d["cycle"]["count"], d["outcomes"]["granted"], "{d}");
     assert_eq!(d["acquire"]["count"], d["outcomes"]["granted"], "{d}");
-    let o = dragonlock(&common);
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = text_run(&common);
     assert!(text.contains("granted cycles only"), "{text}");
+}
+
+/// A run of `args` with `--json`, which must succeed: its object.
+fn json_run(args: &[&str]) -> serde_json::Value {
+    let mut json = args.to_vec();
+    json.push("--json");
+    let o = dragonlock(&json);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A run of `args`, which must succeed: its text report.
+fn text_run(args: &[&str]) -> String {
+    let o = dragonlock(args);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A lock granted and then not released on a quorum is not a granted cycle: it is counted as
@@ -907,11 +917,7 @@ fn bench_counts_a_failed_release_as_its_own_outcome() {
         "--warmup",
         "0s",
     ];
-    let mut json = common.to_vec();
-    json.push("--json");
-    let o = dragonlock(&json);
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json_run(&common);
     let d = &v["dragonlock"];
     assert_eq!(d["outcomes"]["release_failed"], 4, "{d}");
     assert_eq!(d["outcomes"]["granted"], 0, "{d}");
@@ -920,9 +926,7 @@ fn bench_counts_a_failed_release_as_its_own_outcome() {
     for s in &servers {
         s.cmd(&["FLUSHALL"]);
     }
-    let o = dragonlock(&common);
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = text_run(&common);
     assert!(text.contains("release failed 4"), "{text}");
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dragonlock::resp::Frame;
-use dragonlock::{LockErrorKind, NodeResult, Redlock, RedlockOptions, ReleaseWait};
+use dragonlock::{LockErrorKind, LockSignal, NodeResult, Redlock, RedlockOptions, ReleaseWait};
 use support::server::{cluster, Server};
 
 /// A release timeout for tests that count every node's release (`ReleaseWait::All`): the
@@ -530,6 +530,25 @@ async fn overlapping_multi_locks_from_two_clients_never_both_win() {
     }
 }
 
+/// The renewals a lock's `signal` shows (its validity moving) until there were `renewals` and
+/// at least `after` passed; bounded by 500 looks 20 ms apart.
+async fn renewals_seen(signal: &LockSignal, renewals: usize, after: Duration) -> usize {
+    let start = std::time::Instant::now();
+    let mut seen = signal.valid_until();
+    let mut count = 0;
+    for _ in 0..500 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if signal.valid_until() != seen {
+            seen = signal.valid_until();
+            count += 1;
+        }
+        if count >= renewals && start.elapsed() >= after {
+            break;
+        }
+    }
+    count
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_lock_renews_and_reports_loss() {
     let mut servers = cluster(3);
@@ -540,20 +559,7 @@ async fn with_lock_renews_and_reports_loss() {
     let ttl = Duration::from_millis(1500);
     let out = r
         .with_lock("renewed", ttl, None, |signal| async move {
-            let start = std::time::Instant::now();
-            let mut seen = signal.valid_until();
-            let mut renewals = 0;
-            // Bounded: 500 × 20 ms.
-            for _ in 0..500 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                if signal.valid_until() != seen {
-                    seen = signal.valid_until();
-                    renewals += 1;
-                }
-                if renewals >= 2 && start.elapsed() > ttl {
-                    break;
-                }
-            }
+            let renewals = renewals_seen(&signal, 2, ttl).await;
             assert!(!signal.is_lost());
             renewals
         })
@@ -735,19 +741,9 @@ async fn many_renewed_locks_share_one_connection_per_node() {
                 Duration::from_secs(3),
                 None,
                 |signal| async move {
-                    // Bounded: 500 × 20 ms; a renewal is due every second.
-                    let mut seen = signal.valid_until();
-                    let mut renewals = 0;
-                    for _ in 0..500 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        if signal.valid_until() != seen {
-                            seen = signal.valid_until();
-                            renewals += 1;
-                        }
-                        if renewals == 2 {
-                            renewed_twice.fetch_add(1, Ordering::SeqCst);
-                            break;
-                        }
+                    // A renewal is due every second.
+                    if renewals_seen(&signal, 2, Duration::ZERO).await >= 2 {
+                        renewed_twice.fetch_add(1, Ordering::SeqCst);
                     }
                     // Keep renewing while the test counts connections.
                     tokio::time::sleep(Duration::from_millis(300)).await;
