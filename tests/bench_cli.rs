@@ -926,8 +926,16 @@ fn bench_counts_a_failed_release_as_its_own_outcome() {
     for s in &servers {
         s.cmd(&["FLUSHALL"]);
     }
-    let text = text_run(&common);
+    // The baseline releases by the same script: its failed releases are counted the same way,
+    // and the text shows them too (not only the JSON).
+    let with_baseline = [&common[..], &["--baseline"]].concat();
+    let text = text_run(&with_baseline);
     assert!(text.contains("release failed 4"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("baseline outcomes:") && l.contains("release failed 4")),
+        "{text}"
+    );
 }
 
 /// With `--retries`, attempts/s counts every attempt, retries included (the manager's lock

@@ -521,14 +521,18 @@ enum Reply {
     Ok,
     Null,
     Int(i64),
+    /// An error reply (`-NOPERM`, `-OOM`, ...): the node answered and did not say yes, as
+    /// dragonlock counts it; a refusal (busy) it is not.
+    Error,
 }
 
-/// Classifies one line (without its CRLF). Panics on an error or a reply no lock command
-/// gets: a baseline, not a product.
+/// Classifies one line (without its CRLF). Panics on a reply no lock command gets: a
+/// baseline, not a product.
 fn classify(line: &[u8], node: usize) -> Reply {
     match line {
         b"+OK" => Reply::Ok,
         b"$-1" | b"_" => Reply::Null,
+        [b'-', ..] => Reply::Error,
         [b':', n @ ..] => Reply::Int(
             std::str::from_utf8(n)
                 .ok()
@@ -749,6 +753,7 @@ impl Loop {
             match (s.op.kind, reply) {
                 (Kind::Acquire, Reply::Ok) | (Kind::Release, Reply::Int(1..)) => s.yes |= bit,
                 (Kind::Acquire, Reply::Null) | (Kind::Release, Reply::Int(_)) => s.refused += 1,
+                (_, Reply::Error) => {}
                 (kind, r) => panic!("baseline: {r:?} to {kind:?} from node {k}"),
             }
             if !s.decided {
@@ -756,7 +761,7 @@ impl Loop {
             }
         } else {
             assert!(
-                matches!(reply, Reply::Int(_)),
+                matches!(reply, Reply::Int(_) | Reply::Error),
                 "a cleanup answered {reply:?}"
             );
         }

@@ -453,6 +453,8 @@ struct WorkerOut {
     all_cycles: u64,
     /// When its last measured cycle ended.
     last_end: Option<Instant>,
+    /// Open loop only: the latest schedule slot among its measured cycles.
+    last_slot: Option<u64>,
     /// The worker's client, and the locks acquire-only kept, for the release after the run.
     runner: Runner,
     kept: Vec<Kept>,
@@ -476,7 +478,7 @@ async fn gather(
     probe: Option<(&Redlock, Vec<Option<bench_server::Reading>>, Instant)>,
     counted: Option<Redlock>,
     manager_attempts: bool,
-    tickets: bool,
+    early: EarlyEnd<'_>,
 ) -> Results {
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu0 = cpu_time();
@@ -487,6 +489,7 @@ async fn gather(
     r.started = measure_from;
     let mut leftovers = Vec::new();
     let mut last_end: Option<Instant> = None;
+    let mut last_slot: Option<u64> = None;
     for w in workers {
         let w = w.await.expect("bench worker");
         if !w.kept.is_empty() {
@@ -500,16 +503,21 @@ async fn gather(
         all_cycles += w.all_cycles;
         r.outcomes.add(&w.outcomes);
         last_end = last_end.max(w.last_end);
+        last_slot = last_slot.max(w.last_slot);
     }
     r.cpu = cpu_time().saturating_sub(cpu0);
-    // The window ends at its end, or (`--ops`) when the last ticket's cycle ended: not when
-    // the servers' counters below have been read (1-2 ms, on a 40 ms run 3-5% of the rate), nor
-    // when an open loop's workers woke for the slots they held after the tickets ran out.
-    let window_end = if tickets {
-        last_end.unwrap_or_else(Instant::now).min(end)
-    } else {
-        Instant::now().min(end)
+    // Read now, before the servers' counters below (1-2 ms, on a 40 ms run 3-5% of the rate).
+    let ran_out = early.progress.remaining.load(Ordering::SeqCst) == 0;
+    let next_slot = match (early.schedule, last_slot) {
+        (Some((start, rate)), Some(k)) => Some(slot_time(start, rate, k + 1)),
+        _ => None,
     };
+    let window_end = window_end(
+        end,
+        Instant::now(),
+        ran_out.then_some(last_end).flatten(),
+        next_slot,
+    );
     // Read once the last worker has ended: their requests have all been sent or refused.
     if let (Some(redlock), Some(before)) = (&counted, &refused0) {
         r.refused = Some(Refused::of(redlock).since(before));
@@ -541,6 +549,40 @@ async fn gather(
         let _ = r.await;
     }
     r
+}
+
+/// What may end the measured window before its clock does: the last `--ops` ticket, and for
+/// an open loop the schedule (its start and rate) that the tickets were taken on.
+struct EarlyEnd<'a> {
+    progress: &'a Progress,
+    schedule: Option<(Instant, f64)>,
+}
+
+/// When the open loop's slot `k` is meant to start.
+fn slot_time(start: Instant, rate: f64, k: u64) -> Instant {
+    start + Duration::from_secs_f64(k as f64 / rate)
+}
+
+/// Where the measured window ends, given `now` (the last worker has just ended).
+///
+/// It ends at `end`, or earlier once the `--ops` tickets ran out (`tickets_out` is when the
+/// last measured cycle ended), never at `now` after that: reading the servers' counters and an
+/// open loop's workers waking for slots they held after the last ticket are not the run's.
+/// An open loop's window also runs to the slot after its last measured one (`next_slot`): its
+/// schedule would not have started another cycle before then, and ending at the last cycle's
+/// end instead counted N cycles over N-1 slot gaps and one latency (`--rate 100 --ops 10`
+/// reported 110/s). Without `tickets_out` (no `--ops`, or the clock ended the run before the
+/// tickets did) the window ends at `now` or `end`, whichever is first.
+fn window_end(
+    end: Instant,
+    now: Instant,
+    tickets_out: Option<Instant>,
+    next_slot: Option<Instant>,
+) -> Instant {
+    match tickets_out {
+        Some(last) => last.max(next_slot.unwrap_or(last)).min(end),
+        None => now.min(end),
+    }
 }
 
 /// Every acquire attempt the manager has decided: granted or failed, retries included.
@@ -1039,6 +1081,7 @@ pub(crate) async fn measure(
             let mut cycles = 0u64;
             let mut all_cycles = 0u64;
             let mut last_end = None;
+            let mut last_slot = None;
             let mut kept = Vec::new();
             let own = format!("{prefix}:w{w}");
             let multi = [
@@ -1055,20 +1098,20 @@ pub(crate) async fn measure(
                 // How late the worker took it is what counts, not how late the timer then woke
                 // it for a slot still ahead (tokio's timer wakes a millisecond or two late: that
                 // was most of the corrected latency at loads the client kept up with).
-                let queued = match &schedule {
+                let (queued, slot) = match &schedule {
                     // `--ops`: no slot is waited for once the tickets are gone.
                     Some(_) if progress.remaining.load(Ordering::Relaxed) == 0 => break,
                     Some(slots) => {
                         let k = slots.fetch_add(1, Ordering::Relaxed);
-                        let at = start + Duration::from_secs_f64(k as f64 / rate);
+                        let at = slot_time(start, rate, k);
                         if at >= end {
                             break;
                         }
                         let taken = Instant::now();
                         tokio::time::sleep_until(at.into()).await;
-                        Some(taken.saturating_duration_since(at))
+                        (Some(taken.saturating_duration_since(at)), Some(k))
                     }
-                    None => None,
+                    None => (None, None),
                 };
                 let now = Instant::now();
                 if now >= end {
@@ -1149,6 +1192,7 @@ pub(crate) async fn measure(
                 }
                 cycles += 1;
                 last_end = Some(t2);
+                last_slot = last_slot.max(slot);
                 let ns = |d: Duration| (d.as_nanos() as u64).max(1);
                 match outcome {
                     // A lock granted and then not released on a quorum is not a cycle done:
@@ -1210,6 +1254,7 @@ pub(crate) async fn measure(
                 cycles,
                 all_cycles,
                 last_end,
+                last_slot,
                 runner,
                 kept,
             })
@@ -1219,7 +1264,10 @@ pub(crate) async fn measure(
     // With --retries each cycle may make several attempts, which the manager counts; extend's
     // cycles are extensions, one attempt each.
     let manager_attempts = args.retries > 0 && args.workload != Workload::Extend;
-    let tickets = spec.ops.is_some();
+    let early = EarlyEnd {
+        progress: &progress,
+        schedule: spec.rate.map(|rate| (start, rate as f64)),
+    };
     let results = gather(
         workers,
         measure_from,
@@ -1227,7 +1275,7 @@ pub(crate) async fn measure(
         probe,
         counted,
         manager_attempts,
-        tickets,
+        early,
     )
     .await;
     if let Some(reporter) = reporter {
@@ -1299,19 +1347,24 @@ async fn show_progress(p: Arc<Progress>, from: Instant, end: Instant) {
             }
             continue;
         };
-        // Over the cycles the workers handed in since the last line, not since the start.
+        // Over the cycles the workers handed in since the last line, not since the start. A
+        // worker hands its cycles in once a second at most, so at a low rate a line may have
+        // none: it shows "-", not a p99 of 0.
         let p99 = p
             .recent
             .lock()
-            .map(|mut h| {
-                let p99 = h.value_at_quantile(0.99);
+            .ok()
+            .and_then(|mut h| {
+                let p99 = (!h.is_empty()).then(|| h.value_at_quantile(0.99));
                 h.reset();
                 p99
             })
-            .unwrap_or(0);
+            .map_or_else(
+                || "-".to_string(),
+                |ns| format!("{:.1}us", ns as f64 / 1000.0),
+            );
         let line = format!(
-            "{rate:>9.0} cycles/s {grants:>9.0} grants/s  p99 {:>8.1}us  errors {}  {}s left",
-            p99 as f64 / 1000.0,
+            "{rate:>9.0} cycles/s {grants:>9.0} grants/s  p99 {p99:>10}  errors {}  {}s left",
             p.errors.load(Ordering::Relaxed),
             end.saturating_duration_since(now).as_secs()
         );
@@ -1621,6 +1674,22 @@ fn report(
     if let Some(n) = out["dragonlock"]["nodes_per_release"].as_f64() {
         println!("released on {n:.2} nodes per release, on average");
     }
+    // The baseline's outcomes only when it had other than grants: a failed release or busy
+    // answers there change what its ratio means.
+    let b = &out["baseline"]["outcomes"];
+    if b.is_object() && b["granted"] != out["baseline"]["cycles"] {
+        println!(
+            "baseline outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, \
+             other {}, release failed {}",
+            b["granted"],
+            b["busy"],
+            b["no_quorum"],
+            b["unavailable"],
+            b["expired"],
+            b["other"],
+            b["release_failed"],
+        );
+    }
     if let Some(r) = out.get("ratio_to_baseline") {
         println!(
             "ratio to baseline: throughput (grants/s) {:.2}x, attempts/s {:.2}x, cycle p50 {:.2}x, \
@@ -1784,5 +1853,27 @@ mod tests {
             "{seen:?}"
         );
         assert!(KeyPicker::new(KeysArg::Zipf, 4, -1.0).is_err());
+    }
+
+    /// `--rate 100 --ops 10`: ten slots 10 ms apart, the last cycle ending 1 ms after its slot.
+    /// The window runs to the eleventh slot (100 ms, 100/s), not to the last cycle's end
+    /// (91 ms, the 110/s it reported); a loop that fell behind ends at its last cycle's end; and
+    /// when the clock ended the run before the tickets did, at the clock.
+    #[test]
+    fn the_window_ends_at_the_last_ticket_or_the_clock() {
+        let start = Instant::now();
+        let ms = |x: u64| start + Duration::from_millis(x);
+        let (end, now) = (ms(1_000), ms(95));
+        let slot = |k| slot_time(start, 100.0, k);
+        assert_eq!(slot(10), ms(100));
+        assert_eq!(window_end(end, now, Some(ms(91)), Some(slot(10))), ms(100));
+        assert_eq!(window_end(end, now, Some(ms(130)), Some(slot(10))), ms(130));
+        // Closed loop: the last ticket's cycle end, not when the workers were gathered.
+        assert_eq!(window_end(end, ms(120), Some(ms(91)), None), ms(91));
+        // The clock first (`--rate 10 --duration 1s --ops 1000` reported ~11/s).
+        assert_eq!(window_end(end, ms(1_003), None, Some(ms(1_100))), end);
+        assert_eq!(window_end(end, ms(900), None, None), ms(900));
+        // Never past the end, whatever the schedule says.
+        assert_eq!(window_end(end, now, Some(ms(990)), Some(ms(1_010))), end);
     }
 }

@@ -519,18 +519,21 @@ fn emit(
                 footnotes.push(format!("{who}: {w}"));
             }
             let o = &res.merged.outcomes;
-            if o.granted < res.merged.cycles {
+            // A failed release follows a granted acquire: its cycles are not "not granted",
+            // they are cycles not done, named on their own.
+            let refused = res
+                .merged
+                .cycles
+                .saturating_sub(o.granted + o.release_failed);
+            if refused > 0 || o.release_failed > 0 {
+                let released = match o.release_failed {
+                    0 => String::new(),
+                    n => format!("; {n} granted but not released on a quorum"),
+                };
                 footnotes.push(format!(
-                    "{who}: {} of {} attempts not granted: busy {}, no quorum {}, unavailable \
-                     {}, expired {}, other {}, release failed {}",
-                    res.merged.cycles - o.granted,
-                    res.merged.cycles,
-                    o.busy,
-                    o.no_quorum,
-                    o.unavailable,
-                    o.expired,
-                    o.other,
-                    o.release_failed
+                    "{who}: {refused} of {} attempts not granted: busy {}, no quorum {}, \
+                     unavailable {}, expired {}, other {}{released}",
+                    res.merged.cycles, o.busy, o.no_quorum, o.unavailable, o.expired, o.other,
                 ));
             }
             if let Some(f) = res.merged.refused.filter(|f| f.total() > 0) {
