@@ -607,7 +607,7 @@ fn coarse_hist() -> Histogram<u64> {
 /// 45k cycles/s, estimated), charged to both clients alike, which narrowed every CPU ratio.
 /// Under callgrind, where a run is ~50x slower and time-driven work grows with it, the merges
 /// were over 90% of the instructions at 64 workers.
-const PROGRESS_FLUSH: Duration = Duration::from_secs(1);
+const PROGRESS_FLUSH_NS: u64 = 1_000_000_000;
 
 fn cpu_time() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we pass and nothing else.
@@ -615,6 +615,46 @@ fn cpu_time() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Nanoseconds on the monotonic clock (the one `Instant` reads on Linux): the workers' per-cycle
+/// timestamps as plain integers. `Instant`'s subtraction checks and normalises (seconds,
+/// nanoseconds) pairs through a call: the five per cycle were about 420 instructions, 4% of a
+/// lock cycle's CPU as callgrind counts it (2026-12-01, at 0716e72), charged to both clients.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the one timespec we pass it and nothing else; on failure
+    // `ts` stays zero (CLOCK_MONOTONIC exists on every unix Rust supports).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// An `Instant` and the same moment in [`mono_ns`], to carry instants into the workers' clock
+/// and back.
+#[derive(Clone, Copy)]
+struct ClockPair {
+    at: Instant,
+    ns: u64,
+}
+
+impl ClockPair {
+    fn now() -> ClockPair {
+        ClockPair {
+            at: Instant::now(),
+            ns: mono_ns(),
+        }
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        self.ns + t.saturating_duration_since(self.at).as_nanos() as u64
+    }
+
+    fn instant(&self, ns: u64) -> Instant {
+        self.at + Duration::from_nanos(ns.saturating_sub(self.ns))
+    }
 }
 
 struct Progress {
@@ -1049,6 +1089,7 @@ pub(crate) async fn measure(
         None => (Vec::new(), Instant::now()),
     };
     let start = Instant::now();
+    let clock = ClockPair::now();
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.duration;
     // `--rate`: cycle k of the run is meant to start at `start + k / rate`; the workers take
@@ -1091,7 +1132,9 @@ pub(crate) async fn measure(
             ];
             let mut held = None;
             let mut i = 0u64;
-            let mut last_flush = Instant::now();
+            // The window's edges on the integer clock the cycles are timed with.
+            let (end_ns, from_ns) = (clock.ns(end), clock.ns(measure_from));
+            let mut last_flush = mono_ns();
             loop {
                 // Open loop: the next slot of the shared schedule, whenever this worker is free
                 // to take it; a slot already past is started at once, and its lateness counts.
@@ -1109,12 +1152,13 @@ pub(crate) async fn measure(
                         }
                         let taken = Instant::now();
                         tokio::time::sleep_until(at.into()).await;
-                        (Some(taken.saturating_duration_since(at)), Some(k))
+                        let queued = taken.saturating_duration_since(at).as_nanos() as u64;
+                        (Some(queued), Some(k))
                     }
                     None => (None, None),
                 };
-                let now = Instant::now();
-                if now >= end {
+                let now = mono_ns();
+                if now >= end_ns {
                     break;
                 }
                 // Measured when it really starts inside the window, whatever its slot: a run
@@ -1122,7 +1166,7 @@ pub(crate) async fn measure(
                 // the window has begun, and dropping those (as counting by intended start did)
                 // reported 0 cycles/s at a rate far above capacity. Its corrected latency is
                 // still taken from its intended start, as wrk2 does.
-                let measuring = now >= measure_from;
+                let measuring = now >= from_ns;
                 // `--ops N`: each measured cycle takes one of N tickets, so the workers run
                 // exactly N between them (not N rounded up to a multiple of the workers).
                 if measuring && !progress.take_ticket() {
@@ -1130,7 +1174,7 @@ pub(crate) async fn measure(
                 }
                 i += 1;
                 all_cycles += 1;
-                let t0 = Instant::now();
+                let t0 = mono_ns();
                 let (outcome, t1) = match (workload, &mut runner) {
                     (Workload::Uncontended | Workload::Contended | Workload::AcquireOnly, r) => {
                         let contended;
@@ -1156,7 +1200,7 @@ pub(crate) async fn measure(
                         } else {
                             redlock.try_acquire_many(&multi, ttl).await
                         };
-                        let t1 = Instant::now();
+                        let t1 = mono_ns();
                         match r {
                             Ok(lock) => (Ok(released(lock.release().await)), t1),
                             Err(e) => (Err(e.kind()), t1),
@@ -1179,21 +1223,22 @@ pub(crate) async fn measure(
                             // The first acquire failed (busy or nodes down): count it as such.
                             None => Err(LockErrorKind::NoQuorum),
                         };
-                        let t1 = Instant::now();
+                        let t1 = mono_ns();
                         if r.is_err() {
                             held = None;
                         }
                         (r, t1)
                     }
                 };
-                let t2 = Instant::now();
+                let t2 = mono_ns();
                 if !measuring {
                     continue;
                 }
                 cycles += 1;
                 last_end = Some(t2);
                 last_slot = last_slot.max(slot);
-                let ns = |d: Duration| (d.as_nanos() as u64).max(1);
+                // At least 1 ns (the histograms' floor); the clock never runs back.
+                let ns = |d: u64| d.max(1);
                 match outcome {
                     // A lock granted and then not released on a quorum is not a cycle done:
                     // its own outcome, out of the grants and the latency rows.
@@ -1208,21 +1253,22 @@ pub(crate) async fn measure(
                     // Saturating: a sample past the histograms' 60 s top (an open loop far
                     // behind its schedule) counts as 60 s rather than not at all.
                     Ok(released) => {
-                        cyc.saturating_record(ns(t2 - t0));
+                        let cycle = ns(t2.saturating_sub(t0));
+                        cyc.saturating_record(cycle);
                         if let Some(queued) = queued {
-                            corrected.saturating_record(ns(t2 - t0 + queued));
+                            corrected.saturating_record(cycle + queued);
                         }
-                        recent.saturating_record(ns(t2 - t0));
+                        recent.saturating_record(cycle);
                         outcomes.granted += 1;
                         progress.granted.fetch_add(1, Ordering::Relaxed);
                         if let Release::On(n) = released {
                             outcomes.releases += 1;
                             outcomes.released_nodes += n as u64;
                         }
-                        acq.saturating_record(ns(t1 - t0));
+                        acq.saturating_record(ns(t1.saturating_sub(t0)));
                         if t2 > t1 && !matches!(workload, Workload::AcquireOnly | Workload::Extend)
                         {
-                            rel.saturating_record(ns(t2 - t1));
+                            rel.saturating_record(t2 - t1);
                         }
                     }
                     Err(kind) => {
@@ -1231,7 +1277,7 @@ pub(crate) async fn measure(
                     }
                 }
                 progress.cycles.fetch_add(1, Ordering::Relaxed);
-                if t2 - last_flush > PROGRESS_FLUSH {
+                if t2.saturating_sub(last_flush) > PROGRESS_FLUSH_NS {
                     last_flush = t2;
                     if let Ok(mut r) = progress.recent.lock() {
                         let _ = r.add(&recent);
@@ -1253,7 +1299,7 @@ pub(crate) async fn measure(
                 outcomes,
                 cycles,
                 all_cycles,
-                last_end,
+                last_end: last_end.map(|ns| clock.instant(ns)),
                 last_slot,
                 runner,
                 kept,
@@ -1397,7 +1443,7 @@ async fn single_key_cycle(
     release: bool,
     retry: bool,
     kept: &mut Vec<Kept>,
-) -> (Result<Release, LockErrorKind>, Instant) {
+) -> (Result<Release, LockErrorKind>, u64) {
     match runner {
         Runner::Dragonlock(redlock) => {
             let r = if retry {
@@ -1405,7 +1451,7 @@ async fn single_key_cycle(
             } else {
                 redlock.try_acquire(resource, ttl).await
             };
-            let t1 = Instant::now();
+            let t1 = mono_ns();
             match r {
                 Ok(lock) if !release => {
                     kept.push(Kept::Lock(lock));
@@ -1418,7 +1464,7 @@ async fn single_key_cycle(
         Runner::Baseline(client) => {
             let key = resource.as_bytes();
             let r = client.acquire(key).await;
-            let t1 = Instant::now();
+            let t1 = mono_ns();
             match r {
                 Ok(token) if !release => {
                     kept.push(Kept::Token(resource.to_string(), token));
@@ -1875,5 +1921,20 @@ mod tests {
         assert_eq!(window_end(end, ms(900), None, None), ms(900));
         // Never past the end, whatever the schedule says.
         assert_eq!(window_end(end, now, Some(ms(990)), Some(ms(1_010))), end);
+    }
+
+    /// The workers' integer clock: read through `clock_gettime` (the `unsafe` block in
+    /// `mono_ns`), it runs forward from a pair's reading, and instants carried into it and back
+    /// come out as they went in.
+    #[test]
+    fn the_integer_clock_carries_instants_both_ways() {
+        let clock = ClockPair::now();
+        let (a, b) = (mono_ns(), mono_ns());
+        assert!(clock.ns > 0 && a >= clock.ns && b >= a);
+        let t = clock.at + Duration::from_millis(1_500);
+        assert_eq!(clock.ns(t), clock.ns + 1_500_000_000);
+        assert_eq!(clock.instant(clock.ns(t)), t);
+        // Before the pair's reading: clamped to it, never wrapped.
+        assert_eq!(clock.instant(clock.ns - 5), clock.at);
     }
 }
