@@ -936,6 +936,62 @@ fn bench_counts_a_failed_release_as_its_own_outcome() {
             .any(|l| l.starts_with("baseline outcomes:") && l.contains("release failed 4")),
         "{text}"
     );
+    // A sweep's footnote names them as not released, not as attempts not granted.
+    for s in &servers {
+        s.cmd(&["FLUSHALL"]);
+    }
+    let sweep = [
+        "bench",
+        "--nodes",
+        &nodes,
+        "--concurrency",
+        "2,4",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+    ];
+    // The first point's workers hold their keys (30 s) into the second: c=4's w0 and w1 are
+    // busy, w2 and w3 granted once and not released.
+    let text = text_run(&sweep);
+    for point in ["c=2: ", "c=4: "] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(point)
+                    && l.ends_with("; 2 granted but not released on a quorum")),
+            "{text}"
+        );
+    }
+}
+
+/// An error reply to the `SET` (here the user may not run it) is a failed node for both
+/// clients: every acquire is `unavailable`, none granted, and neither client dies of it (the
+/// baseline's loop used to panic on any error reply).
+#[test]
+fn bench_counts_error_replies_to_the_acquire_as_unavailable_for_both_clients() {
+    let servers = cluster(3);
+    for s in &servers {
+        s.cmd(&["ACL", "SETUSER", "default", "-set"]);
+    }
+    let nodes = node_list(&servers);
+    let v = json_run(&[
+        "bench",
+        "--nodes",
+        &nodes,
+        "--concurrency",
+        "4",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--baseline",
+    ]);
+    for client in ["dragonlock", "baseline"] {
+        let o = &v[client]["outcomes"];
+        assert_eq!(o["granted"], 0, "{client}: {o}");
+        assert_eq!(o["no_quorum"], 0, "{client}: {o}");
+        assert!(o["unavailable"].as_u64().unwrap_or(0) > 0, "{client}: {o}");
+    }
 }
 
 /// With `--retries`, attempts/s counts every attempt, retries included (the manager's lock

@@ -12,7 +12,9 @@
 //! decided at the quorum as
 //! `ReleaseWait::Quorum` does, within dragonlock's release timeout. Tokens are 128 random bits
 //! in hex. What it leaves out is what makes dragonlock a product: reconnects, cancel-safe
-//! callers, typed errors (it panics on a server error), RESP3, auth.
+//! callers, typed errors (an error reply counts as a failed node, as dragonlock counts it, but
+//! it panics on a lost script cache or a missing command, and when a connection drops), RESP3,
+//! auth.
 //!
 //! # How it runs
 //!
@@ -116,6 +118,7 @@ const BUSY: u32 = 2;
 const NO_QUORUM: u32 = 3;
 const EXPIRED: u32 = 4;
 const CLOSED: u32 = 5;
+const UNAVAILABLE: u32 = 6;
 /// A release's outcome: this plus the nodes that released.
 const RELEASED: u32 = 0x100;
 
@@ -148,6 +151,8 @@ struct Slot {
     yes: u32,
     /// Nodes that said no (`$-1` or `_` to the `SET`).
     refused: u8,
+    /// Nodes that answered the operation with an error reply (`-ERR …`, `-OOM …`).
+    failed: u8,
     /// Replies still to come for this slot, over all nodes, cleanups included.
     owed: u16,
     decided: bool,
@@ -413,12 +418,13 @@ impl Drop for Baseline {
 
 impl Client {
     /// One acquire attempt: the token on a quorum inside the validity, else why not
-    /// (`Busy`, `NoQuorum`, `Expired`).
+    /// (`Busy`, `Unavailable`, `NoQuorum`, `Expired`).
     ///
     /// # Panics
     ///
-    /// When the loop has stopped (a server error, or the [`Baseline`] dropped), or for a key
-    /// longer than [`MAX_KEY`].
+    /// When the loop has stopped (it panicked on a dropped connection, a lost script cache or
+    /// a missing command, or the [`Baseline`] was dropped), or for a key longer than
+    /// [`MAX_KEY`].
     ///
     /// # Cancel safety
     ///
@@ -436,6 +442,7 @@ impl Client {
             BUSY => Err(LockErrorKind::Busy),
             NO_QUORUM => Err(LockErrorKind::NoQuorum),
             EXPIRED => Err(LockErrorKind::Expired),
+            UNAVAILABLE => Err(LockErrorKind::Unavailable),
             other => panic!("baseline: the loop stopped (outcome {other})"),
         }
     }
@@ -526,12 +533,21 @@ enum Reply {
     Error,
 }
 
-/// Classifies one line (without its CRLF). Panics on a reply no lock command gets: a
-/// baseline, not a product.
+/// Classifies one line (without its CRLF). An error reply is a node answering no, as
+/// dragonlock counts it (a failed node), except those that say the baseline itself is broken:
+/// a script cache the server lost (`-NOSCRIPT`, after a restart or `SCRIPT FLUSH`) or a
+/// command it does not have. Those, and any reply no lock command gets, panic: a baseline that
+/// went on would blame its own fault on the servers, and it is a baseline, not a product.
 fn classify(line: &[u8], node: usize) -> Reply {
     match line {
         b"+OK" => Reply::Ok,
         b"$-1" | b"_" => Reply::Null,
+        [b'-', e @ ..] if e.starts_with(b"NOSCRIPT") || e.starts_with(b"ERR unknown command") => {
+            panic!(
+                "baseline: node {node} answered {:?}",
+                String::from_utf8_lossy(line)
+            )
+        }
         [b'-', ..] => Reply::Error,
         [b':', n @ ..] => Reply::Int(
             std::str::from_utf8(n)
@@ -657,6 +673,7 @@ impl Loop {
             answered: 0,
             yes: 0,
             refused: 0,
+            failed: 0,
             owed: self.nodes.len() as u16,
             decided: false,
         });
@@ -753,7 +770,7 @@ impl Loop {
             match (s.op.kind, reply) {
                 (Kind::Acquire, Reply::Ok) | (Kind::Release, Reply::Int(1..)) => s.yes |= bit,
                 (Kind::Acquire, Reply::Null) | (Kind::Release, Reply::Int(_)) => s.refused += 1,
-                (_, Reply::Error) => {}
+                (_, Reply::Error) => s.failed += 1,
                 (kind, r) => panic!("baseline: {r:?} to {kind:?} from node {k}"),
             }
             if !s.decided {
@@ -778,7 +795,16 @@ impl Loop {
                 GRANTED
             }
             Kind::Acquire if yes >= self.quorum => EXPIRED,
+            // As dragonlock's `classify_failure`: refusals first, then failures, nodes that
+            // could not be connected to counting as failed.
             Kind::Acquire if impossible && s.refused as usize > self.total - self.quorum => BUSY,
+            Kind::Acquire
+                if impossible
+                    && s.failed as usize + self.total - self.nodes.len()
+                        > self.total - self.quorum =>
+            {
+                UNAVAILABLE
+            }
             Kind::Acquire if impossible => NO_QUORUM,
             Kind::Release if yes >= self.quorum || impossible => RELEASED + yes as u32,
             _ => return,

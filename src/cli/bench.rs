@@ -572,17 +572,18 @@ fn slot_time(start: Instant, rate: f64, k: u64) -> Instant {
 /// schedule would not have started another cycle before then, and ending at the last cycle's
 /// end instead counted N cycles over N-1 slot gaps and one latency (`--rate 100 --ops 10`
 /// reported 110/s). Without `tickets_out` (no `--ops`, or the clock ended the run before the
-/// tickets did) the window ends at `now` or `end`, whichever is first.
+/// tickets did) a closed loop's window ends at `now` or `end`, whichever is first; an open
+/// loop's at `end` once its next slot is there, since its workers stop without waiting for a
+/// slot at or past the end (ending at `now`, the last cycle's end, reported `--rate 10
+/// --duration 1s` as 11/s).
 fn window_end(
     end: Instant,
     now: Instant,
     tickets_out: Option<Instant>,
     next_slot: Option<Instant>,
 ) -> Instant {
-    match tickets_out {
-        Some(last) => last.max(next_slot.unwrap_or(last)).min(end),
-        None => now.min(end),
-    }
+    let last = tickets_out.unwrap_or(now);
+    last.max(next_slot.unwrap_or(last)).min(end)
 }
 
 /// Every acquire attempt the manager has decided: granted or failed, retries included.
@@ -1693,8 +1694,11 @@ fn report(
         }
     }
     let o = &out["dragonlock"]["outcomes"];
+    let b = &out["baseline"]["outcomes"];
+    // The baseline's rows hold its granted cycles only, too.
+    let baseline_short = b.is_object() && b["granted"] != out["baseline"]["cycles"];
     println!();
-    if r.outcomes.granted < r.cycles {
+    if r.outcomes.granted < r.cycles || baseline_short {
         println!("{LATENCY_LEGEND}");
     }
     if !open_loop.is_empty() {
@@ -1722,8 +1726,7 @@ fn report(
     }
     // The baseline's outcomes only when it had other than grants: a failed release or busy
     // answers there change what its ratio means.
-    let b = &out["baseline"]["outcomes"];
-    if b.is_object() && b["granted"] != out["baseline"]["cycles"] {
+    if baseline_short {
         println!(
             "baseline outcomes: granted {}, busy {}, no quorum {}, unavailable {}, expired {}, \
              other {}, release failed {}",
@@ -1916,8 +1919,11 @@ mod tests {
         assert_eq!(window_end(end, now, Some(ms(130)), Some(slot(10))), ms(130));
         // Closed loop: the last ticket's cycle end, not when the workers were gathered.
         assert_eq!(window_end(end, ms(120), Some(ms(91)), None), ms(91));
-        // The clock first (`--rate 10 --duration 1s --ops 1000` reported ~11/s).
-        assert_eq!(window_end(end, ms(1_003), None, Some(ms(1_100))), end);
+        // The clock first (`--rate 10 --duration 1s --ops 1000` reported ~11/s): the workers
+        // stop at the last slot's cycle end, before `end`, without waiting for the next slot.
+        assert_eq!(window_end(end, ms(905), None, Some(ms(1_000))), end);
+        assert_eq!(window_end(end, ms(905), None, Some(ms(1_100))), end);
+        // A closed loop's workers each end on the clock: the window ends when the last did.
         assert_eq!(window_end(end, ms(900), None, None), ms(900));
         // Never past the end, whatever the schedule says.
         assert_eq!(window_end(end, now, Some(ms(990)), Some(ms(1_010))), end);

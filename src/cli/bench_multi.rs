@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use crate::cli::bench::{
     as_json, measure, saturation_warning, server_lines, setup_json, write_outputs, BenchArgs,
-    Results, Runner, Spec, OPEN_LOOP_REACHED,
+    Outcomes, Results, Runner, Spec, OPEN_LOOP_REACHED,
 };
 use crate::cli::bench_plot::{Series, SweepLine};
 use crate::cli::bench_sides::{Compare, Side};
@@ -518,23 +518,8 @@ fn emit(
             if let Some(w) = warning {
                 footnotes.push(format!("{who}: {w}"));
             }
-            let o = &res.merged.outcomes;
-            // A failed release follows a granted acquire: its cycles are not "not granted",
-            // they are cycles not done, named on their own.
-            let refused = res
-                .merged
-                .cycles
-                .saturating_sub(o.granted + o.release_failed);
-            if refused > 0 || o.release_failed > 0 {
-                let released = match o.release_failed {
-                    0 => String::new(),
-                    n => format!("; {n} granted but not released on a quorum"),
-                };
-                footnotes.push(format!(
-                    "{who}: {refused} of {} attempts not granted: busy {}, no quorum {}, \
-                     unavailable {}, expired {}, other {}{released}",
-                    res.merged.cycles, o.busy, o.no_quorum, o.unavailable, o.expired, o.other,
-                ));
+            if let Some(note) = outcome_note(&who, res.merged.cycles, &res.merged.outcomes) {
+                footnotes.push(note);
             }
             if let Some(f) = res.merged.refused.filter(|f| f.total() > 0) {
                 footnotes.push(format!(
@@ -619,9 +604,69 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// A point's footnote on the cycles that were not done: attempts not granted, by why, and
+/// cycles granted but not released on a quorum. A failed release follows a granted acquire:
+/// those are not "not granted", they are cycles not done, named on their own. `None` when
+/// every cycle was done.
+fn outcome_note(who: &str, cycles: u64, o: &Outcomes) -> Option<String> {
+    let refused = cycles.saturating_sub(o.granted + o.release_failed);
+    let released = match o.release_failed {
+        0 => String::new(),
+        n => format!("{n} granted but not released on a quorum"),
+    };
+    if refused > 0 {
+        let released = if released.is_empty() {
+            released
+        } else {
+            format!("; {released}")
+        };
+        Some(format!(
+            "{who}: {refused} of {cycles} attempts not granted: busy {}, no quorum {}, \
+             unavailable {}, expired {}, other {}{released}",
+            o.busy, o.no_quorum, o.unavailable, o.expired, o.other,
+        ))
+    } else if o.release_failed > 0 {
+        Some(format!("{who}: {released}, of {cycles} attempts"))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sweep's footnote: refusals by why, and failed releases as their own clause, alone
+    /// when every attempt was granted (it read "0 of N attempts not granted" then).
+    #[test]
+    fn the_footnote_names_failed_releases_apart_from_refusals() {
+        let mut o = Outcomes {
+            granted: 10,
+            ..Outcomes::default()
+        };
+        assert_eq!(outcome_note("c=4", 10, &o), None);
+        o.release_failed = 2;
+        assert_eq!(
+            outcome_note("c=4", 12, &o).as_deref(),
+            Some("c=4: 2 granted but not released on a quorum, of 12 attempts")
+        );
+        o.busy = 3;
+        assert_eq!(
+            outcome_note("c=4", 15, &o).as_deref(),
+            Some(
+                "c=4: 3 of 15 attempts not granted: busy 3, no quorum 0, unavailable 0, \
+                 expired 0, other 0; 2 granted but not released on a quorum"
+            )
+        );
+        o.release_failed = 0;
+        assert_eq!(
+            outcome_note("c=4", 13, &o).as_deref(),
+            Some(
+                "c=4: 3 of 13 attempts not granted: busy 3, no quorum 0, unavailable 0, \
+                 expired 0, other 0"
+            )
+        );
+    }
 
     #[test]
     fn medians_and_spreads() {
