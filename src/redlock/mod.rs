@@ -1060,7 +1060,9 @@ impl Redlock {
         let drift = self.check_ttl(ttl)?;
         let keys = Keys::one(self.key(resource));
         if self.inner.options.fencing {
-            return self.attempt(keys, ttl, drift, None).await;
+            // Not through `attempt`: its layer would make this future larger (see
+            // `attempt_fenced`).
+            return self.attempt_fenced(keys, ttl, None).await;
         }
         // `attempt`'s body without its layer: the result is built here, where it is returned.
         let mut results = NodeResults::new();
@@ -1329,29 +1331,25 @@ impl Redlock {
     /// acquire budget's end), whichever is first; its outcome counted, and a failure traced
     /// with each node's answer (see [`counted`](Redlock::counted)). `drift` is the ttl's drift
     /// allowance (from `check_ttl`).
-    async fn attempt(
+    // Not an `async fn`: its future would hold the arguments twice (see `attempt_fenced`).
+    #[allow(clippy::manual_async_fn)]
+    fn attempt(
         &self,
         keys: Keys,
         ttl: Duration,
         drift: Duration,
         cut: Option<Instant>,
-    ) -> Result<Lock, LockError> {
-        if self.inner.options.fencing {
-            let suffix = fence::FENCE_SUFFIX.as_bytes();
-            if keys.all().iter().any(|k| k.ends_with(suffix)) {
-                return Err(LockError::invalid(
-                    "a fenced resource's key may not end with the fencing counter's suffix",
-                ));
+    ) -> impl Future<Output = Result<Lock, LockError>> + '_ {
+        async move {
+            if self.inner.options.fencing {
+                return self.attempt_fenced(keys, ttl, cut).await;
             }
-            let outcome = self.attempt_fenced(keys, ttl, cut).await;
-            self.counted(&outcome);
-            return outcome;
+            let mut results = NodeResults::new();
+            let phase = self
+                .attempt_phase(&keys, ttl, drift, cut, &mut results)
+                .await;
+            self.attempted(phase, keys, ttl, results)
         }
-        let mut results = NodeResults::new();
-        let phase = self
-            .attempt_phase(&keys, ttl, drift, cut, &mut results)
-            .await;
-        self.attempted(phase, keys, ttl, results)
     }
 
     /// The lock, or the error, of an attempt whose phase (`attempt_phase`) decided `phase`;
