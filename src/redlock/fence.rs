@@ -813,6 +813,7 @@ impl Redlock {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

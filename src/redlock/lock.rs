@@ -319,12 +319,11 @@ impl Lock {
     /// }
     /// # Ok(()) }
     /// ```
-    // Not an `async fn`: its future would hold the arguments twice (see above).
+    // An `async` block rather than an `async fn`: the `async fn` kept the lock twice in its
+    // future (its argument, and the binding the body moves it into). Not through
+    // `release_ref`: each layer of `async fn` moves the 400-byte result again.
     #[allow(clippy::manual_async_fn)]
     pub fn release(mut self) -> impl std::future::Future<Output = Result<usize, LockError>> {
-        // Not through `release_ref`: each layer of `async fn` moves the 400-byte result again.
-        // An `async` block rather than an `async fn`: the `async fn` kept the lock twice in its
-        // future (its argument, and the binding the body moves it into).
         async move {
             if !self.begin_release() {
                 return Ok(0);
