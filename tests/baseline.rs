@@ -203,6 +203,50 @@ async fn an_acquire_without_a_quorum_expires_at_its_validity() {
     );
 }
 
+/// A lane given to a new caller after `rewind` (the sides of `bench --compare client=…` take
+/// turns) goes on from the tickets of its last caller: outcomes only grow on a lane, so a new
+/// caller that started again from ticket 1 would never see its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewound_lane_goes_on_from_its_last_tickets() {
+    let yes: Handler = Arc::new(|args: &[Vec<u8>]| match args[0].as_slice() {
+        b"SET" => Action::Reply(b"+OK\r\n".to_vec()),
+        _ => Action::Reply(b":1\r\n".to_vec()),
+    });
+    let fake = FakeServer::start(false, yes).await;
+    let addrs = [format!("127.0.0.1:{}", fake.port)];
+    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, false, 1)
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let mut client = base.client();
+        for i in 0..3 {
+            let key = format!("r{round}:{i}");
+            let token =
+                tokio::time::timeout(Duration::from_secs(10), client.acquire(key.as_bytes()))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: the acquire of {key} never decided"))
+                    .unwrap();
+            assert_eq!(client.release(key.as_bytes(), &token).await, 1);
+        }
+        drop(client);
+        base.rewind();
+    }
+}
+
+/// `rewind` while a caller is alive would hand its lane to a second one: refused.
+#[tokio::test]
+#[should_panic(expected = "callers still alive")]
+async fn rewind_refuses_while_a_caller_is_alive() {
+    let yes: Handler = Arc::new(|_: &[Vec<u8>]| Action::Reply(b"+OK\r\n".to_vec()));
+    let fake = FakeServer::start(false, yes).await;
+    let addrs = [format!("127.0.0.1:{}", fake.port)];
+    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, false, 1)
+        .await
+        .unwrap();
+    let _client = base.client();
+    base.rewind();
+}
+
 /// Counts its wakes.
 struct Flag(AtomicUsize);
 

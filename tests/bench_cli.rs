@@ -351,6 +351,56 @@ fn bench_compare_two_node_sets() {
     assert_eq!(lines[2]["kind"], "ratio");
 }
 
+/// `--compare client=baseline,dragonlock`: the single-loop baseline and dragonlock take turns
+/// on the same servers, run after run, with the ratio of dragonlock to the baseline. The
+/// baseline's side runs the baseline's own client (no dragonlock refusal counts: it has its
+/// own sockets), and its setup says it is the baseline.
+#[test]
+fn bench_compare_client_takes_turns_with_the_baseline() {
+    let servers = cluster(3);
+    let nodes = node_list(&servers);
+    let lines = json_lines(&[
+        "--nodes",
+        &nodes,
+        "--compare",
+        "client=baseline,dragonlock",
+        "--runs",
+        "2",
+        "--duration",
+        "200ms",
+        "--slice",
+        "100ms",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let (base, ours, ratio) = (&lines[0], &lines[1], &lines[2]);
+    assert_point_schema(base);
+    assert_point_schema(ours);
+    assert_eq!(base["side"], "baseline");
+    assert_eq!(base["setup"]["baseline"], "single-loop");
+    assert_eq!(base["setup"]["baseline_release"], "evalsha");
+    assert!(base["dragonlock"]["refused"].is_null(), "{base}");
+    assert_eq!(ours["side"], "dragonlock");
+    assert!(ours["setup"]["baseline"].is_null(), "{ours}");
+    assert!(ours["dragonlock"]["refused"].is_number(), "{ours}");
+    for side in [base, ours] {
+        assert_eq!(side["run_count"], 2, "{side}");
+        let cycles = side["dragonlock"]["cycles"].as_u64().unwrap();
+        // Every slice of every run measured cycles (lanes handed to new callers each time).
+        assert!(cycles > 0, "{side}");
+        assert_eq!(side["dragonlock"]["outcomes"]["granted"], cycles, "{side}");
+    }
+    assert_eq!(ratio["kind"], "ratio");
+    assert_eq!(ratio["side"], "dragonlock");
+    assert_eq!(ratio["to"], "baseline");
+    assert!(ratio["client_cpu_us_per_cycle"].is_number(), "{ratio}");
+}
+
 /// A sweep's plot has the percentile panel (a line per point) and the throughput-against-p99
 /// panel (a line through the points); `--hdr-out` writes a log per point that the
 /// hdrhistogram crate reads back, with the corrected histograms of an open loop tagged.
@@ -563,6 +613,27 @@ fn bench_new_flags_refuse_bad_input_with_a_clear_message() {
         (
             vec!["--baseline", "--runs", "2"],
             "--baseline runs beside a single point",
+        ),
+        (
+            vec!["--compare", "client=dragonlock,redsync"],
+            "not dragonlock or baseline",
+        ),
+        (
+            vec!["--compare", "client=baseline,dragonlock", "--retries", "1"],
+            "--retries with --compare client=",
+        ),
+        (
+            vec![
+                "--compare",
+                "client=baseline,dragonlock",
+                "--workload",
+                "extend",
+            ],
+            "runs the uncontended, contended and acquire-only workloads",
+        ),
+        (
+            vec!["--compare", "client=baseline,dragonlock", "--baseline"],
+            "--compare client=baseline,dragonlock",
         ),
     ];
     for (extra, says) in cases {

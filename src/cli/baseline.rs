@@ -71,7 +71,7 @@ use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -178,6 +178,9 @@ struct Lane {
     outcome: AtomicU64,
     moved: AtomicBool,
     moved_to: Mutex<Option<Waker>>,
+    /// The last ticket of the lane's caller that was dropped: a later caller on the lane
+    /// (see [`Baseline::rewind`]) goes on from it, since `outcome` only grows.
+    last_ticket: AtomicU32,
 }
 
 struct Shared {
@@ -228,6 +231,14 @@ pub struct Client {
     shared: Arc<Shared>,
     lane: usize,
     ticket: u32,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.lanes[self.lane]
+            .last_ticket
+            .store(self.ticket, Ordering::SeqCst);
+    }
 }
 
 struct Node {
@@ -354,6 +365,7 @@ impl Baseline {
                     outcome: AtomicU64::new(0),
                     moved: AtomicBool::new(false),
                     moved_to: Mutex::new(None),
+                    last_ticket: AtomicU32::new(0),
                 })
                 .collect(),
         });
@@ -390,11 +402,29 @@ impl Baseline {
     pub fn client(&mut self) -> Client {
         assert!(self.next_lane < self.callers, "more callers than sized for");
         self.next_lane += 1;
+        let lane = self.next_lane - 1;
         Client {
+            ticket: self.shared.lanes[lane].last_ticket.load(Ordering::SeqCst),
             shared: self.shared.clone(),
-            lane: self.next_lane - 1,
-            ticket: 0,
+            lane,
         }
+    }
+
+    /// Makes every lane free for [`client`](Baseline::client) again, for another measurement
+    /// with the same loop (the sides of `bench --compare client=…` take turns in slices). A
+    /// new caller on a lane goes on from the tickets of the last (an operation the last one
+    /// left in flight can never be mistaken for the new one's).
+    ///
+    /// # Panics
+    ///
+    /// While a caller made before is still alive.
+    pub fn rewind(&mut self) {
+        // Ours and the loop's: no caller holds one.
+        assert!(
+            Arc::strong_count(&self.shared) <= 2,
+            "rewind with callers still alive"
+        );
+        self.next_lane = 0;
     }
 
     /// The release command: `"delex"`, `"evalsha"`, or `"mixed"` when the nodes differ.

@@ -167,7 +167,9 @@ pub struct BenchArgs {
     /// `release-wait=all,quorum`, `nodes=H:P+H:P+H:P,H:P+H:P+H:P` (node sets: `+` joins the
     /// nodes of one side, `,` separates the sides), `server-bin=PATH,PATH` (5 local servers of
     /// each binary, e.g. redis-server against dragonfly), `server-threads=1,4` (Dragonfly's
-    /// proactor threads).
+    /// proactor threads), `client=baseline,dragonlock` (the single-loop baseline of
+    /// --baseline and dragonlock in turns, with --runs for the spread: on a noisy machine,
+    /// the fair way to compare them).
     #[arg(long, verbatim_doc_comment)]
     pub(crate) compare: Option<String>,
     /// With --compare: the length of each side's turn. --duration is each side's measured time
@@ -233,8 +235,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub(crate) nodes_down: usize,
     /// Also run the single-loop baseline (one task owning every node socket, the same lock
-    /// cycle and release command as dragonlock) with the same workers, and print the ratios.
-    /// Workloads: uncontended, contended, acquire-only.
+    /// cycle and release command as dragonlock) with the same workers, after dragonlock, and
+    /// print the ratios. Workloads: uncontended, contended, acquire-only. To take turns in
+    /// slices, and for sweeps and --runs: --compare client=baseline,dragonlock.
     #[arg(long)]
     pub(crate) baseline: bool,
     /// Release with the Lua script even where the server has DELEX.
@@ -759,24 +762,37 @@ fn validate(args: &BenchArgs) -> Result<Option<Compare>, String> {
         return Err("--keys picks among the contended workload's shared resources".into());
     }
     KeyPicker::new(args.keys(), args.resources.max(1), args.zipf_s)?;
-    if args.baseline && args.retries > 0 {
-        return Err("--retries with --baseline: the baseline makes one attempt per cycle".into());
-    }
-    if args.baseline && args.key_prefix.len() + 32 > baseline::MAX_KEY {
-        return Err(format!(
-            "--key-prefix with --baseline: the baseline's keys are at most {} bytes",
-            baseline::MAX_KEY
-        ));
-    }
-    if args.baseline && matches!(args.workload, Workload::Extend | Workload::Multi) {
-        return Err("--baseline runs the uncontended, contended and acquire-only workloads".into());
+    let compare = args.compare.as_deref().map(Compare::parse).transpose()?;
+    // The baseline's limits, for `--baseline` and for `--compare client=…` alike.
+    let with_baseline = match &compare {
+        Some(c) if c.key == CompareKey::Client => Some("--compare client=…"),
+        _ => args.baseline.then_some("--baseline"),
+    };
+    if let Some(flag) = with_baseline {
+        if args.retries > 0 {
+            return Err(format!(
+                "--retries with {flag}: the baseline makes one attempt per cycle"
+            ));
+        }
+        if args.key_prefix.len() + 32 > baseline::MAX_KEY {
+            return Err(format!(
+                "--key-prefix with {flag}: the baseline's keys are at most {} bytes",
+                baseline::MAX_KEY
+            ));
+        }
+        if matches!(args.workload, Workload::Extend | Workload::Multi) {
+            return Err(format!(
+                "{flag} runs the uncontended, contended and acquire-only workloads"
+            ));
+        }
     }
     if args.baseline && args.is_multi() {
         return Err(
-            "--baseline runs beside a single point: not with a sweep, --runs or --compare".into(),
+            "--baseline runs beside a single point: not with a sweep, --runs or --compare (for \
+             those, and for turns in slices: --compare client=baseline,dragonlock)"
+                .into(),
         );
     }
-    let compare = args.compare.as_deref().map(Compare::parse).transpose()?;
     if compare.is_some() {
         if args.ops.is_some() {
             return Err(
@@ -986,8 +1002,9 @@ pub(crate) fn setup_json(args: &BenchArgs, side: &Side, spec: &Spec) -> serde_js
         "protocol": side.protocol,
         "release_path": side.release_paths,
         "release_wait": format!("{:?}", side.spec.release_wait).to_lowercase(),
-        "baseline": null,
-        "baseline_release": null,
+        // On the baseline's side of `--compare client=…`: this side is the baseline.
+        "baseline": side.baseline.as_ref().map(|_| "single-loop"),
+        "baseline_release": side.baseline.as_ref().map(|b| b.release_command()),
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "concurrency": spec.concurrency,
         "ttl_ms": args.ttl.as_millis() as u64,

@@ -124,7 +124,7 @@ struct SideResult {
     runs: Vec<Results>,
 }
 
-pub async fn run(args: &BenchArgs, sides: Vec<Side>, compare: Option<Compare>) -> ExitCode {
+pub async fn run(args: &BenchArgs, mut sides: Vec<Side>, compare: Option<Compare>) -> ExitCode {
     let mut points = Vec::new();
     for &c in &args.concurrency {
         if args.rate.is_empty() {
@@ -190,7 +190,7 @@ pub async fn run(args: &BenchArgs, sides: Vec<Side>, compare: Option<Compare>) -
                     order.reverse();
                 }
                 for si in order {
-                    let side = &sides[si];
+                    let side = &mut sides[si];
                     let length = if sliced {
                         args.slice()
                             .min(args.duration.saturating_sub(args.slice() * k))
@@ -217,15 +217,34 @@ pub async fn run(args: &BenchArgs, sides: Vec<Side>, compare: Option<Compare>) -
                     } else {
                         "bench".to_string()
                     };
-                    let redlock = side.redlock.clone();
-                    let r = measure(
-                        args,
-                        &spec,
-                        |_| Runner::Dragonlock(redlock.clone()),
-                        &prefix,
-                        Some(&side.redlock),
-                    )
-                    .await;
+                    let r = match side.baseline.as_mut() {
+                        Some(base) => {
+                            // This slice's workers are new callers on the lanes of the last.
+                            base.rewind();
+                            // The baseline adds no key prefix of its own: it gets the one
+                            // dragonlock's manager adds.
+                            let prefix = format!("{}{prefix}", args.key_prefix);
+                            measure(
+                                args,
+                                &spec,
+                                |_| Runner::Baseline(base.client()),
+                                &prefix,
+                                Some(&side.redlock),
+                            )
+                            .await
+                        }
+                        None => {
+                            let redlock = side.redlock.clone();
+                            measure(
+                                args,
+                                &spec,
+                                |_| Runner::Dragonlock(redlock.clone()),
+                                &prefix,
+                                Some(&side.redlock),
+                            )
+                            .await
+                        }
+                    };
                     let answering = side.answering().await;
                     done += 1;
                     if !args.json {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use dragonlock::local::Flavor;
 use dragonlock::{Redlock, RedlockOptions};
 
+use crate::cli::baseline::Baseline;
 use crate::cli::bench::{BenchArgs, ReleaseWaitArg};
 use crate::cli::servers::{self, LocalServer};
 use crate::{fail, node_configs, EXIT_UNAVAILABLE, EXIT_USAGE};
@@ -27,6 +28,8 @@ pub enum CompareKey {
     Nodes,
     ServerBin,
     ServerThreads,
+    /// dragonlock against the single-loop baseline (`cli/baseline.rs`), in turns.
+    Client,
 }
 
 impl CompareKey {
@@ -37,6 +40,7 @@ impl CompareKey {
             CompareKey::Nodes => "nodes",
             CompareKey::ServerBin => "server-bin",
             CompareKey::ServerThreads => "server-threads",
+            CompareKey::Client => "client",
         }
     }
 }
@@ -52,7 +56,7 @@ impl Compare {
     pub fn parse(spec: &str) -> Result<Compare, String> {
         let usage = "--compare takes KEY=A,B with KEY one of release (script,delex), release-wait \
                      (all,quorum), nodes (H:P+H:P,H:P+H:P), server-bin (PATH,PATH), \
-                     server-threads (N,N)";
+                     server-threads (N,N), client (dragonlock,baseline)";
         let Some((key, values)) = spec.split_once('=') else {
             return Err(format!("--compare {spec:?}: {usage}"));
         };
@@ -62,6 +66,7 @@ impl Compare {
             "nodes" => CompareKey::Nodes,
             "server-bin" => CompareKey::ServerBin,
             "server-threads" => CompareKey::ServerThreads,
+            "client" => CompareKey::Client,
             other => return Err(format!("--compare: unknown key {other:?}: {usage}")),
         };
         let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).collect();
@@ -84,12 +89,14 @@ impl Compare {
                 CompareKey::Release => ["script", "delex"].contains(&v.as_str()),
                 CompareKey::ReleaseWait => ["all", "quorum"].contains(&v.as_str()),
                 CompareKey::ServerThreads => v.parse::<usize>().is_ok_and(|n| n >= 1),
+                CompareKey::Client => ["dragonlock", "baseline"].contains(&v.as_str()),
                 CompareKey::Nodes | CompareKey::ServerBin => true,
             };
             if !ok {
                 let want = match key {
                     CompareKey::Release => "script or delex",
                     CompareKey::ReleaseWait => "all or quorum",
+                    CompareKey::Client => "dragonlock or baseline",
                     _ => "a thread count of at least 1",
                 };
                 return Err(format!("--compare {spec:?}: {v:?} is not {want}"));
@@ -110,6 +117,8 @@ pub struct SideSpec {
     pub server_threads: Option<usize>,
     pub force_script: bool,
     pub release_wait: ReleaseWaitArg,
+    /// The side is the single-loop baseline (`--compare client=…`), not dragonlock.
+    pub baseline: bool,
 }
 
 /// The sides of the run: one, or one per `--compare` value.
@@ -121,6 +130,7 @@ pub fn side_specs(args: &BenchArgs, compare: Option<&Compare>) -> Vec<SideSpec> 
         server_threads: args.server_threads,
         force_script: args.force_script,
         release_wait: args.release_wait.unwrap_or(ReleaseWaitArg::Quorum),
+        baseline: false,
     };
     let Some(c) = compare else {
         return vec![base];
@@ -170,6 +180,7 @@ pub fn side_specs(args: &BenchArgs, compare: Option<&Compare>) -> Vec<SideSpec> 
                 CompareKey::Nodes => s.nodes = v.split('+').map(str::to_string).collect(),
                 CompareKey::ServerBin => s.server_bin = Some(PathBuf::from(v)),
                 CompareKey::ServerThreads => s.server_threads = v.parse().ok(),
+                CompareKey::Client => s.baseline = v == "baseline",
             }
             s
         })
@@ -199,6 +210,7 @@ pub fn check(args: &BenchArgs, compare: Option<&Compare>) -> Result<(), String> 
         CompareKey::ServerThreads => (!args.nodes.is_empty())
             .then_some("--nodes")
             .or(args.server_threads.is_some().then_some("--server-threads")),
+        CompareKey::Client => args.baseline.then_some("--baseline"),
     };
     if let Some(flag) = clash {
         return Err(format!(
@@ -236,6 +248,10 @@ pub struct Side {
     /// Each node: server, version and threads.
     pub servers: Vec<String>,
     pub release_paths: Vec<&'static str>,
+    /// The single-loop baseline this side runs (`--compare client=…`), on sockets of its own
+    /// to the same nodes; `redlock` then only reads the servers (`answering`, the server
+    /// statistics).
+    pub baseline: Option<Baseline>,
     /// Held for their `Drop`: the local servers stop with the side.
     #[allow(dead_code)]
     pub local: Vec<LocalServer>,
@@ -307,7 +323,7 @@ impl Side {
             }
         };
         let tls = configs.iter().any(|c| c.is_tls());
-        if args.baseline && tls {
+        if (args.baseline || spec.baseline) && tls {
             // The baseline speaks plain TCP only; a ratio against it over TLS would compare TLS
             // with no TLS.
             return Err(fail(
@@ -384,7 +400,31 @@ impl Side {
         for n in redlock.nodes() {
             described.push(describe(n, local_flavor, spec.server_threads).await);
         }
+        let baseline = if spec.baseline {
+            let live: Vec<String> = addrs
+                .iter()
+                .zip(&up)
+                .filter(|(_, u)| **u)
+                .map(|(a, _)| a.clone())
+                .collect();
+            let connected = Baseline::connect(
+                &live,
+                addrs.len(),
+                args.ttl,
+                spec.force_script,
+                !args.no_wake_on_release,
+                max_concurrency,
+            )
+            .await;
+            match connected {
+                Ok(b) => Some(b),
+                Err(e) => return Err(fail(EXIT_UNAVAILABLE, format!("baseline: {e}"))),
+            }
+        } else {
+            None
+        };
         Ok(Side {
+            baseline,
             spec,
             redlock,
             addrs,
@@ -487,6 +527,9 @@ mod tests {
         assert_eq!(c.values, ["all", "quorum"]);
         let c = Compare::parse("nodes=127.0.0.1:1+127.0.0.1:2,127.0.0.1:3").unwrap();
         assert_eq!(c.values.len(), 2);
+        let c = Compare::parse("client=baseline,dragonlock").unwrap();
+        assert_eq!(c.key, CompareKey::Client);
+        assert_eq!(c.values, ["baseline", "dragonlock"]);
         for (bad, says) in [
             ("release-wait", "KEY=A,B"),
             ("colour=red,blue", "unknown key"),
@@ -496,6 +539,7 @@ mod tests {
             ("release-wait=all,maybe", "not all or quorum"),
             ("release=script,lua", "not script or delex"),
             ("server-threads=1,0", "at least 1"),
+            ("client=dragonlock,redsync", "not dragonlock or baseline"),
             ("release-wait=all,quorum,a,b,c,d,e,f,g", "at most 8"),
         ] {
             let e = Compare::parse(bad).unwrap_err();
