@@ -485,7 +485,9 @@ impl Table {
         }
     }
 
-    /// Frees entry `index` once its caller is gone and nothing is left to send.
+    /// Frees entry `index` once its caller is gone and nothing is left to send. Inlined: it runs
+    /// for every handed request sent, and almost always finds the caller still there.
+    #[inline(always)]
     fn free_if_settled(&mut self, index: usize) {
         let op = &self.ops[index];
         if !op.caller && op.unsent == 0 {
@@ -497,6 +499,7 @@ impl Table {
     /// never will be (their nodes never saw the op); but those of an op that outlives its
     /// caller (`HandedMeta::outlive_caller`) are still sent. The entry is freed now, or, with
     /// requests still to send, once they are.
+    #[inline]
     fn give_back(&mut self, index: usize) {
         let outlive = self.requests[index].meta.outlive_caller;
         let op = &mut self.ops[index];
@@ -508,7 +511,9 @@ impl Table {
         self.free_if_settled(index);
     }
 
-    /// [`answer`](Table::answer) for a reply read in place.
+    /// [`answer`](Table::answer) for a reply read in place. Inlined into the driver's read
+    /// loop, which calls it for every lock reply.
+    #[inline]
     pub(crate) fn answer_lock(&mut self, id: OpId, node: u8, reply: LockReply) -> Option<Waker> {
         self.answer_with(id, node, |rule| rule.classify_lock(reply))
     }
@@ -612,6 +617,7 @@ impl OpTable {
         self.lock().ops.len()
     }
 
+    #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, Table> {
         // Every mutation is a few plain assignments: a panic leaves the table consistent.
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -491,6 +491,7 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
+    #[inline]
     fn one(key: Key) -> Keys {
         Keys {
             keys: smallvec::smallvec![key],
@@ -499,10 +500,12 @@ impl Keys {
     }
 
     /// Every key, in the order the scripts get them.
+    #[inline]
     pub(crate) fn all(&self) -> &[Key] {
         &self.keys
     }
 
+    #[inline]
     pub(crate) fn is_multi(&self) -> bool {
         self.multi
     }
@@ -1003,10 +1006,12 @@ impl Redlock {
     /// When a lock taken at `start` for `ttl` stops being valid: `start` plus the ttl the nodes
     /// are sent (`PX`/`PEXPIRE` take whole milliseconds, so a fraction of one is not sent and
     /// not counted) less `drift`.
+    #[inline]
     pub(crate) fn valid_until(start: Instant, ttl: Duration, drift: Duration) -> Instant {
         start + Duration::from_millis(ttl.as_millis() as u64) - drift
     }
 
+    #[inline]
     fn key(&self, resource: &str) -> Key {
         let mut key = SmallVec::new();
         key.extend_from_slice(self.inner.options.key_prefix.as_bytes());

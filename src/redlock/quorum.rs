@@ -61,6 +61,7 @@ pub(crate) enum Decision {
 impl Decision {
     /// A quorum whose deciding reply still left `min_validity` before `valid_until`: a lock
     /// (or an extension) that may be handed out.
+    #[inline]
     pub(crate) fn quorum_in_time(self, min_validity: Duration, valid_until: Instant) -> bool {
         matches!(self, Decision::Quorum(at) if at + min_validity <= valid_until)
     }

@@ -27,6 +27,7 @@ pub(crate) struct Token {
 
 impl std::ops::Deref for Token {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
