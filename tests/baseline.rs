@@ -233,6 +233,44 @@ async fn a_rewound_lane_goes_on_from_its_last_tickets() {
     }
 }
 
+/// A caller dropped with an operation in flight: the lane's next caller goes on past that
+/// operation's ticket, so its late outcome (a refusal that comes 1.5 s late, once the new
+/// caller waits) is never taken for the new caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_decided_after_its_caller_left_reaches_nobody() {
+    let node: Handler = Arc::new(|args: &[Vec<u8>]| match (args[0].as_slice(), args.get(1)) {
+        // A refusal, late: the replies behind it wait for it, as a real server's would.
+        (b"SET", Some(key)) if key.as_slice() == b"slow" => {
+            Action::Trickle(b"$-1\r\n".to_vec(), Duration::from_millis(300))
+        }
+        (b"SET", _) => Action::Reply(b"+OK\r\n".to_vec()),
+        _ => Action::Reply(b":1\r\n".to_vec()),
+    });
+    let fake = FakeServer::start(false, node).await;
+    let addrs = [format!("127.0.0.1:{}", fake.port)];
+    let ttl = Duration::from_secs(3);
+    let mut base = Baseline::connect(&addrs, 1, ttl, false, false, 1)
+        .await
+        .unwrap();
+    let mut client = base.client();
+    {
+        let mut slow = std::pin::pin!(client.acquire(b"slow"));
+        let waker = std::task::Waker::noop();
+        let poll = slow
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        assert!(poll.is_pending(), "submitted, not decided");
+    }
+    drop(client);
+    base.rewind();
+    let mut client = base.client();
+    let within = Duration::from_secs(10);
+    let granted = tokio::time::timeout(within, client.acquire(b"fast1")).await;
+    assert!(matches!(granted, Ok(Ok(_))), "{granted:?}");
+    let granted = tokio::time::timeout(within, client.acquire(b"fast2")).await;
+    assert!(matches!(granted, Ok(Ok(_))), "{granted:?}");
+}
+
 /// `rewind` while a caller is alive would hand its lane to a second one: refused.
 #[tokio::test]
 #[should_panic(expected = "callers still alive")]

@@ -399,6 +399,30 @@ fn bench_compare_client_takes_turns_with_the_baseline() {
     assert_eq!(ratio["side"], "dragonlock");
     assert_eq!(ratio["to"], "baseline");
     assert!(ratio["client_cpu_us_per_cycle"].is_number(), "{ratio}");
+
+    // On the local servers (no --nodes): both clients on the same five, started once.
+    let lines = json_lines(&[
+        "--compare",
+        "client=baseline,dragonlock",
+        "--duration",
+        "200ms",
+        "--slice",
+        "100ms",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "1",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let nodes = &lines[0]["setup"]["nodes"];
+    assert_eq!(nodes.as_array().map(Vec::len), Some(5), "{}", lines[0]);
+    assert_eq!(&lines[1]["setup"]["nodes"], nodes, "{}", lines[1]);
+    assert_eq!(
+        lines[0]["setup"]["server_binary"],
+        lines[1]["setup"]["server_binary"]
+    );
 }
 
 /// A sweep's plot has the percentile panel (a line per point) and the throughput-against-p99
@@ -633,7 +657,20 @@ fn bench_new_flags_refuse_bad_input_with_a_clear_message() {
         ),
         (
             vec!["--compare", "client=baseline,dragonlock", "--baseline"],
-            "--compare client=baseline,dragonlock",
+            "--baseline and --compare client=… both run the baseline",
+        ),
+        (
+            vec![
+                "--compare",
+                "client=baseline,dragonlock",
+                "--release-wait",
+                "all",
+            ],
+            "--release-wait all with --compare client=…",
+        ),
+        (
+            vec!["--baseline", "--release-wait", "all"],
+            "--release-wait all with --baseline",
         ),
     ];
     for (extra, says) in cases {

@@ -71,7 +71,7 @@ use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -186,6 +186,8 @@ struct Lane {
 struct Shared {
     queue: Mutex<Queue>,
     lanes: Box<[Lane]>,
+    /// Callers made and not yet dropped (see [`Baseline::rewind`]).
+    alive: AtomicUsize,
     /// `N/2+1` of the nodes.
     quorum: usize,
 }
@@ -238,6 +240,7 @@ impl Drop for Client {
         self.shared.lanes[self.lane]
             .last_ticket
             .store(self.ticket, Ordering::SeqCst);
+        self.shared.alive.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -368,6 +371,7 @@ impl Baseline {
                     last_ticket: AtomicU32::new(0),
                 })
                 .collect(),
+            alive: AtomicUsize::new(0),
         });
         let the_loop = Loop {
             shared: shared.clone(),
@@ -403,6 +407,7 @@ impl Baseline {
         assert!(self.next_lane < self.callers, "more callers than sized for");
         self.next_lane += 1;
         let lane = self.next_lane - 1;
+        self.shared.alive.fetch_add(1, Ordering::SeqCst);
         Client {
             ticket: self.shared.lanes[lane].last_ticket.load(Ordering::SeqCst),
             shared: self.shared.clone(),
@@ -419,9 +424,9 @@ impl Baseline {
     ///
     /// While a caller made before is still alive.
     pub fn rewind(&mut self) {
-        // Ours and the loop's: no caller holds one.
-        assert!(
-            Arc::strong_count(&self.shared) <= 2,
+        assert_eq!(
+            self.shared.alive.load(Ordering::SeqCst),
+            0,
             "rewind with callers still alive"
         );
         self.next_lane = 0;

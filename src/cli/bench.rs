@@ -763,6 +763,13 @@ fn validate(args: &BenchArgs) -> Result<Option<Compare>, String> {
     }
     KeyPicker::new(args.keys(), args.resources.max(1), args.zipf_s)?;
     let compare = args.compare.as_deref().map(Compare::parse).transpose()?;
+    if args.baseline
+        && compare
+            .as_ref()
+            .is_some_and(|c| c.key == CompareKey::Client)
+    {
+        return Err("--baseline and --compare client=… both run the baseline: give one".into());
+    }
     // The baseline's limits, for `--baseline` and for `--compare client=…` alike.
     let with_baseline = match &compare {
         Some(c) if c.key == CompareKey::Client => Some("--compare client=…"),
@@ -783,6 +790,13 @@ fn validate(args: &BenchArgs) -> Result<Option<Compare>, String> {
         if matches!(args.workload, Workload::Extend | Workload::Multi) {
             return Err(format!(
                 "{flag} runs the uncontended, contended and acquire-only workloads"
+            ));
+        }
+        if args.release_wait == Some(ReleaseWaitArg::All) {
+            // Its releases return at the quorum: dragonlock's waiting for every node would be
+            // compared with less work.
+            return Err(format!(
+                "--release-wait all with {flag}: the baseline's releases return at the quorum"
             ));
         }
     }
@@ -839,10 +853,27 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         Err(e) => return fail(EXIT_USAGE, e),
     };
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
-    let mut sides = Vec::new();
-    for spec in bench_sides::side_specs(&args, compare.as_ref()) {
+    let mut sides: Vec<Side> = Vec::new();
+    // The two clients of `client=…` on the same servers: the local ones the first side starts.
+    let same_servers = compare
+        .as_ref()
+        .is_some_and(|c| c.key == CompareKey::Client);
+    for mut spec in bench_sides::side_specs(&args, compare.as_ref()) {
+        let first = sides
+            .first()
+            .filter(|f| same_servers && !f.local.is_empty());
+        if let Some(first) = first {
+            spec.nodes = first.addrs.clone();
+            spec.shared = true;
+        }
         match Side::open(&args, spec, max_concurrency).await {
-            Ok(side) => sides.push(side),
+            Ok(mut side) => {
+                if let Some(first) = sides.first().filter(|_| side.spec.shared) {
+                    side.server_bin = first.server_bin.clone();
+                    side.servers = first.servers.clone();
+                }
+                sides.push(side)
+            }
             Err(code) => return code,
         }
     }

@@ -56,7 +56,7 @@ impl Compare {
     pub fn parse(spec: &str) -> Result<Compare, String> {
         let usage = "--compare takes KEY=A,B with KEY one of release (script,delex), release-wait \
                      (all,quorum), nodes (H:P+H:P,H:P+H:P), server-bin (PATH,PATH), \
-                     server-threads (N,N), client (dragonlock,baseline)";
+                     server-threads (N,N), client (baseline,dragonlock)";
         let Some((key, values)) = spec.split_once('=') else {
             return Err(format!("--compare {spec:?}: {usage}"));
         };
@@ -119,6 +119,9 @@ pub struct SideSpec {
     pub release_wait: ReleaseWaitArg,
     /// The side is the single-loop baseline (`--compare client=…`), not dragonlock.
     pub baseline: bool,
+    /// `nodes` are the local servers an earlier side started (`--compare client=…` measures
+    /// both clients on the same servers), some perhaps stopped by `--nodes-down`.
+    pub shared: bool,
 }
 
 /// The sides of the run: one, or one per `--compare` value.
@@ -131,6 +134,7 @@ pub fn side_specs(args: &BenchArgs, compare: Option<&Compare>) -> Vec<SideSpec> 
         force_script: args.force_script,
         release_wait: args.release_wait.unwrap_or(ReleaseWaitArg::Quorum),
         baseline: false,
+        shared: false,
     };
     let Some(c) = compare else {
         return vec![base];
@@ -210,7 +214,8 @@ pub fn check(args: &BenchArgs, compare: Option<&Compare>) -> Result<(), String> 
         CompareKey::ServerThreads => (!args.nodes.is_empty())
             .then_some("--nodes")
             .or(args.server_threads.is_some().then_some("--server-threads")),
-        CompareKey::Client => args.baseline.then_some("--baseline"),
+        // `--baseline` with it is refused earlier, in `validate`.
+        CompareKey::Client => None,
     };
     if let Some(flag) = clash {
         return Err(format!(
@@ -311,7 +316,7 @@ impl Side {
                 Err(e) => return Err(fail(EXIT_USAGE, e)),
             }
         } else {
-            if args.nodes_down > 0 {
+            if args.nodes_down > 0 && !spec.shared {
                 return Err(fail(
                     EXIT_USAGE,
                     "--nodes-down works only with the local servers (no --nodes)",
@@ -326,9 +331,14 @@ impl Side {
         if (args.baseline || spec.baseline) && tls {
             // The baseline speaks plain TCP only; a ratio against it over TLS would compare TLS
             // with no TLS.
+            let flag = if args.baseline {
+                "--baseline"
+            } else {
+                "--compare client=…"
+            };
             return Err(fail(
                 EXIT_USAGE,
-                "--baseline runs on plain TCP nodes only (no rediss://)",
+                format!("{flag} runs on plain TCP nodes only (no rediss://)"),
             ));
         }
         let addrs: Vec<String> = configs.iter().map(|c| c.addr()).collect();
