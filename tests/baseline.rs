@@ -203,6 +203,17 @@ async fn an_acquire_without_a_quorum_expires_at_its_validity() {
     );
 }
 
+/// A baseline for one caller on one fake node answering with `handler`; the node stops with
+/// the returned server.
+async fn on_one_node(handler: Handler, ttl: Duration) -> (FakeServer, Baseline) {
+    let fake = FakeServer::start(false, handler).await;
+    let addrs = [format!("127.0.0.1:{}", fake.port)];
+    let base = Baseline::connect(&addrs, 1, ttl, false, false, 1)
+        .await
+        .unwrap();
+    (fake, base)
+}
+
 /// A lane given to a new caller after `rewind` (the sides of `bench --compare client=…` take
 /// turns) goes on from the tickets of its last caller: outcomes only grow on a lane, so a new
 /// caller that started again from ticket 1 would never see its own.
@@ -212,11 +223,7 @@ async fn a_rewound_lane_goes_on_from_its_last_tickets() {
         b"SET" => Action::Reply(b"+OK\r\n".to_vec()),
         _ => Action::Reply(b":1\r\n".to_vec()),
     });
-    let fake = FakeServer::start(false, yes).await;
-    let addrs = [format!("127.0.0.1:{}", fake.port)];
-    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, false, 1)
-        .await
-        .unwrap();
+    let (_fake, mut base) = on_one_node(yes, Duration::from_secs(5)).await;
     for round in 0..3 {
         let mut client = base.client();
         for i in 0..3 {
@@ -246,12 +253,8 @@ async fn an_outcome_decided_after_its_caller_left_reaches_nobody() {
         (b"SET", _) => Action::Reply(b"+OK\r\n".to_vec()),
         _ => Action::Reply(b":1\r\n".to_vec()),
     });
-    let fake = FakeServer::start(false, node).await;
-    let addrs = [format!("127.0.0.1:{}", fake.port)];
     let ttl = Duration::from_secs(3);
-    let mut base = Baseline::connect(&addrs, 1, ttl, false, false, 1)
-        .await
-        .unwrap();
+    let (_fake, mut base) = on_one_node(node, ttl).await;
     let mut client = base.client();
     {
         let mut slow = std::pin::pin!(client.acquire(b"slow"));
@@ -276,11 +279,7 @@ async fn an_outcome_decided_after_its_caller_left_reaches_nobody() {
 #[should_panic(expected = "callers still alive")]
 async fn rewind_refuses_while_a_caller_is_alive() {
     let yes: Handler = Arc::new(|_: &[Vec<u8>]| Action::Reply(b"+OK\r\n".to_vec()));
-    let fake = FakeServer::start(false, yes).await;
-    let addrs = [format!("127.0.0.1:{}", fake.port)];
-    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, false, 1)
-        .await
-        .unwrap();
+    let (_fake, mut base) = on_one_node(yes, Duration::from_secs(5)).await;
     let _client = base.client();
     base.rewind();
 }
@@ -300,11 +299,7 @@ impl std::task::Wake for Flag {
 #[tokio::test]
 async fn the_newest_waker_is_woken() {
     let yes: Handler = Arc::new(|_: &[Vec<u8>]| Action::Reply(b"+OK\r\n".to_vec()));
-    let fake = FakeServer::start(false, yes).await;
-    let addrs = [format!("127.0.0.1:{}", fake.port)];
-    let mut base = Baseline::connect(&addrs, 1, Duration::from_secs(5), false, false, 1)
-        .await
-        .unwrap();
+    let (_fake, mut base) = on_one_node(yes, Duration::from_secs(5)).await;
     let mut client = base.client();
     let mut acquire = std::pin::pin!(client.acquire(b"k"));
     let (first, second) = (

@@ -217,34 +217,23 @@ pub async fn run(args: &BenchArgs, mut sides: Vec<Side>, compare: Option<Compare
                     } else {
                         "bench".to_string()
                     };
-                    let r = match side.baseline.as_mut() {
-                        Some(base) => {
-                            // This slice's workers are new callers on the lanes of the last.
-                            base.rewind();
-                            // The baseline adds no key prefix of its own: it gets the one
-                            // dragonlock's manager adds.
-                            let prefix = format!("{}{prefix}", args.key_prefix);
-                            measure(
-                                args,
-                                &spec,
-                                |_| Runner::Baseline(base.client()),
-                                &prefix,
-                                Some(&side.redlock),
-                            )
-                            .await
+                    // A baseline side's workers are new callers on the lanes of the last
+                    // slice's; the baseline adds no key prefix of its own: it gets the one
+                    // dragonlock's manager adds.
+                    let mut base = side.baseline.as_mut();
+                    let prefix = match base.as_mut() {
+                        Some(b) => {
+                            b.rewind();
+                            format!("{}{prefix}", args.key_prefix)
                         }
-                        None => {
-                            let redlock = side.redlock.clone();
-                            measure(
-                                args,
-                                &spec,
-                                |_| Runner::Dragonlock(redlock.clone()),
-                                &prefix,
-                                Some(&side.redlock),
-                            )
-                            .await
-                        }
+                        None => prefix,
                     };
+                    let redlock = side.redlock.clone();
+                    let runner = |_| match base.as_mut() {
+                        Some(b) => Runner::Baseline(b.client()),
+                        None => Runner::Dragonlock(redlock.clone()),
+                    };
+                    let r = measure(args, &spec, runner, &prefix, Some(&side.redlock)).await;
                     let answering = side.answering().await;
                     done += 1;
                     if !args.json {
