@@ -257,8 +257,8 @@ pub struct Side {
     /// to the same nodes; `redlock` then only reads the servers (`answering`, the server
     /// statistics).
     pub baseline: Option<Baseline>,
-    /// Held for their `Drop`: the local servers stop with the side.
-    #[allow(dead_code)]
+    /// The local servers this side started (none with `--nodes`, or on the servers of an
+    /// earlier side): they stop with the side.
     pub local: Vec<LocalServer>,
 }
 
