@@ -310,6 +310,46 @@ async fn a_drift_factor_that_is_not_a_number_is_refused() {
     assert_eq!(clamped.options().drift_factor_value(), 0.5);
 }
 
+/// The fenced path makes its own tokens (`redlock/fence.rs`): they carry the prefix too, on
+/// one resource and on several, and its extend and release match them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_tokens_carry_the_prefix_too() {
+    let servers = cluster(3);
+    let r = over(
+        &servers,
+        RedlockOptions::default()
+            .fencing(true)
+            .token_prefix("host-7/"),
+    )
+    .await;
+    let mut lock = r.try_acquire("job", TTL).await.unwrap();
+    assert!(lock.fencing_token().is_some());
+    let token = lock.token().to_string();
+    let random = token.strip_prefix("host-7/").expect("prefixed");
+    assert_eq!(random.len(), TOKEN_RANDOM_LEN);
+    settle(&r).await;
+    for s in &servers {
+        assert_eq!(s.cmd(&["GET", "job"]).as_bytes(), Some(token.as_bytes()));
+    }
+    lock.extend(TTL).await.unwrap();
+    assert_eq!(lock.release().await.unwrap(), 3);
+
+    let many = r.try_acquire_many(&["a", "b"], TTL).await.unwrap();
+    let token = many.token().to_string();
+    assert!(token.starts_with("host-7/"), "{token}");
+    settle(&r).await;
+    for s in &servers {
+        for key in ["a", "b"] {
+            assert_eq!(s.cmd(&["GET", key]).as_bytes(), Some(token.as_bytes()));
+        }
+    }
+    assert_eq!(many.release().await.unwrap(), 3);
+    for s in &servers {
+        assert!(s.cmd(&["GET", "job"]).is_null());
+        assert!(s.cmd(&["GET", "a"]).is_null());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Who holds it
 

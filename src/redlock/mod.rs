@@ -196,10 +196,8 @@ impl RedlockOptions {
     ///
     /// At most [`MAX_TOKEN_PREFIX`] bytes: a longer prefix is refused when the manager (or a
     /// view) is made, with [`ErrorKind::TokenPrefixTooLong`](crate::ErrorKind::TokenPrefixTooLong).
-    /// The token stays inline, so a prefix costs no allocation per acquire.
-    ///
-    /// Fenced acquires ([`fencing`](RedlockOptions::fencing)) do not put the prefix on their
-    /// tokens yet.
+    /// The token stays inline, so a prefix costs no allocation per acquire. Fenced acquires
+    /// ([`fencing`](RedlockOptions::fencing)) carry it as well.
     pub fn token_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.token_prefix = Arc::from(prefix.into());
         self
