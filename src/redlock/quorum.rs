@@ -5,9 +5,10 @@
 //! connection group's table (`conn/ops.rs`), the driver counts each reply where it reads it,
 //! and the caller is woken once, at the decision. [`QuorumCollector`] is the general one: a
 //! `ReplyFuture` per node, classified by the caller, for any number of nodes and any reply
-//! (the fencing reads and writes, the reseed), and for every phase of a manager whose
-//! connections are not one group, or of more than 7 nodes, or that finds the table full
-//! (counted in `LockStats::general_path`).
+//! (the fencing writes, the reseed), and for every phase of a manager whose connections are
+//! not one group, or of more than 7 nodes, or that finds the table full (counted in
+//! `LockStats::general_path`). The fencing read polls per-node `ReplyFuture`s of its own
+//! (`fence.rs`), and is not counted there.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;

@@ -175,8 +175,9 @@ pub struct LockStats {
     /// Lock phases (an attempt's requests, a release's, an extension's, a fencing counter's)
     /// that took the general path, a future per node, rather than the connection group's op
     /// table, where the group's task decides them: every phase of a manager made
-    /// [`from_connections`](super::Redlock::from_connections) or of more than 7 nodes, fenced
-    /// phases, and any phase that found the table full (twice as many phases as the largest
+    /// [`from_connections`](super::Redlock::from_connections) or of more than 7 nodes, the
+    /// fenced acquire's write (one a fenced attempt: its read of the counters, a future per
+    /// node as well, is not counted), and any phase that found the table full (twice as many phases as the largest
     /// `max_in_flight` of the nodes, at most 2,048). An entry is held while its caller waits
     /// for the phase, not until every node answered, so nodes that answer nothing hold none. A
     /// count that keeps rising means more phases at once than the table holds (raise
