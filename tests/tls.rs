@@ -279,6 +279,61 @@ async fn the_lock_cycle_runs_over_tls_on_three_nodes() {
     }
 }
 
+/// Release notifications over TLS: a waiter on three TLS nodes subscribes on each (its
+/// subscriber connections speak TLS too) and is woken by the holder's release, not by its
+/// retry delay, which is set past the test's bound, as in `tests/handoff.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_tls_nodes_is_woken_by_the_release() {
+    use dragonlock::redlock::scripts::RELEASE_CHANNEL_PREFIX;
+    use dragonlock::resp::Frame;
+    const NEVER: Duration = Duration::from_secs(60);
+    const BOUND: Duration = Duration::from_secs(20);
+
+    let pki = Pki::new();
+    let servers: Vec<Server> = (0..3).map(|_| tls_server(&pki, "server", false)).collect();
+    let over = |options: RedlockOptions| {
+        let configs = servers
+            .iter()
+            .map(|s| config(s, trusting(pki.ca())))
+            .collect();
+        support::redlock_over_configs(configs, options)
+    };
+    let holder_side = over(RedlockOptions::default()).await;
+    let waiter_side = over(
+        RedlockOptions::default()
+            .retry_count(5)
+            .retry_delay(NEVER, Duration::ZERO),
+    )
+    .await;
+    let ttl = Duration::from_secs(30);
+    let held = holder_side.try_acquire("hot", ttl).await.unwrap();
+
+    let waiter = waiter_side.clone();
+    let waiting = tokio::spawn(async move { waiter.acquire("hot", ttl).await });
+    // Subscribed on every node (asked on the servers' plain ports).
+    let channel = format!("{RELEASE_CHANNEL_PREFIX}hot");
+    let numsub = |s: &Server| match s.cmd(&["PUBSUB", "NUMSUB", &channel]) {
+        Frame::Array(items) => items[1].as_integer().unwrap(),
+        other => panic!("PUBSUB NUMSUB answered {other:?}"),
+    };
+    let subscribed = support::eventually(BOUND, || servers.iter().all(|s| numsub(s) == 1)).await;
+    assert!(subscribed, "the waiter did not subscribe over TLS");
+    // Its first attempt, and the one its subscription's confirmation starts, have failed: from
+    // here on only a wake-up gets it the lock before the bound.
+    let attempts = |s: &Server| s.command_calls("set");
+    let tried = support::eventually(BOUND, || servers.iter().all(|s| attempts(s) >= 3)).await;
+    assert!(tried, "the waiter's attempts did not reach every node");
+
+    held.release().await.unwrap();
+    let lock = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the release woke the waiter")
+        .unwrap()
+        .expect("the waiter holds the lock");
+    assert!(lock.is_valid());
+    lock.release().await.unwrap();
+}
+
 fn dragonlock(args: &[&str]) -> (Option<i32>, String) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_dragonlock"))
         .args(args)

@@ -26,18 +26,32 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    async fn write_all(&mut self, data: &[u8]) -> Result<(), Error> {
+    /// Writes all of `data` (encrypted, over TLS), and any TLS record the session still has to
+    /// send (an answer to what a read brought in), even when `data` is empty.
+    pub(super) async fn write_all(&mut self, data: &[u8]) -> Result<(), Error> {
         match &mut self.tls {
             Some(s) => s.write_all(&self.tcp, data).await,
             None => Ok(self.tcp.write_all(data).await?),
         }
     }
 
-    async fn read_buf(&mut self, buf: &mut BytesMut) -> Result<usize, Error> {
+    /// Waits for bytes (decrypted, over TLS) and appends them to `buf`; `Ok(0)` at the end of
+    /// the stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: bytes read from the socket are either appended to `buf` before the future
+    /// completes or kept by the TLS session for the next call.
+    pub(super) async fn read_buf(&mut self, buf: &mut BytesMut) -> Result<usize, Error> {
         match &mut self.tls {
             Some(s) => s.read_buf(&self.tcp, buf).await,
             None => Ok(self.tcp.read_buf(buf).await?),
         }
+    }
+
+    /// Whether the TLS session holds records to send (never on plain TCP).
+    pub(super) fn wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|s| s.wants_write())
     }
 }
 

@@ -6,7 +6,7 @@
 //! answer to every `SUBSCRIBE` is a push (`>3 subscribe …`, `server-ops.json`), not a reply, so
 //! the request FIFO of a lock connection would wait for it forever. A socket of its own keeps
 //! the lock path's sockets, their FIFO and their zero-allocation cycle exactly as they are, and
-//! works over both protocols.
+//! works over both protocols, on plain TCP or TLS as the node's config says.
 //!
 //! ```text
 //!  start --> connect + handshake --ok--> Connected --> serve --EOF / error--> Lost --+
@@ -27,11 +27,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::{handshake, ConnectionConfig};
+use super::handshake::{self, Stream};
+use super::ConnectionConfig;
 use crate::error::{Error, ErrorKind};
 use crate::resp::{encode_command, Decoder, Frame};
 
@@ -155,14 +154,9 @@ async fn run(config: ConnectionConfig, shared: Arc<Shared>, sink: Arc<dyn PubSub
         };
         match attempt {
             Ok((stream, _)) => {
-                if stream.tls.is_some() {
-                    // Not built yet: notifications over TLS. Without a subscriber the waiters
-                    // poll, as they do when a notification is lost.
-                    return;
-                }
                 failures = 0;
                 sink.event(PubSubEvent::Connected);
-                let ended = serve(&config, stream.tcp, &shared, &*sink).await;
+                let ended = serve(&config, stream, &shared, &*sink).await;
                 sink.event(PubSubEvent::Lost);
                 if ended.kind() == &ErrorKind::Closed {
                     return;
@@ -186,9 +180,11 @@ fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
 }
 
 /// Writes what the sink asks, reports what is read, until the connection fails or is closed.
+/// Plain TCP or TLS alike (`Stream`): the subscriber's traffic is rare and small, so it takes
+/// the handshake's simple awaited reads and writes rather than the lock drivers' polled ones.
 async fn serve(
     config: &ConnectionConfig,
-    mut stream: TcpStream,
+    mut stream: Stream,
     shared: &Shared,
     sink: &dyn PubSubSink,
 ) -> Error {
@@ -208,13 +204,15 @@ async fn serve(
             };
             encode_command(&mut out, &[name, &channel]);
         }
-        if !out.is_empty() {
+        // With nothing to send, still the TLS records a read left to answer.
+        if !out.is_empty() || stream.wants_write() {
             if let Err(e) = stream.write_all(&out).await {
-                return e.into();
+                return e;
             }
             out.clear();
         }
         tokio::select! {
+            // Cancel safe (`Stream::read_buf`): a wake-up or the shutdown loses no bytes.
             read = stream.read_buf(&mut read_buf) => match read {
                 Ok(0) => return Error::new(ErrorKind::Eof),
                 Ok(_) => loop {
@@ -228,7 +226,7 @@ async fn serve(
                         Err(e) => return e.into(),
                     }
                 },
-                Err(e) => return e.into(),
+                Err(e) => return e,
             },
             _ = shared.wake.notified() => {}
             _ = shared.shutdown.notified() => return Error::new(ErrorKind::Closed),

@@ -482,7 +482,9 @@ mod imp {
             Ok(())
         }
 
-        /// Encrypts and sends all of `data` (the handshake's commands).
+        /// Encrypts and sends all of `data` (the handshake's commands, a subscriber's), then any
+        /// record still pending (an alert or a key update answered while reading), so an empty
+        /// `data` flushes those alone.
         pub(crate) async fn write_all(
             &mut self,
             stream: &TcpStream,
@@ -493,7 +495,7 @@ mod imp {
                 data = &data[n..];
                 self.flush(stream).await?;
             }
-            Ok(())
+            self.flush(stream).await
         }
 
         /// Waits for plaintext and appends it to `buf`; `Ok(0)` at the end of the stream.
