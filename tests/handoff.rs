@@ -413,3 +413,56 @@ async fn a_resp2_waiter_is_woken_too() {
     lock.release().await.unwrap();
     assert!(subscribed_everywhere(&servers, &channel("r2"), 0).await);
 }
+
+/// A subscriber connection whose handshakes are refused (the node's password changed under a
+/// live client) tries again at most once per `AUTH_FAILURE_BACKOFF`, as the lock connections
+/// do, not at the pace of its backoff (5 ms here): counted by a proxy in front of that node,
+/// bounded by the time that actually passed, so a slow machine cannot fail it. The other
+/// nodes' subscribers still wake the waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscriber_waits_the_auth_failure_backoff_between_attempts() {
+    use std::sync::atomic::Ordering;
+    use support::proxy::Proxy;
+
+    let servers = cluster(3);
+    let proxy = Proxy::to_port(servers[0].port).await;
+    let urls = [proxy.url(), servers[1].url(), servers[2].url()];
+    let holder_side = support::redlock_over(&urls, RedlockOptions::default()).await;
+    let waiter_side = support::redlock_over(&urls, waiting_options()).await;
+    let ttl = Duration::from_secs(120);
+    let held = holder_side.try_acquire("hot", ttl).await.unwrap();
+    // The live lock connections stay; every new connection to node 0 is refused from here on.
+    servers[0].cmd(&["CONFIG", "SET", "requirepass", "changed"]);
+    let before = proxy.stats.accepted.load(Ordering::SeqCst);
+
+    let started = std::time::Instant::now();
+    let waiter = waiter_side.clone();
+    let waiting = tokio::spawn(async move { waiter.acquire("hot", ttl).await });
+    let ch = channel("hot");
+    let others =
+        support::eventually(BOUND, || servers[1..].iter().all(|s| numsub(s, &ch) == 1)).await;
+    assert!(others, "the waiter subscribed on the two other nodes");
+    let tried = support::eventually(BOUND, || {
+        proxy.stats.accepted.load(Ordering::SeqCst) > before
+    })
+    .await;
+    assert!(tried, "node 0's subscriber tried to connect");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let attempts = proxy.stats.accepted.load(Ordering::SeqCst) - before;
+    let elapsed = started.elapsed();
+    let allowed = 1
+        + (elapsed.as_secs_f64() / dragonlock::conn::AUTH_FAILURE_BACKOFF.as_secs_f64()).ceil()
+            as u64;
+    assert!(
+        (1..=allowed).contains(&attempts),
+        "{attempts} refused attempts in {elapsed:?}, at most {allowed} allowed"
+    );
+
+    held.release().await.unwrap();
+    let lock = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the release woke the waiter")
+        .unwrap()
+        .expect("the waiter holds the lock");
+    lock.release().await.unwrap();
+}

@@ -305,7 +305,8 @@ async fn a_waiter_on_tls_nodes_is_woken_by_the_release() {
             .retry_delay(NEVER, Duration::ZERO),
     )
     .await;
-    let ttl = Duration::from_secs(30);
+    // Longer than the waits below together, so the holder's lock cannot expire unpublished.
+    let ttl = Duration::from_secs(120);
     let held = holder_side.try_acquire("hot", ttl).await.unwrap();
 
     let waiter = waiter_side.clone();
@@ -331,6 +332,10 @@ async fn a_waiter_on_tls_nodes_is_woken_by_the_release() {
         .unwrap()
         .expect("the waiter holds the lock");
     assert!(lock.is_valid());
+    // The last waiter left: its `UNSUBSCRIBE` went out over TLS on every node (the write after
+    // a wake-up ended a pending read).
+    let left = support::eventually(BOUND, || servers.iter().all(|s| numsub(s) == 0)).await;
+    assert!(left, "the subscription outlived its waiter");
     lock.release().await.unwrap();
 }
 

@@ -26,8 +26,8 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    /// Writes all of `data` (encrypted, over TLS), and any TLS record the session still has to
-    /// send (an answer to what a read brought in), even when `data` is empty.
+    /// Writes all of `data` (encrypted, over TLS), and any TLS record the session queued while
+    /// reading (rare: a warning alert), even when `data` is empty.
     pub(super) async fn write_all(&mut self, data: &[u8]) -> Result<(), Error> {
         match &mut self.tls {
             Some(s) => s.write_all(&self.tcp, data).await,

@@ -152,7 +152,9 @@ async fn run(config: ConnectionConfig, shared: Arc<Shared>, sink: Arc<dyn PubSub
             r = handshake::establish(&config, &mut connector) => r,
             _ = shared.shutdown.notified() => return,
         };
-        match attempt {
+        // A refused attempt (credentials, a TLS certificate) waits as the lock connections'
+        // do, at least `AUTH_FAILURE_BACKOFF`, rather than repeat within the backoff.
+        let refused = match attempt {
             Ok((stream, _)) => {
                 failures = 0;
                 sink.event(PubSubEvent::Connected);
@@ -161,10 +163,17 @@ async fn run(config: ConnectionConfig, shared: Arc<Shared>, sink: Arc<dyn PubSub
                 if ended.kind() == &ErrorKind::Closed {
                     return;
                 }
+                false
             }
-            Err(_) => failures = failures.saturating_add(1),
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                e.is_refusal()
+            }
+        };
+        let mut delay = backoff(config.backoff_base, config.backoff_max, failures);
+        if refused {
+            delay = delay.max(super::AUTH_FAILURE_BACKOFF);
         }
-        let delay = backoff(config.backoff_base, config.backoff_max, failures);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shared.shutdown.notified() => return,
@@ -204,7 +213,8 @@ async fn serve(
             };
             encode_command(&mut out, &[name, &channel]);
         }
-        // With nothing to send, still the TLS records a read left to answer.
+        // With nothing to send, still any TLS record the session queued while reading (rare:
+        // a warning alert; it goes out here rather than wait for a subscription).
         if !out.is_empty() || stream.wants_write() {
             if let Err(e) = stream.write_all(&out).await {
                 return e;

@@ -483,8 +483,8 @@ mod imp {
         }
 
         /// Encrypts and sends all of `data` (the handshake's commands, a subscriber's), then any
-        /// record still pending (an alert or a key update answered while reading), so an empty
-        /// `data` flushes those alone.
+        /// record still pending (rustls queues a few while reading, such as a warning alert; a
+        /// key update's answer waits for the next data), so an empty `data` sends those alone.
         pub(crate) async fn write_all(
             &mut self,
             stream: &TcpStream,
