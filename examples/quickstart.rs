@@ -35,8 +35,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Release returns once a quorum confirmed; the other nodes get the request too.
     let confirmed = lock.release().await?;
     println!(
-        "released: {confirmed} of {} nodes confirmed",
-        redlock.nodes().len()
+        "released: {confirmed} of {} nodes confirmed by the time the quorum of {} did \
+         (the rest are released too; ReleaseWait::All waits for them)",
+        redlock.nodes().len(),
+        redlock.quorum()
     );
 
     match redlock

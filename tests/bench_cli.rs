@@ -946,7 +946,7 @@ fn bench_reports_the_requests_the_client_refused() {
         .find(|l| l.starts_with("outcomes:"))
         .unwrap_or_else(|| panic!("no outcomes line: {text}"));
     assert!(outcomes.contains("; refused "), "{outcomes}");
-    assert!(text.contains("too many requests in flight"), "{text}");
+    assert!(text.contains("already owed too many replies"), "{text}");
 
     let help = dragonlock(&["bench", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);

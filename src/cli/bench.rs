@@ -325,12 +325,15 @@ pub(crate) const LATENCY_LEGEND: &str = "latency rows (acquire, release, cycle, 
     failed, count in attempts/s and the outcomes";
 
 /// What "refused" means, for the help, the outcomes line and the per-node view.
-pub(crate) const REFUSED_LEGEND: &str = "refused: node requests dragonlock's client did not send \
-    (so that node gave no vote): mostly `Overloaded`, the node had too many requests in flight \
+pub(crate) const REFUSED_LEGEND: &str = "refused: node requests dragonlock's client did not \
+    send, so that node gave no vote. `overloaded`: the node already owed too many replies \
     (acquires are refused once three quarters of the connection's max_in_flight are in use, \
     768 of the library's default 1,024; the bench sets 8 per worker, at least 1,024; releases \
-    may use them all), else the node was not connected or had not been up \
-    for --restart-delay. Refusals show that the client, not the servers, was the limit.";
+    may use them all), because it fell behind: the server, or the cores it shares with the \
+    others and this client, did not keep up, and dragonlock does not wait for a lagging node \
+    (the single-loop baseline does, so it sends every request). `not connected`: the node was \
+    down or unreachable (as with --nodes-down). `restart delay`: the node had not been up for \
+    --restart-delay.";
 
 #[derive(Default)]
 pub(crate) struct Outcomes {
@@ -1868,8 +1871,9 @@ pub(crate) fn server_lines(server: &serde_json::Value) -> Vec<String> {
 /// its reply being read, so under load they include the wait for the driver's next write.
 fn print_node_stats(redlock: &Redlock) {
     let stats = redlock.stats();
-    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{d:.1?}"));
-    println!("per node (dragonlock, the whole run):");
+    // Power-of-two buckets: estimates within a factor of two (`RttHistogram::quantile`).
+    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("~{d:.0?}"));
+    println!("per node (dragonlock, the whole run; rtt within 2x):");
     let mut any_refused = false;
     for n in &stats.nodes {
         let e = &n.errors;

@@ -317,8 +317,9 @@ pub async fn run(args: PingArgs) -> ExitCode {
     // All nodes at once: a dead node costs one timeout, not one per node.
     let probes: Vec<_> = configs
         .into_iter()
-        .map(|config| {
-            let addr = config.addr();
+        .zip(&args.nodes)
+        .map(|(config, given)| {
+            let addr = node_label(given, &config);
             (addr, tokio::spawn(probe(config, args.timeout)))
         })
         .collect();
@@ -423,9 +424,11 @@ fn connection_line(s: &ConnectionStats) -> String {
         + e.refused_overloaded
         + e.refused_not_connected
         + e.protocol;
-    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{d:.1?}"));
+    // The connection's histogram has power-of-two buckets: its quantiles are estimates within
+    // a factor of two (`RttHistogram::quantile`), unlike the timed `PING` above.
+    let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("~{d:.0?}"));
     format!(
-        "connection: {:?}, RESP{}, {} requests, {} errors, rtt p50 {} p99 {} (of {})",
+        "connection: {:?}, RESP{}, {} requests, {} errors, rtt p50 {} p99 {} (of {}, within 2x)",
         s.state,
         s.server.as_ref().map_or(0, |i| i.protocol),
         s.requests_sent,
@@ -434,6 +437,24 @@ fn connection_line(s: &ConnectionStats) -> String {
         ms(s.rtt.p99()),
         s.rtt.count(),
     )
+}
+
+/// How a node is named in the report: `host:port`, or a URL as given with its password shown
+/// as `***`, so that two URLs of one server (another user, another database) stay apart.
+fn node_label(given: &str, config: &ConnectionConfig) -> String {
+    let Some((scheme, rest)) = given.trim().split_once("://") else {
+        return config.addr();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            // `redis://secret@host` is a password (see `ConnectionConfig::from_url`).
+            None => format!("***@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    format!("{scheme}://{authority}{path}")
 }
 
 /// Two reachable nodes with one identity are one server named twice.
@@ -473,6 +494,22 @@ mod tests {
             .as_str()
             .unwrap();
         reply.chars().map(|c| c as u8).collect()
+    }
+
+    #[test]
+    fn nodes_are_named_as_given_without_their_passwords() {
+        let label = |given: &str| node_label(given, &ConnectionConfig::from_url(given).unwrap());
+        assert_eq!(label("127.0.0.1:7001"), "127.0.0.1:7001");
+        assert_eq!(label("redis://127.0.0.1:7001"), "redis://127.0.0.1:7001");
+        assert_eq!(
+            label("redis://:s3cret@127.0.0.1:7001/3"),
+            "redis://:***@127.0.0.1:7001/3"
+        );
+        assert_eq!(
+            label("rediss://app:s3cret@h:6380"),
+            "rediss://app:***@h:6380"
+        );
+        assert_eq!(label("redis://s3cret@h:6380/2"), "redis://***@h:6380/2");
     }
 
     #[test]
