@@ -67,7 +67,7 @@
 //! | `testing` | `dragonlock::local`: starts throwaway redis-server or Dragonfly processes on 127.0.0.1 | your own tests and benches, and the examples |
 //! | `fuzzing` | `dragonlock::resp::fuzzing`: the checks the fuzz targets run | fuzzing, corpus replay |
 //! | `tracing` | events through the `tracing` facade: nodes up and down, reconnects, restarts, locks lost, failed acquires (never on a lock cycle's success path) | logs beside [`Redlock::stats`] |
-//! | `cli` | the `dragonlock` command (`bench`, `run`, `ping`, `fuzz-server`); implies `testing` | `cargo install dragonlock --features cli` |
+//! | `cli` | the `dragonlock` command (`bench`, `run`, `ping`, `fuzz-server`); implies `testing` and `tls` | `cargo install --path . --features cli` (from a checkout: not published yet) |
 //!
 //! # What is guaranteed
 //!

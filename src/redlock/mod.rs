@@ -163,7 +163,15 @@ impl RedlockOptions {
         self.drift_factor = f.clamp(0.0, 0.5);
         self
     }
-    /// Retries after the first attempt in `acquire` (default 10).
+    /// Retries after the first attempt in `acquire` (default 10): how many retry delays an
+    /// `acquire` sleeps out before it gives up.
+    ///
+    /// With [`wake_on_release`](RedlockOptions::wake_on_release) (the default), a waiter also
+    /// makes attempts that a release's message starts, and one as its subscription is confirmed
+    /// (a release may have come before it listened); those cut a delay short and spend no
+    /// retry, so an `acquire` may make more than `retry_count + 1` attempts, and still waits no
+    /// longer than `retry_count` delays. Counted in [`LockStats`](crate::LockStats) like any
+    /// attempt.
     pub fn retry_count(mut self, n: u32) -> Self {
         self.retry_count = n;
         self
