@@ -108,7 +108,7 @@ struct State {
 struct NodeState {
     /// The subscriber connection is up (between `Connected` and `Lost`): only then are channels
     /// marked dirty for it. A connection that comes up reconciles every channel anyway, so a
-    /// node that is down, or whose subscriber never runs (a `rediss://` node), keeps nothing.
+    /// node that is down keeps nothing.
     serving: bool,
     /// Channels to reconcile with `channels` at the subscriber's next turn, each once.
     dirty: Vec<Vec<u8>>,
@@ -607,8 +607,8 @@ mod tests {
         ])
     }
 
-    /// Waiters that come and go on nodes whose subscriber is not up (down, or `rediss://`,
-    /// where it does not run) leave nothing behind: each such episode used to add the channel
+    /// Waiters that come and go on nodes whose subscriber is not up (down, or not yet
+    /// connected) leave nothing behind: each such episode used to add the channel
     /// to every node's list of channels to reconcile, twice, for the manager's life. A node
     /// that is up has each channel at most once, however often it is marked.
     #[tokio::test]
