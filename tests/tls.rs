@@ -349,6 +349,37 @@ fn dragonlock(args: &[&str]) -> (Option<i32>, String) {
     (o.status.code(), text)
 }
 
+/// `ping` on a transport mix-up says what it looks like: a plain client on a TLS port is cut
+/// off, a TLS client on a plain port gets no answer; a port nothing listens on gets no hint.
+#[test]
+fn ping_hints_at_a_plain_and_tls_mix_up() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, "server", false);
+    let tls_port = format!("127.0.0.1:{}", server.tls_port.unwrap());
+    let (code, out) = dragonlock(&["ping", "--nodes", &tls_port, "--timeout", "2s"]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("use rediss://"), "{out}");
+
+    let plain_port = format!("rediss://127.0.0.1:{}", server.port);
+    let ca = pki.ca().to_string_lossy().into_owned();
+    let (code, out) = dragonlock(&[
+        "ping",
+        "--nodes",
+        &plain_port,
+        "--tls-ca",
+        &ca,
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("use redis://"), "{out}");
+
+    let nothing = format!("127.0.0.1:{}", support::server::free_port());
+    let (code, out) = dragonlock(&["ping", "--nodes", &nothing, "--timeout", "1s"]);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(!out.contains("use redis"), "{out}");
+}
+
 /// `ping`, `run` and `bench` on three TLS nodes with a private CA; the certificate errors and
 /// the options' misuse as they show on the command line.
 #[test]

@@ -247,13 +247,14 @@ struct Reached {
 }
 
 async fn probe(config: ConnectionConfig, timeout: Duration) -> Result<Reached, String> {
+    let tls = config.is_tls();
     let conn = tokio::time::timeout(
         timeout,
         Connection::connect(config.connect_timeout(timeout)),
     )
     .await
-    .map_err(|_| format!("no answer within {timeout:?}"))?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| format!("no answer within {timeout:?}{}", transport_hint(tls, None)))?
+    .map_err(|e| format!("{e}{}", transport_hint(tls, Some(&e))))?;
     let mut rtt = Duration::MAX;
     for _ in 0..RTT_SAMPLES {
         let start = Instant::now();
@@ -437,6 +438,30 @@ fn connection_line(s: &ConnectionStats) -> String {
         ms(s.rtt.p99()),
         s.rtt.count(),
     )
+}
+
+/// A guess at a transport mix-up, for a connect that failed the way one does: a TLS client on
+/// a plain Redis port gets no answer (Redis waits for the end of a line the TLS hello never
+/// sends), and a plain client on a TLS port has its connection closed or reset.
+fn transport_hint(tls: bool, e: Option<&dragonlock::Error>) -> &'static str {
+    use dragonlock::ErrorKind;
+    match (tls, e.map(dragonlock::Error::kind)) {
+        (true, None | Some(ErrorKind::Timeout)) => {
+            " (a plain port? a TLS client gets no answer there: use redis://)"
+        }
+        (
+            false,
+            Some(
+                ErrorKind::Eof
+                | ErrorKind::Io(
+                    std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe,
+                ),
+            ),
+        ) => " (a TLS port? a plain client is cut off there: use rediss://)",
+        _ => "",
+    }
 }
 
 /// How a node is named in the report: `host:port`, or a URL as given with its password shown
