@@ -414,6 +414,59 @@ async fn a_resp2_waiter_is_woken_too() {
     assert!(subscribed_everywhere(&servers, &channel("r2"), 0).await);
 }
 
+/// An `acquire_many` waiter subscribes on every key of its set and is woken by the release of
+/// the key that kept it waiting, single-key or multi-key, not by its retry delay (set past the
+/// test's bound); its subscriptions go with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_waiter_is_woken_by_the_release_of_any_of_its_keys() {
+    let servers = cluster(3);
+    let holder_side = redlock(&servers, RedlockOptions::default()).await;
+    let waiter_side = redlock(&servers, waiting_options()).await;
+    let ttl = Duration::from_secs(120);
+    let busy_attempts = |r: &Redlock| r.stats().locks.busy;
+
+    // "b" is held alone; the set {a, b} waits.
+    let held = holder_side.try_acquire("b", ttl).await.unwrap();
+    let w = waiter_side.clone();
+    let waiting = tokio::spawn(async move { w.acquire_many(&["a", "b"], ttl).await });
+    for key in ["a", "b"] {
+        assert!(
+            subscribed_everywhere(&servers, &channel(key), 1).await,
+            "{key}"
+        );
+    }
+    // Its first attempt and the ones the two new subscriptions' confirmations start have
+    // failed (busy): from here on only a wake-up gets it the set before the bound.
+    assert!(support::eventually(BOUND, || busy_attempts(&waiter_side) >= 2).await);
+    held.release().await.unwrap();
+    let set = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the release of \"b\" woke the set's waiter")
+        .unwrap()
+        .expect("the waiter holds the set");
+    for key in ["a", "b"] {
+        assert!(
+            subscribed_everywhere(&servers, &channel(key), 0).await,
+            "{key}"
+        );
+    }
+
+    // Now the set is held; another set {b, c} waits, and the multi-key release wakes it.
+    let before = busy_attempts(&waiter_side);
+    let w = waiter_side.clone();
+    let waiting = tokio::spawn(async move { w.acquire_many(&["b", "c"], ttl).await });
+    assert!(subscribed_everywhere(&servers, &channel("b"), 1).await);
+    assert!(subscribed_everywhere(&servers, &channel("c"), 1).await);
+    assert!(support::eventually(BOUND, || busy_attempts(&waiter_side) >= before + 2).await);
+    set.release().await.unwrap();
+    let other = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the multi-key release woke the set's waiter")
+        .unwrap()
+        .expect("the waiter holds the second set");
+    other.release().await.unwrap();
+}
+
 /// A subscriber connection whose handshakes are refused (the node's password changed under a
 /// live client) tries again at most once per `AUTH_FAILURE_BACKOFF`, as the lock connections
 /// do, not at the pace of its backoff (5 ms here): counted by a proxy in front of that node,

@@ -1,5 +1,6 @@
 //! Hand-off on a contended key: waiters of [`Redlock::acquire`](super::Redlock::acquire) are
-//! woken when the lock is released, instead of sleeping out their retry delay.
+//! woken when the lock is released, instead of sleeping out their retry delay; waiters of
+//! [`acquire_many`](super::Redlock::acquire_many) when any key of their set is ([`Waiters`]).
 //!
 //! Release side: a release publishes its token on the key's release channel
 //! ([`RELEASE_CHANNEL_PREFIX`](super::scripts::RELEASE_CHANNEL_PREFIX) and the key) on every
@@ -50,6 +51,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::scripts::RELEASE_CHANNEL_PREFIX;
+use super::Key;
 use crate::conn::{ConnectionConfig, PubSubCommand, PubSubEvent, PubSubSink, Subscriber};
 
 /// A release channel's name: [`RELEASE_CHANNEL_PREFIX`] and the key, inline (no allocation)
@@ -151,7 +153,7 @@ struct WaiterSlot {
     waker: Option<Waker>,
 }
 
-/// Why [`Waiter::sleep_until`] returned.
+/// Why [`Waiters::sleep_until`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
     /// The sleep ran out: the retry delay's poll.
@@ -245,6 +247,42 @@ impl Handoff {
             channel: channel.to_vec(),
             id,
         }
+    }
+
+    /// Registers a waiter for each of `keys` (on its release channel, see
+    /// [`register`](Handoff::register)): one place for a single resource, one per key for a
+    /// set.
+    pub(crate) fn register_keys(&self, keys: &[Key], attempt_started: Instant) -> Waiters {
+        Waiters {
+            places: keys
+                .iter()
+                .map(|k| self.register(&channel(k), attempt_started))
+                .collect(),
+        }
+    }
+
+    /// Places behind this manager's waiters when any of `keys` has some (see
+    /// [`queue_behind_waiters`](Handoff::queue_behind_waiters)), so that a new acquire does not
+    /// overtake them; a set's other keys get a place of their own (the acquire waits anyway).
+    /// `None` when no key has waiters.
+    pub(crate) fn queue_behind_waiters_of(&self, keys: &[Key]) -> Option<Waiters> {
+        if !self.has_waiters() {
+            return None;
+        }
+        let mut places: SmallVec<[Waiter; 1]> = SmallVec::new();
+        let mut behind = false;
+        for key in keys {
+            match self.queue_behind_waiters(key) {
+                Some(w) => {
+                    behind = true;
+                    places.push(w);
+                }
+                None if keys.len() > 1 => places.push(self.register(&channel(key), Instant::now())),
+                None => {}
+            }
+        }
+        // Places taken for nothing are left again as they drop.
+        behind.then_some(Waiters { places })
     }
 
     /// Whether this manager has waiters for any lock (one atomic load, no lock).
@@ -470,39 +508,84 @@ pub(crate) struct Waiter {
     id: u64,
 }
 
-impl Waiter {
-    /// Sleeps until `until`, or until a release wakes this waiter. A wake-up that came while
-    /// the waiter was not sleeping (during its attempt) returns at once.
+/// An acquire's places in the queues of the keys it waits for: one for a single resource, one
+/// per key for [`acquire_many`](super::Redlock::acquire_many), which a release of any of its
+/// keys wakes (the set may be free once that one is). Each place is an ordinary [`Waiter`] of
+/// its key's queue: a wake-up one of them gets and the set's attempt then loses is spent, as a
+/// single-key waiter's lost race is. Dropping it leaves every queue.
+pub(crate) struct Waiters {
+    places: SmallVec<[Waiter; 1]>,
+}
+
+impl From<Waiter> for Waiters {
+    fn from(w: Waiter) -> Waiters {
+        let mut places = SmallVec::new();
+        places.push(w);
+        Waiters { places }
+    }
+}
+
+impl Waiters {
+    /// Sleeps until `until`, or until a release wakes one of the places. A wake-up that came
+    /// while the waiter was not sleeping (during its attempt) returns at once; of several, one
+    /// is taken per call.
+    ///
+    /// # Cancel safety
     ///
     /// Cancel safe: a wake-up is consumed only when this returns it.
     pub(crate) async fn sleep_until(&self, until: Instant) -> Wake {
-        let sleep = tokio::time::sleep_until(until);
-        tokio::pin!(sleep);
-        poll_fn(|cx| {
-            {
-                let mut st = self.shared.lock();
-                if let Some(slot) = st
+        sleep_on(&self.places, until).await
+    }
+
+    /// Leaves every queue after taking the lock (see [`Waiter::done`]).
+    pub(crate) fn done(self) {
+        for place in self.places {
+            place.done();
+        }
+    }
+}
+
+/// Sleeps until `until`, or until a release wakes one of `places` (all of one manager).
+async fn sleep_on(places: &[Waiter], until: Instant) -> Wake {
+    let sleep = tokio::time::sleep_until(until);
+    tokio::pin!(sleep);
+    let shared = &places[0].shared;
+    poll_fn(|cx| {
+        {
+            let mut st = shared.lock();
+            for place in places {
+                let Some(slot) = st
                     .channels
-                    .get_mut(&self.channel)
-                    .and_then(|e| e.waiters.iter_mut().find(|w| w.id == self.id))
-                {
-                    if slot.notified {
-                        slot.notified = false;
-                        return Poll::Ready(if slot.by_release {
-                            Wake::Release
-                        } else {
-                            Wake::Hint
-                        });
-                    }
-                    match &slot.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => slot.waker = Some(cx.waker().clone()),
-                    }
+                    .get_mut(&place.channel)
+                    .and_then(|e| e.waiters.iter_mut().find(|w| w.id == place.id))
+                else {
+                    continue;
+                };
+                if slot.notified {
+                    slot.notified = false;
+                    return Poll::Ready(if slot.by_release {
+                        Wake::Release
+                    } else {
+                        Wake::Hint
+                    });
+                }
+                match &slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
                 }
             }
-            sleep.as_mut().poll(cx).map(|()| Wake::Timer)
-        })
-        .await
+        }
+        sleep.as_mut().poll(cx).map(|()| Wake::Timer)
+    })
+    .await
+}
+
+impl Waiter {
+    /// Sleeps until `until`, or until a release wakes this waiter (see
+    /// [`Waiters::sleep_until`]).
+    #[cfg(test)]
+    async fn sleep_until(&self, until: Instant) -> Wake {
+        sleep_on(std::slice::from_ref(self), until).await
     }
 
     /// Leaves the queue after taking the lock: a wake-up that came meanwhile was for this
@@ -679,6 +762,75 @@ mod tests {
             vec![(PubSubCommand::Unsubscribe, b"c".to_vec())]
         );
         assert_eq!(h.subscriptions(), vec![0, 0]);
+    }
+
+    /// A set's waiter has a place in each key's queue: a release of either key wakes it (once
+    /// per release), its places queue behind the waiters already there, and it leaves every
+    /// queue, unsubscribing the channels it alone waited on.
+    #[tokio::test]
+    async fn a_set_waiter_is_woken_by_a_release_of_any_of_its_keys() {
+        let h = handoff();
+        let t0 = Instant::now();
+        let key = |k: &[u8]| Key::from_slice(k);
+        let (ka, kb) = (key(b"a"), key(b"b"));
+        let (ca, cb) = (channel(b"a").to_vec(), channel(b"b").to_vec());
+        // Someone of this manager already waits for "a" alone.
+        let alone = h.register(&ca, t0);
+        let set = h
+            .queue_behind_waiters_of(&[ka.clone(), kb.clone()])
+            .expect("behind the waiter of \"a\"");
+        assert_eq!(set.places.len(), 2);
+        let a = sink(&h, 0);
+        a.event(PubSubEvent::Connected);
+        let asked = requests(&a);
+        let mut sorted = asked.clone();
+        sorted.sort_by(|x, y| x.1.cmp(&y.1));
+        assert_eq!(
+            sorted,
+            vec![
+                (PubSubCommand::Subscribe, ca.clone()),
+                (PubSubCommand::Subscribe, cb.clone())
+            ]
+        );
+        // Confirmed in the order sent, as a server does.
+        a.event(PubSubEvent::Subscribed(&asked[0].1));
+        a.event(PubSubEvent::Subscribed(&asked[1].1));
+        // Each first confirmation woke its queue's oldest: "a" alone, and the set on "b".
+        assert!(woken(&alone));
+        assert_eq!(set.sleep_until(Instant::now()).await, Wake::Hint);
+        assert_eq!(alone.sleep_until(Instant::now()).await, Wake::Hint);
+        // A release of "b" wakes the set; one of "a" wakes "a"'s oldest, the lone waiter.
+        a.event(PubSubEvent::Message {
+            channel: &cb,
+            payload: b"t1",
+        });
+        assert_eq!(set.sleep_until(Instant::now()).await, Wake::Release);
+        a.event(PubSubEvent::Message {
+            channel: &ca,
+            payload: b"t2",
+        });
+        assert!(woken(&alone));
+        // The lone waiter takes "a"; the next release of "a" is the set's.
+        alone.done();
+        a.event(PubSubEvent::Message {
+            channel: &ca,
+            payload: b"t3",
+        });
+        assert_eq!(set.sleep_until(Instant::now()).await, Wake::Release);
+        // Nothing more came: the sleep runs out.
+        assert_eq!(set.sleep_until(Instant::now()).await, Wake::Timer);
+        set.done();
+        let mut asked = requests(&a);
+        asked.sort_by(|x, y| x.1.cmp(&y.1));
+        assert_eq!(
+            asked,
+            vec![
+                (PubSubCommand::Unsubscribe, ca),
+                (PubSubCommand::Unsubscribe, cb)
+            ]
+        );
+        // A set none of whose keys has waiters does not queue.
+        assert!(h.queue_behind_waiters_of(&[ka, kb]).is_none());
     }
 
     /// A handoff over three nodes, driven by hand as `handoff()`'s.

@@ -327,8 +327,10 @@ impl RedlockOptions {
     /// release wakes only waiters of managers that have it on, and only when the releasing
     /// manager has it on too: a service should turn it on or off everywhere.
     ///
-    /// Single resources only: [`acquire_many`](Redlock::acquire_many) waiters poll, though its
-    /// releases notify single-resource waiters.
+    /// An [`acquire_many`](Redlock::acquire_many) waiter listens on every key of its set and
+    /// is woken by a release of any of them (a release of one key of the set may be the one
+    /// that frees it); it takes a place in each key's queue, so within one manager it takes
+    /// turns with the waiters of each key.
     pub fn wake_on_release(mut self, on: bool) -> Self {
         self.wake_on_release = on;
         self
@@ -1216,7 +1218,7 @@ impl Redlock {
         // This acquire's place among the lock's waiters, from its first failure on (so an
         // acquire that succeeds at once costs nothing more). Dropping it, with this future,
         // leaves the queue and unsubscribes the last waiter's channel.
-        let mut waiter: Option<handoff::Waiter> = None;
+        let mut waiter: Option<handoff::Waiters> = None;
         // The retry sleep a wake-up cut short, and whether the attempt at its end was to be the
         // last: a failed attempt after a wake-up goes back to it, without spending a retry.
         // So the retry count bounds the sleeps slept out, and an acquire waits no longer than
@@ -1236,10 +1238,7 @@ impl Redlock {
         let mut last_decided: Option<LockErrorKind> = None;
         // One atomic load when nobody of this manager waits for anything.
         if o.wake_on_release && self.inner.handoff.has_waiters() {
-            let keys = keys();
-            if !keys.is_multi() {
-                waiter = self.inner.handoff.queue_behind_waiters(&keys.all()[0]);
-            }
+            waiter = self.inner.handoff.queue_behind_waiters_of(keys().all());
         }
         if let Some(w) = &waiter {
             // Others of this manager wait already: first our turn (or a retry delay, or the
@@ -1295,11 +1294,9 @@ impl Redlock {
                         && o.wake_on_release
                         && matches!(err.kind(), LockErrorKind::Busy | LockErrorKind::NoQuorum)
                     {
-                        let keys = keys();
-                        if !keys.is_multi() {
-                            let channel = handoff::channel(&keys.all()[0]);
-                            waiter = Some(self.inner.handoff.register(&channel, started));
-                        }
+                        // A set's waiter has a place in each key's queue, woken by a release of
+                        // any of them.
+                        waiter = Some(self.inner.handoff.register_keys(keys().all(), started));
                     }
                     let mut wake = now + o.retry_delay + random_up_to(o.retry_jitter);
                     let mut is_final = false;
