@@ -170,7 +170,7 @@ impl RedlockOptions {
     /// makes attempts that a release's message starts, and one as its subscription is confirmed
     /// (a release may have come before it listened); those cut a delay short and spend no
     /// retry, so an `acquire` may make more than `retry_count + 1` attempts, and still waits no
-    /// longer than `retry_count` delays. Counted in [`LockStats`](crate::LockStats) like any
+    /// longer than `retry_count` delays. Counted in [`LockStats`] like any
     /// attempt.
     pub fn retry_count(mut self, n: u32) -> Self {
         self.retry_count = n;
