@@ -261,28 +261,18 @@ impl Handoff {
         }
     }
 
-    /// Places behind this manager's waiters when any of `keys` has some (see
+    /// Places behind this manager's waiters of those of `keys` that have some (see
     /// [`queue_behind_waiters`](Handoff::queue_behind_waiters)), so that a new acquire does not
-    /// overtake them; a set's other keys get a place of their own (the acquire waits anyway).
-    /// `None` when no key has waiters.
+    /// overtake them; `None` when none has. A set's other keys get their places as a waiter's
+    /// do, after its first attempt failed ([`Waiters::cover`]): a place registered now would
+    /// subscribe a new channel, whose first confirmation would wake the set ahead of the
+    /// waiters it queued behind.
     pub(crate) fn queue_behind_waiters_of(&self, keys: &[Key]) -> Option<Waiters> {
-        if !self.has_waiters() {
-            return None;
-        }
-        let mut places: SmallVec<[Waiter; 1]> = SmallVec::new();
-        let mut behind = false;
-        for key in keys {
-            match self.queue_behind_waiters(key) {
-                Some(w) => {
-                    behind = true;
-                    places.push(w);
-                }
-                None if keys.len() > 1 => places.push(self.register(&channel(key), Instant::now())),
-                None => {}
-            }
-        }
-        // Places taken for nothing are left again as they drop.
-        behind.then_some(Waiters { places })
+        let places: SmallVec<[Waiter; 1]> = keys
+            .iter()
+            .filter_map(|k| self.queue_behind_waiters(k))
+            .collect();
+        (!places.is_empty()).then_some(Waiters { places })
     }
 
     /// Whether this manager has waiters for any lock (one atomic load, no lock).
@@ -511,8 +501,8 @@ pub(crate) struct Waiter {
 /// An acquire's places in the queues of the keys it waits for: one for a single resource, one
 /// per key for [`acquire_many`](super::Redlock::acquire_many), which a release of any of its
 /// keys wakes (the set may be free once that one is). Each place is an ordinary [`Waiter`] of
-/// its key's queue: a wake-up one of them gets and the set's attempt then loses is spent, as a
-/// single-key waiter's lost race is. Dropping it leaves every queue.
+/// its key's queue; a release a set could not use goes on to that key's next waiter
+/// ([`requeue`](Waiters::requeue)). Dropping it leaves every queue.
 pub(crate) struct Waiters {
     places: SmallVec<[Waiter; 1]>,
 }
@@ -526,15 +516,41 @@ impl From<Waiter> for Waiters {
 }
 
 impl Waiters {
-    /// Sleeps until `until`, or until a release wakes one of the places. A wake-up that came
-    /// while the waiter was not sleeping (during its attempt) returns at once; of several, one
-    /// is taken per call.
+    /// Sleeps until `until`, or until a release wakes one of the places: why, and which place
+    /// the wake-up came through (the first on the timer). A wake-up that came while the waiter
+    /// was not sleeping (during its attempt) returns at once; of several, one is taken per
+    /// call.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a wake-up is consumed only when this returns it.
-    pub(crate) async fn sleep_until(&self, until: Instant) -> Wake {
+    pub(crate) async fn sleep_until(&self, until: Instant) -> (Wake, usize) {
         sleep_on(&self.places, until).await
+    }
+
+    /// Whether these are a set's places (more than one key).
+    pub(crate) fn is_set(&self) -> bool {
+        self.places.len() > 1
+    }
+
+    /// Adds a place for each of `keys` that has none yet (a set that queued behind the
+    /// waiters of some of its keys, after its first attempt failed).
+    pub(crate) fn cover(&mut self, handoff: &Handoff, keys: &[Key], attempt_started: Instant) {
+        for key in keys {
+            let c = channel(key);
+            if !self.places.iter().any(|p| p.channel[..] == c[..]) {
+                self.places.push(handoff.register(&c, attempt_started));
+            }
+        }
+    }
+
+    /// After a set's attempt that a release woke through place `at` failed: that place goes
+    /// to the back of its key's queue, and the release's wake-up to the waiter now oldest
+    /// there. The set failed on another of its keys (or lost the race); kept at the head, it
+    /// would take every release of this key, and this key's other waiters none, for as long
+    /// as its other key is held.
+    pub(crate) fn requeue(&mut self, at: usize) {
+        self.places[at].requeue();
     }
 
     /// Leaves every queue after taking the lock (see [`Waiter::done`]).
@@ -545,15 +561,16 @@ impl Waiters {
     }
 }
 
-/// Sleeps until `until`, or until a release wakes one of `places` (all of one manager).
-async fn sleep_on(places: &[Waiter], until: Instant) -> Wake {
+/// Sleeps until `until`, or until a release wakes one of `places` (all of one manager): why,
+/// and the place (0 on the timer).
+async fn sleep_on(places: &[Waiter], until: Instant) -> (Wake, usize) {
     let sleep = tokio::time::sleep_until(until);
     tokio::pin!(sleep);
     let shared = &places[0].shared;
     poll_fn(|cx| {
         {
             let mut st = shared.lock();
-            for place in places {
+            for (at, place) in places.iter().enumerate() {
                 let Some(slot) = st
                     .channels
                     .get_mut(&place.channel)
@@ -563,11 +580,12 @@ async fn sleep_on(places: &[Waiter], until: Instant) -> Wake {
                 };
                 if slot.notified {
                     slot.notified = false;
-                    return Poll::Ready(if slot.by_release {
+                    let why = if slot.by_release {
                         Wake::Release
                     } else {
                         Wake::Hint
-                    });
+                    };
+                    return Poll::Ready((why, at));
                 }
                 match &slot.waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
@@ -575,7 +593,7 @@ async fn sleep_on(places: &[Waiter], until: Instant) -> Wake {
                 }
             }
         }
-        sleep.as_mut().poll(cx).map(|()| Wake::Timer)
+        sleep.as_mut().poll(cx).map(|()| (Wake::Timer, 0))
     })
     .await
 }
@@ -585,7 +603,36 @@ impl Waiter {
     /// [`Waiters::sleep_until`]).
     #[cfg(test)]
     async fn sleep_until(&self, until: Instant) -> Wake {
-        sleep_on(std::slice::from_ref(self), until).await
+        sleep_on(std::slice::from_ref(self), until).await.0
+    }
+
+    /// Moves this waiter to the back of its queue and passes the wake-up it used to the waiter
+    /// now oldest (see [`Waiters::requeue`]), with the quorum's second wake-up of the releases
+    /// that woke it (see `PubSubEvent::Message`).
+    fn requeue(&mut self) {
+        let wake = {
+            let mut st = self.shared.lock();
+            let Some(entry) = st.channels.get_mut(&self.channel) else {
+                return;
+            };
+            let Some(at) = entry.waiters.iter().position(|w| w.id == self.id) else {
+                return;
+            };
+            let slot = entry.waiters.remove(at).expect("found above");
+            let (next, waker) = entry.wake_where(true, |_| true);
+            // With nobody else here the quorum's wake-up stays this waiter's: its attempt may
+            // have failed only because it came before the release reached a quorum.
+            if next != 0 {
+                for release in entry.recent.iter_mut().filter(|r| r.woke == self.id) {
+                    release.woke = next;
+                }
+            }
+            entry.waiters.push_back(slot);
+            waker
+        };
+        if let Some(w) = wake {
+            w.wake();
+        }
     }
 
     /// Leaves the queue after taking the lock: a wake-up that came meanwhile was for this
@@ -764,22 +811,27 @@ mod tests {
         assert_eq!(h.subscriptions(), vec![0, 0]);
     }
 
-    /// A set's waiter has a place in each key's queue: a release of either key wakes it (once
-    /// per release), its places queue behind the waiters already there, and it leaves every
-    /// queue, unsubscribing the channels it alone waited on.
+    /// A set's waiter has a place in each key's queue: it queues behind the waiters of the
+    /// keys that have some, takes places on the others after its first attempt (`cover`), is
+    /// woken by a release of either key, passes a release it could not use to that key's next
+    /// waiter (`requeue`), and leaves every queue when it took the set (`done`: a wake-up left
+    /// on another place is not passed on, the set holds that key).
     #[tokio::test]
-    async fn a_set_waiter_is_woken_by_a_release_of_any_of_its_keys() {
+    async fn a_set_waiter_takes_turns_on_each_of_its_keys() {
         let h = handoff();
         let t0 = Instant::now();
-        let key = |k: &[u8]| Key::from_slice(k);
-        let (ka, kb) = (key(b"a"), key(b"b"));
+        let (ka, kb) = (Key::from_slice(b"a"), Key::from_slice(b"b"));
         let (ca, cb) = (channel(b"a").to_vec(), channel(b"b").to_vec());
-        // Someone of this manager already waits for "a" alone.
         let alone = h.register(&ca, t0);
-        let set = h
+        let mut set = h
             .queue_behind_waiters_of(&[ka.clone(), kb.clone()])
             .expect("behind the waiter of \"a\"");
-        assert_eq!(set.places.len(), 2);
+        assert!(
+            !set.is_set(),
+            "a place on \"a\" only, before its first attempt"
+        );
+        set.cover(&h, &[ka.clone(), kb.clone()], t0);
+        assert!(set.is_set());
         let a = sink(&h, 0);
         a.event(PubSubEvent::Connected);
         let asked = requests(&a);
@@ -792,34 +844,46 @@ mod tests {
                 (PubSubCommand::Subscribe, cb.clone())
             ]
         );
-        // Confirmed in the order sent, as a server does.
+        // Confirmed in the order sent, as a server does. Each first confirmation wakes its
+        // queue's oldest: the lone waiter on "a", the set on "b" (its place 1).
         a.event(PubSubEvent::Subscribed(&asked[0].1));
         a.event(PubSubEvent::Subscribed(&asked[1].1));
-        // Each first confirmation woke its queue's oldest: "a" alone, and the set on "b".
+        assert_eq!(alone.sleep_until(t0).await, Wake::Hint);
+        assert_eq!(set.sleep_until(t0).await, (Wake::Hint, 1));
+        // A release of "b" wakes the set; one of "a" the lone waiter, the oldest there.
+        let release = |c: &[u8], token: &[u8]| {
+            a.event(PubSubEvent::Message {
+                channel: c,
+                payload: token,
+            })
+        };
+        release(&cb, b"t1");
+        assert_eq!(set.sleep_until(t0).await, (Wake::Release, 1));
+        release(&ca, b"t2");
         assert!(woken(&alone));
-        assert_eq!(set.sleep_until(Instant::now()).await, Wake::Hint);
-        assert_eq!(alone.sleep_until(Instant::now()).await, Wake::Hint);
-        // A release of "b" wakes the set; one of "a" wakes "a"'s oldest, the lone waiter.
-        a.event(PubSubEvent::Message {
-            channel: &cb,
-            payload: b"t1",
-        });
-        assert_eq!(set.sleep_until(Instant::now()).await, Wake::Release);
-        a.event(PubSubEvent::Message {
-            channel: &ca,
-            payload: b"t2",
-        });
-        assert!(woken(&alone));
-        // The lone waiter takes "a"; the next release of "a" is the set's.
         alone.done();
-        a.event(PubSubEvent::Message {
+        // Now the set is oldest on "a", a newcomer behind it.
+        let late = h.register(&ca, Instant::now());
+        release(&ca, b"t3");
+        assert_eq!(set.sleep_until(t0).await, (Wake::Release, 0));
+        assert!(!woken(&late));
+        // Its attempt failed ("b" held again): the release goes to the newcomer, and the set's
+        // place on "a" behind it; the quorum's second copy re-wakes the newcomer, not the set.
+        set.requeue(0);
+        assert!(woken(&late));
+        assert_eq!(late.sleep_until(t0).await, Wake::Release);
+        sink(&h, 1).event(PubSubEvent::Message {
             channel: &ca,
             payload: b"t3",
         });
-        assert_eq!(set.sleep_until(Instant::now()).await, Wake::Release);
-        // Nothing more came: the sleep runs out.
-        assert_eq!(set.sleep_until(Instant::now()).await, Wake::Timer);
+        assert!(woken(&late));
+        assert_eq!(set.sleep_until(t0).await, (Wake::Timer, 0));
+        // A release of "b" while the set takes it: not passed on to "b"'s other waiter.
+        let other = h.register(&cb, Instant::now());
+        release(&cb, b"t4");
         set.done();
+        assert!(!woken(&other));
+        drop((late, other));
         let mut asked = requests(&a);
         asked.sort_by(|x, y| x.1.cmp(&y.1));
         assert_eq!(
@@ -829,7 +893,63 @@ mod tests {
                 (PubSubCommand::Unsubscribe, cb)
             ]
         );
-        // A set none of whose keys has waiters does not queue.
+    }
+
+    /// A set dropped with a wake-up it did not use passes it on, on that key; a set none of
+    /// whose keys has waiters does not queue, whatever other keys have.
+    #[tokio::test]
+    async fn a_dropped_set_passes_its_wake_up_on_and_an_unwaited_set_does_not_queue() {
+        let h = handoff();
+        let t0 = Instant::now();
+        let (ka, kb) = (Key::from_slice(b"a"), Key::from_slice(b"b"));
+        let cb = channel(b"b").to_vec();
+        let set = h.register_keys(&[ka.clone(), kb.clone()], t0);
+        let other = h.register(&cb, t0);
+        let a = sink(&h, 0);
+        a.event(PubSubEvent::Connected);
+        for (_, c) in requests(&a) {
+            a.event(PubSubEvent::Subscribed(&c));
+        }
+        // Both confirmations' hints are the set's (oldest on both).
+        assert_eq!(set.sleep_until(t0).await.0, Wake::Hint);
+        assert_eq!(set.sleep_until(t0).await.0, Wake::Hint);
+        a.event(PubSubEvent::Message {
+            channel: &cb,
+            payload: b"t1",
+        });
+        assert!(!woken(&other));
+        drop(set);
+        assert!(
+            woken(&other),
+            "the unused wake-up went to the next waiter of \"b\""
+        );
+        drop(other);
+
+        // A set alone on "b", woken by a release's first copy too early (the release not yet
+        // on a quorum): its requeue finds nobody to pass the wake-up to, so the quorum's copy
+        // still wakes it.
+        let set = h.register_keys(&[ka.clone(), kb.clone()], Instant::now());
+        for (_, c) in requests(&a) {
+            a.event(PubSubEvent::Subscribed(&c));
+        }
+        while set.sleep_until(t0).await.0 == Wake::Hint {}
+        a.event(PubSubEvent::Message {
+            channel: &cb,
+            payload: b"t2",
+        });
+        let (why, at) = set.sleep_until(t0).await;
+        assert_eq!(why, Wake::Release);
+        let mut set = set;
+        set.requeue(at);
+        sink(&h, 1).event(PubSubEvent::Message {
+            channel: &cb,
+            payload: b"t2",
+        });
+        assert_eq!(set.sleep_until(t0).await.0, Wake::Release);
+        drop(set);
+
+        let _z = h.register(&channel(b"z"), t0);
+        assert!(h.has_waiters());
         assert!(h.queue_behind_waiters_of(&[ka, kb]).is_none());
     }
 

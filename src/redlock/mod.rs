@@ -5,7 +5,7 @@
 //! - `lock.rs`: [`Lock`], the held lock (a guard: it releases on drop), and [`LockSignal`].
 //! - `quorum.rs`: the quorum collector that races the replies against the deadline.
 //! - `scripts.rs`: the Lua scripts. `error.rs`: [`LockError`].
-//! - `handoff.rs`: waking `acquire` waiters when the lock is released
+//! - `handoff.rs`: waking `acquire` and `acquire_many` waiters when the lock is released
 //!   ([`RedlockOptions::wake_on_release`]).
 //! - `stats.rs`: [`RedlockStats`] and the lock outcome counters behind [`LockStats`].
 //!
@@ -329,8 +329,9 @@ impl RedlockOptions {
     ///
     /// An [`acquire_many`](Redlock::acquire_many) waiter listens on every key of its set and
     /// is woken by a release of any of them (a release of one key of the set may be the one
-    /// that frees it); it takes a place in each key's queue, so within one manager it takes
-    /// turns with the waiters of each key.
+    /// that frees it). It has a place in each key's queue; a release it was woken for and
+    /// could not use (another key of the set still held) goes to that key's next waiter, and
+    /// its place to the back of that queue.
     pub fn wake_on_release(mut self, on: bool) -> Self {
         self.wake_on_release = on;
         self
@@ -1223,7 +1224,7 @@ impl Redlock {
         // last: a failed attempt after a wake-up goes back to it, without spending a retry.
         // So the retry count bounds the sleeps slept out, and an acquire waits no longer than
         // it did without wake-ups (retry_count × delay); wake-ups only add attempts within
-        // that, and there are at most two per release (see handoff.rs). Counting them as
+        // that, and there are at most two per release of each key (see handoff.rs). Counting them as
         // retries instead made waiters of several processes, which lose most wake-up races,
         // spend their budget in a few releases.
         let mut interrupted: Option<(Instant, bool)> = None;
@@ -1234,6 +1235,8 @@ impl Redlock {
         // jitter there only delays the one waiter it woke).
         let mut woken = false;
         let mut contested = false;
+        // Which of a set's places the last wake-up came through (see `Waiters::requeue`).
+        let mut woke_at = 0;
         // How the last attempt that its answers decided failed (see the budget's end below).
         let mut last_decided: Option<LockErrorKind> = None;
         // One atomic load when nobody of this manager waits for anything.
@@ -1247,7 +1250,8 @@ impl Redlock {
             if let Some(end) = budget_end {
                 wake = wake.min(end);
             }
-            woken = w.sleep_until(wake).await == handoff::Wake::Release;
+            let (why, at) = w.sleep_until(wake).await;
+            (woken, woke_at) = (why == handoff::Wake::Release, at);
         }
         loop {
             let started = Instant::now();
@@ -1264,6 +1268,13 @@ impl Redlock {
                 Err(e) => e,
             };
             contested |= woken;
+            if woken {
+                // A set that a release of one key woke, and that failed: that key's next
+                // waiter gets the release (see `Waiters::requeue`).
+                if let Some(w) = waiter.as_mut().filter(|w| w.is_set()) {
+                    w.requeue(woke_at);
+                }
+            }
             woken = false;
             last_took = last_took.max(started.elapsed());
             let now = Instant::now();
@@ -1290,13 +1301,23 @@ impl Redlock {
                     // Held by someone (or contended to a split vote): a release is worth
                     // waiting for. Not when nodes fail: no release is coming that a wake-up
                     // would tell of.
-                    if waiter.is_none()
-                        && o.wake_on_release
+                    if o.wake_on_release
                         && matches!(err.kind(), LockErrorKind::Busy | LockErrorKind::NoQuorum)
                     {
                         // A set's waiter has a place in each key's queue, woken by a release of
                         // any of them.
-                        waiter = Some(self.inner.handoff.register_keys(keys().all(), started));
+                        let keys = keys();
+                        match &mut waiter {
+                            None => {
+                                waiter = Some(self.inner.handoff.register_keys(keys.all(), started))
+                            }
+                            // A set that queued behind the waiters of some of its keys: places
+                            // on the others too.
+                            Some(w) if keys.is_multi() => {
+                                w.cover(&self.inner.handoff, keys.all(), started)
+                            }
+                            Some(_) => {}
+                        }
                     }
                     let mut wake = now + o.retry_delay + random_up_to(o.retry_jitter);
                     let mut is_final = false;
@@ -1319,7 +1340,8 @@ impl Redlock {
             match &waiter {
                 None => tokio::time::sleep_until(wake).await,
                 Some(w) => {
-                    let why = w.sleep_until(wake).await;
+                    let (why, at) = w.sleep_until(wake).await;
+                    woke_at = at;
                     if why != handoff::Wake::Timer {
                         // Released: try again almost at once, and if that fails, sleep on to
                         // `wake` (the budget still applies to this extra attempt).
