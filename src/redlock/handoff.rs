@@ -258,6 +258,7 @@ impl Handoff {
                 .iter()
                 .map(|k| self.register(&channel(k), attempt_started))
                 .collect(),
+            set: keys.len() > 1,
         }
     }
 
@@ -272,7 +273,10 @@ impl Handoff {
             .iter()
             .filter_map(|k| self.queue_behind_waiters(k))
             .collect();
-        (!places.is_empty()).then_some(Waiters { places })
+        (!places.is_empty()).then_some(Waiters {
+            places,
+            set: keys.len() > 1,
+        })
     }
 
     /// Whether this manager has waiters for any lock (one atomic load, no lock).
@@ -505,13 +509,15 @@ pub(crate) struct Waiter {
 /// ([`requeue`](Waiters::requeue)). Dropping it leaves every queue.
 pub(crate) struct Waiters {
     places: SmallVec<[Waiter; 1]>,
+    /// For a set of keys (even while it has a place on some of them only).
+    set: bool,
 }
 
 impl From<Waiter> for Waiters {
     fn from(w: Waiter) -> Waiters {
         let mut places = SmallVec::new();
         places.push(w);
-        Waiters { places }
+        Waiters { places, set: false }
     }
 }
 
@@ -528,9 +534,9 @@ impl Waiters {
         sleep_on(&self.places, until).await
     }
 
-    /// Whether these are a set's places (more than one key).
+    /// Whether these are a set's places (more than one key, placed or not yet).
     pub(crate) fn is_set(&self) -> bool {
-        self.places.len() > 1
+        self.set
     }
 
     /// Adds a place for each of `keys` that has none yet (a set that queued behind the
@@ -618,14 +624,17 @@ impl Waiter {
             let Some(at) = entry.waiters.iter().position(|w| w.id == self.id) else {
                 return;
             };
-            let slot = entry.waiters.remove(at).expect("found above");
+            let mut slot = entry.waiters.remove(at).expect("found above");
             let (next, waker) = entry.wake_where(true, |_| true);
-            // With nobody else here the quorum's wake-up stays this waiter's: its attempt may
-            // have failed only because it came before the release reached a quorum.
-            if next != 0 {
+            // With nobody else here, the quorum's wake-up (and one that came during the
+            // attempt) stays this waiter's: its attempt may have failed only for coming
+            // before the release reached a quorum. With others, they have the release: the
+            // next one woken (or already woken) tries it, and this waiter does not again.
+            if !entry.waiters.is_empty() {
                 for release in entry.recent.iter_mut().filter(|r| r.woke == self.id) {
                     release.woke = next;
                 }
+                slot.notified = false;
             }
             entry.waiters.push_back(slot);
             waker
@@ -826,12 +835,13 @@ mod tests {
         let mut set = h
             .queue_behind_waiters_of(&[ka.clone(), kb.clone()])
             .expect("behind the waiter of \"a\"");
-        assert!(
-            !set.is_set(),
-            "a place on \"a\" only, before its first attempt"
-        );
-        set.cover(&h, &[ka.clone(), kb.clone()], t0);
+        // A set, with a place on "a" only before its first attempt.
         assert!(set.is_set());
+        assert_eq!(set.places.len(), 1);
+        set.cover(&h, &[ka.clone(), kb.clone()], t0);
+        assert_eq!(set.places.len(), 2);
+        set.cover(&h, &[ka.clone(), kb.clone()], t0);
+        assert_eq!(set.places.len(), 2, "one place per key");
         let a = sink(&h, 0);
         a.event(PubSubEvent::Connected);
         let asked = requests(&a);
@@ -878,12 +888,28 @@ mod tests {
         });
         assert!(woken(&late));
         assert_eq!(set.sleep_until(t0).await, (Wake::Timer, 0));
+        // The usual order: the quorum's copy comes while the set tries. Its requeue clears
+        // that second wake-up too: the waiter it passes the release to tries it, and neither
+        // the set nor a third waiter is woken again by this release.
+        late.done();
+        let third = h.register(&ca, Instant::now());
+        let fourth = h.register(&ca, Instant::now());
+        release(&ca, b"t5");
+        assert_eq!(set.sleep_until(t0).await, (Wake::Release, 0));
+        sink(&h, 1).event(PubSubEvent::Message {
+            channel: &ca,
+            payload: b"t5",
+        });
+        set.requeue(0);
+        assert!(woken(&third) && !woken(&fourth));
+        assert_eq!(set.sleep_until(t0).await, (Wake::Timer, 0));
+        drop((third, fourth));
         // A release of "b" while the set takes it: not passed on to "b"'s other waiter.
         let other = h.register(&cb, Instant::now());
         release(&cb, b"t4");
         set.done();
         assert!(!woken(&other));
-        drop((late, other));
+        drop(other);
         let mut asked = requests(&a);
         asked.sort_by(|x, y| x.1.cmp(&y.1));
         assert_eq!(
@@ -938,7 +964,7 @@ mod tests {
             payload: b"t2",
         });
         let (why, at) = set.sleep_until(t0).await;
-        assert_eq!(why, Wake::Release);
+        assert_eq!((why, at), (Wake::Release, 1), "through its place on \"b\"");
         let mut set = set;
         set.requeue(at);
         sink(&h, 1).event(PubSubEvent::Message {

@@ -1268,11 +1268,19 @@ impl Redlock {
                 Err(e) => e,
             };
             contested |= woken;
-            if woken {
-                // A set that a release of one key woke, and that failed: that key's next
-                // waiter gets the release (see `Waiters::requeue`).
-                if let Some(w) = waiter.as_mut().filter(|w| w.is_set()) {
+            if let Some(w) = waiter.as_mut().filter(|w| w.is_set()) {
+                if woken {
+                    // A set that a release of one key woke, and that failed: that key's next
+                    // waiter gets the release (see `Waiters::requeue`).
                     w.requeue(woke_at);
+                }
+                // A set that queued behind the waiters of some of its keys: places on the
+                // others too, once a release is worth waiting for (after any such failure,
+                // woken or not; `cover` appends, so `woke_at` stays right).
+                if o.wake_on_release
+                    && matches!(err.kind(), LockErrorKind::Busy | LockErrorKind::NoQuorum)
+                {
+                    w.cover(&self.inner.handoff, keys().all(), started);
                 }
             }
             woken = false;
@@ -1301,23 +1309,13 @@ impl Redlock {
                     // Held by someone (or contended to a split vote): a release is worth
                     // waiting for. Not when nodes fail: no release is coming that a wake-up
                     // would tell of.
-                    if o.wake_on_release
+                    if waiter.is_none()
+                        && o.wake_on_release
                         && matches!(err.kind(), LockErrorKind::Busy | LockErrorKind::NoQuorum)
                     {
                         // A set's waiter has a place in each key's queue, woken by a release of
                         // any of them.
-                        let keys = keys();
-                        match &mut waiter {
-                            None => {
-                                waiter = Some(self.inner.handoff.register_keys(keys.all(), started))
-                            }
-                            // A set that queued behind the waiters of some of its keys: places
-                            // on the others too.
-                            Some(w) if keys.is_multi() => {
-                                w.cover(&self.inner.handoff, keys.all(), started)
-                            }
-                            Some(_) => {}
-                        }
+                        waiter = Some(self.inner.handoff.register_keys(keys().all(), started));
                     }
                     let mut wake = now + o.retry_delay + random_up_to(o.retry_jitter);
                     let mut is_final = false;
