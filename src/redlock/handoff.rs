@@ -18,9 +18,11 @@
 //! the duplicates are recognised and dropped. Waking every waiter would have them all race for
 //! the lock (one wins, the others spend a retry each, every release), and they would exhaust
 //! their retry budget in `retry_count` releases. Oldest first is what keeps 16 contending
-//! tasks from starving one another. Other processes' waiters are woken by their own managers,
-//! and the jitter after a wake-up ([`RedlockOptions::wake_jitter`](super::RedlockOptions::wake_jitter))
-//! spreads them.
+//! tasks from starving one another. A set's waiter has a place in each of its keys' queues and
+//! passes on a release it was woken for and could not use ([`Waiters::requeue`]), so that it
+//! does not hold a key's queue while another of its keys is held. Other processes' waiters are
+//! woken by their own managers, and the jitter after a wake-up
+//! ([`RedlockOptions::wake_jitter`](super::RedlockOptions::wake_jitter)) spreads them.
 //!
 //! A wake-up is a hint. Polling stays: a waiter sleeps its retry delay as before, and a hint
 //! only cuts that sleep short. Every lost hint (a subscriber connection down, a message that
