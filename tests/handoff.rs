@@ -57,6 +57,19 @@ fn waiting_options() -> RedlockOptions {
         .retry_delay(NEVER, Duration::ZERO)
 }
 
+/// What a spawned `acquire` got within the test's bound, `how` naming what should have got it
+/// there: a wake-up, in the tests whose retry delay is past the bound.
+async fn woken<T>(
+    waiting: tokio::task::JoinHandle<Result<T, dragonlock::LockError>>,
+    how: &str,
+) -> T {
+    tokio::time::timeout(BOUND, waiting)
+        .await
+        .unwrap_or_else(|_| panic!("{how}: the waiter got nothing within {BOUND:?}"))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{how}: the waiter failed: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_gets_the_lock_when_it_is_released_not_after_its_retry_delay() {
     let servers = cluster(5);
@@ -77,11 +90,7 @@ async fn a_waiter_gets_the_lock_when_it_is_released_not_after_its_retry_delay() 
     assert!(support::eventually(BOUND, || sets_everywhere(&servers) >= 3).await);
 
     held.release().await.unwrap();
-    let lock = tokio::time::timeout(BOUND, waiting)
-        .await
-        .expect("the release woke the waiter")
-        .unwrap()
-        .expect("the waiter holds the lock");
+    let lock = woken(waiting, "the release").await;
     assert!(lock.is_valid());
     // The last waiter left: the subscription went with it, on every node.
     assert!(subscribed_everywhere(&servers, &channel("hot"), 0).await);
@@ -184,11 +193,7 @@ async fn a_waiter_polls_when_its_notifications_are_lost() {
     assert!(!waiting.is_finished());
 
     held.release().await.unwrap();
-    let lock = tokio::time::timeout(BOUND, waiting)
-        .await
-        .expect("polling found the lock free")
-        .unwrap()
-        .expect("the waiter holds the lock");
+    let lock = woken(waiting, "polling found the lock free").await;
     lock.release().await.unwrap();
 }
 
@@ -226,11 +231,7 @@ async fn a_killed_subscriber_connection_comes_back_and_wakes_its_waiter() {
     assert!(!waiting.is_finished());
 
     held.release().await.unwrap();
-    let lock = tokio::time::timeout(BOUND, waiting)
-        .await
-        .expect("the release woke the waiter through the new connection")
-        .unwrap()
-        .expect("the waiter holds the lock");
+    let lock = woken(waiting, "the release").await;
     lock.release().await.unwrap();
 }
 
@@ -405,11 +406,7 @@ async fn a_resp2_waiter_is_woken_too() {
     assert!(subscribed_everywhere(&servers, &channel("r2"), 1).await);
     assert!(support::eventually(BOUND, || sets_everywhere(&servers) >= 3).await);
     held.release().await.unwrap();
-    let lock = tokio::time::timeout(BOUND, waiting)
-        .await
-        .expect("the release woke the RESP2 waiter")
-        .unwrap()
-        .unwrap();
+    let lock = woken(waiting, "the release (to a RESP2 waiter)").await;
     lock.release().await.unwrap();
     assert!(subscribed_everywhere(&servers, &channel("r2"), 0).await);
 }
@@ -439,11 +436,7 @@ async fn a_set_waiter_is_woken_by_the_release_of_any_of_its_keys() {
     // each) have failed (busy): from here on only a wake-up gets it the set before the bound.
     assert!(support::eventually(BOUND, || busy_attempts(&waiter_side) >= 3).await);
     held.release().await.unwrap();
-    let set = tokio::time::timeout(BOUND, waiting)
-        .await
-        .expect("the release of \"b\" woke the set's waiter")
-        .unwrap()
-        .expect("the waiter holds the set");
+    let set = woken(waiting, "the release of \"b\"").await;
     for key in ["a", "b"] {
         assert!(
             subscribed_everywhere(&servers, &channel(key), 0).await,
@@ -459,11 +452,7 @@ async fn a_set_waiter_is_woken_by_the_release_of_any_of_its_keys() {
     assert!(subscribed_everywhere(&servers, &channel("c"), 1).await);
     assert!(support::eventually(BOUND, || busy_attempts(&waiter_side) >= before + 3).await);
     set.release().await.unwrap();
-    let other = tokio::time::timeout(BOUND, waiting)
-        .await
-        .expect("the multi-key release woke the set's waiter")
-        .unwrap()
-        .expect("the waiter holds the second set");
+    let other = woken(waiting, "the multi-key release").await;
     other.release().await.unwrap();
 }
 
@@ -512,10 +501,6 @@ async fn a_refused_subscriber_waits_the_auth_failure_backoff_between_attempts() 
     );
 
     held.release().await.unwrap();
-    let lock = tokio::time::timeout(BOUND, waiting)
-        .await
-        .expect("the release woke the waiter")
-        .unwrap()
-        .expect("the waiter holds the lock");
+    let lock = woken(waiting, "the release").await;
     lock.release().await.unwrap();
 }
