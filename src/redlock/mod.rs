@@ -170,8 +170,7 @@ impl RedlockOptions {
     /// makes attempts that a release's message starts, and one as its subscription is confirmed
     /// (a release may have come before it listened); those cut a delay short and spend no
     /// retry, so an `acquire` may make more than `retry_count + 1` attempts, and still waits no
-    /// longer than `retry_count` delays. Counted in [`LockStats`] like any
-    /// attempt.
+    /// longer than `retry_count` delays. Counted in [`LockStats`] like any attempt.
     pub fn retry_count(mut self, n: u32) -> Self {
         self.retry_count = n;
         self
@@ -1224,9 +1223,9 @@ impl Redlock {
         // last: a failed attempt after a wake-up goes back to it, without spending a retry.
         // So the retry count bounds the sleeps slept out, and an acquire waits no longer than
         // it did without wake-ups (retry_count × delay); wake-ups only add attempts within
-        // that, and there are at most two per release of each key (see handoff.rs). Counting them as
-        // retries instead made waiters of several processes, which lose most wake-up races,
-        // spend their budget in a few releases.
+        // that, and there are at most two per release of each key (see handoff.rs). Counting
+        // them as retries instead made waiters of several processes, which lose most wake-up
+        // races, spend their budget in a few releases.
         let mut interrupted: Option<(Instant, bool)> = None;
         // `woken`: the attempt about to start was started by a release's message. `contested`:
         // such an attempt failed, so waiters of other managers (other processes) race this one
