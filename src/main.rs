@@ -122,6 +122,24 @@ impl TlsArgs {
     }
 }
 
+/// A node as given, its password shown as `***` (`redis://user:***@host:port/2`), for
+/// messages and reports. Everything before the last `@` is the user information, so that a
+/// malformed URL (a `/` in the password) shows no part of the password either.
+pub(crate) fn redacted(node: &str) -> String {
+    let node = node.trim();
+    let Some((scheme, rest)) = node.split_once("://") else {
+        return node.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) if !user.contains('/') => format!("{scheme}://{user}:***@{host}"),
+            // `redis://secret@host` is a password (see `ConnectionConfig::from_url`).
+            _ => format!("{scheme}://***@{host}"),
+        },
+        None => node.to_string(),
+    }
+}
+
 pub(crate) fn node_configs(
     nodes: &[String],
     tls: &TlsArgs,
@@ -131,7 +149,7 @@ pub(crate) fn node_configs(
         .map(|n| {
             ConnectionConfig::from_url(n.trim())
                 .map(|c| tls.apply(c))
-                .map_err(|e| format!("bad node {n:?}: {e}"))
+                .map_err(|e| format!("bad node {:?}: {e}", redacted(n)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     // A TLS option with no TLS node is a forgotten `rediss://`, not something to ignore.

@@ -467,19 +467,11 @@ fn transport_hint(tls: bool, e: Option<&dragonlock::Error>) -> &'static str {
 /// How a node is named in the report: `host:port`, or a URL as given with its password shown
 /// as `***`, so that two URLs of one server (another user, another database) stay apart.
 fn node_label(given: &str, config: &ConnectionConfig) -> String {
-    let Some((scheme, rest)) = given.trim().split_once("://") else {
-        return config.addr();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            // `redis://secret@host` is a password (see `ConnectionConfig::from_url`).
-            None => format!("***@{host}"),
-        },
-        None => authority.to_string(),
-    };
-    format!("{scheme}://{authority}{path}")
+    if given.contains("://") {
+        crate::redacted(given)
+    } else {
+        config.addr()
+    }
 }
 
 /// Two reachable nodes with one identity are one server named twice.
@@ -535,6 +527,10 @@ mod tests {
             "rediss://app:***@h:6380"
         );
         assert_eq!(label("redis://s3cret@h:6380/2"), "redis://***@h:6380/2");
+        // Messages about a malformed node show none of its password either.
+        assert_eq!(crate::redacted("redis://:pa/ss@h:1"), "redis://:***@h:1");
+        assert_eq!(crate::redacted("redis://u:p@ss@h:1"), "redis://u:***@h:1");
+        assert_eq!(crate::redacted("h:1"), "h:1");
     }
 
     #[test]
