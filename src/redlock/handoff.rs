@@ -144,6 +144,10 @@ struct Release {
     token: Vec<u8>,
     woke: u64,
     copies: usize,
+    /// The sets that tried it and passed it on ([`Waiters::requeue`]): it is not passed back to
+    /// them, so two sets held up by the same other key do not hand one release to each other
+    /// for as long as that key is held.
+    passed_by: SmallVec<[u64; 2]>,
 }
 
 struct WaiterSlot {
@@ -459,6 +463,7 @@ impl PubSubSink for NodeSink {
                                 token: payload.to_vec(),
                                 woke,
                                 copies: 1,
+                                passed_by: SmallVec::new(),
                             });
                         }
                     }
@@ -627,7 +632,20 @@ impl Waiter {
                 return;
             };
             let mut slot = entry.waiters.remove(at).expect("found above");
-            let (next, waker) = entry.wake_where(true, |_| true);
+            // The releases this waiter was woken for, and who passed them on before it: passed
+            // on to a waiter that has not tried them. A release no longer in `recent` (four
+            // newer ones came since) is not passed on: the newer ones wake their own waiters.
+            let mut passed_by: SmallVec<[u64; 4]> = SmallVec::new();
+            let mut found = false;
+            for release in entry.recent.iter().filter(|r| r.woke == self.id) {
+                found = true;
+                passed_by.extend_from_slice(&release.passed_by);
+            }
+            let (next, waker) = if found {
+                entry.wake_where(true, |id| !passed_by.contains(&id))
+            } else {
+                (0, None)
+            };
             // With nobody else here, the quorum's wake-up (and one that came during the
             // attempt) stays this waiter's: its attempt may have failed only for coming
             // before the release reached a quorum. With others, they have the release: the
@@ -635,6 +653,7 @@ impl Waiter {
             if !entry.waiters.is_empty() {
                 for release in entry.recent.iter_mut().filter(|r| r.woke == self.id) {
                     release.woke = next;
+                    release.passed_by.push(self.id);
                 }
                 slot.notified = false;
             }
@@ -921,6 +940,51 @@ mod tests {
                 (PubSubCommand::Unsubscribe, cb)
             ]
         );
+    }
+
+    /// Two sets held up by the same other key: a release of their shared key is tried by each
+    /// once, not handed back and forth for as long as the other key is held (found by review:
+    /// about 500 attempts a second for one release).
+    #[tokio::test]
+    async fn two_sets_try_a_release_they_cannot_use_once_each() {
+        let h = handoff();
+        let t0 = Instant::now();
+        let keys = [Key::from_slice(b"a"), Key::from_slice(b"b")];
+        let ca = channel(b"a").to_vec();
+        let mut one = h.register_keys(&keys, t0);
+        let mut two = h.register_keys(&keys, t0);
+        let a = sink(&h, 0);
+        a.event(PubSubEvent::Connected);
+        for (_, c) in requests(&a) {
+            a.event(PubSubEvent::Subscribed(&c));
+        }
+        while one.sleep_until(t0).await.0 == Wake::Hint {}
+        while two.sleep_until(t0).await.0 == Wake::Hint {}
+        a.event(PubSubEvent::Message {
+            channel: &ca,
+            payload: b"t1",
+        });
+        // The first set tries it, fails on "b", passes it on; the second likewise, and it does
+        // not come back.
+        assert_eq!(one.sleep_until(t0).await, (Wake::Release, 0));
+        one.requeue(0);
+        assert_eq!(two.sleep_until(t0).await, (Wake::Release, 0));
+        two.requeue(0);
+        assert_eq!(one.sleep_until(t0).await.0, Wake::Timer);
+        assert_eq!(two.sleep_until(t0).await.0, Wake::Timer);
+        // Nor does the quorum's copy wake either of them again.
+        sink(&h, 1).event(PubSubEvent::Message {
+            channel: &ca,
+            payload: b"t1",
+        });
+        assert_eq!(one.sleep_until(t0).await.0, Wake::Timer);
+        assert_eq!(two.sleep_until(t0).await.0, Wake::Timer);
+        // The next release is tried again, by the oldest.
+        a.event(PubSubEvent::Message {
+            channel: &ca,
+            payload: b"t2",
+        });
+        assert_eq!(one.sleep_until(t0).await, (Wake::Release, 0));
     }
 
     /// A set dropped with a wake-up it did not use passes it on, on that key; a set none of

@@ -310,7 +310,8 @@ impl RedlockOptions {
     ///   more) subscribes through one subscriber connection per node, opened by the manager's
     ///   first waiter and kept for its lifetime; the lock connections carry no subscription.
     ///   Each release wakes one waiter of this manager, the oldest, so 16 waiting tasks take
-    ///   turns rather than all spending a retry on every release.
+    ///   turns rather than all spending a retry on every release (a set that cannot use it
+    ///   passes it on to the next waiter that has not tried it).
     /// - A wake-up only cuts the current retry sleep short: the attempt starts at once (or
     ///   after a [`wake_jitter`](RedlockOptions::wake_jitter), see there), and if it fails the
     ///   waiter sleeps on to the end of the sleep it interrupted. So
@@ -1266,7 +1267,9 @@ impl Redlock {
                 }
                 Err(e) => e,
             };
-            contested |= woken;
+            // A set's woken attempt mostly fails on its other keys, not in a race with other
+            // processes: it does not make the waiter contested.
+            contested |= woken && !waiter.as_ref().is_some_and(|w| w.is_set());
             if let Some(w) = waiter.as_mut().filter(|w| w.is_set()) {
                 if woken {
                     // A set that a release of one key woke, and that failed: that key's next
