@@ -127,14 +127,16 @@ impl TlsArgs {
 /// malformed URL (a `/` in the password) shows no part of the password either.
 pub(crate) fn redacted(node: &str) -> String {
     let node = node.trim();
-    let Some((scheme, rest)) = node.split_once("://") else {
-        return node.to_string();
+    // With a scheme or without (`ConnectionConfig::from_url` reads `user:pass@host:port` too).
+    let (scheme, rest) = match node.split_once("://") {
+        Some((scheme, rest)) => (&node[..scheme.len() + 3], rest),
+        None => ("", node),
     };
     match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) if !user.contains('/') => format!("{scheme}://{user}:***@{host}"),
+            Some((user, _)) if !user.contains('/') => format!("{scheme}{user}:***@{host}"),
             // `redis://secret@host` is a password (see `ConnectionConfig::from_url`).
-            _ => format!("{scheme}://***@{host}"),
+            _ => format!("{scheme}***@{host}"),
         },
         None => node.to_string(),
     }

@@ -467,7 +467,7 @@ fn transport_hint(tls: bool, e: Option<&dragonlock::Error>) -> &'static str {
 /// How a node is named in the report: `host:port`, or a URL as given with its password shown
 /// as `***`, so that two URLs of one server (another user, another database) stay apart.
 fn node_label(given: &str, config: &ConnectionConfig) -> String {
-    if given.contains("://") {
+    if given.contains("://") || given.contains('@') {
         crate::redacted(given)
     } else {
         config.addr()
@@ -531,6 +531,8 @@ mod tests {
         assert_eq!(crate::redacted("redis://:pa/ss@h:1"), "redis://:***@h:1");
         assert_eq!(crate::redacted("redis://u:p@ss@h:1"), "redis://u:***@h:1");
         assert_eq!(crate::redacted("h:1"), "h:1");
+        assert_eq!(crate::redacted("s3cret@h:1"), "***@h:1");
+        assert_eq!(crate::redacted("app:s3cret@h:1"), "app:***@h:1");
     }
 
     #[test]
