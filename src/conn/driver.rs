@@ -349,12 +349,7 @@ async fn connect(
                     event!(WARN, node = %shared.config.addr(), reason = %error,
                         "node down: connect failed");
                 }
-                let config = &shared.config;
-                let mut next = backoff(config.backoff_base, config.backoff_max, failures);
-                if refused {
-                    next = next.max(super::AUTH_FAILURE_BACKOFF);
-                }
-                delay = Some(next);
+                delay = Some(reconnect_delay(&shared.config, failures, refused));
             }
         }
     }
@@ -366,6 +361,23 @@ struct DriverGone(Arc<OpTable>);
 impl Drop for DriverGone {
     fn drop(&mut self) {
         self.0.driver_gone();
+    }
+}
+
+/// The wait before the next connect after `failures` failed ones in a row: the config's
+/// backoff, and at least [`AUTH_FAILURE_BACKOFF`](super::AUTH_FAILURE_BACKOFF) after a refusal
+/// (credentials, a TLS certificate), which trying again at once would only repeat. The lock
+/// connections' and the subscriber connections' rule.
+pub(super) fn reconnect_delay(
+    config: &super::ConnectionConfig,
+    failures: u32,
+    refused: bool,
+) -> Duration {
+    let delay = backoff(config.backoff_base, config.backoff_max, failures);
+    if refused {
+        delay.max(super::AUTH_FAILURE_BACKOFF)
+    } else {
+        delay
     }
 }
 

@@ -23,10 +23,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
-use rand::Rng;
 use tokio::sync::Notify;
 
 use super::handshake::{self, Stream};
@@ -170,22 +168,12 @@ async fn run(config: ConnectionConfig, shared: Arc<Shared>, sink: Arc<dyn PubSub
                 e.is_refusal()
             }
         };
-        let mut delay = backoff(config.backoff_base, config.backoff_max, failures);
-        if refused {
-            delay = delay.max(super::AUTH_FAILURE_BACKOFF);
-        }
+        let delay = super::driver::reconnect_delay(&config, failures, refused);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shared.shutdown.notified() => return,
         }
     }
-}
-
-/// Full jitter below `min(max, base * 2^failures)`, as the lock connections reconnect.
-fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
-    let bound = base.saturating_mul(1u32 << failures.min(16)).min(max);
-    let nanos = bound.as_nanos().min(u64::MAX as u128) as u64;
-    Duration::from_nanos(rand::rng().random_range(0..=nanos))
 }
 
 /// Writes what the sink asks, reports what is read, until the connection fails or is closed.
