@@ -10,24 +10,31 @@ use std::time::{Duration, Instant};
 
 use support::server::cluster;
 
-use support::cli::{code, dragonlock, node_list};
+use support::cli::{bench_json_stdout, code, dragonlock, node_list};
 
 /// `bench … --json` in a multi-point mode: one JSON object per line.
 fn json_lines(args: &[&str]) -> Vec<serde_json::Value> {
-    let mut all = vec!["bench"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let o = dragonlock(&all);
-    assert_eq!(
-        code(&o),
-        0,
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
+    bench_json_stdout(args)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
+}
+
+/// `args` for the shortest comparison that still takes turns: two 100 ms slices a side, no
+/// warm-up.
+fn short_turns<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend([
+        "--duration",
+        "200ms",
+        "--slice",
+        "100ms",
+        "--warmup",
+        "0s",
+        "--ttl",
+        "5s",
+    ]);
+    all
 }
 
 /// A scratch directory, removed on drop.
@@ -329,20 +336,7 @@ fn bench_compare_two_node_sets() {
     let set =
         |s: &[support::server::Server]| s.iter().map(|s| s.addr()).collect::<Vec<_>>().join("+");
     let spec = format!("nodes={},{}", set(&first), set(&second));
-    let lines = json_lines(&[
-        "--compare",
-        &spec,
-        "--duration",
-        "200ms",
-        "--slice",
-        "100ms",
-        "--warmup",
-        "0s",
-        "--concurrency",
-        "1",
-        "--ttl",
-        "5s",
-    ]);
+    let lines = json_lines(&short_turns(&["--compare", &spec, "--concurrency", "1"]));
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0]["side"], "set1");
     assert_eq!(lines[1]["side"], "set2");
@@ -359,24 +353,16 @@ fn bench_compare_two_node_sets() {
 fn bench_compare_client_takes_turns_with_the_baseline() {
     let servers = cluster(3);
     let nodes = node_list(&servers);
-    let lines = json_lines(&[
+    let lines = json_lines(&short_turns(&[
         "--nodes",
         &nodes,
         "--compare",
         "client=baseline,dragonlock",
         "--runs",
         "2",
-        "--duration",
-        "200ms",
-        "--slice",
-        "100ms",
-        "--warmup",
-        "0s",
         "--concurrency",
         "2",
-        "--ttl",
-        "5s",
-    ]);
+    ]));
     assert_eq!(lines.len(), 3, "{lines:?}");
     let (base, ours, ratio) = (&lines[0], &lines[1], &lines[2]);
     assert_point_schema(base);
@@ -401,20 +387,12 @@ fn bench_compare_client_takes_turns_with_the_baseline() {
     assert!(ratio["client_cpu_us_per_cycle"].is_number(), "{ratio}");
 
     // On the local servers (no --nodes): both clients on the same five, started once.
-    let lines = json_lines(&[
+    let lines = json_lines(&short_turns(&[
         "--compare",
         "client=baseline,dragonlock",
-        "--duration",
-        "200ms",
-        "--slice",
-        "100ms",
-        "--warmup",
-        "0s",
         "--concurrency",
         "1",
-        "--ttl",
-        "5s",
-    ]);
+    ]));
     assert_eq!(lines.len(), 3, "{lines:?}");
     let nodes = &lines[0]["setup"]["nodes"];
     assert_eq!(nodes.as_array().map(Vec::len), Some(5), "{}", lines[0]);

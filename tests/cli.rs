@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use support::server::{cluster, free_port};
 
-use support::cli::{code, dragonlock, node_list};
+use support::cli::{bench_json_stdout, code, dragonlock, node_list};
 
 #[test]
 fn bench_on_the_embedded_default_reports_json_with_a_baseline() {
@@ -904,17 +904,7 @@ fn bench_baseline_is_the_single_loop_releasing_like_dragonlock() {
 
 /// Runs `dragonlock bench` with `args` and `--json`, asserts it exits 0, and parses its JSON.
 fn bench_json(args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["bench"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let o = dragonlock(&all);
-    assert_eq!(
-        code(&o),
-        0,
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+    serde_json::from_str(&bench_json_stdout(args)).unwrap()
 }
 
 /// `--ops 10` with 64 workers ran 64 cycles: each worker took `ceil(10 / 64)`. The workers now

@@ -63,6 +63,22 @@ pub fn node_list(servers: &[Server]) -> String {
         .join(",")
 }
 
+/// Runs `dragonlock bench` with `args` and `--json`, asserts it exits 0, and returns its
+/// standard output.
+pub fn bench_json_stdout(args: &[&str]) -> String {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let o = dragonlock(&all);
+    assert_eq!(
+        code(&o),
+        0,
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// The exit code, or -1 for a process killed by a signal.
 pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
