@@ -14,7 +14,7 @@ use dragonlock::{Redlock, RedlockOptions};
 use crate::cli::baseline::Baseline;
 use crate::cli::bench::{BenchArgs, ReleaseWaitArg};
 use crate::cli::servers::{self, LocalServer};
-use crate::{fail, node_configs, EXIT_UNAVAILABLE, EXIT_USAGE};
+use crate::{fail, node_configs, redacted, EXIT_UNAVAILABLE, EXIT_USAGE};
 
 /// The most sides one `--compare` takes: a comparison is read side by side, and every side
 /// costs the whole run's time again.
@@ -52,12 +52,20 @@ pub struct Compare {
     pub values: Vec<String>,
 }
 
+/// `--compare`'s argument as its messages show it: every node in it with its password as
+/// `***` (`nodes=` values are node URLs; a forgotten `nodes=` still leaves URLs in it).
+fn shown(spec: &str) -> String {
+    let side = |v: &str| v.split('+').map(redacted).collect::<Vec<_>>().join("+");
+    spec.split(',').map(side).collect::<Vec<_>>().join(",")
+}
+
 impl Compare {
-    pub fn parse(spec: &str) -> Result<Compare, String> {
+    pub fn parse(raw: &str) -> Result<Compare, String> {
+        let spec = shown(raw);
         let usage = "--compare takes KEY=A,B with KEY one of release (script,delex), release-wait \
                      (all,quorum), nodes (H:P+H:P,H:P+H:P), server-bin (PATH,PATH), \
                      server-threads (N,N), client (baseline,dragonlock)";
-        let Some((key, values)) = spec.split_once('=') else {
+        let Some((key, values)) = raw.split_once('=') else {
             return Err(format!("--compare {spec:?}: {usage}"));
         };
         let key = match key.trim() {
@@ -83,7 +91,7 @@ impl Compare {
         }
         for (i, v) in values.iter().enumerate() {
             if values[..i].contains(v) {
-                return Err(format!("--compare {spec:?}: {v:?} is named twice"));
+                return Err(format!("--compare {spec:?}: {:?} is named twice", shown(v)));
             }
             let ok = match key {
                 CompareKey::Release => ["script", "delex"].contains(&v.as_str()),
@@ -554,6 +562,16 @@ mod tests {
         ] {
             let e = Compare::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
+        }
+        // A node's password is never echoed, whichever message names the argument.
+        for bad in [
+            "nodes=redis://:hunter2@127.0.0.1:1",
+            "nodes=redis://u:hunter2@127.0.0.1:1,redis://u:hunter2@127.0.0.1:1",
+            "nodes=127.0.0.1:1+hunter2@127.0.0.1:2,,127.0.0.1:3",
+            "redis://:hunter2@127.0.0.1:1+127.0.0.1:2,127.0.0.1:3",
+        ] {
+            let e = Compare::parse(bad).unwrap_err();
+            assert!(!e.contains("hunter2") && e.contains("***"), "{bad}: {e}");
         }
     }
 }
