@@ -970,6 +970,26 @@ fn with_lock_never_runs_its_body_past_the_validity() {
     });
 }
 
+/// A body that blocks inside one poll past the validity (synchronous work) cannot be stopped
+/// mid-way, nor can the lock be renewed meanwhile; what it returns is not reported as done under
+/// the lock: `Lost`, and its result dropped. The block is four ttls long, so the validity has
+/// ended however late the thread runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_reports_a_body_that_finished_after_the_validity_as_lost() {
+    let servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default().retry_count(0)).await;
+    let ttl = Duration::from_millis(200);
+    let err = r
+        .with_lock("blocking", ttl, None, |_signal| async move {
+            std::thread::sleep(4 * ttl);
+            "committed"
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_lost(), "{err:?}");
+    assert_eq!(r.stats().locks.lost, 1);
+}
+
 /// A lock released after it expired: the release is an error that says the lock was no longer
 /// held (the critical section outlived it), with each node's answer, not `Ok(0)`. A second
 /// `release_ref` releases nothing and says so with `Ok(0)`.

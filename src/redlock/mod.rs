@@ -1989,7 +1989,10 @@ impl Redlock {
     /// runs, it is dropped at the moment the lock stops being held, mid-way (work done under a
     /// lock that is no longer held must not continue), with:
     /// - [`LockErrorKind::Lost`] when a renewal failed (with each node's answer) or the
-    ///   validity ran out while renewals were still due;
+    ///   validity ran out while renewals were still due, and also when the body finished
+    ///   after the validity ended, as a body that blocks inside one poll does (synchronous
+    ///   work, a blocking call: neither the body nor the renewals can be interrupted then, and
+    ///   its result is dropped rather than returned as done under the lock);
     /// - [`LockErrorKind::MaxHoldExceeded`] when `max_hold` had stopped the renewals;
     /// - [`LockErrorKind::ExtensionLimit`] when the configured extension limit had.
     ///
@@ -2066,6 +2069,12 @@ impl Redlock {
                     return Poll::Ready(Step::Expired);
                 }
                 if let Poll::Ready(out) = body.as_mut().poll(cx) {
+                    // A body that blocked inside this poll (synchronous work, a blocking call)
+                    // may have finished after the validity ended: it did not run under the lock
+                    // throughout, and its result is not the caller's to trust.
+                    if Instant::now() >= valid_until {
+                        return Poll::Ready(Step::Expired);
+                    }
                     return Poll::Ready(Step::Done(out));
                 }
                 if renewal.is_none() && stopped.is_none() && renew_at.as_mut().poll(cx).is_ready() {
@@ -2080,7 +2089,7 @@ impl Redlock {
             match step {
                 Step::Done(out) => {
                     // A release the nodes did not confirm changes nothing for the caller: the
-                    // body finished while the lock was held (else it would have been dropped).
+                    // body finished while the lock was held (checked on the clock above).
                     let _ = lock.release().await;
                     return Ok(out);
                 }
