@@ -565,6 +565,63 @@ async fn holder_reports_a_server_error_per_node() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Clean-ups after a busy attempt
+
+/// Clean-ups (the release script, or `DELEX`) a server has run.
+fn cleanups_run(server: &Server) -> u64 {
+    server.command_calls("eval") + server.command_calls("delex")
+}
+
+/// A busy attempt decided before a stopped node answered: that node's `SET` runs when it
+/// resumes and sets the key, and the clean-up follows its late `OK`. Without it the key would
+/// stay there for the whole ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_set_by_a_late_reply_after_a_busy_attempt_is_cleaned_up() {
+    let mut servers = cluster(3);
+    let r = over(&servers, RedlockOptions::default()).await;
+    for s in &servers[..2] {
+        s.cmd(&["SET", "r", "other", "PX", "30000"]);
+    }
+    servers[2].stop();
+    let busy = r.try_acquire("r", TTL).await.unwrap_err();
+    assert!(busy.is_busy(), "{busy:?}");
+    servers[2].cont();
+    // The `SET` has run on node 2 once its connection's `PING` is answered.
+    settle(&r).await;
+    assert_eq!(servers[2].command_calls("set"), 1);
+    let gone = support::eventually(Duration::from_secs(10), || {
+        matches!(servers[2].cmd(&["EXISTS", "r"]), Frame::Integer(0))
+    })
+    .await;
+    assert!(gone, "the late OK's key is left on node 2");
+    assert_eq!(cleanups_run(&servers[2]), 1);
+    assert_eq!(r.stats().locks.general_path, 0);
+}
+
+/// The same with every node holding the key for someone else: the stopped node's late reply
+/// is a nil, so no clean-up is sent to it at all (it used to be sent the moment the attempt
+/// was decided, a script call per busy attempt for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_attempt_sends_no_clean_up_where_the_late_reply_set_nothing() {
+    let mut servers = cluster(3);
+    let r = over(&servers, RedlockOptions::default()).await;
+    for s in &servers {
+        s.cmd(&["SET", "r", "other", "PX", "30000"]);
+    }
+    servers[2].stop();
+    let busy = r.try_acquire("r", TTL).await.unwrap_err();
+    assert!(busy.is_busy(), "{busy:?}");
+    servers[2].cont();
+    // Twice: the first `PING` follows the `SET`, the second the driver's reading of its reply.
+    settle(&r).await;
+    settle(&r).await;
+    // Ours and the attempt's.
+    assert_eq!(servers[2].command_calls("set"), 2);
+    assert_eq!(cleanups_run(&servers[2]), 0);
+    assert_eq!(servers[2].cmd(&["GET", "r"]), Frame::Bulk("other".into()));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Locks rebuilt from a token
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

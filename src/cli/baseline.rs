@@ -31,8 +31,8 @@
 //! | take | swap the whole submission queue out (one lock), start each op in a free slot: its frame appended to every node's output buffer, its id to every node's ring | none |
 //! | write | every node with bytes pending | one `write` per node |
 //! | read | every node that owes replies and is readable | one `read` per node |
-//! | classify | each complete line (`+OK`, `$-1`/`_`, `:n`, `-ERR …`) goes to the slot at the ring's head: a vote, a late vote, or a cleanup's answer | none |
-//! | decide | quorum, quorum impossible, or (timer) deadline: publish the outcome, wake the one caller; a failed acquire appends its cleanup releases | none |
+//! | classify | each complete line (`+OK`, `$-1`/`_`, `:n`, `-ERR …`) goes to the slot at the ring's head: a vote, a late vote (a failed acquire's late `+OK` appends its cleanup), or a cleanup's answer | none |
+//! | decide | quorum, quorum impossible, or (timer) deadline: publish the outcome, wake the one caller; a failed acquire appends its cleanup releases where a node said yes | none |
 //! | yield | if it woke a caller: reschedule itself behind them and return | none |
 //!
 //! The yield is what makes the writes coalesce when callers are tasks. Without it, the first
@@ -156,6 +156,8 @@ struct Slot {
     /// Replies still to come for this slot, over all nodes, cleanups included.
     owed: u16,
     decided: bool,
+    /// A failed acquire: a late `+OK` gets a cleanup (as dragonlock's late clean-ups).
+    clean_late: bool,
 }
 
 struct Queue {
@@ -711,6 +713,7 @@ impl Loop {
             failed: 0,
             owed: self.nodes.len() as u16,
             decided: false,
+            clean_late: false,
         });
         self.arm(deadline);
         // With fewer live nodes than the quorum, it is decided already.
@@ -810,6 +813,9 @@ impl Loop {
             }
             if !s.decided {
                 self.try_decide(id, now);
+            } else if s.clean_late && reply == Reply::Ok {
+                // The late `SET` set the key after the attempt failed: its cleanup follows.
+                self.cleanup(id, k);
             }
         } else {
             assert!(
@@ -847,36 +853,43 @@ impl Loop {
         self.decide(id, outcome);
     }
 
-    /// Publishes the outcome and wakes the caller; a failed acquire releases wherever the key
-    /// might be: the nodes that said yes and those that have not answered (their cleanup goes
-    /// after the `SET` on the same connection, so it runs after it). The cleanup never
-    /// publishes; dragonlock's does after a quorum that came too late (`Expired`), which a
-    /// bench run practically never meets.
+    /// Publishes the outcome and wakes the caller; a failed acquire releases where the key is:
+    /// the nodes that said yes now, and each node that had not answered once its late reply
+    /// says it set the key (`dispatch`; the cleanup then follows the `SET` on the same
+    /// connection), as dragonlock's late clean-ups do. The cleanup never publishes;
+    /// dragonlock's does after a quorum that came too late (`Expired`), which a bench run
+    /// practically never meets.
     fn decide(&mut self, id: u16, outcome: u32) {
         let s = self.slots[id as usize].as_mut().expect("a live slot");
         s.decided = true;
         self.shared.publish(&mut s.op, outcome);
         self.woke = true;
         if s.op.kind == Kind::Acquire && outcome != GRANTED {
-            let key = &s.op.key[..s.op.key_len as usize];
-            for (k, node) in self.nodes.iter_mut().enumerate() {
-                let bit = 1u32 << k;
-                if s.yes & bit != 0 || s.answered & bit == 0 {
-                    if node.delex {
-                        encode_delex_ifeq(&mut node.out, key, &s.op.token);
-                    } else {
-                        // As dragonlock's cleanup: with the source, so a lost cache cannot stop it.
-                        let call = ScriptCall::WithSource;
-                        self.script
-                            .encode(&mut node.out, call, &[key], &[s.op.token]);
-                    }
-                    assert!(node.owed.len() < node.owed.capacity(), "ring bound");
-                    node.owed.push_back(id);
-                    s.owed += 1;
-                }
+            s.clean_late = true;
+            let yes = s.yes;
+            for k in (0..self.nodes.len()).filter(|k| yes & (1 << k) != 0) {
+                self.cleanup(id, k);
             }
         }
         self.free_if_done(id);
+    }
+
+    /// Appends slot `id`'s cleanup to node `k`'s output, after its `SET`.
+    fn cleanup(&mut self, id: u16, k: usize) {
+        let s = self.slots[id as usize].as_mut().expect("a live slot");
+        let node = &mut self.nodes[k];
+        let key = &s.op.key[..s.op.key_len as usize];
+        if node.delex {
+            encode_delex_ifeq(&mut node.out, key, &s.op.token);
+        } else {
+            // As dragonlock's cleanup: with the source, so a lost cache cannot stop it.
+            let call = ScriptCall::WithSource;
+            self.script
+                .encode(&mut node.out, call, &[key], &[s.op.token]);
+        }
+        assert!(node.owed.len() < node.owed.capacity(), "ring bound");
+        node.owed.push_back(id);
+        s.owed += 1;
     }
 
     fn free_if_done(&mut self, id: u16) {

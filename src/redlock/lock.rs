@@ -11,7 +11,7 @@ use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{self, Decision, Vote};
 use super::stats::Count;
 use super::{Keys, Notice, Redlock, ReleaseWait, Token};
-use crate::conn::{Connection, HandedMeta, OpId, OpRule, ReplyFuture, ScriptCall};
+use crate::conn::{Connection, Fill, HandedMeta, OpId, OpRule, ReplyFuture, ScriptCall};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -441,9 +441,18 @@ impl Lock {
                 }
             };
             let failed = |_: &Decision, granted| granted < quorum;
-            quorum::run_op(table, id, handed, nodes, send, results, failed)
-                .await
-                .1
+            quorum::run_op(
+                table,
+                id,
+                handed,
+                nodes,
+                send,
+                results,
+                failed,
+                None::<Fill>,
+            )
+            .await
+            .1
         } else {
             let granted;
             (granted, *results) = self.release_collect(deadline, all, &release).await;
@@ -698,9 +707,18 @@ pub(crate) async fn extend_on_nodes(
             })
         };
         let failed = |d: &Decision, _| !extended(d);
-        quorum::run_op(table, id, handed, nodes, send, &mut results, failed)
-            .await
-            .0
+        quorum::run_op(
+            table,
+            id,
+            handed,
+            nodes,
+            send,
+            &mut results,
+            failed,
+            None::<Fill>,
+        )
+        .await
+        .0
     } else {
         let (decision, collector) = redlock
             .collect(

@@ -51,7 +51,9 @@ use crate::conn::{
     ScriptCall, MAX_OP_NODES,
 };
 use crate::error::Error;
-use crate::resp::{encode_delex_ifeq, encode_publish, Frame, SetNxPxCommand};
+use crate::resp::{
+    encode_command_inline, encode_delex_ifeq, encode_publish, Frame, SetNxPxCommand,
+};
 use quorum::{Decision, QuorumCollector, Vote};
 use scripts::scripts;
 use stats::{Count, LockCounters};
@@ -1488,8 +1490,9 @@ impl Redlock {
         };
         let min_validity = self.inner.options.min_validity;
         let granted_in_time = |d: &Decision| d.quorum_in_time(min_validity, valid_until);
-        // Each node's result (filled only when the attempt fails).
-        let (decision, granted) = if let Some((table, id, handed)) = op {
+        // Each node's result (filled only when the attempt fails), and the nodes whose clean-up
+        // the driver sends if their late reply says the key was set there.
+        let (decision, granted, lingering) = if let Some((table, id, handed)) = op {
             let send = |i: usize, again| {
                 let op = (id, i as u8);
                 if again {
@@ -1505,7 +1508,18 @@ impl Redlock {
                 }
             };
             let failed = |d: &Decision, _| !granted_in_time(d);
-            quorum::run_op(table, id, handed, nodes, send, results, failed).await
+            let cleanup = |h: &mut Handed| self.cleanup_request(h, keys, &token);
+            quorum::run_op(
+                table,
+                id,
+                handed,
+                nodes,
+                send,
+                results,
+                failed,
+                Some(cleanup),
+            )
+            .await
         } else {
             let (decision, granted);
             (decision, *results, granted) = self
@@ -1520,7 +1534,7 @@ impl Redlock {
                     &args,
                 )
                 .await;
-            (decision, granted)
+            (decision, granted, 0)
         };
         cleanup.armed = false;
         drop(cleanup);
@@ -1528,7 +1542,10 @@ impl Redlock {
         let refuse = |kind, cut_short| {
             // Keys on a quorum (an attempt that got there too late) block the waiters.
             let notify = granted >= self.inner.quorum;
-            self.release_in_background(keys, &token, notify, |i| quorum::might_hold(&results[i]));
+            let mine = |i: usize| lingering & (1 << i) == 0;
+            self.release_in_background(keys, &token, notify, |i| {
+                mine(i) && quorum::might_hold(&results[i])
+            });
             Err(Refusal { kind, cut_short })
         };
         match decision {
@@ -1807,6 +1824,37 @@ impl Redlock {
         keys: &Keys,
     ) -> LockError {
         LockError::new(kind, results).about(keys.all(), &self.inner.addrs)
+    }
+
+    /// A failed attempt's clean-up as one request for every node (see `OpTable::finish`): the
+    /// request [`release_in_background`](Redlock::release_in_background) would send, without
+    /// publishing. False (the caller then sends its clean-ups itself) where that is not the
+    /// same request on every node (some release with `DELEX`, some by script), or it does not
+    /// fit.
+    #[cold]
+    fn cleanup_request(&self, h: &mut Handed, keys: &Keys, token: &Token) -> bool {
+        let nodes = &self.inner.nodes;
+        let all = keys.all();
+        let with_delex = nodes.iter().filter(|n| n.has_delex()).count();
+        let by_script = keys.is_multi() || self.inner.options.force_script_release;
+        if !by_script && with_delex == nodes.len() {
+            return encode_command_inline(&mut h.request, &[b"DELEX", &all[0], b"IFEQ", token]);
+        }
+        if !by_script && with_delex > 0 {
+            return false;
+        }
+        // With the source, as `release_in_background`'s: nobody reads its reply.
+        let script = keys.release_script();
+        let mut numkeys = itoa::Buffer::new();
+        let mut args: SmallVec<[&[u8]; 12]> = SmallVec::new();
+        if all.len() + 4 > args.inline_size() {
+            return false;
+        }
+        args.extend([&b"EVAL"[..], script.source().as_bytes()]);
+        args.push(numkeys.format(all.len()).as_bytes());
+        args.extend(all.iter().map(|k| &k[..]));
+        args.push(&token[..]);
+        encode_command_inline(&mut h.request, &args)
     }
 
     /// Queues a release on every node for which `which` is true, without waiting for answers:

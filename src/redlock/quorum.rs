@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::error::{NodeResult, NodeResults};
-use crate::conn::{Answer, Connection, OpEvent, OpId, OpTable, ReplyFuture, Verdict};
+use crate::conn::{Answer, Connection, Handed, OpEvent, OpId, OpTable, ReplyFuture, Verdict};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -258,6 +258,10 @@ impl Drop for OpGuard<'_> {
 /// will read them (a failure, for its error): a phase that succeeds builds and moves none.
 /// Nodes silent at the deadline are counted in their connection's stats either way.
 ///
+/// `cleanup`: an acquire's clean-up request, for the nodes it is still waiting for when it
+/// fails (see `OpTable::finish`); the third value names the nodes it is left to (a bit each),
+/// whose clean-up the caller does not send.
+///
 /// Cancel safe: dropped early, the op is given back to its table, which may reuse its entry at
 /// once (the replies still due name the old op, and are dropped).
 #[allow(clippy::too_many_arguments)]
@@ -269,7 +273,8 @@ pub(crate) async fn run_op(
     mut send: impl FnMut(usize, bool) -> Result<(), Error>,
     results: &mut NodeResults,
     wanted: impl FnOnce(&Decision, usize) -> bool,
-) -> (Decision, usize) {
+    cleanup: Option<impl FnOnce(&mut Handed) -> bool>,
+) -> (Decision, usize, u8) {
     // `handed`: the driver sends the requests (see `OpTable::open_handing`), and the table
     // forgets those it has not sent when the op is given back.
     let mut guard = OpGuard {
@@ -306,38 +311,44 @@ pub(crate) async fn run_op(
     })
     .await;
     // Still armed while `finish` reads the answers: a panic there gives the op back.
-    let (decision, yes, silent) = table.finish(id, |verdict, yes, answers| {
-        let decision = match verdict {
-            Some(Verdict::Quorum(at)) => Decision::Quorum(at),
-            Some(Verdict::Impossible) => Decision::Impossible,
-            Some(Verdict::AllDone) => Decision::AllDone,
-            None => Decision::Deadline,
-        };
-        let build = wanted(&decision, yes);
-        let mut silent = 0u8;
-        if build || decision == Decision::Deadline {
-            // Filled in node order, in place: no vector of placeholders to clone.
-            for i in 0..answers.len() {
-                let result = match answers.take(i) {
-                    Answer::Yes => NodeResult::Granted,
-                    Answer::No => NodeResult::Refused,
-                    Answer::Failed(e) => NodeResult::Failed(e),
-                    // Decided before it answered: not awaited. Else the deadline came first,
-                    // and it was waited for in vain (the verdict, read under the table's lock,
-                    // is the last word: a quorum completed just as the deadline passed still
-                    // counts).
-                    Answer::Pending | Answer::Retry => {
-                        silent |= 1 << i;
-                        NodeResult::NotAwaited
+    let ((decision, yes, silent), lingering) = table.finish(
+        id,
+        |verdict, yes, answers| {
+            let decision = match verdict {
+                Some(Verdict::Quorum(at)) => Decision::Quorum(at),
+                Some(Verdict::Impossible) => Decision::Impossible,
+                Some(Verdict::AllDone) => Decision::AllDone,
+                None => Decision::Deadline,
+            };
+            let build = wanted(&decision, yes);
+            let mut silent = 0u8;
+            if build || decision == Decision::Deadline {
+                // Filled in node order, in place: no vector of placeholders to clone.
+                for i in 0..answers.len() {
+                    let result = match answers.take(i) {
+                        Answer::Yes => NodeResult::Granted,
+                        Answer::No => NodeResult::Refused,
+                        Answer::Failed(e) => NodeResult::Failed(e),
+                        // Decided before it answered (an answer after the verdict is kept, so
+                        // this one had not come when the caller looked): not awaited. Else the
+                        // deadline came first,
+                        // and it was waited for in vain (the verdict, read under the table's lock,
+                        // is the last word: a quorum completed just as the deadline passed still
+                        // counts).
+                        Answer::Pending | Answer::Retry => {
+                            silent |= 1 << i;
+                            NodeResult::NotAwaited
+                        }
+                    };
+                    if build {
+                        results.push(result);
                     }
-                };
-                if build {
-                    results.push(result);
                 }
             }
-        }
-        (decision, yes, silent)
-    });
+            (decision, yes, silent)
+        },
+        cleanup,
+    );
     guard.armed = false;
     if decision == Decision::Deadline {
         for (i, node) in nodes.iter().enumerate() {
@@ -349,5 +360,5 @@ pub(crate) async fn run_op(
             }
         }
     }
-    (decision, yes)
+    (decision, yes, lingering)
 }

@@ -36,6 +36,36 @@ pub fn encode_command<A: AsRef<[u8]>>(dst: &mut BytesMut, args: &[A]) {
     }
 }
 
+/// [`encode_command`] into `dst`'s inline room: false, with `dst` left as it was, when the
+/// command would not fit there (a caller that may not allocate keeps what it had).
+pub(crate) fn encode_command_inline<const N: usize>(
+    dst: &mut smallvec::SmallVec<[u8; N]>,
+    args: &[&[u8]],
+) -> bool {
+    let len = |n: usize| 1 + digits(n as u64) + 2;
+    let size = len(args.len())
+        + args
+            .iter()
+            .map(|a| len(a.len()) + a.len() + 2)
+            .sum::<usize>();
+    if dst.spilled() || dst.len() + size > N {
+        return false;
+    }
+    let mut n = itoa::Buffer::new();
+    dst.push(b'*');
+    dst.extend_from_slice(n.format(args.len()).as_bytes());
+    dst.extend_from_slice(b"\r\n");
+    for a in args {
+        dst.push(b'$');
+        dst.extend_from_slice(n.format(a.len()).as_bytes());
+        dst.extend_from_slice(b"\r\n");
+        dst.extend_from_slice(a);
+        dst.extend_from_slice(b"\r\n");
+    }
+    debug_assert!(!dst.spilled());
+    true
+}
+
 /// `SET key token NX PX ms`, the acquire command, prepared for one ttl.
 ///
 /// Everything after the token (`NX`, `PX` and the formatted ttl) is written once, by
@@ -795,6 +825,27 @@ mod tests {
                 assert_eq!(&buf[..], &want[..], "len {len}, spare {spare}");
             }
         }
+    }
+
+    #[test]
+    fn a_command_is_written_inline_whole_or_not_at_all() {
+        let args: [&[u8]; 4] = [b"DELEX", b"key", b"IFEQ", b"token"];
+        let mut whole = BytesMut::new();
+        crate::resp::encode_command(&mut whole, &args);
+        let mut exact = smallvec::SmallVec::<[u8; 45]>::new();
+        assert_eq!(whole.len(), 45);
+        assert!(crate::resp::encode_command_inline(&mut exact, &args));
+        assert_eq!(&exact[..], &whole[..]);
+        assert!(!exact.spilled());
+        let mut short = smallvec::SmallVec::<[u8; 44]>::new();
+        assert!(!crate::resp::encode_command_inline(&mut short, &args));
+        assert!(short.is_empty() && !short.spilled(), "left as it was");
+        let mut full = smallvec::SmallVec::<[u8; 51]>::from_slice(b"xxxxxxx");
+        assert!(
+            !crate::resp::encode_command_inline(&mut full, &args),
+            "room counts what is there"
+        );
+        assert_eq!(&full[..], b"xxxxxxx");
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub mod fuzzing;
 
 pub use decode::Decoder;
 pub(crate) use decode::LockReply;
+pub(crate) use encode::encode_command_inline;
 pub use encode::{
     encode_command, encode_delex_ifeq, encode_frame, encode_publish, EvalShaCommand, SetNxPxCommand,
 };
