@@ -621,6 +621,28 @@ async fn a_busy_attempt_sends_no_clean_up_where_the_late_reply_set_nothing() {
     assert_eq!(servers[2].cmd(&["GET", "r"]), Frame::Bulk("other".into()));
 }
 
+/// A release that returns at a quorum before a stopped node answered: the node lost its script
+/// cache, so its late answer is `NOSCRIPT`, and the release goes to it again with the script's
+/// source, its caller long gone. Without that the key stayed there for its ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_answered_noscript_after_its_quorum_is_sent_again() {
+    let mut servers = cluster(3);
+    // Releases return at a quorum (the default).
+    let r = support::redlock_over(&urls(&servers), RedlockOptions::default()).await;
+    let lock = r.try_acquire("r", TTL).await.unwrap();
+    settle(&r).await;
+    assert!(servers[2].cmd(&["SCRIPT", "FLUSH"]).is_ok());
+    servers[2].stop();
+    assert_eq!(lock.release().await.unwrap(), 2);
+    servers[2].cont();
+    let gone = support::eventually(Duration::from_secs(10), || {
+        matches!(servers[2].cmd(&["EXISTS", "r"]), Frame::Integer(0))
+    })
+    .await;
+    assert!(gone, "the key is left on the node that answered NOSCRIPT");
+    assert_eq!(r.stats().locks.general_path, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Locks rebuilt from a token
 

@@ -1844,17 +1844,38 @@ impl Redlock {
             return false;
         }
         // With the source, as `release_in_background`'s: nobody reads its reply.
-        let script = keys.release_script();
-        let mut numkeys = itoa::Buffer::new();
-        let mut args: SmallVec<[&[u8]; 12]> = SmallVec::new();
-        if all.len() + 4 > args.inline_size() {
+        if all.len() > 8 {
             return false;
         }
-        args.extend([&b"EVAL"[..], script.source().as_bytes()]);
-        args.push(numkeys.format(all.len()).as_bytes());
-        args.extend(all.iter().map(|k| &k[..]));
-        args.push(&token[..]);
-        encode_command_inline(&mut h.request, &args)
+        let names: SmallVec<[&[u8]; 8]> = all.iter().map(|k| &k[..]).collect();
+        eval_inline(h, keys.release_script(), &names, token)
+    }
+
+    /// A release's request for the nodes whose late reply asks for it again (`NOSCRIPT`, or
+    /// an unknown `DELEX`) after its caller went (see `OpTable::finish`): the release script
+    /// with its source, telling the waiters where `notify` says. False (nothing is sent again
+    /// then, as before late resends) for a set that tells the waiters, or one that does not fit.
+    #[cold]
+    pub(crate) fn release_again_request(
+        &self,
+        h: &mut Handed,
+        keys: &Keys,
+        token: &Token,
+        notify: bool,
+    ) -> bool {
+        let all = keys.all();
+        if !notify {
+            if all.len() > 8 {
+                return false;
+            }
+            let names: SmallVec<[&[u8]; 8]> = all.iter().map(|k| &k[..]).collect();
+            return eval_inline(h, keys.release_script(), &names, token);
+        }
+        if keys.is_multi() {
+            return false;
+        }
+        let channel = handoff::channel(&all[0]);
+        eval_inline(h, &scripts().release_notify, &[&all[0], &channel], token)
     }
 
     /// Queues a release on every node for which `which` is true, without waiting for answers:
@@ -2286,6 +2307,21 @@ impl Notice {
 }
 
 /// Releases an acquire attempt's keys if the attempt future is dropped mid-flight.
+/// `EVAL source numkeys keys… token` into the handed request's inline room (false when it does
+/// not fit).
+fn eval_inline(h: &mut Handed, script: &Script, keys: &[&[u8]], token: &[u8]) -> bool {
+    let mut numkeys = itoa::Buffer::new();
+    let mut args: SmallVec<[&[u8]; 12]> = SmallVec::new();
+    if keys.len() + 4 > args.inline_size() {
+        return false;
+    }
+    args.extend([&b"EVAL"[..], script.source().as_bytes()]);
+    args.push(numkeys.format(keys.len()).as_bytes());
+    args.extend_from_slice(keys);
+    args.push(token);
+    encode_command_inline(&mut h.request, &args)
+}
+
 struct CleanupOnDrop<'a> {
     redlock: &'a Redlock,
     keys: &'a Keys,
