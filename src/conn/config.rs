@@ -96,7 +96,7 @@ pub enum Protocol {
 /// allocate, both chosen by the caller: a command larger than what is left of the write buffer
 /// (it grows for that command), and a reply frame larger than half the read buffer (it grows,
 /// then shrinks back), besides the frames themselves when they are aggregates or kept payloads.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionConfig {
     pub(crate) host: String,
     pub(crate) port: u16,
@@ -118,6 +118,33 @@ pub struct ConnectionConfig {
     /// TLS settings; `None` for plain TCP. Without the `tls` feature the type is empty, so
     /// this is always `None`.
     pub(crate) tls: Option<TlsConfig>,
+}
+
+/// Every setting but the password, which shows as `***` when there is one: a config is
+/// reachable from a running `Redlock` (`nodes()[i].config()`), and `{:?}` ends up in logs.
+impl std::fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .field("protocol", &self.protocol)
+            .field("client_name", &self.client_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("write_buffer", &self.write_buffer)
+            .field("read_buffer", &self.read_buffer)
+            .field("decoder", &self.decoder)
+            .field("scripts", &self.scripts.len())
+            .field("probe_delex", &self.probe_delex)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl ConnectionConfig {
@@ -371,5 +398,21 @@ impl ConnectionConfig {
     pub fn probe_delex(mut self, probe: bool) -> Self {
         self.probe_delex = probe;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_password() {
+        let c = ConnectionConfig::from_url("redis://user:hunter2@127.0.0.1:7000").unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(r#"password: Some("***")"#), "{shown}");
+        assert!(shown.contains(r#"username: Some("user")"#), "{shown}");
+        let none = format!("{:?}", ConnectionConfig::new("127.0.0.1", 7000));
+        assert!(none.contains("password: None"), "{none}");
     }
 }
