@@ -646,6 +646,30 @@ async fn a_release_answered_noscript_after_its_quorum_is_sent_again() {
 // ---------------------------------------------------------------------------------------------
 // Locks rebuilt from a token
 
+/// Under a key prefix, what a lock and its errors call the resource is the name as given, so
+/// that storing `resource()` and `token()` and rebuilding from them finds the same key (it
+/// used to return the key, and the rebuilt lock looked for `app:app:job`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_rebuilt_from_its_own_resource_and_token_under_a_key_prefix() {
+    let servers = cluster(3);
+    let r = over(&servers, RedlockOptions::default().key_prefix("app:")).await;
+    let lock = r.try_acquire("job", TTL).await.unwrap();
+    assert_eq!((lock.resource(), lock.key()), ("job", "app:job"));
+    let (resource, token) = (lock.resource().to_string(), lock.token().to_string());
+    lock.forget();
+    assert_eq!(r.holder(&resource).await.held_by(&token), 3);
+    let mut rebuilt = r.lock_from_token(&resource, &token).unwrap();
+    rebuilt.extend(TTL).await.unwrap();
+    assert_eq!(
+        servers[0].cmd(&["GET", "app:job"]),
+        Frame::Bulk(token.into())
+    );
+    let busy = r.try_acquire("job", TTL).await.unwrap_err();
+    assert_eq!(busy.resource(), Some("job"));
+    assert!(busy.to_string().contains("resource \"job\""), "{busy}");
+    assert_eq!(rebuilt.release().await.unwrap(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_lock_claims_nothing_until_extended_then_extends_and_releases() {
     let servers = cluster(3);

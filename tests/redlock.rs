@@ -83,7 +83,12 @@ async fn acquire_extend_release_with_prefix_and_validity() {
     assert_eq!(r.quorum(), 2);
     let ttl = Duration::from_secs(10);
     let mut lock = r.try_acquire("res", ttl).await.unwrap();
-    assert_eq!(lock.resource(), "app:res");
+    // The name as given, which the other calls take; the key on the servers has the prefix.
+    assert_eq!(lock.resource(), "res");
+    assert_eq!(lock.key(), "app:res");
+    assert_eq!(lock.keys(), ["app:res"]);
+    assert_eq!(lock.resources(), ["res"]);
+    assert_eq!(r.holder(lock.resource()).await.held_by(lock.token()), 3);
     assert_eq!(lock.token().len(), 32);
     assert!(lock.is_valid());
     // validity = ttl - elapsed - (ttl * 0.01 + 2 ms): at most 9.898 s from now.

@@ -195,9 +195,18 @@ impl LockError {
         self
     }
 
-    pub(crate) fn about(mut self, keys: &[Key], addrs: &Arc<[Box<str>]>) -> LockError {
+    /// Names the resource (the first of `keys`, the first `prefix` bytes, the manager's key
+    /// prefix, left off) and the nodes' addresses.
+    pub(crate) fn about(
+        mut self,
+        keys: &[Key],
+        prefix: usize,
+        addrs: &Arc<[Box<str>]>,
+    ) -> LockError {
         if let Some(first) = keys.first() {
-            self.resource.clone_from(first);
+            self.resource.clear();
+            self.resource
+                .extend_from_slice(first.get(prefix..).unwrap_or(first));
         }
         self.more_resources = u32::try_from(keys.len().saturating_sub(1)).unwrap_or(u32::MAX);
         self.addrs = Some(addrs.clone());
@@ -256,8 +265,10 @@ impl LockError {
         &self.nodes
     }
 
-    /// The resource (key, prefix included) the operation was about; for a multi-resource lock,
-    /// the first in sorted order. `None` for errors about no resource (`Invalid`).
+    /// The resource the operation was about, as it was given (without the manager's
+    /// [key prefix](super::RedlockOptions::key_prefix), as [`Lock::resource`](super::Lock::resource));
+    /// for a multi-resource lock, the first in sorted order. `None` for errors about no
+    /// resource (`Invalid`).
     pub fn resource(&self) -> Option<&str> {
         if self.resource.is_empty() {
             None
@@ -418,7 +429,7 @@ mod tests {
             NodeResult::NotAwaited,
         ];
         let key: Key = Key::from_slice(b"orders:42");
-        let e = LockError::new(LockErrorKind::Busy, nodes).about(&[key], &addrs());
+        let e = LockError::new(LockErrorKind::Busy, nodes).about(&[key], 0, &addrs());
         let text = e.to_string();
         assert_eq!(
             text,
@@ -441,7 +452,7 @@ mod tests {
         ];
         let keys = [Key::from_slice(b"a"), Key::from_slice(b"b")];
         let e = LockError::new(LockErrorKind::NoQuorum, nodes)
-            .about(&keys, &addrs())
+            .about(&keys, 0, &addrs())
             .timed_out();
         assert!(e.is_timeout());
         assert_eq!(e.last_attempt(), Some(LockErrorKind::NoQuorum));

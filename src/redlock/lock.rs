@@ -209,18 +209,57 @@ impl Lock {
         }
     }
 
-    /// The locked key (for a multi-resource lock, the first key in sorted order), prefix included.
+    /// The locked resource as it was given to the acquire (for a multi-resource lock, the first
+    /// in sorted order), without the manager's
+    /// [key prefix](super::RedlockOptions::key_prefix): what
+    /// [`lock_from_token`](super::Redlock::lock_from_token), [`holder`](super::Redlock::holder)
+    /// and the acquires take. The key on the servers is [`key`](Lock::key).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: dragonlock::Redlock) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let prefixed = redlock.with_options(|o| o.key_prefix("app:"))?;
+    /// let lock = prefixed.try_acquire("report", Duration::from_secs(10)).await?;
+    /// assert_eq!(lock.resource(), "report");
+    /// assert_eq!(lock.key(), "app:report");
+    /// // Stored, and rebuilt elsewhere by the same name.
+    /// let (resource, token) = (lock.resource().to_string(), lock.token().to_string());
+    /// lock.forget();
+    /// let mut again = prefixed.lock_from_token(&resource, &token)?;
+    /// again.extend(Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn resource(&self) -> &str {
+        self.name(&self.keys.all()[0])
+    }
+
+    /// Every locked resource as given to the acquire, in sorted order, without the key prefix
+    /// (see [`resource`](Lock::resource)).
+    pub fn resources(&self) -> Vec<&str> {
+        self.keys.all().iter().map(|k| self.name(k)).collect()
+    }
+
+    /// The locked key on the servers, [key prefix](super::RedlockOptions::key_prefix)
+    /// included (for a multi-resource lock, the first in sorted order).
+    pub fn key(&self) -> &str {
         std::str::from_utf8(&self.keys.all()[0]).unwrap_or("")
     }
 
-    /// Every locked key, prefix included.
-    pub fn resources(&self) -> Vec<&str> {
+    /// Every locked key on the servers, key prefix included, in sorted order.
+    pub fn keys(&self) -> Vec<&str> {
         self.keys
             .all()
             .iter()
             .map(|k| std::str::from_utf8(k).unwrap_or(""))
             .collect()
+    }
+
+    /// A key without the prefix of the manager the lock was taken through.
+    fn name<'a>(&self, key: &'a [u8]) -> &'a str {
+        let prefix = self.redlock.inner.options.key_prefix.len();
+        std::str::from_utf8(key.get(prefix..).unwrap_or(key)).unwrap_or("")
     }
 
     /// The token, unique to this acquisition: the manager's

@@ -1823,7 +1823,8 @@ impl Redlock {
         results: NodeResults,
         keys: &Keys,
     ) -> LockError {
-        LockError::new(kind, results).about(keys.all(), &self.inner.addrs)
+        let prefix = self.inner.options.key_prefix.len();
+        LockError::new(kind, results).about(keys.all(), prefix, &self.inner.addrs)
     }
 
     /// A failed attempt's clean-up as one request for every node (see `OpTable::finish`): the
