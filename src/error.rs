@@ -41,6 +41,11 @@ pub enum ErrorKind {
     Overloaded,
     /// The connection was closed by its owner.
     Closed,
+    /// The task that drives the connection is gone: the tokio runtime that started it
+    /// ([`Redlock::connect`](crate::Redlock::connect), [`Connection::start`](crate::conn::Connection::start))
+    /// shut down, or the task panicked. Nothing is sent any more: make a new connection (or
+    /// manager) on a runtime that keeps running.
+    TaskGone,
     /// A connection URL or option is invalid.
     InvalidConfig(&'static str),
     /// The [token prefix](crate::RedlockOptions::token_prefix) is longer than
@@ -163,6 +168,7 @@ impl Error {
                 | ErrorKind::Timeout
                 | ErrorKind::Overloaded
                 | ErrorKind::Closed
+                | ErrorKind::TaskGone
                 | ErrorKind::Protocol(_)
                 | ErrorKind::UnsolicitedReply
                 | ErrorKind::Restarted
@@ -268,6 +274,7 @@ impl Error {
             ErrorKind::NotConnected
                 | ErrorKind::Overloaded
                 | ErrorKind::Closed
+                | ErrorKind::TaskGone
                 | ErrorKind::Restarted
                 | ErrorKind::Auth(_)
         ) || (self.is_tls() && self.is_refusal())
@@ -311,6 +318,10 @@ impl fmt::Display for Error {
             ErrorKind::Timeout => f.write_str("timed out"),
             ErrorKind::Overloaded => f.write_str("too many requests in flight"),
             ErrorKind::Closed => f.write_str("connection closed"),
+            ErrorKind::TaskGone => f.write_str(
+                "the connection's task is gone: the runtime that started it shut down (or the task \
+                 panicked); make the connection or manager on a runtime that keeps running",
+            ),
             ErrorKind::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
             ErrorKind::TokenPrefixTooLong { len } => write!(
                 f,

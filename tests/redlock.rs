@@ -995,6 +995,40 @@ async fn with_lock_reports_a_body_that_finished_after_the_validity_as_lost() {
     assert_eq!(r.stats().locks.lost, 1);
 }
 
+/// A manager made on a runtime that then shut down (a `static` shared by `#[tokio::test]`s,
+/// each with its own runtime, ends up so): its connections' task is gone, and every call says
+/// so at once, from each node, rather than waiting out the lock's validity and reporting
+/// every node silent.
+#[test]
+fn a_manager_whose_runtime_shut_down_says_so_at_once() {
+    let servers = cluster(3);
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = first.block_on(support::redlock_over(&urls, RedlockOptions::default()));
+    drop(first);
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async move {
+        // A validity no test run waits out: only the refusal can end this in time.
+        let err = r
+            .try_acquire("r", Duration::from_secs(600))
+            .await
+            .unwrap_err();
+        let gone = |n: &NodeResult| {
+            matches!(n, NodeResult::Failed(e) if *e.kind() == dragonlock::ErrorKind::TaskGone)
+        };
+        assert!(err.nodes().iter().all(gone), "{err:?}");
+        assert!(err.to_string().contains("task is gone"), "{err}");
+        drop(r);
+    });
+}
+
 /// A lock released after it expired: the release is an error that says the lock was no longer
 /// held (the critical section outlived it), with each node's answer, not `Ok(0)`. A second
 /// `release_ref` releases nothing and says so with `Ok(0)`.

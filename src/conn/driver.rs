@@ -74,7 +74,10 @@ pub(super) fn run(shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
 pub(super) fn run_group(shared: Vec<Arc<Shared>>) -> impl Future<Output = ()> + Send {
     let ops = shared.first().and_then(|s| s.ops.clone());
     // Made here, not in the future's body: a task dropped before its first poll drops it too.
-    let gone = ops.clone().map(DriverGone);
+    let gone = DriverGone {
+        ops: ops.clone(),
+        connections: shared.clone(),
+    };
     async move {
         let _gone = gone;
         group(shared, ops).await
@@ -356,11 +359,32 @@ async fn connect(
 }
 
 /// Expires the group's open lock phases when its driver ends, returns or unwinds.
-struct DriverGone(Arc<OpTable>);
+/// Dropped with the group's task, however it ends (every connection closed, its runtime shut
+/// down, a panic): its lock phases expire, and its connections refuse every request with
+/// `TaskGone` and fail those in flight, so that callers learn it at once, not at their
+/// deadlines (a manager made on a runtime that was then dropped, as a `static` shared between
+/// `#[tokio::test]`s is, used to wait out each lock's validity and report every node silent).
+struct DriverGone {
+    ops: Option<Arc<OpTable>>,
+    connections: Vec<Arc<Shared>>,
+}
 
 impl Drop for DriverGone {
     fn drop(&mut self) {
-        self.0.driver_gone();
+        for shared in &self.connections {
+            let closed = {
+                let mut st = shared.lock();
+                st.task_gone = true;
+                st.closed
+            };
+            // Closed by their owner (the usual end of the task): nothing to tell.
+            if !closed {
+                fail_in_flight(shared, Error::new(ErrorKind::TaskGone));
+            }
+        }
+        if let Some(ops) = &self.ops {
+            ops.driver_gone();
+        }
     }
 }
 

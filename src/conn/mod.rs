@@ -96,6 +96,9 @@ enum Status {
 struct State {
     status: Status,
     closed: bool,
+    /// The driving task is gone (its runtime shut down): every request is refused with
+    /// `TaskGone`, at once rather than at its deadline.
+    task_gone: bool,
     /// Commands not yet handed to the driver, in queue order.
     write_buf: BytesMut,
     /// Every request's place, with the in-flight queue (oldest first) and the free list.
@@ -206,6 +209,9 @@ fn admit(
 ) -> Result<(), Error> {
     if st.closed {
         return Err(Error::new(ErrorKind::Closed));
+    }
+    if st.task_gone {
+        return Err(Error::new(ErrorKind::TaskGone));
     }
     if st.status != Status::Connected {
         st.stats.errors.refused_not_connected += 1;
@@ -423,6 +429,7 @@ impl Connection {
             state: Mutex::new(State {
                 status: Status::Starting,
                 closed: false,
+                task_gone: false,
                 write_buf: BytesMut::with_capacity(config.write_buffer),
                 slots: SlotTable::new(config.max_in_flight),
                 driver_waker: None,

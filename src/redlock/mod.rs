@@ -592,6 +592,14 @@ impl std::fmt::Debug for Redlock {
 impl Redlock {
     /// Connects to every node (URLs as in [`ConnectionConfig::from_url`]) with default options.
     ///
+    /// The connections are driven by one task spawned on the tokio runtime this is called on,
+    /// which must keep running while the manager is used, from any runtime: a current-thread
+    /// runtime that is not being driven (not in `block_on`) stalls every call until it is;
+    /// once that runtime shuts down, every call fails at once with
+    /// [`ErrorKind::TaskGone`](crate::ErrorKind::TaskGone) on each node. So a manager shared
+    /// between `#[tokio::test]`s, each with its own runtime, belongs in each test, not in a
+    /// `static`.
+    ///
     /// # Errors
     ///
     /// An invalid URL, an empty list, or one server listed twice (see
