@@ -1286,6 +1286,38 @@ async fn wait_for_quorum_waits_for_enough_nodes_or_says_how_many_came() {
         .unwrap();
 }
 
+/// Credentials every node refuses cannot be waited out: `wait_for_quorum` returns the refusal
+/// as soon as too few nodes are left to make a quorum, not a count of connected nodes at the end
+/// of its timeout. With one node refusing, two still make a quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_quorum_reports_refused_credentials_at_once() {
+    let servers: Vec<Server> = (0..3)
+        .map(|_| {
+            Server::start_with(support::server::ServerOptions {
+                requirepass: Some("right".into()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let with = |pass: &str, s: &Server| format!("redis://:{pass}@127.0.0.1:{}", s.port);
+    let wrong: Vec<String> = servers.iter().map(|s| with("wrong", s)).collect();
+    let r = Redlock::connect(&wrong).await.unwrap();
+    // Long enough that only the refusal can end it in time.
+    let err = r
+        .wait_for_quorum(Duration::from_secs(600))
+        .await
+        .unwrap_err();
+    assert!(err.is_auth(), "{err:?}");
+
+    let mixed = [
+        with("wrong", &servers[0]),
+        with("right", &servers[1]),
+        with("right", &servers[2]),
+    ];
+    let r = Redlock::connect(&mixed).await.unwrap();
+    r.wait_for_quorum(Duration::from_secs(10)).await.unwrap();
+}
+
 /// Sixteen tasks racing for one key, each releasing what it got: when they are done and every
 /// request has run, no node holds the key. A grant or a split vote whose cleanup went missing
 /// would leave it held for its whole ttl, and every later acquire busy.

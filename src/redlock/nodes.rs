@@ -257,7 +257,10 @@ impl Redlock {
     ///
     /// [`ErrorKind::QuorumNotConnected`] (`is_unavailable()`) when fewer than a quorum are
     /// connected at the end of `timeout`; [`ErrorKind::DuplicateNode`] (`is_config()`) when two
-    /// connected nodes are one server.
+    /// connected nodes are one server. A node's refusal of the credentials (`is_auth()`) or of
+    /// a TLS certificate (`is_tls()`) as soon as so many nodes refused that a quorum cannot
+    /// connect: waiting cannot help until the configuration changes (they are still retried
+    /// in the background).
     ///
     /// # Cancel safety
     ///
@@ -289,17 +292,39 @@ impl Redlock {
             .filter(|n| !n.is_connected())
             .map(|n| Box::pin(n.wait_connected(timeout)) as Pin<Box<_>>)
             .collect();
+        // The first refusal, when the nodes that refused our credentials or certificates leave
+        // fewer than a quorum that could connect.
+        let refused = || {
+            let mut first = None;
+            let mut count = 0;
+            for e in nodes.iter().filter(|n| !n.is_connected()) {
+                if let Some(e) = e.last_error().filter(Error::is_refusal) {
+                    count += 1;
+                    first.get_or_insert(e);
+                }
+            }
+            first.filter(|_| nodes.len() - count < quorum)
+        };
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
         std::future::poll_fn(|cx| {
             waits.retain_mut(|w| w.as_mut().poll(cx).is_pending());
-            if connected() >= quorum || sleep.as_mut().poll(cx).is_ready() || waits.is_empty() {
+            if connected() >= quorum
+                || sleep.as_mut().poll(cx).is_ready()
+                || waits.is_empty()
+                || refused().is_some()
+            {
                 return Poll::Ready(());
             }
             Poll::Pending
         })
         .await;
         let up = connected();
+        if up < quorum {
+            if let Some(refusal) = refused() {
+                return Err(refusal);
+            }
+        }
         if up < quorum {
             return Err(Error::new(ErrorKind::QuorumNotConnected {
                 connected: up,
