@@ -408,6 +408,21 @@ async fn killed_server_fails_in_flight_and_reconnects_after_restart(protocol: Pr
     assert!(conn.connects() >= 2);
 }
 
+/// A password with `@`, `/` and `%` in it, written percent-encoded in the URL, is the one the
+/// server takes.
+#[tokio::test]
+async fn a_percent_encoded_password_in_a_url_is_decoded() {
+    let server = Server::start_with(ServerOptions {
+        requirepass: Some("p@ss/w%rd".into()),
+        ..ServerOptions::default()
+    });
+    let url = format!("redis://:p%40ss%2Fw%25rd@127.0.0.1:{}", server.port);
+    let c = Connection::connect(ConnectionConfig::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    assert!(c.command(&["PING"]).await.is_ok());
+}
+
 async fn password_and_acl_user(protocol: Protocol) {
     let server = Server::start_with(ServerOptions {
         requirepass: Some("s3cret".into()),

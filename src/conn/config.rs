@@ -178,8 +178,11 @@ impl ConnectionConfig {
         }
     }
 
-    /// Parses `redis://[user[:password]@]host[:port][/db]`; `dragonfly://` is a synonym, and a
-    /// bare `host:port` is accepted too. The port defaults to 6379.
+    /// Parses `redis://[user[:password]@]host[:port][/db][?protocol=resp2|resp3]`;
+    /// `dragonfly://` is a synonym, and a bare `host:port` is accepted too. The port defaults to
+    /// 6379. The user and the password are percent-decoded (`%40` for `@`, `%2F` for `/`,
+    /// `%25` for `%`), so any password can be written; [`credentials`](ConnectionConfig::credentials)
+    /// takes them as they are. An IPv6 host goes in brackets (`redis://[::1]:7000`).
     ///
     /// `rediss://` (and its synonym `dragonflys://`) is the same over TLS, with the default
     /// `TlsConfig` (the platform's roots, the host as the name to
@@ -188,7 +191,8 @@ impl ConnectionConfig {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`] for another scheme, a bad port or db, or an empty host; for
+    /// [`ErrorKind::InvalidConfig`] for another scheme, a bad port or db, an empty host, a user
+    /// or password that is not valid UTF-8 once decoded, or a query other than `protocol`; for
     /// `rediss://` without the `tls` feature.
     ///
     /// # Examples
@@ -196,6 +200,8 @@ impl ConnectionConfig {
     /// ```
     /// let c = dragonlock::conn::ConnectionConfig::from_url("redis://app:s3cret@127.0.0.1:7000/2").unwrap();
     /// assert_eq!(c.addr(), "127.0.0.1:7000");
+    /// // A password with `@` and `/` in it, percent-encoded.
+    /// let c = dragonlock::conn::ConnectionConfig::from_url("redis://:p%40ss%2Fw@127.0.0.1").unwrap();
     /// assert!(dragonlock::conn::ConnectionConfig::from_url("http://x").is_err());
     /// ```
     pub fn from_url(url: &str) -> Result<ConnectionConfig, Error> {
@@ -221,6 +227,10 @@ impl ConnectionConfig {
                 "rediss:// needs TLS, and this build of dragonlock has no TLS (the `tls` feature)",
             ));
         }
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
         let (authority, path) = match rest.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (rest, None),
@@ -230,6 +240,8 @@ impl ConnectionConfig {
             None => (None, authority),
         };
         let (host, port) = match hostport.rsplit_once(':') {
+            // An IPv6 address without a port (`[::1]`): its colons are not the port's.
+            Some(_) if hostport.starts_with('[') && hostport.ends_with(']') => (hostport, 6379),
             Some((h, p)) => (
                 h,
                 p.parse::<u16>()
@@ -237,6 +249,11 @@ impl ConnectionConfig {
             ),
             None => (hostport, 6379),
         };
+        // `[::1]` is the host `::1`.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if host.is_empty() {
             return Err(bad("the URL has no host"));
         }
@@ -248,18 +265,36 @@ impl ConnectionConfig {
         if tls {
             config.tls = Some(TlsConfig::new());
         }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|d| d.into_owned())
+                .map_err(|_| bad("the user or password is not UTF-8 once percent-decoded"))
+        };
         if let Some(userinfo) = userinfo {
             match userinfo.split_once(':') {
                 Some((user, pass)) => {
                     if !user.is_empty() {
-                        config.username = Some(user.to_string());
+                        config.username = Some(decode(user)?);
                     }
-                    config.password = Some(pass.to_string());
+                    config.password = Some(decode(pass)?);
                 }
                 // `redis://secret@host` is a password, as redis-cli reads it.
-                None if !userinfo.is_empty() => config.password = Some(userinfo.to_string()),
+                None if !userinfo.is_empty() => config.password = Some(decode(userinfo)?),
                 None => {}
             }
+        }
+        for param in query.into_iter().flat_map(|q| q.split('&')) {
+            config.protocol = match param {
+                "protocol=resp3" | "protocol=3" => Protocol::Resp3,
+                "protocol=resp2" | "protocol=2" => Protocol::Resp2,
+                "" => continue,
+                _ => {
+                    return Err(bad(
+                        "the URL's query may only set protocol=resp2 or protocol=resp3",
+                    ))
+                }
+            };
         }
         if let Some(path) = path.filter(|p| !p.is_empty()) {
             config.db = Some(
@@ -270,9 +305,13 @@ impl ConnectionConfig {
         Ok(config)
     }
 
-    /// `host:port`.
+    /// `host:port` (`[host]:port` for an IPv6 address).
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// Whether the connection uses TLS.
@@ -404,6 +443,36 @@ impl ConnectionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_read_with_its_escapes_ipv6_host_and_protocol() {
+        let c =
+            ConnectionConfig::from_url("redis://a%3Ab:p%40ss%2Fw%25rd@127.0.0.1:7000/2").unwrap();
+        assert_eq!(c.username.as_deref(), Some("a:b"));
+        assert_eq!(c.password.as_deref(), Some("p@ss/w%rd"));
+        assert_eq!((c.addr(), c.db), ("127.0.0.1:7000".into(), Some(2)));
+        let c = ConnectionConfig::from_url("redis://s%2Fcret@127.0.0.1").unwrap();
+        assert_eq!(c.password.as_deref(), Some("s/cret"));
+        let c = ConnectionConfig::from_url("redis://[::1]:7000").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 7000));
+        assert_eq!(c.addr(), "[::1]:7000");
+        let c = ConnectionConfig::from_url("redis://[::1]").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 6379));
+        let c = ConnectionConfig::from_url("redis://127.0.0.1:7000/0?protocol=resp2").unwrap();
+        assert_eq!((c.protocol, c.db), (Protocol::Resp2, Some(0)));
+        let c = ConnectionConfig::from_url("redis://127.0.0.1?protocol=resp3").unwrap();
+        assert_eq!(c.protocol, Protocol::Resp3);
+        for bad in [
+            "redis://127.0.0.1?timeout=5",
+            "redis://:%FF@127.0.0.1",
+            "redis://127.0.0.1:70000",
+        ] {
+            assert!(
+                ConnectionConfig::from_url(bad).unwrap_err().is_config(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn debug_shows_no_password() {
