@@ -621,6 +621,41 @@ async fn a_busy_attempt_sends_no_clean_up_where_the_late_reply_set_nothing() {
     assert_eq!(servers[2].cmd(&["GET", "r"]), Frame::Bulk("other".into()));
 }
 
+/// The same on a group handed to `from_connections` in another order: the op's node `i` is not
+/// the group's connection `i`, so the clean-up is not left to the group's driver (which sends
+/// by connection) but sent at once to the right node. Left to the driver, it went to another
+/// server and the key stayed (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_reordered_group_a_busy_attempt_cleans_up_the_right_node() {
+    let mut servers = cluster(3);
+    let configs: Vec<_> = servers
+        .iter()
+        .map(|s| ConnectionConfig::from_url(&s.url()).unwrap())
+        .collect();
+    let mut group = Connection::start_group(configs);
+    group.reverse();
+    let r = Redlock::from_connections(group, RedlockOptions::default()).unwrap();
+    r.wait_for_quorum(TTL).await.unwrap();
+    for s in &servers[..2] {
+        s.cmd(&["SET", "r", "other", "PX", "30000"]);
+    }
+    servers[2].stop();
+    let busy = r.try_acquire("r", TTL).await.unwrap_err();
+    assert!(busy.is_busy(), "{busy:?}");
+    servers[2].cont();
+    settle(&r).await;
+    let gone = support::eventually(Duration::from_secs(10), || {
+        matches!(servers[2].cmd(&["EXISTS", "r"]), Frame::Integer(0))
+    })
+    .await;
+    assert!(gone, "the key is left on the node that set it");
+    assert_eq!(
+        cleanups_run(&servers[0]),
+        0,
+        "a clean-up went to another server"
+    );
+}
+
 /// A release that returns at a quorum before a stopped node answered: the node lost its script
 /// cache, so its late answer is `NOSCRIPT`, and the release goes to it again with the script's
 /// source, its caller long gone. Without that the key stayed there for its ttl.

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use super::handshake::{self, Stream};
 use super::ops::{DeadlineTimer, OpTable};
+use super::script::write_with_source;
 use super::slots::Owner;
 use super::stats::{now_us, RTT_CLOCK_MASK};
 use super::tls::{Connector, Session};
@@ -623,6 +624,9 @@ enum Room {
     None,
 }
 
+/// What a handed request sent with its script's source may need beyond its own length.
+const SOURCE_ROOM: usize = 512;
+
 /// Puts the requests of the ops handed to the driver into node `h.node`'s buffer (`st`, its
 /// locked state), in the order they were handed over, each after the checks a caller's own
 /// send makes (`admit`); a refused one is that node's answer in its op. A request that does
@@ -644,7 +648,9 @@ fn send_handed(
         let Some((id, handed)) = t.unsent_request(index, h.node) else {
             continue;
         };
-        let (meta, len) = (handed.meta, handed.request.len());
+        let meta = handed.meta;
+        // With the source: room for the script's source in place of its SHA-1 (short scripts).
+        let len = handed.request.len() + usize::from(meta.with_source) * SOURCE_ROOM;
         let discarded = usize::from(meta.discarded);
         let refusal = match admit(shared, st, meta.min_uptime, discarded, meta.acquire) {
             Err(e) => Some(e),
@@ -668,7 +674,14 @@ fn send_handed(
             }
         };
         let Some(e) = refusal else {
-            st.write_buf.extend_from_slice(&handed.request);
+            if !meta.with_source {
+                st.write_buf.extend_from_slice(&handed.request);
+            } else if !write_with_source(&mut st.write_buf, &handed.request, &shared.config.scripts)
+            {
+                // Not a registered script's call (never the case for a release): not sent.
+                t.handed_sent(index, h.node);
+                continue;
+            }
             take_slots(st, meta.sent_us, discarded, Some((id, h.node)));
             t.handed_sent(index, h.node);
             continue;

@@ -132,6 +132,9 @@ pub(crate) struct HandedMeta {
     /// Without it, what the driver has not sent by then is never sent (an acquire: a `SET`
     /// after its caller gave up could only leave a key behind, and overtake its clean-up).
     pub(crate) outlive_caller: bool,
+    /// Sent as `EVAL` with the script's source, not as the `EVALSHA` the request is: a
+    /// release whose node answered `NOSCRIPT` after its caller went (see `Table::late`).
+    pub(crate) with_source: bool,
 }
 
 /// How the driver reads a node's reply to an op's request.
@@ -308,6 +311,8 @@ struct Op {
     /// On the handed list or the driver's own (see [`OpTable::take_handed`]): at most once,
     /// so neither list can outgrow the table.
     queued: bool,
+    /// Nodes that answered (a bit each), before the verdict or after it.
+    answered: u8,
     /// A failed acquire whose caller is gone: the nodes (a bit each) whose late reply says
     /// whether the entry's request, the attempt's clean-up, goes to them (see *Late
     /// clean-ups* in the module docs).
@@ -354,6 +359,7 @@ impl Op {
             Answer::Pending | Answer::Retry => unreachable!("not an answer"),
         };
         self.marks[node] = mark;
+        self.answered |= 1 << node;
         mark
     }
 
@@ -525,6 +531,14 @@ impl Table {
         self.ops.len() / 4
     }
 
+    /// The nodes of entry `index` that have not answered (a bit each), less those whose
+    /// `NOSCRIPT` came already and asked for a resend its caller did not make.
+    fn unanswered(&self, index: usize) -> u8 {
+        let op = &self.ops[index];
+        let all = ((1u16 << op.nodes) - 1) as u8;
+        all & !op.answered & !op.resend
+    }
+
     /// A failed acquire's caller is done with entry `index`: keeps the entry for the late
     /// replies of the nodes that had not answered, with the clean-up `fill` writes as its
     /// request, and returns those nodes (a bit each), for which the caller sends nothing. 0 when
@@ -535,56 +549,76 @@ impl Table {
         if self.lingering >= self.linger_cap() {
             return 0;
         }
-        let op = &mut self.ops[index];
-        let release = matches!(op.rule, Rule::Count { .. });
-        let mut waiting = 0u8;
-        for (node, mark) in op.marks[..usize::from(op.nodes)].iter().enumerate() {
-            if *mark == Mark::Pending {
-                waiting |= 1 << node;
-            }
-        }
-        // A node the driver has not sent the request to owes no reply: an acquire's unsent
-        // copies are dropped with its caller; a release's go out, as the request again (which
-        // cannot meet `NOSCRIPT`). Nor does a node whose `NOSCRIPT` asked for a resend its
-        // caller did not make: a release's goes now.
-        waiting &= !(op.unsent | op.resend);
-        let now = if release { op.resend } else { 0 };
-        if waiting == 0 && now == 0 {
+        // An acquire's unsent copies are dropped with its caller: those nodes owe nothing.
+        let waiting = self.unanswered(index) & !self.ops[index].unsent;
+        if waiting == 0 {
             return 0;
         }
         let entry = &mut self.requests[index];
-        let kept = std::mem::take(&mut entry.request);
+        entry.request.clear();
         if !fill(entry) || entry.request.is_empty() || entry.request.spilled() {
-            // A release's unsent copies still go, as they were.
-            entry.request = kept;
+            entry.request = SmallVec::new();
             return 0;
         }
         entry.meta = HandedMeta {
             discarded: 0,
             acquire: false,
             min_uptime: None,
-            sent_us: super::now_us(),
+            sent_us: 0,
             outlive_caller: true,
+            with_source: false,
         };
-        if release {
-            op.resend = 0;
-            op.unsent |= now;
-        } else {
-            op.unsent = 0;
-        }
+        let op = &mut self.ops[index];
+        op.unsent = 0;
         op.linger = waiting;
-        if waiting != 0 {
+        self.lingering += 1;
+        waiting
+    }
+
+    /// A release's caller is done with entry `index` (its request, the release script by
+    /// `EVALSHA`, is the same on every node and was kept in the entry, handed or not): keeps the entry for
+    /// the nodes that still owe their reply, so that one answering `NOSCRIPT` (a flushed script
+    /// cache) gets the release again, with the script's source (see [`late`](Table::late)).
+    /// A `NOSCRIPT` that came between the verdict and now asked for a resend the caller did not
+    /// make: that one goes at once. Nothing is copied or encoded here: a release at its quorum
+    /// pays a look at its marks, and the entry is freed with the last late reply.
+    fn linger_release(&mut self, index: usize) {
+        if !self.requests[index].meta.outlive_caller {
+            // No request kept (a release by `DELEX`, or on a group out of order).
+            return;
+        }
+        // A release's unsent copies still go (by `EVALSHA`, or as `EVAL` once one node asked):
+        // those nodes owe a reply too.
+        let waiting = self.unanswered(index);
+        let op = &mut self.ops[index];
+        let now = std::mem::take(&mut op.resend);
+        if now != 0 {
+            self.resend_with_source(index, now);
+        }
+        if waiting != 0 && self.lingering < self.linger_cap() {
+            self.ops[index].linger = waiting;
             self.lingering += 1;
         }
-        if op.unsent != 0 && !op.queued {
+    }
+
+    /// Entry `index`'s release goes again to `nodes` (a bit each), as `EVAL` with the script's
+    /// source, from the driver's list (see `take_handed`).
+    #[cold]
+    fn resend_with_source(&mut self, index: usize, nodes: u8) {
+        let meta = &mut self.requests[index].meta;
+        meta.with_source = true;
+        meta.sent_us = super::now_us();
+        let op = &mut self.ops[index];
+        op.unsent |= nodes;
+        if !op.queued {
             op.queued = true;
             self.handed.push(index as u32);
-            // A parked driver looks at its list when woken.
+            // A parked driver looks at its list when woken (a late reply's resend is made by
+            // the driver itself, which is running).
             if let Some(w) = &self.driver {
                 w.wake_by_ref();
             }
         }
-        waiting
     }
 
     /// Node `node`'s late reply to an op whose entry waits for it:
@@ -595,28 +629,28 @@ impl Table {
     ///   is the one case where the key may be left on that node until its ttl: the clean-up
     ///   could only go out on the next connection, and the node is being reconnected (a
     ///   request to it is refused meanwhile).
-    /// - a release (decided, or dropped, before this node answered): `NOSCRIPT` (a flushed
-    ///   script cache) or an unknown `DELEX` deleted nothing, so the release goes again, with
-    ///   the script's source, as its caller would have sent it. Without it the key stayed on
-    ///   that node for its ttl (found by review: 38 of 50 keys left with a cache flushed before
-    ///   each release).
+    /// - a handed release (decided, or dropped, before this node answered): `NOSCRIPT` (a
+    ///   flushed script cache) deleted nothing, so the release goes again, with the script's
+    ///   source, as its caller would have sent it. Without it the key stayed on that node for
+    ///   its ttl (found by review: 38 of 50 keys left with a cache flushed before each
+    ///   release).
     #[cold]
     fn late(&mut self, index: usize, node: u8, answer: Answer) {
         let bit = 1u8 << node;
         let op = &mut self.ops[index];
         op.linger &= !bit;
-        let again = match op.rule {
-            Rule::Count { .. } => matches!(answer, Answer::Retry),
-            Rule::SetNx | Rule::Flag => matches!(answer, Answer::Yes),
-        };
-        if again {
-            op.unsent |= bit;
-            self.requests[index].meta.sent_us = super::now_us();
-            // The driver sends it from its list (see `take_handed`), as a handed request.
-            if !op.queued {
-                op.queued = true;
-                self.handed.push(index as u32);
+        match (op.rule, answer) {
+            (Rule::Count { .. }, Answer::Retry) => self.resend_with_source(index, bit),
+            (Rule::SetNx | Rule::Flag, Answer::Yes) => {
+                op.unsent |= bit;
+                self.requests[index].meta.sent_us = super::now_us();
+                // The driver sends it from its list (see `take_handed`), as a handed request.
+                if !op.queued {
+                    op.queued = true;
+                    self.handed.push(index as u32);
+                }
             }
+            _ => {}
         }
         if self.ops[index].linger == 0 {
             self.lingering -= 1;
@@ -716,6 +750,7 @@ impl OpTable {
                 expired: false,
                 unsent: 0,
                 queued: false,
+                answered: 0,
                 linger: 0,
                 next: if i + 1 < capacity { i as u32 + 1 } else { NIL },
                 taken: false,
@@ -823,6 +858,7 @@ impl OpTable {
         op.yes = 0;
         op.settled = 0;
         op.retried = 0;
+        op.answered = 0;
         op.resend = 0;
         op.caller = true;
         op.taken = true;
@@ -832,18 +868,23 @@ impl OpTable {
         let mut handed = false;
         // A request not handed over is its caller's to send: nothing for the driver to keep.
         t.requests[index].meta.outlive_caller = false;
-        if let Some((meta, fill)) = hand.filter(|_| !t.driver_parked) {
+        // A request that outlives its caller (a release's) is kept in the entry even when the
+        // caller sends its own: a node that answers `NOSCRIPT` after the caller went gets it
+        // again (see `Table::linger_release`).
+        if let Some((meta, fill)) = hand.filter(|(m, _)| !t.driver_parked || m.outlive_caller) {
             let entry = &mut t.requests[index];
             entry.request.clear();
             if fill(entry) && !entry.request.is_empty() && !entry.request.spilled() {
                 entry.meta = meta;
-                op.unsent = ((1u16 << nodes) - 1) as u8;
-                // Still on the driver's list (an earlier op of this entry's): it looks there.
-                if !op.queued {
-                    op.queued = true;
-                    t.handed.push(index as u32);
+                if !t.driver_parked {
+                    op.unsent = ((1u16 << nodes) - 1) as u8;
+                    // Still on the driver's list (an earlier op of this entry's): it looks there.
+                    if !op.queued {
+                        op.queued = true;
+                        t.handed.push(index as u32);
+                    }
+                    handed = true;
                 }
-                handed = true;
             }
         }
         // The driver's timer is armed for `wake_at`; only an earlier deadline re-arms it.
@@ -952,7 +993,11 @@ impl OpTable {
         let read = read(verdict, usize::from(op.yes), &mut answers);
         let release = matches!(op.rule, Rule::Count { .. });
         let lingering = match cleanup {
-            Some(fill) if release || matches!(verdict, None | Some(Verdict::Impossible)) => {
+            _ if release => {
+                t.linger_release(index);
+                0
+            }
+            Some(fill) if matches!(verdict, None | Some(Verdict::Impossible)) => {
                 t.linger(index, fill)
             }
             _ => 0,
@@ -1574,46 +1619,112 @@ mod tests {
         assert_eq!(t.used(), 0);
     }
 
+    /// A release handed to the driver (`EVALSHA` on every node), sent everywhere, opened on
+    /// `nodes` nodes with a quorum of `quorum`.
+    fn handed_release(t: &OpTable, nodes: usize, quorum: usize) -> OpId {
+        let meta = HandedMeta {
+            outlive_caller: true,
+            ..HandedMeta::default()
+        };
+        let fill = |h: &mut Handed| {
+            h.request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+            true
+        };
+        let rule = Rule::Count {
+            unknown_retries: false,
+        };
+        let (id, handed) = t
+            .open_handing(rule, nodes, quorum, false, far(), Some((meta, fill)))
+            .unwrap();
+        assert!(handed);
+        for node in 0..nodes as u8 {
+            t.lock().handed_sent(index(id), node);
+        }
+        id
+    }
+
     #[test]
-    fn a_release_goes_again_where_a_late_reply_is_noscript() {
+    fn a_handed_release_goes_again_with_the_source_where_a_late_reply_is_noscript() {
         let noscript = || {
             Ok(Frame::Error(ServerError::from_line(
                 bytes::Bytes::from_static(b"NOSCRIPT No matching script"),
             )))
         };
+        let with_source = |t: &OpTable, id| t.lock().requests[index_of(id)].meta.with_source;
         let t = OpTable::new(4);
         let mut pending = Vec::with_capacity(4);
         t.take_handed(&mut pending);
-        let rule = Rule::Count {
-            unknown_retries: true,
-        };
-        let id = t.open(rule, 4, 3, false, far()).unwrap();
+        let id = handed_release(&t, 4, 3);
         for node in 0..3 {
             t.lock().answer(id, node, Ok(Frame::Integer(1)));
         }
-        // Released on a quorum; node 3's `NOSCRIPT` comes after the caller left.
-        assert_eq!(finish_failed(&t, id), 0b1000);
+        // Released on a quorum: the caller sends nothing more, and the entry stays for node 3.
+        assert_eq!(t.finish(id, |_, _, _| (), None::<Fill>).1, 0);
+        assert_eq!(t.used(), 1);
+        assert!(!with_source(&t, id));
+        // Its `NOSCRIPT` comes after the caller left: the release goes again, with the source.
         t.lock().answer(id, 3, noscript());
-        assert_eq!(to_send(&t, id, 4), [3], "sent again, with the source");
+        assert_eq!(to_send(&t, id, 4), [3]);
+        assert!(with_source(&t, id));
         t.lock().handed_sent(index(id), 3);
         assert_eq!(t.used(), 0);
-        // A release answered `:1` late deleted its key: nothing goes again.
-        let id = t.open(rule, 3, 2, false, far()).unwrap();
+
+        // A late `:1` deleted the key: nothing goes again.
+        let id = handed_release(&t, 3, 2);
         t.lock().answer(id, 0, Ok(Frame::Integer(1)));
         t.lock().answer(id, 1, Ok(Frame::Integer(1)));
-        assert_eq!(finish_failed(&t, id), 0b100);
+        t.finish(id, |_, _, _| (), None::<Fill>);
         t.lock().answer(id, 2, Ok(Frame::Integer(1)));
         assert!(to_send(&t, id, 3).is_empty());
         assert_eq!(t.used(), 0);
+
         // A `NOSCRIPT` between the verdict and the caller's finish asked for a resend the
         // caller did not make: it goes at once.
-        let id = t.open(rule, 3, 2, false, far()).unwrap();
+        let id = handed_release(&t, 3, 2);
         t.lock().answer(id, 0, Ok(Frame::Integer(1)));
         t.lock().answer(id, 1, Ok(Frame::Integer(1)));
         t.lock().answer(id, 2, noscript());
-        assert_eq!(finish_failed(&t, id), 0, "no late reply to wait for");
+        t.finish(id, |_, _, _| (), None::<Fill>);
         assert_eq!(to_send(&t, id, 3), [2]);
+        assert!(with_source(&t, id));
         t.lock().handed_sent(index(id), 2);
+        assert_eq!(t.used(), 0);
+
+        // Opened while the driver waited for work: its caller sends the requests, and the
+        // entry keeps a copy for a late `NOSCRIPT` all the same.
+        let parked = OpTable::new(4);
+        let meta = HandedMeta {
+            outlive_caller: true,
+            ..HandedMeta::default()
+        };
+        let fill = |h: &mut Handed| {
+            h.request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+            true
+        };
+        let rule = Rule::Count {
+            unknown_retries: false,
+        };
+        let (id, handed) = parked
+            .open_handing(rule, 3, 2, false, far(), Some((meta, fill)))
+            .unwrap();
+        assert!(!handed);
+        assert!(to_send(&parked, id, 3).is_empty(), "the caller sends them");
+        parked.lock().answer(id, 0, Ok(Frame::Integer(1)));
+        parked.lock().answer(id, 1, Ok(Frame::Integer(1)));
+        parked.finish(id, |_, _, _| (), None::<Fill>);
+        parked.lock().answer(id, 2, noscript());
+        assert_eq!(to_send(&parked, id, 3), [2]);
+        parked.lock().handed_sent(index(id), 2);
+        assert_eq!(parked.used(), 0);
+
+        // A release its caller sent itself, with no request kept in its entry: not kept.
+        let rule = Rule::Count {
+            unknown_retries: true,
+        };
+        let id = t.open(rule, 3, 2, false, far()).unwrap();
+        t.lock().answer(id, 0, Ok(Frame::Integer(1)));
+        t.lock().answer(id, 1, Ok(Frame::Integer(1)));
+        t.finish(id, |_, _, _| (), None::<Fill>);
         assert_eq!(t.used(), 0);
         assert_eq!(t.lock().lingering, 0);
     }

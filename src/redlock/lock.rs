@@ -11,7 +11,7 @@ use super::error::{LockError, LockErrorKind, NodeResults};
 use super::quorum::{self, Decision, Vote};
 use super::stats::Count;
 use super::{Keys, Notice, Redlock, ReleaseWait, Token};
-use crate::conn::{Connection, Fill, Handed, HandedMeta, OpId, OpRule, ReplyFuture, ScriptCall};
+use crate::conn::{Connection, Fill, HandedMeta, OpId, OpRule, ReplyFuture, ScriptCall};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 
@@ -481,12 +481,20 @@ impl Lock {
             };
             let failed = |_: &Decision, granted| granted < quorum;
             // For the nodes that answer `NOSCRIPT` (or an unknown `DELEX`) after the verdict.
-            let again = |h: &mut Handed| {
-                redlock.release_again_request(h, &self.keys, &self.token, notice.on)
-            };
-            quorum::run_op(table, id, handed, nodes, send, results, failed, Some(again))
-                .await
-                .1
+            // A handed release's entry stays for the nodes still to answer, so that a late
+            // `NOSCRIPT` gets the release again (see `OpTable::finish`).
+            quorum::run_op(
+                table,
+                id,
+                handed,
+                nodes,
+                send,
+                results,
+                failed,
+                None::<Fill>,
+            )
+            .await
+            .1
         } else {
             let granted;
             (granted, *results) = self.release_collect(deadline, all, &release).await;

@@ -1490,6 +1490,7 @@ impl Redlock {
                 sent_us,
                 discarded: 0,
                 outlive_caller: false,
+                with_source: false,
             };
             let key = &keys.all()[0];
             self.open_op_handing(OpRule::SetNx, false, deadline, meta, |h| {
@@ -1516,18 +1517,13 @@ impl Redlock {
                 }
             };
             let failed = |d: &Decision, _| !granted_in_time(d);
-            let cleanup = |h: &mut Handed| self.cleanup_request(h, keys, &token);
-            quorum::run_op(
-                table,
-                id,
-                handed,
-                nodes,
-                send,
-                results,
-                failed,
-                Some(cleanup),
-            )
-            .await
+            // Left to the group's driver only where the op's node `i` is its connection `i`
+            // (found by review: on a reordered group the clean-up went to another server).
+            let cleanup = self
+                .inner
+                .hand_over
+                .then_some(|h: &mut Handed| self.cleanup_request(h, keys, &token));
+            quorum::run_op(table, id, handed, nodes, send, results, failed, cleanup).await
         } else {
             let (decision, granted);
             (decision, *results, granted) = self
@@ -1858,33 +1854,6 @@ impl Redlock {
         }
         let names: SmallVec<[&[u8]; 8]> = all.iter().map(|k| &k[..]).collect();
         eval_inline(h, keys.release_script(), &names, token)
-    }
-
-    /// A release's request for the nodes whose late reply asks for it again (`NOSCRIPT`, or
-    /// an unknown `DELEX`) after its caller went (see `OpTable::finish`): the release script
-    /// with its source, telling the waiters where `notify` says. False (nothing is sent again
-    /// then, as before late resends) for a set that tells the waiters, or one that does not fit.
-    #[cold]
-    pub(crate) fn release_again_request(
-        &self,
-        h: &mut Handed,
-        keys: &Keys,
-        token: &Token,
-        notify: bool,
-    ) -> bool {
-        let all = keys.all();
-        if !notify {
-            if all.len() > 8 {
-                return false;
-            }
-            let names: SmallVec<[&[u8]; 8]> = all.iter().map(|k| &k[..]).collect();
-            return eval_inline(h, keys.release_script(), &names, token);
-        }
-        if keys.is_multi() {
-            return false;
-        }
-        let channel = handoff::channel(&all[0]);
-        eval_inline(h, &scripts().release_notify, &[&all[0], &channel], token)
     }
 
     /// Queues a release on every node for which `which` is true, without waiting for answers:
