@@ -43,26 +43,32 @@ pub(crate) fn encode_command_inline<const N: usize>(
     args: &[&[u8]],
 ) -> bool {
     let len = |n: usize| 1 + digits(n as u64) + 2;
-    let size = len(args.len())
-        + args
-            .iter()
-            .map(|a| len(a.len()) + a.len() + 2)
-            .sum::<usize>();
-    if dst.spilled() || dst.len() + size > N {
+    let size = len(args.len()) + args.iter().map(|a| len(a.len()) + a.len() + 2).sum::<usize>();
+    let at = dst.len();
+    if dst.spilled() || at + size > N {
         return false;
     }
+    // Written on the stack, one copy per piece, then copied in once: an `extend_from_slice`
+    // per piece cost about three times as much (callgrind, 2026-12-02).
+    let mut out = [0u8; N];
+    let mut w = 0;
+    let mut put = |bytes: &[u8]| {
+        out[w..w + bytes.len()].copy_from_slice(bytes);
+        w += bytes.len();
+    };
     let mut n = itoa::Buffer::new();
-    dst.push(b'*');
-    dst.extend_from_slice(n.format(args.len()).as_bytes());
-    dst.extend_from_slice(b"\r\n");
+    put(b"*");
+    put(n.format(args.len()).as_bytes());
+    put(b"\r\n");
     for a in args {
-        dst.push(b'$');
-        dst.extend_from_slice(n.format(a.len()).as_bytes());
-        dst.extend_from_slice(b"\r\n");
-        dst.extend_from_slice(a);
-        dst.extend_from_slice(b"\r\n");
+        put(b"$");
+        put(n.format(a.len()).as_bytes());
+        put(b"\r\n");
+        put(a);
+        put(b"\r\n");
     }
-    debug_assert!(!dst.spilled());
+    debug_assert_eq!(w, size);
+    dst.extend_from_slice(&out[..size]);
     true
 }
 
