@@ -678,6 +678,32 @@ async fn a_release_answered_noscript_after_its_quorum_is_sent_again() {
     assert_eq!(r.stats().locks.general_path, 0);
 }
 
+/// The same on a group whose connections have no scripts registered (`from_connections` on
+/// connections started by hand): the release goes again with the source it was sent for, not
+/// one looked up on the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_noscript_is_answered_on_connections_without_registered_scripts() {
+    let mut servers = cluster(3);
+    let configs: Vec<_> = servers
+        .iter()
+        .map(|s| ConnectionConfig::from_url(&s.url()).unwrap())
+        .collect();
+    let r = Redlock::from_connections(Connection::start_group(configs), RedlockOptions::default())
+        .unwrap();
+    r.wait_for_quorum(TTL).await.unwrap();
+    let lock = r.try_acquire("r", TTL).await.unwrap();
+    settle(&r).await;
+    assert!(servers[2].cmd(&["SCRIPT", "FLUSH"]).is_ok());
+    servers[2].stop();
+    assert_eq!(lock.release().await.unwrap(), 2);
+    servers[2].cont();
+    let gone = support::eventually(Duration::from_secs(10), || {
+        matches!(servers[2].cmd(&["EXISTS", "r"]), Frame::Integer(0))
+    })
+    .await;
+    assert!(gone, "the key is left on the node that answered NOSCRIPT");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Locks rebuilt from a token
 

@@ -90,7 +90,7 @@ pub enum Protocol {
 ///
 /// About 168 KiB per node with the defaults, plus the kernel's socket buffers; connections
 /// started as a group ([`Connection::start_group`](super::Connection::start_group), as a
-/// `Redlock`'s are) also share a table of lock phases, 2 × the largest `max_in_flight` × 720
+/// `Redlock`'s are) also share a table of lock phases, 2 × the largest `max_in_flight` × 736
 /// bytes (1.4 MiB with the defaults). Requests past
 /// either bound fail at once with `Overloaded`, without being sent. Two things may still
 /// allocate, both chosen by the caller: a command larger than what is left of the write buffer

@@ -676,10 +676,13 @@ fn send_handed(
         let Some(e) = refusal else {
             if !meta.with_source {
                 st.write_buf.extend_from_slice(&handed.request);
-            } else if !write_with_source(&mut st.write_buf, &handed.request, &shared.config.scripts)
-            {
-                // Not a registered script's call (never the case for a release): not sent.
-                t.handed_sent(index, h.node);
+            } else if !write_with_source(&mut st.write_buf, &handed.request, meta.source) {
+                // Not a script call (never the case for a kept release): that node's copy
+                // cannot go, as if refused.
+                let e = Error::new(ErrorKind::UnexpectedReply);
+                if let Some(w) = t.handed_failed(index, h.node, e) {
+                    wakers.push(w);
+                }
                 continue;
             }
             take_slots(st, meta.sent_us, discarded, Some((id, h.node)));

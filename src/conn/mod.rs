@@ -367,7 +367,7 @@ impl Connection {
     /// connection still fails, reconnects and refuses on its own; only the task is shared.
     /// The group also shares a table of lock phases (see `ops.rs`): twice as many as the
     /// largest [`max_in_flight`](ConnectionConfig::max_in_flight) of its connections, at most
-    /// 2,048, 720 bytes each with room for a request handed to the task (1.4 MiB at the
+    /// 2,048, 736 bytes each with room for a request handed to the task (1.4 MiB at the
     /// default), allocated here once. The task also keeps those phases'
     /// deadlines, with one timer for all of them.
     ///

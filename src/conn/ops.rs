@@ -135,6 +135,11 @@ pub(crate) struct HandedMeta {
     /// Sent as `EVAL` with the script's source, not as the `EVALSHA` the request is: a
     /// release whose node answered `NOSCRIPT` after its caller went (see `Table::late`).
     pub(crate) with_source: bool,
+    /// The source of the script the request calls by `EVALSHA` (a release's), for that
+    /// resend; empty when the request is kept for no resend. Carried with the request, not
+    /// looked up on the connection, which may have no scripts registered
+    /// (`Redlock::from_connections`).
+    pub(crate) source: &'static str,
 }
 
 /// How the driver reads a node's reply to an op's request.
@@ -501,7 +506,10 @@ impl Table {
         let op = &mut self.ops[index as usize];
         op.unsent &= !(1 << node);
         if !op.caller {
-            // An op that outlived its caller: freed with its last request settled.
+            // An op that outlived its caller: that node owes no late reply now (found by
+            // review: a release's unsent copy refused there held the entry for good), and the
+            // entry is freed with its last request settled.
+            self.unlinger(index as usize, node);
             self.free_if_settled(index as usize);
             return None;
         }
@@ -567,6 +575,7 @@ impl Table {
             sent_us: 0,
             outlive_caller: true,
             with_source: false,
+            source: "",
         };
         let op = &mut self.ops[index];
         op.unsent = 0;
@@ -583,7 +592,8 @@ impl Table {
     /// make: that one goes at once. Nothing is copied or encoded here: a release at its quorum
     /// pays a look at its marks, and the entry is freed with the last late reply.
     fn linger_release(&mut self, index: usize) {
-        if !self.requests[index].meta.outlive_caller {
+        let meta = &self.requests[index].meta;
+        if !meta.outlive_caller || meta.source.is_empty() {
             // No request kept (a release by `DELEX`, or on a group out of order).
             return;
         }
@@ -637,8 +647,8 @@ impl Table {
     #[cold]
     fn late(&mut self, index: usize, node: u8, answer: Answer) {
         let bit = 1u8 << node;
+        self.unlinger(index, node);
         let op = &mut self.ops[index];
-        op.linger &= !bit;
         match (op.rule, answer) {
             (Rule::Count { .. }, Answer::Retry) => self.resend_with_source(index, bit),
             (Rule::SetNx | Rule::Flag, Answer::Yes) => {
@@ -652,10 +662,20 @@ impl Table {
             }
             _ => {}
         }
-        if self.ops[index].linger == 0 {
-            self.lingering -= 1;
-        }
         self.free_if_settled(index);
+    }
+
+    /// Node `node` of entry `index` owes no late reply any more: its bit leaves `linger`, and
+    /// the entry leaves the count of those kept when it was the last.
+    fn unlinger(&mut self, index: usize, node: u8) {
+        let op = &mut self.ops[index];
+        let bit = 1u8 << node;
+        if op.linger & bit != 0 {
+            op.linger &= !bit;
+            if op.linger == 0 {
+                self.lingering -= 1;
+            }
+        }
     }
 
     /// The caller is done with the op in entry `index`: requests the driver has not sent yet
@@ -1624,6 +1644,7 @@ mod tests {
     fn handed_release(t: &OpTable, nodes: usize, quorum: usize) -> OpId {
         let meta = HandedMeta {
             outlive_caller: true,
+            source: "return 1",
             ..HandedMeta::default()
         };
         let fill = |h: &mut Handed| {
@@ -1695,6 +1716,7 @@ mod tests {
         let parked = OpTable::new(4);
         let meta = HandedMeta {
             outlive_caller: true,
+            source: "return 1",
             ..HandedMeta::default()
         };
         let fill = |h: &mut Handed| {
@@ -1725,6 +1747,42 @@ mod tests {
         t.lock().answer(id, 0, Ok(Frame::Integer(1)));
         t.lock().answer(id, 1, Ok(Frame::Integer(1)));
         t.finish(id, |_, _, _| (), None::<Fill>);
+        assert_eq!(t.used(), 0);
+        assert_eq!(t.lock().lingering, 0);
+    }
+
+    /// A kept release whose copy to a node was never sent (refused there, after its caller
+    /// went) owes no late reply from that node: the entry is freed, and leaves the count.
+    #[test]
+    fn a_kept_release_whose_unsent_copy_is_refused_is_freed() {
+        let t = OpTable::new(4);
+        let mut pending = Vec::with_capacity(4);
+        t.take_handed(&mut pending);
+        let meta = HandedMeta {
+            outlive_caller: true,
+            source: "return 1",
+            ..HandedMeta::default()
+        };
+        let fill = |h: &mut Handed| {
+            h.request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+            true
+        };
+        let rule = Rule::Count {
+            unknown_retries: false,
+        };
+        let (id, handed) = t
+            .open_handing(rule, 3, 2, false, far(), Some((meta, fill)))
+            .unwrap();
+        assert!(handed);
+        t.lock().handed_sent(index(id), 0);
+        t.lock().handed_sent(index(id), 1);
+        t.lock().answer(id, 0, Ok(Frame::Integer(1)));
+        t.lock().answer(id, 1, Ok(Frame::Integer(1)));
+        // Node 2's copy is still to send when the caller finishes: kept for it.
+        t.finish(id, |_, _, _| (), None::<Fill>);
+        assert_eq!(t.lock().lingering, 1);
+        let e = Error::new(ErrorKind::Overloaded);
+        assert!(t.lock().handed_failed(index(id), 2, e).is_none());
         assert_eq!(t.used(), 0);
         assert_eq!(t.lock().lingering, 0);
     }
@@ -1788,9 +1846,9 @@ mod tests {
     /// MiB at the default 1,024 slots. Each node's answer keeps its error, if any (40 bytes),
     /// for the lock error's per-node results.
     #[test]
-    fn an_op_is_368_bytes_and_its_handed_request_352() {
+    fn an_op_is_368_bytes_and_its_handed_request_368() {
         assert_eq!(std::mem::size_of::<Op>(), 368);
-        assert_eq!(std::mem::size_of::<Handed>(), 352);
+        assert_eq!(std::mem::size_of::<Handed>(), 368);
     }
 
     /// A driver that keeps the table's deadlines and does nothing else.

@@ -92,12 +92,12 @@ impl Script {
     }
 }
 
-/// Writes `request`, an `EVALSHA sha …` call of one of `scripts`, into `dst` as the same call
-/// by `EVAL` with the script's source (for a node whose cache lost the script); false, and
-/// nothing written, when it is not such a call.
+/// Writes `request`, an `EVALSHA sha …` call, into `dst` as the same call by `EVAL` with
+/// `source`, the script's source (for a node whose cache lost the script); false, and nothing
+/// written, when it is not such a call.
 #[cold]
 #[inline(never)]
-pub(crate) fn write_with_source(dst: &mut BytesMut, request: &[u8], scripts: &[Script]) -> bool {
+pub(crate) fn write_with_source(dst: &mut BytesMut, request: &[u8], source: &str) -> bool {
     // `*N\r\n` `$7\r\nEVALSHA\r\n$40\r\n` sha `\r\n` and the rest, as `EvalShaCommand` writes it.
     let Some(end) = request.iter().position(|&b| b == b'\n') else {
         return false;
@@ -106,16 +106,10 @@ pub(crate) fn write_with_source(dst: &mut BytesMut, request: &[u8], scripts: &[S
     let Some(rest) = rest.strip_prefix(&b"$7\r\nEVALSHA\r\n$40\r\n"[..]) else {
         return false;
     };
-    let Some((sha, rest)) = rest.split_at_checked(40) else {
+    let Some(rest) = rest.get(40..).and_then(|r| r.strip_prefix(&b"\r\n"[..])) else {
         return false;
     };
-    let Some(rest) = rest.strip_prefix(&b"\r\n"[..]) else {
-        return false;
-    };
-    let Some(script) = scripts.iter().find(|s| &s.sha[..] == sha) else {
-        return false;
-    };
-    let source = script.source.as_bytes();
+    let source = source.as_bytes();
     let mut len = itoa::Buffer::new();
     dst.extend_from_slice(count);
     dst.extend_from_slice(b"$4\r\nEVAL\r\n$");
@@ -133,23 +127,23 @@ mod tests {
 
     #[test]
     fn an_evalsha_call_is_rewritten_as_the_same_call_with_the_source() {
-        let scripts = [Script::new("return 2"), Script::new("return 1")];
+        let script = Script::new("return 1");
         let (keys, args) = (&[b"key"], &[&b"token"[..], b"30"]);
         let mut by_sha = BytesMut::new();
-        scripts[1].encode(&mut by_sha, ScriptCall::BySha, keys, args);
+        script.encode(&mut by_sha, ScriptCall::BySha, keys, args);
         let mut want = BytesMut::new();
-        scripts[1].encode(&mut want, ScriptCall::WithSource, keys, args);
+        script.encode(&mut want, ScriptCall::WithSource, keys, args);
         let mut got = BytesMut::new();
-        assert!(write_with_source(&mut got, &by_sha, &scripts));
+        assert!(write_with_source(&mut got, &by_sha, script.source()));
         assert_eq!(got, want);
-        // Not a registered script, or not an `EVALSHA`: nothing written.
-        assert!(!write_with_source(&mut got, &by_sha, &scripts[..1]));
-        assert!(!write_with_source(&mut got, &want, &scripts));
+        // Not an `EVALSHA`: nothing written.
+        assert!(!write_with_source(&mut got, &want, script.source()));
         assert!(!write_with_source(
             &mut got,
             b"*1\r\n$4\r\nPING\r\n",
-            &scripts
+            script.source()
         ));
+        assert!(!write_with_source(&mut got, &by_sha[..30], script.source()));
         assert_eq!(got, want);
     }
 }

@@ -449,9 +449,17 @@ impl Lock {
         let op = if notice.everywhere && !notice.script.is_empty() {
             // Sent to every node even if this future is dropped or decided first: a release
             // deletes its key wherever it may be, as when its requests went out at once.
+            // The script `notice.script` calls, for a node that answers `NOSCRIPT` late.
+            let s = super::scripts::scripts();
+            let script = if notice.channel.is_some() {
+                &s.release_notify
+            } else {
+                &s.release
+            };
             let meta = HandedMeta {
                 sent_us: crate::conn::now_us(),
                 outlive_caller: true,
+                source: script.source(),
                 ..HandedMeta::default()
             };
             redlock.open_op_handing(rule, all, deadline, meta, |h| {

@@ -1491,6 +1491,7 @@ impl Redlock {
                 discarded: 0,
                 outlive_caller: false,
                 with_source: false,
+                source: "",
             };
             let key = &keys.all()[0];
             self.open_op_handing(OpRule::SetNx, false, deadline, meta, |h| {

@@ -43,7 +43,11 @@ pub(crate) fn encode_command_inline<const N: usize>(
     args: &[&[u8]],
 ) -> bool {
     let len = |n: usize| 1 + digits(n as u64) + 2;
-    let size = len(args.len()) + args.iter().map(|a| len(a.len()) + a.len() + 2).sum::<usize>();
+    let size = len(args.len())
+        + args
+            .iter()
+            .map(|a| len(a.len()) + a.len() + 2)
+            .sum::<usize>();
     let at = dst.len();
     if dst.spilled() || at + size > N {
         return false;
