@@ -1639,9 +1639,9 @@ mod tests {
         assert_eq!(t.used(), 0);
     }
 
-    /// A release handed to the driver (`EVALSHA` on every node), sent everywhere, opened on
-    /// `nodes` nodes with a quorum of `quorum`.
-    fn handed_release(t: &OpTable, nodes: usize, quorum: usize) -> OpId {
+    /// Opens a release whose request is kept for a late `NOSCRIPT` (as `Lock::release` does) on
+    /// `nodes` nodes with a quorum of `quorum`; whether it was handed to the driver.
+    fn open_release(t: &OpTable, nodes: usize, quorum: usize) -> (OpId, bool) {
         let meta = HandedMeta {
             outlive_caller: true,
             source: "return 1",
@@ -1654,9 +1654,13 @@ mod tests {
         let rule = Rule::Count {
             unknown_retries: false,
         };
-        let (id, handed) = t
-            .open_handing(rule, nodes, quorum, false, far(), Some((meta, fill)))
-            .unwrap();
+        t.open_handing(rule, nodes, quorum, false, far(), Some((meta, fill)))
+            .unwrap()
+    }
+
+    /// [`open_release`], handed to the driver and sent everywhere.
+    fn handed_release(t: &OpTable, nodes: usize, quorum: usize) -> OpId {
+        let (id, handed) = open_release(t, nodes, quorum);
         assert!(handed);
         for node in 0..nodes as u8 {
             t.lock().handed_sent(index(id), node);
@@ -1714,21 +1718,7 @@ mod tests {
         // Opened while the driver waited for work: its caller sends the requests, and the
         // entry keeps a copy for a late `NOSCRIPT` all the same.
         let parked = OpTable::new(4);
-        let meta = HandedMeta {
-            outlive_caller: true,
-            source: "return 1",
-            ..HandedMeta::default()
-        };
-        let fill = |h: &mut Handed| {
-            h.request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
-            true
-        };
-        let rule = Rule::Count {
-            unknown_retries: false,
-        };
-        let (id, handed) = parked
-            .open_handing(rule, 3, 2, false, far(), Some((meta, fill)))
-            .unwrap();
+        let (id, handed) = open_release(&parked, 3, 2);
         assert!(!handed);
         assert!(to_send(&parked, id, 3).is_empty(), "the caller sends them");
         parked.lock().answer(id, 0, Ok(Frame::Integer(1)));
@@ -1758,21 +1748,7 @@ mod tests {
         let t = OpTable::new(4);
         let mut pending = Vec::with_capacity(4);
         t.take_handed(&mut pending);
-        let meta = HandedMeta {
-            outlive_caller: true,
-            source: "return 1",
-            ..HandedMeta::default()
-        };
-        let fill = |h: &mut Handed| {
-            h.request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
-            true
-        };
-        let rule = Rule::Count {
-            unknown_retries: false,
-        };
-        let (id, handed) = t
-            .open_handing(rule, 3, 2, false, far(), Some((meta, fill)))
-            .unwrap();
+        let (id, handed) = open_release(&t, 3, 2);
         assert!(handed);
         t.lock().handed_sent(index(id), 0);
         t.lock().handed_sent(index(id), 1);

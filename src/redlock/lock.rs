@@ -488,7 +488,6 @@ impl Lock {
                 }
             };
             let failed = |_: &Decision, granted| granted < quorum;
-            // For the nodes that answer `NOSCRIPT` (or an unknown `DELEX`) after the verdict.
             // A handed release's entry stays for the nodes still to answer, so that a late
             // `NOSCRIPT` gets the release again (see `OpTable::finish`).
             quorum::run_op(
