@@ -184,6 +184,24 @@ async fn a_new_resource_needs_every_node_to_say_it_has_no_counter() {
     assert_eq!(lock.fencing_token(), Some(2));
 }
 
+/// The same with the third node stopped rather than dead: its answer never comes, so the token
+/// cannot be picked before the lock's validity runs out, and the error says that the counters
+/// were missing (`FenceUnavailable`, naming the silent node), not that time ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_resource_with_a_silent_node_is_refused_as_fence_unavailable() {
+    let mut servers = cluster(3);
+    let r = fenced(&servers).await;
+    servers[2].stop();
+    let err = r
+        .try_acquire("fresh", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    servers[2].cont();
+    assert!(err.is_fence_unavailable(), "{err:?}");
+    assert_eq!(err.nodes()[2], NodeResult::NoReply);
+    assert!(err.to_string().contains("silent"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_lock_hands_the_token_to_the_body_and_plain_locks_have_none() {
     let servers = cluster(3);

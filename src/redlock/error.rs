@@ -188,15 +188,15 @@ impl LockError {
         self
     }
 
-    /// Names the resource and the nodes' addresses, for the message. Copies the first key
-    /// (inline up to 64 bytes) and bumps a reference count: no allocation for keys that fit.
+    /// Says why, in the message.
     pub(crate) fn because(mut self, reason: &'static str) -> LockError {
         self.reason = reason;
         self
     }
 
-    /// Names the resource (the first of `keys`, the first `prefix` bytes, the manager's key
-    /// prefix, left off) and the nodes' addresses.
+    /// Names the resource (the first of `keys`, its first `prefix` bytes, the manager's key
+    /// prefix, left off) and the nodes' addresses, for the message. Copies the name (inline up
+    /// to 64 bytes) and bumps a reference count: no allocation for names that fit.
     pub(crate) fn about(
         mut self,
         keys: &[Key],

@@ -669,6 +669,15 @@ impl Redlock {
                             )
                             .map_err(LockError::cut_short)
                         }
+                        // The `SET`s had their quorum, and the counters were what was missing:
+                        // a new resource, with a node silent until the validity ran out (found
+                        // by a user's review: reported as `Expired`, which blames the time).
+                        Decision::Deadline if granted >= quorum => {
+                            let e = refuse(LockErrorKind::FenceUnavailable, results.clone());
+                            break 'attempt e.map_err(|e| {
+                    e.because("a node stayed silent until the lock's validity ran out, and no node that answered has a counter: a new resource needs every node to answer, or a reseed_fence")
+                });
+                        }
                         Decision::Deadline => {
                             break 'attempt refuse(LockErrorKind::Expired, results.clone())
                         }
