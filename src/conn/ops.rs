@@ -49,6 +49,12 @@
 //! connection is lost, so at most a quarter of the table is kept this way
 //! (`Table::linger_cap`); past it the caller sends its clean-ups at once.
 //!
+//! Late resends: a release's entry is kept the same way, with its request (the release script
+//! by `EVALSHA`, kept even when its caller sent its own copies), so that a node whose late
+//! answer is `NOSCRIPT` (a flushed script cache) gets the release again, as `EVAL` with the
+//! source the request carries (`HandedMeta::source`). Both are left to the driver only on a
+//! group whose op node `i` is its connection `i` (`Redlock`'s `hand_over`).
+//!
 //! Deadlines: each op has one, and the group's driver keeps them all with a single timer
 //! ([`OpTable::drive_deadlines`]), armed for the earliest deadline it knows of. An op past its
 //! deadline without a verdict is marked expired and its caller woken. A caller therefore
@@ -585,9 +591,10 @@ impl Table {
     }
 
     /// A release's caller is done with entry `index` (its request, the release script by
-    /// `EVALSHA`, is the same on every node and was kept in the entry, handed or not): keeps the entry for
-    /// the nodes that still owe their reply, so that one answering `NOSCRIPT` (a flushed script
-    /// cache) gets the release again, with the script's source (see [`late`](Table::late)).
+    /// `EVALSHA`, is the same on every node and was kept in the entry, handed or not): keeps
+    /// the entry for the nodes that still owe their reply, so that one answering `NOSCRIPT` (a
+    /// flushed script cache) gets the release again, with the script's source (see
+    /// [`late`](Table::late)).
     /// A `NOSCRIPT` that came between the verdict and now asked for a resend the caller did not
     /// make: that one goes at once. Nothing is copied or encoded here: a release at its quorum
     /// pays a look at its marks, and the entry is freed with the last late reply.
@@ -712,7 +719,7 @@ impl Table {
         let bit = 1u8 << node;
         // A reply to an op since freed (its entry may hold a later op), or to one whose caller
         // is gone (it still has handed requests to send): nobody waits for it. Unless it is
-        // the late reply a failed acquire's clean-up waits for.
+        // the late reply a failed acquire's clean-up or a release's resend waits for.
         if !op.is_callers(id) {
             if op.linger & bit != 0 && op.gen == id >> INDEX_BITS {
                 let rule = op.rule;
@@ -993,7 +1000,8 @@ impl OpTable {
     /// entry stays for the replies still to come, and `cleanup` writes the request the driver
     /// then sends to each node whose late reply is a yes (see *Late clean-ups* in the module
     /// docs). The second value names those nodes (a bit each): their clean-up is no longer the
-    /// caller's to send. 0 when the entry was given back at once.
+    /// caller's to send. 0 when the entry was given back at once. A release whose request was
+    /// kept stays for its unanswered nodes without a `cleanup` (see `Table::linger_release`).
     pub(crate) fn finish<R>(
         &self,
         id: OpId,
