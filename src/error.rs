@@ -74,6 +74,15 @@ pub enum ErrorKind {
         /// Nodes needed.
         quorum: usize,
     },
+    /// A quorum was connected, but fewer than a quorum answered a `PING` before the wait ran
+    /// out ([`Redlock::wait_for_quorum`](crate::Redlock::wait_for_quorum)): a stopped or
+    /// overloaded server keeps its connection open.
+    QuorumNotAnswering {
+        /// Nodes that answered.
+        answering: usize,
+        /// Nodes needed.
+        quorum: usize,
+    },
     /// The reply has a shape the command never produces.
     UnexpectedReply,
     /// The node's server process started less than the Redlock restart delay ago: it may have
@@ -173,6 +182,7 @@ impl Error {
                 | ErrorKind::UnsolicitedReply
                 | ErrorKind::Restarted
                 | ErrorKind::QuorumNotConnected { .. }
+                | ErrorKind::QuorumNotAnswering { .. }
                 | ErrorKind::Tls {
                     failure: TlsFailure::Record,
                     ..
@@ -336,6 +346,12 @@ impl fmt::Display for Error {
             ErrorKind::QuorumNotConnected { connected, quorum } => write!(
                 f,
                 "only {connected} nodes connected, {quorum} needed for a quorum"
+            ),
+            ErrorKind::QuorumNotAnswering { answering, quorum } => write!(
+                f,
+                "only {answering} nodes answered a PING in time, {quorum} needed for a quorum \
+                 (connected is not answering: a stopped or overloaded server keeps its \
+                 connection open)"
             ),
             ErrorKind::UnexpectedReply => f.write_str("unexpected reply"),
             ErrorKind::Restarted => {

@@ -1287,6 +1287,36 @@ async fn wait_for_quorum_waits_for_enough_nodes_or_says_how_many_came() {
         .unwrap();
 }
 
+/// A stopped server keeps its connection open: with two of three stopped, a quorum is
+/// connected but cannot answer, and `wait_for_quorum` says so rather than reporting ready.
+/// With one stopped, the other two answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_quorum_needs_a_quorum_that_answers_not_one_connected() {
+    let mut servers = cluster(3);
+    let r = redlock(&servers, RedlockOptions::default()).await;
+    servers[1].stop();
+    servers[2].stop();
+    let err = r
+        .wait_for_quorum(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    // Node 0 answers (unless a loaded machine holds its reply past the wait: fewer still).
+    assert!(
+        matches!(
+            err.kind(),
+            dragonlock::ErrorKind::QuorumNotAnswering {
+                answering: 0 | 1,
+                quorum: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_unavailable());
+    servers[1].cont();
+    r.wait_for_quorum(Duration::from_secs(10)).await.unwrap();
+    servers[2].cont();
+}
+
 /// Credentials every node refuses cannot be waited out: `wait_for_quorum` returns the refusal
 /// as soon as too few nodes are left to make a quorum, not a count of connected nodes at the end
 /// of its timeout. With one node refusing, two still make a quorum.
