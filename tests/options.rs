@@ -572,13 +572,11 @@ fn cleanups_run(server: &Server) -> u64 {
     server.command_calls("eval") + server.command_calls("delex")
 }
 
-/// A busy attempt decided before a stopped node answered: that node's `SET` runs when it
-/// resumes and sets the key, and the clean-up follows its late `OK`. Without it the key would
-/// stay there for the whole ttl.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_set_by_a_late_reply_after_a_busy_attempt_is_cleaned_up() {
-    let mut servers = cluster(3);
-    let r = over(&servers, RedlockOptions::default()).await;
+/// A busy attempt through `r` on `servers`, decided while node 2 is stopped: nodes 0 and 1
+/// hold the key for someone else, and node 2's `SET` runs when it resumes and sets the key
+/// there. True once the key is gone from node 2 again (its clean-up followed the late `OK`;
+/// without one the key stays for the whole ttl).
+async fn a_late_ok_gets_its_clean_up(r: &Redlock, servers: &mut [Server]) -> bool {
     for s in &servers[..2] {
         s.cmd(&["SET", "r", "other", "PX", "30000"]);
     }
@@ -587,13 +585,19 @@ async fn a_key_set_by_a_late_reply_after_a_busy_attempt_is_cleaned_up() {
     assert!(busy.is_busy(), "{busy:?}");
     servers[2].cont();
     // The `SET` has run on node 2 once its connection's `PING` is answered.
-    settle(&r).await;
+    settle(r).await;
     assert_eq!(servers[2].command_calls("set"), 1);
-    let gone = support::eventually(Duration::from_secs(10), || {
+    support::eventually(Duration::from_secs(10), || {
         matches!(servers[2].cmd(&["EXISTS", "r"]), Frame::Integer(0))
     })
-    .await;
-    assert!(gone, "the late OK's key is left on node 2");
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_set_by_a_late_reply_after_a_busy_attempt_is_cleaned_up() {
+    let mut servers = cluster(3);
+    let r = over(&servers, RedlockOptions::default()).await;
+    assert!(a_late_ok_gets_its_clean_up(&r, &mut servers).await);
     assert_eq!(cleanups_run(&servers[2]), 1);
     assert_eq!(r.stats().locks.general_path, 0);
 }
@@ -638,19 +642,7 @@ async fn on_a_reordered_group_a_busy_attempt_cleans_up_the_right_node() {
     for node in r.nodes() {
         node.wait_connected(TTL).await.unwrap();
     }
-    for s in &servers[..2] {
-        s.cmd(&["SET", "r", "other", "PX", "30000"]);
-    }
-    servers[2].stop();
-    let busy = r.try_acquire("r", TTL).await.unwrap_err();
-    assert!(busy.is_busy(), "{busy:?}");
-    servers[2].cont();
-    settle(&r).await;
-    let gone = support::eventually(Duration::from_secs(10), || {
-        matches!(servers[2].cmd(&["EXISTS", "r"]), Frame::Integer(0))
-    })
-    .await;
-    assert!(gone, "the key is left on the node that set it");
+    assert!(a_late_ok_gets_its_clean_up(&r, &mut servers).await);
     assert_eq!(
         cleanups_run(&servers[0]),
         0,

@@ -488,8 +488,8 @@ impl Lock {
                 }
             };
             let failed = |_: &Decision, granted| granted < quorum;
-            // A handed release's entry stays for the nodes still to answer, so that a late
-            // `NOSCRIPT` gets the release again (see `OpTable::finish`).
+            // A release's entry (handed or not) stays for the nodes still to answer, so that a
+            // late `NOSCRIPT` gets the release again (see `OpTable::finish`).
             quorum::run_op(
                 table,
                 id,
