@@ -619,19 +619,25 @@ impl Table {
     }
 
     /// Entry `index`'s release goes again to `nodes` (a bit each), as `EVAL` with the script's
-    /// source, from the driver's list (see `take_handed`).
+    /// source.
     #[cold]
     fn resend_with_source(&mut self, index: usize, nodes: u8) {
-        let meta = &mut self.requests[index].meta;
-        meta.with_source = true;
-        meta.sent_us = super::now_us();
+        self.requests[index].meta.with_source = true;
+        self.send_kept(index, nodes);
+    }
+
+    /// Entry `index`'s kept request (a clean-up, or a release to send again) goes to `nodes` (a
+    /// bit each), from the driver's list (see `take_handed`), as a handed request.
+    #[cold]
+    fn send_kept(&mut self, index: usize, nodes: u8) {
+        self.requests[index].meta.sent_us = super::now_us();
         let op = &mut self.ops[index];
         op.unsent |= nodes;
         if !op.queued {
             op.queued = true;
             self.handed.push(index as u32);
-            // A parked driver looks at its list when woken (a late reply's resend is made by
-            // the driver itself, which is running).
+            // A parked driver looks at its list when woken (called from a late reply, the
+            // driver is running, and the wake costs it one more look).
             if let Some(w) = &self.driver {
                 w.wake_by_ref();
             }
@@ -658,15 +664,7 @@ impl Table {
         let op = &mut self.ops[index];
         match (op.rule, answer) {
             (Rule::Count { .. }, Answer::Retry) => self.resend_with_source(index, bit),
-            (Rule::SetNx | Rule::Flag, Answer::Yes) => {
-                op.unsent |= bit;
-                self.requests[index].meta.sent_us = super::now_us();
-                // The driver sends it from its list (see `take_handed`), as a handed request.
-                if !op.queued {
-                    op.queued = true;
-                    self.handed.push(index as u32);
-                }
-            }
+            (Rule::SetNx | Rule::Flag, Answer::Yes) => self.send_kept(index, bit),
             _ => {}
         }
         self.free_if_settled(index);

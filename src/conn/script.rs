@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use smallvec::SmallVec;
 
-use crate::resp::{encode_command, EvalShaCommand};
+use crate::resp::{encode_command, encode_command_inline, EvalShaCommand, EVALSHA_HEAD};
 
 /// How a script call goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,27 @@ impl Script {
         &self.evalsha
     }
 
+    /// A call by `EVAL` with the source, as [`encode`](Script::encode) writes it, into `dst`'s
+    /// inline room: false, with `dst` as it was, when it does not fit there (at most 16 keys
+    /// and arguments).
+    pub(crate) fn encode_with_source_inline<const N: usize, K: AsRef<[u8]>>(
+        &self,
+        dst: &mut SmallVec<[u8; N]>,
+        keys: &[K],
+        args: &[&[u8]],
+    ) -> bool {
+        let mut numkeys = itoa::Buffer::new();
+        let mut parts: SmallVec<[&[u8]; 16]> = SmallVec::new();
+        if keys.len() + args.len() + 3 > parts.inline_size() {
+            return false;
+        }
+        parts.extend([&b"EVAL"[..], self.source.as_bytes()]);
+        parts.push(numkeys.format(keys.len()).as_bytes());
+        parts.extend(keys.iter().map(|k| k.as_ref()));
+        parts.extend_from_slice(args);
+        encode_command_inline(dst, &parts)
+    }
+
     /// Writes a call of this script with `keys` and `args`, in the form `call` says.
     ///
     /// # Examples
@@ -98,12 +119,12 @@ impl Script {
 #[cold]
 #[inline(never)]
 pub(crate) fn write_with_source(dst: &mut BytesMut, request: &[u8], source: &str) -> bool {
-    // `*N\r\n` `$7\r\nEVALSHA\r\n$40\r\n` sha `\r\n` and the rest, as `EvalShaCommand` writes it.
+    // `*N\r\n`, `EVALSHA_HEAD`, the SHA-1, `\r\n`, and the rest, as `EvalShaCommand` writes it.
     let Some(end) = request.iter().position(|&b| b == b'\n') else {
         return false;
     };
     let (count, rest) = request.split_at(end + 1);
-    let Some(rest) = rest.strip_prefix(&b"$7\r\nEVALSHA\r\n$40\r\n"[..]) else {
+    let Some(rest) = rest.strip_prefix(&EVALSHA_HEAD[..]) else {
         return false;
     };
     let Some(rest) = rest.get(40..).and_then(|r| r.strip_prefix(&b"\r\n"[..])) else {
@@ -136,6 +157,9 @@ mod tests {
         let mut got = BytesMut::new();
         assert!(write_with_source(&mut got, &by_sha, script.source()));
         assert_eq!(got, want);
+        let mut inline = SmallVec::<[u8; 320]>::new();
+        assert!(script.encode_with_source_inline(&mut inline, keys, args));
+        assert_eq!(&inline[..], &want[..]);
         // Not an `EVALSHA`: nothing written.
         assert!(!write_with_source(&mut got, &want, script.source()));
         assert!(!write_with_source(

@@ -1850,11 +1850,8 @@ impl Redlock {
             return false;
         }
         // With the source, as `release_in_background`'s: nobody reads its reply.
-        if all.len() > 8 {
-            return false;
-        }
-        let names: SmallVec<[&[u8]; 8]> = all.iter().map(|k| &k[..]).collect();
-        eval_inline(h, keys.release_script(), &names, token)
+        keys.release_script()
+            .encode_with_source_inline(&mut h.request, all, &[token])
     }
 
     /// Queues a release on every node for which `which` is true, without waiting for answers:
@@ -2286,21 +2283,6 @@ impl Notice {
 }
 
 /// Releases an acquire attempt's keys if the attempt future is dropped mid-flight.
-/// `EVAL source numkeys keys… token` into the handed request's inline room (false when it does
-/// not fit).
-fn eval_inline(h: &mut Handed, script: &Script, keys: &[&[u8]], token: &[u8]) -> bool {
-    let mut numkeys = itoa::Buffer::new();
-    let mut args: SmallVec<[&[u8]; 12]> = SmallVec::new();
-    if keys.len() + 4 > args.inline_size() {
-        return false;
-    }
-    args.extend([&b"EVAL"[..], script.source().as_bytes()]);
-    args.push(numkeys.format(keys.len()).as_bytes());
-    args.extend_from_slice(keys);
-    args.push(token);
-    encode_command_inline(&mut h.request, &args)
-}
-
 struct CleanupOnDrop<'a> {
     redlock: &'a Redlock,
     keys: &'a Keys,

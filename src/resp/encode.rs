@@ -623,6 +623,9 @@ impl Prepared for Publish<'_> {
     }
 }
 
+/// What an `EVALSHA` call's bytes hold after its `*N\r\n` and before the SHA-1.
+pub(crate) const EVALSHA_HEAD: &[u8; 18] = b"$7\r\nEVALSHA\r\n$40\r\n";
+
 /// `EVALSHA sha numkeys keys… args…` for one script, with the `EVALSHA` and SHA parts prepared
 /// once.
 #[derive(Debug, Clone)]
@@ -635,7 +638,7 @@ impl EvalShaCommand {
     /// Prepares the command for the script whose hex SHA-1 is `sha`.
     pub fn new(sha: &[u8; 40]) -> EvalShaCommand {
         let mut head = [0u8; 60];
-        head[..18].copy_from_slice(b"$7\r\nEVALSHA\r\n$40\r\n");
+        head[..18].copy_from_slice(EVALSHA_HEAD);
         head[18..58].copy_from_slice(sha);
         head[58..].copy_from_slice(b"\r\n");
         EvalShaCommand { head }

@@ -78,10 +78,10 @@ pub mod fuzzing;
 
 pub use decode::Decoder;
 pub(crate) use decode::LockReply;
-pub(crate) use encode::encode_command_inline;
 pub use encode::{
     encode_command, encode_delex_ifeq, encode_frame, encode_publish, EvalShaCommand, SetNxPxCommand,
 };
+pub(crate) use encode::{encode_command_inline, EVALSHA_HEAD};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Frame, ServerError, ServerErrorKind};
 
