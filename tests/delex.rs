@@ -13,6 +13,7 @@ use dragonlock::redlock::scripts::{RELEASE, RELEASE_CHANNEL_PREFIX, RELEASE_NOTI
 use dragonlock::resp::Frame;
 use dragonlock::{NodeResult, Redlock, RedlockOptions, ReleaseWait};
 use support::fake::{Action, FakeServer};
+use support::proxy::{Direction, Fault, Proxy};
 use support::server::Server;
 
 struct Store {
@@ -320,4 +321,40 @@ async fn a_dropped_acquire_publishes_no_release_it_did_not_make() {
         3,
         "the holder's key was left alone"
     );
+}
+
+/// A busy attempt decided while node 2's replies are held: its `SET` has run there and set the
+/// key, and the `OK` comes after the verdict. The clean-up the late `OK` asks for is a `DELEX`
+/// on these nodes, made from the kept `SET` only then; without it the key stays on node 2 for
+/// its ttl. Nodes 0 and 1 refused: they get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_ok_gets_a_delex_clean_up() {
+    let mut fakes = Vec::new();
+    for _ in 0..3 {
+        fakes.push(fake(false).await);
+    }
+    let proxy = Proxy::to_port(fakes[2].0.port).await;
+    let urls = vec![fakes[0].0.url(), fakes[1].0.url(), proxy.url()];
+    let r = redlock(urls, RedlockOptions::default()).await;
+    for (_, store) in &fakes[..2] {
+        let mut keys = store.keys.lock().unwrap();
+        keys.insert(b"r".to_vec(), b"other".to_vec());
+    }
+    proxy.set(Fault::BlackHole(Direction::ToClient));
+    let busy = r
+        .try_acquire("r", Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(busy.is_busy(), "{busy:?}");
+    let set_on_2 = || fakes[2].1.keys.lock().unwrap().contains_key(&b"r"[..]);
+    assert!(support::eventually(Duration::from_secs(10), set_on_2).await);
+    proxy.set(Fault::None);
+    let cleaned = || !fakes[2].1.keys.lock().unwrap().contains_key(&b"r"[..]);
+    assert!(support::eventually(Duration::from_secs(10), cleaned).await);
+    assert_eq!(fakes[2].1.delex_calls.load(Ordering::SeqCst), 1);
+    for (_, store) in &fakes[..2] {
+        assert_eq!(store.delex_calls.load(Ordering::SeqCst), 0);
+        assert_eq!(store.eval_calls.load(Ordering::SeqCst), 0);
+    }
+    assert_eq!(r.stats().locks.general_path, 0);
 }

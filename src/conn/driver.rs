@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::handshake::{self, Stream};
-use super::ops::{DeadlineTimer, OpTable};
+use super::ops::{DeadlineTimer, Form, OpTable};
 use super::script::write_with_source;
 use super::slots::Owner;
 use super::stats::{now_us, RTT_CLOCK_MASK};
@@ -650,7 +650,8 @@ fn send_handed(
         };
         let meta = handed.meta;
         // With the source: room for the script's source in place of its SHA-1 (short scripts).
-        let len = handed.request.len() + usize::from(meta.with_source) * SOURCE_ROOM;
+        let with_source = meta.form == Form::WithSource;
+        let len = handed.request.len() + usize::from(with_source) * SOURCE_ROOM;
         let discarded = usize::from(meta.discarded);
         let refusal = match admit(shared, st, meta.min_uptime, discarded, meta.acquire) {
             Err(e) => Some(e),
@@ -674,7 +675,7 @@ fn send_handed(
             }
         };
         let Some(e) = refusal else {
-            if !meta.with_source {
+            if !with_source {
                 st.write_buf.extend_from_slice(&handed.request);
             } else if !write_with_source(&mut st.write_buf, &handed.request, meta.source) {
                 // Not a script call (never the case for a kept release): that node's copy

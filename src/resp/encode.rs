@@ -42,12 +42,20 @@ pub(crate) fn encode_command_inline<const N: usize>(
     dst: &mut smallvec::SmallVec<[u8; N]>,
     args: &[&[u8]],
 ) -> bool {
-    let len = |n: usize| 1 + digits(n as u64) + 2;
-    let size = len(args.len())
-        + args
-            .iter()
-            .map(|a| len(a.len()) + a.len() + 2)
-            .sum::<usize>();
+    encode_command_inline_after(dst, b"", 0, args)
+}
+
+/// [`encode_command_inline`] of a command whose first `head_args` arguments are already
+/// encoded, as bulk strings, in `head` (a script's `EVAL` and source, prepared once): `args`
+/// follow them.
+pub(crate) fn encode_command_inline_after<const N: usize>(
+    dst: &mut smallvec::SmallVec<[u8; N]>,
+    head: &[u8],
+    head_args: usize,
+    args: &[&[u8]],
+) -> bool {
+    let argc = head_args + args.len();
+    let size = encoded_len(argc, args) + head.len();
     let at = dst.len();
     if dst.spilled() || at + size > N {
         return false;
@@ -62,8 +70,11 @@ pub(crate) fn encode_command_inline<const N: usize>(
     };
     let mut n = itoa::Buffer::new();
     put(b"*");
-    put(n.format(args.len()).as_bytes());
+    put(n.format(argc).as_bytes());
     put(b"\r\n");
+    if !head.is_empty() {
+        put(head);
+    }
     for a in args {
         put(b"$");
         put(n.format(a.len()).as_bytes());
@@ -74,6 +85,17 @@ pub(crate) fn encode_command_inline<const N: usize>(
     debug_assert_eq!(w, size);
     dst.extend_from_slice(&out[..size]);
     true
+}
+
+/// The length of `*argc` followed by `args` as bulk strings: a command's whole length when
+/// `args` are all its arguments.
+pub(crate) fn encoded_len(argc: usize, args: &[&[u8]]) -> usize {
+    let len = |n: usize| 1 + digits(n as u64) + 2;
+    len(argc)
+        + args
+            .iter()
+            .map(|a| len(a.len()) + a.len() + 2)
+            .sum::<usize>()
 }
 
 /// `SET key token NX PX ms`, the acquire command, prepared for one ttl.
@@ -145,6 +167,24 @@ impl SetNxPxCommand {
         token: &[u8],
     ) -> bool {
         write_prepared_into(dst, &self.with(key, token))
+    }
+
+    /// The key and the token of a request [`encode_inline`](SetNxPxCommand::encode_inline)
+    /// wrote: `None` for anything else.
+    pub(crate) fn key_and_token(request: &[u8]) -> Option<(&[u8], &[u8])> {
+        // One bulk string at the start of `rest`: its bytes, and what follows it.
+        fn bulk(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+            let rest = rest.strip_prefix(b"$")?;
+            let end = rest.iter().position(|&b| b == b'\r')?;
+            let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+            let rest = rest[end..].strip_prefix(b"\r\n")?;
+            let (bytes, rest) = (rest.get(..len)?, &rest[len..]);
+            Some((bytes, rest.strip_prefix(b"\r\n")?))
+        }
+        let rest = request.strip_prefix(b"*6\r\n$3\r\nSET\r\n")?;
+        let (key, rest) = bulk(rest)?;
+        let (token, rest) = bulk(rest)?;
+        rest.starts_with(b"$2\r\nNX\r\n").then_some((key, token))
     }
 
     /// Writes `SET key token NX PX <ttl>` into `dst`.
@@ -928,6 +968,34 @@ mod tests {
                     expected.len()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn key_and_token_read_back_what_set_wrote_and_nothing_else() {
+        let set = super::SetNxPxCommand::new(7);
+        for key_len in [0, 1, 9, 10, 64, 99, 100] {
+            let key: Vec<u8> = (0..key_len).map(|i| b'a' + (i % 26) as u8).collect();
+            // A token holding the bytes a parser could trip on.
+            let token = b"t\r\n$3\r\n*";
+            let mut request: smallvec::SmallVec<[u8; 320]> = smallvec::SmallVec::new();
+            assert!(set.encode_inline(&mut request, &key, token));
+            assert_eq!(
+                super::SetNxPxCommand::key_and_token(&request),
+                Some((&key[..], &token[..]))
+            );
+            // Cut anywhere, it is not a `SET` any more.
+            for cut in 0..request.len() - 20 {
+                assert_eq!(super::SetNxPxCommand::key_and_token(&request[..cut]), None);
+            }
+        }
+        for other in [
+            &b""[..],
+            b"*4\r\n$5\r\nDELEX\r\n$1\r\nk\r\n$4\r\nIFEQ\r\n$1\r\nt\r\n",
+            b"*6\r\n$3\r\nSET\r\n$1\r\nk\r\n$9\r\nt\r\n",
+            b"*6\r\n$3\r\nSET\r\n$x\r\nk\r\n",
+        ] {
+            assert_eq!(super::SetNxPxCommand::key_and_token(other), None);
         }
     }
 }

@@ -81,7 +81,9 @@ pub(crate) use decode::LockReply;
 pub use encode::{
     encode_command, encode_delex_ifeq, encode_frame, encode_publish, EvalShaCommand, SetNxPxCommand,
 };
-pub(crate) use encode::{encode_command_inline, EVALSHA_HEAD};
+pub(crate) use encode::{
+    encode_command_inline, encode_command_inline_after, encoded_len, EVALSHA_HEAD,
+};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use frame::{Frame, ServerError, ServerErrorKind};
 
