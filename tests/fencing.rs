@@ -590,3 +590,27 @@ async fn fenced_acquires_dropped_at_random_points_leave_no_lock_keys() {
         "lock keys left by dropped fenced acquires"
     );
 }
+
+/// `acquire` returns `FenceUnavailable` at once rather than retrying it: each fenced attempt
+/// with a silent node waits out the lock's validity, so ten retries made one call take eleven
+/// ttls, to find the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_does_not_retry_a_fence_it_cannot_prove() {
+    let mut servers = cluster(3);
+    let r = support::redlock_over(
+        &urls(&servers),
+        RedlockOptions::default()
+            .fencing(true)
+            .retry_count(3)
+            .retry_delay(Duration::from_millis(1), Duration::ZERO),
+    )
+    .await;
+    servers[2].stop();
+    let err = r
+        .acquire("fresh", Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    servers[2].cont();
+    assert!(err.is_fence_unavailable(), "{err:?}");
+    assert_eq!(r.stats().locks.fence_unavailable, 1, "one attempt");
+}

@@ -1115,7 +1115,11 @@ impl Redlock {
     /// [`LockErrorKind::Timeout`], whose [`last_attempt`](LockError::last_attempt) is the kind
     /// the last decided attempt failed with and whose [`nodes`](LockError::nodes) are the last
     /// attempt's answers.
-    /// `Invalid` for a ttl not larger than the drift allowance.
+    /// `Invalid` for a ttl not larger than the drift allowance. With
+    /// [`fencing`](RedlockOptions::fencing), `FenceUnavailable` and `FenceOverflow` are
+    /// returned at once, never retried: another attempt finds the same until the counter is
+    /// reseeded (or a silent node answers again), and a fenced attempt with a silent node takes
+    /// the lock's whole validity.
     ///
     /// # Cancel safety
     ///
@@ -1277,6 +1281,16 @@ impl Redlock {
                 }
                 Err(e) => e,
             };
+            // Fencing counters a quorum lacks, or used up: not a race another attempt could
+            // win. A retry would find the same until a reseed (or the silent node's answer),
+            // and with a silent node each fenced attempt waits out the lock's validity, so
+            // retrying made one acquire take up to (retry_count + 1) x ttl.
+            if matches!(
+                err.kind(),
+                LockErrorKind::FenceUnavailable | LockErrorKind::FenceOverflow
+            ) {
+                return Err(err);
+            }
             // A set's woken attempt mostly fails on its other keys, not in a race with other
             // processes: it does not make the waiter contested.
             contested |= woken && !waiter.as_ref().is_some_and(|w| w.is_set());
