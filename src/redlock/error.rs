@@ -203,6 +203,13 @@ impl LockError {
         prefix: usize,
         addrs: &Arc<[Box<str>]>,
     ) -> LockError {
+        self.name(keys, prefix, addrs);
+        self
+    }
+
+    /// [`about`](LockError::about) in place: an error built where it is returned is not
+    /// moved through a by-value call (a busy answer's hot path).
+    pub(crate) fn name(&mut self, keys: &[Key], prefix: usize, addrs: &Arc<[Box<str>]>) {
         if let Some(first) = keys.first() {
             self.resource.clear();
             self.resource
@@ -210,13 +217,17 @@ impl LockError {
         }
         self.more_resources = u32::try_from(keys.len().saturating_sub(1)).unwrap_or(u32::MAX);
         self.addrs = Some(addrs.clone());
-        self
     }
 
     /// Marks an attempt the acquire budget cut before its answers decided it.
     pub(crate) fn cut_short(mut self) -> LockError {
-        self.cut = true;
+        self.mark_cut();
         self
+    }
+
+    /// [`cut_short`](LockError::cut_short) in place.
+    pub(crate) fn mark_cut(&mut self) {
+        self.cut = true;
     }
 
     /// True for an attempt the acquire budget cut before its answers decided it.

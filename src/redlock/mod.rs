@@ -1427,9 +1427,13 @@ impl Redlock {
     /// A refused attempt's error, counted and traced.
     #[cold]
     fn refused(&self, refusal: Refusal, keys: Keys, results: &mut NodeResults) -> LockError {
-        let mut e = self.lock_error(refusal.kind, std::mem::take(results), &keys);
+        // Built in place, not through `lock_error` and `cut_short`, which take and return the
+        // 400 bytes by value.
+        let mut e = LockError::new(refusal.kind, std::mem::take(results));
+        let prefix = self.inner.options.key_prefix.len();
+        e.name(keys.all(), prefix, &self.inner.addrs);
         if refusal.cut_short {
-            e = e.cut_short();
+            e.mark_cut();
         }
         self.failed_attempt(&e);
         e
