@@ -590,6 +590,7 @@ impl Table {
         // `fill` writes the clean-up, or leaves the `SET` and marks it `Form::CleanupOfSet`.
         let entry = &mut self.requests[index];
         entry.meta.form = Form::AsIs;
+        entry.meta.source = "";
         if !fill(entry) || entry.request.is_empty() || entry.request.spilled() {
             entry.request = SmallVec::new();
             entry.meta.form = Form::AsIs;
@@ -1599,30 +1600,71 @@ mod tests {
             };
             let fill = |h: &mut Handed| set.encode_inline(&mut h.request, b"key", b"tok");
             let (id, handed) = t
-                .open_handing(Rule::SetNx, 3, 2, false, far(), Some((meta, fill)))
+                .open_handing(Rule::SetNx, 5, 3, false, far(), Some((meta, fill)))
                 .unwrap();
             assert!(handed);
             t.take_handed(&mut pending);
-            for node in 0..3 {
+            for node in 0..5 {
                 t.lock().handed_sent(index(id), node);
             }
-            t.lock().answer(id, 0, Ok(Frame::Null));
-            t.lock().answer(id, 1, Ok(Frame::Null));
+            for node in 0..3 {
+                t.lock().answer(id, node, Ok(Frame::Null));
+            }
             // The caller keeps the `SET` and names the clean-up's form.
             let keep = |h: &mut Handed| {
                 h.meta.source = source;
                 h.meta.form = Form::CleanupOfSet;
                 true
             };
-            assert_eq!(t.finish(id, |_, _, _| (), Some(keep)).1, 0b100);
-            assert!(to_send(&t, id, 3).is_empty(), "nothing before a late yes");
-            assert!(t.lock().answer(id, 2, ok()).is_none());
-            let g = t.lock();
-            let (op, h) = g.unsent_request(index(id), 2).expect("the clean-up");
-            assert_eq!(op, id);
-            assert_eq!(&h.request[..], &want[..], "source {source:?}");
-            assert_eq!(h.meta.form, Form::AsIs, "made once");
+            assert_eq!(t.finish(id, |_, _, _| (), Some(keep)).1, 0b11000);
+            assert!(to_send(&t, id, 5).is_empty(), "nothing before a late yes");
+            // Node 3 set the key: the `SET` becomes its clean-up.
+            assert!(t.lock().answer(id, 3, ok()).is_none());
+            let sent = |t: &OpTable, node| {
+                let g = t.lock();
+                let (op, h) = g.unsent_request(index(id), node).expect("a clean-up");
+                assert_eq!(op, id);
+                assert_eq!(h.meta.form, Form::AsIs, "made once");
+                h.request.to_vec()
+            };
+            assert_eq!(sent(&t, 3), want, "source {source:?}");
+            t.lock().handed_sent(index(id), 3);
+            // Node 4 too: the same clean-up, not made again from what is no longer a `SET`.
+            assert!(t.lock().answer(id, 4, ok()).is_none());
+            assert_eq!(sent(&t, 4), want);
+            t.lock().handed_sent(index(id), 4);
+            assert_eq!(t.used(), 0);
         }
+        // A late nil sets nothing: nothing is made or sent, and the entry goes with it.
+        let t = OpTable::new(4);
+        t.take_handed(&mut Vec::with_capacity(4));
+        let (id, handed) = t
+            .open_handing(
+                Rule::SetNx,
+                3,
+                2,
+                false,
+                far(),
+                Some((HandedMeta::default(), |h: &mut Handed| {
+                    set.encode_inline(&mut h.request, b"key", b"tok")
+                })),
+            )
+            .unwrap();
+        assert!(handed);
+        for node in 0..3 {
+            t.lock().handed_sent(index(id), node);
+        }
+        t.lock().answer(id, 0, Ok(Frame::Null));
+        t.lock().answer(id, 1, Ok(Frame::Null));
+        let keep = |h: &mut Handed| {
+            h.meta.form = Form::CleanupOfSet;
+            true
+        };
+        assert_eq!(t.finish(id, |_, _, _| (), Some(keep)).1, 0b100);
+        t.lock().answer(id, 2, Ok(Frame::Null));
+        assert!(to_send(&t, id, 3).is_empty());
+        assert_eq!(t.used(), 0);
+        assert_eq!(t.lock().lingering, 0);
     }
 
     /// Finishes op `id` with a clean-up: the nodes left to the driver.

@@ -1281,16 +1281,6 @@ impl Redlock {
                 }
                 Err(e) => e,
             };
-            // Fencing counters a quorum lacks, or used up: not a race another attempt could
-            // win. A retry would find the same until a reseed (or the silent node's answer),
-            // and with a silent node each fenced attempt waits out the lock's validity, so
-            // retrying made one acquire take up to (retry_count + 1) x ttl.
-            if matches!(
-                err.kind(),
-                LockErrorKind::FenceUnavailable | LockErrorKind::FenceOverflow
-            ) {
-                return Err(err);
-            }
             // A set's woken attempt mostly fails on its other keys, not in a race with other
             // processes: it does not make the waiter contested.
             contested |= woken && !waiter.as_ref().is_some_and(|w| w.is_set());
@@ -1308,6 +1298,17 @@ impl Redlock {
                 {
                     w.cover(&self.inner.handoff, keys().all(), started);
                 }
+            }
+            // Fencing counters a quorum lacks, or used up: not a race another attempt could
+            // win. A retry would find the same until a reseed (or the silent node's answer),
+            // and with a silent node each fenced attempt waits out the lock's validity, so
+            // retrying made one acquire take up to (retry_count + 1) x ttl. After the requeue
+            // above: a release that woke this set goes on to the key's next waiter.
+            if matches!(
+                err.kind(),
+                LockErrorKind::FenceUnavailable | LockErrorKind::FenceOverflow
+            ) {
+                return Err(err);
             }
             woken = false;
             last_took = last_took.max(started.elapsed());
