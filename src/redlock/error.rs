@@ -53,11 +53,13 @@ pub enum LockErrorKind {
     Busy,
     /// Mixed answers: neither busy nor unavailable alone, but no quorum.
     NoQuorum,
-    /// Infrastructure errors (or, for a release, silence) on enough nodes to make a quorum
+    /// Infrastructure errors, or silence until the deadline (an acquire's: the lock's
+    /// validity; a release's: the release timeout), on enough nodes to make a quorum
     /// impossible.
     Unavailable,
-    /// The quorum came too late: the lock's validity ran out (or fell below the minimum) while
-    /// acquiring. It was released.
+    /// The quorum came too late: it was reached with less validity left than the minimum
+    /// ([`min_validity`](crate::RedlockOptions::min_validity)), or, for a fenced acquire, the
+    /// validity ran out while the token was written. It was released.
     Expired,
     /// `acquire` ran out of its total time budget
     /// ([`RedlockOptions::acquire_timeout`](crate::RedlockOptions::acquire_timeout)).

@@ -678,8 +678,10 @@ impl Redlock {
                     e.because("a node stayed silent until the lock's validity ran out, and no node that answered has a counter: a new resource needs every node to answer, or a reseed_fence")
                 });
                         }
+                        // Silent nodes count as failed, as in an unfenced attempt.
                         Decision::Deadline => {
-                            break 'attempt refuse(LockErrorKind::Expired, results.clone())
+                            let kind = self.classify_failure(&results, true);
+                            break 'attempt refuse(kind, results.clone());
                         }
                         Decision::Impossible | Decision::AllDone => {
                             let kind = self.classify_failure(&results, false);

@@ -1061,7 +1061,9 @@ impl Redlock {
     ///
     /// [`LockErrorKind::Busy`], `NoQuorum`, `Unavailable` or `Expired` (with each node's
     /// answer); `Invalid` when the ttl is not larger than the drift allowance. After a failure
-    /// the keys that may have been set are released in the background.
+    /// the keys that may have been set are released in the background. An attempt waits for a
+    /// silent node (stopped, partitioned) until the lock's validity runs out, so with a silent
+    /// majority it takes the whole validity and fails `Unavailable`.
     ///
     /// # Cancel safety
     ///
@@ -1111,7 +1113,10 @@ impl Redlock {
     /// # Errors
     ///
     /// When the retries are spent first: the last attempt's error (`Busy`, `Unavailable`,
-    /// `NoQuorum`, `Expired`), with each node's answer. When the time budget runs out first:
+    /// `NoQuorum`, `Expired`), with each node's answer. Each attempt waits for silent nodes
+    /// until the lock's validity runs out, so with a silent (stopped, partitioned) majority an
+    /// acquire without an [`acquire_timeout`](RedlockOptions::acquire_timeout) takes about
+    /// `(retry_count + 1) × ttl`: set one to bound it. When the time budget runs out first:
     /// [`LockErrorKind::Timeout`], whose [`last_attempt`](LockError::last_attempt) is the kind
     /// the last decided attempt failed with and whose [`nodes`](LockError::nodes) are the last
     /// attempt's answers.
@@ -1584,7 +1589,10 @@ impl Redlock {
             Decision::Deadline if cut.is_some() => {
                 refuse(self.classify_failure(results, false), true)
             }
-            Decision::Deadline => refuse(LockErrorKind::Expired, false),
+            // No quorum by the end of the validity: nodes still silent then count as failed,
+            // as a release's do (a frozen majority is `Unavailable`, not `Expired`: no quorum
+            // came at all; found by a fresh user's review).
+            Decision::Deadline => refuse(self.classify_failure(results, true), false),
             Decision::Impossible | Decision::AllDone => {
                 refuse(self.classify_failure(results, false), false)
             }

@@ -138,8 +138,8 @@ pub struct LockStats {
     pub busy: u64,
     /// Attempts with mixed answers and no quorum ([`LockErrorKind::NoQuorum`]).
     pub no_quorum: u64,
-    /// Attempts that failed because too many nodes were down or failing
-    /// ([`LockErrorKind::Unavailable`]).
+    /// Attempts that failed because too many nodes were down, failing, or silent until the
+    /// lock's validity ran out ([`LockErrorKind::Unavailable`]).
     pub unavailable: u64,
     /// Attempts whose quorum came too late for the lock's validity
     /// ([`LockErrorKind::Expired`]).
