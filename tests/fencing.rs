@@ -291,6 +291,29 @@ async fn a_new_resource_with_a_node_down_says_why() {
     );
 }
 
+/// A set with one new resource and a node down: the error names the new one, the resource to
+/// reseed, not the set's first (found by a fresh user's review), and says no more resources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_whose_new_resource_has_no_token_names_that_resource() {
+    let mut servers = cluster(3);
+    let r = fenced(&servers).await;
+    r.try_acquire("known", TTL)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    servers[2].kill9();
+    let err = r
+        .try_acquire_many(&["known", "new"], TTL)
+        .await
+        .unwrap_err();
+    assert!(err.is_fence_unavailable(), "{err:?}");
+    assert_eq!(err.resource(), Some("new"), "{err}");
+    assert!(err.to_string().contains("\"new\""), "{err}");
+    assert!(!err.to_string().contains("known"), "{err}");
+}
+
 /// The sets of the multi-resource tests: overlapping, in different orders and sizes, with one
 /// resource also taken alone.
 const SETS: [&[&str]; 5] = [

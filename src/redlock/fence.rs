@@ -688,31 +688,41 @@ impl Redlock {
                             break 'attempt refuse(kind, results.clone());
                         }
                     }
-                    let picked: Result<SmallVec<[u64; 1]>, NoToken> = if naive {
+                    // The token of each key, or the first key that has none and why.
+                    let picked: Result<SmallVec<[u64; 1]>, (usize, NoToken)> = if naive {
                         let granted = reads.iter().flatten().filter(|r| r.granted);
                         let max = granted.filter_map(|r| r.counters[0].live()).max();
                         Ok(smallvec::smallvec![max.unwrap_or(1)])
                     } else {
+                        let floor = self.inner.options.fence_floor;
                         (0..n_keys)
-                            .map(|k| pick_token(&reads, k, quorum, self.inner.options.fence_floor))
+                            .map(|k| pick_token(&reads, k, quorum, floor).map_err(|e| (k, e)))
                             .collect()
+                    };
+                    // A set's error names the resource without a token, the one to reseed
+                    // (it named the set's first, found by a fresh user's review).
+                    let prefix = self.inner.options.key_prefix.len();
+                    let about = |k: usize, mut e: LockError| {
+                        e.name(&keys.all()[k..=k], prefix, &self.inner.addrs);
+                        e
                     };
                     let tokens = match picked {
                         Ok(t) => t,
-                        Err(NoToken::TooFewCounters) => {
+                        Err((k, NoToken::TooFewCounters)) => {
                             let e = refuse(LockErrorKind::FenceUnavailable, results.clone());
                             break 'attempt e.map_err(|e| {
-                    e.because("fewer than a quorum of nodes have a live counter (restarted, or restored from a snapshot?): reseed_fence")
+                    about(k, e).because("fewer than a quorum of nodes have a live counter (restarted, or restored from a snapshot?): reseed_fence")
                 });
                         }
-                        Err(NoToken::NotEveryNodeAnswered) => {
+                        Err((k, NoToken::NotEveryNodeAnswered)) => {
                             let e = refuse(LockErrorKind::FenceUnavailable, results.clone());
                             break 'attempt e.map_err(|e| {
-                    e.because("no node that answered has a counter: a new resource needs every node to answer, or a reseed_fence")
+                    about(k, e).because("no node that answered has a counter: a new resource needs every node to answer, or a reseed_fence")
                 });
                         }
-                        Err(NoToken::Overflow) => {
-                            break 'attempt refuse(LockErrorKind::FenceOverflow, results.clone())
+                        Err((k, NoToken::Overflow)) => {
+                            let e = refuse(LockErrorKind::FenceOverflow, results.clone());
+                            break 'attempt e.map_err(|e| about(k, e));
                         }
                     };
 
