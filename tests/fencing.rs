@@ -637,3 +637,29 @@ async fn acquire_does_not_retry_a_fence_it_cannot_prove() {
     assert!(err.is_fence_unavailable(), "{err:?}");
     assert_eq!(r.stats().locks.fence_unavailable, 1, "one attempt");
 }
+
+/// With a time budget shorter than the validity, the same silent node cuts the attempt: the
+/// acquire's `Timeout` says the last attempt lacked a fence (it said "no quorum", with a
+/// quorum of `SET`s granted: found by a fresh user's review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_cut_by_a_silent_node_on_a_new_resource_reads_as_a_missing_fence() {
+    let mut servers = cluster(3);
+    let r = support::redlock_over(
+        &urls(&servers),
+        RedlockOptions::default()
+            .fencing(true)
+            .acquire_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    servers[2].stop();
+    let err = r.acquire("fresh", TTL).await.unwrap_err();
+    servers[2].cont();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(
+        err.last_attempt(),
+        Some(dragonlock::LockErrorKind::FenceUnavailable),
+        "{err}"
+    );
+    assert_eq!(err.nodes()[2], NodeResult::NoReply);
+    assert!(err.to_string().contains("silent"), "{err}");
+}

@@ -660,6 +660,15 @@ impl Redlock {
                             let kind = self.classify_failure(&results, false);
                             break 'attempt refuse(kind, results.clone());
                         }
+                        // Cut by the acquire budget with the `SET`s' quorum: what was missing
+                        // is a silent node's counter (the caller makes it `Timeout`, whose last
+                        // attempt this is; it said "no quorum", found by a fresh user's review).
+                        Decision::Deadline if cut.is_some() && granted >= quorum => {
+                            let e = refuse(LockErrorKind::FenceUnavailable, results.clone());
+                            break 'attempt e.map_err(|e| {
+                    e.cut_short().because("a node stayed silent until the acquire's time budget ran out, and no node that answered has a counter: a new resource needs every node to answer, or a reseed_fence")
+                });
+                        }
                         // Cut by the acquire budget: the verdict so far (the caller makes it `Timeout`,
                         // read with the last decided attempt's verdict).
                         Decision::Deadline if cut.is_some() => {

@@ -1308,11 +1308,14 @@ impl Redlock {
             // win. A retry would find the same until a reseed (or the silent node's answer),
             // and with a silent node each fenced attempt waits out the lock's validity, so
             // retrying made one acquire take up to (retry_count + 1) x ttl. After the requeue
-            // above: a release that woke this set goes on to the key's next waiter.
-            if matches!(
-                err.kind(),
-                LockErrorKind::FenceUnavailable | LockErrorKind::FenceOverflow
-            ) {
+            // above: a release that woke this set goes on to the key's next waiter. An attempt
+            // the budget cut goes on to the budget's end below and comes out as `Timeout`.
+            if !err.was_cut()
+                && matches!(
+                    err.kind(),
+                    LockErrorKind::FenceUnavailable | LockErrorKind::FenceOverflow
+                )
+            {
                 return Err(err);
             }
             woken = false;
