@@ -14,7 +14,12 @@ fn urls(servers: &[Server]) -> Vec<String> {
 }
 
 async fn fenced(servers: &[Server]) -> Redlock {
-    support::redlock_over(&urls(servers), RedlockOptions::default().fencing(true)).await
+    fenced_with(servers, RedlockOptions::default()).await
+}
+
+/// [`fenced`] with `options`.
+async fn fenced_with(servers: &[Server], options: RedlockOptions) -> Redlock {
+    support::redlock_over(&urls(servers), options.fencing(true)).await
 }
 
 const TTL: Duration = Duration::from_secs(5);
@@ -620,14 +625,10 @@ async fn fenced_acquires_dropped_at_random_points_leave_no_lock_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_does_not_retry_a_fence_it_cannot_prove() {
     let mut servers = cluster(3);
-    let r = support::redlock_over(
-        &urls(&servers),
-        RedlockOptions::default()
-            .fencing(true)
-            .retry_count(3)
-            .retry_delay(Duration::from_millis(1), Duration::ZERO),
-    )
-    .await;
+    let options = RedlockOptions::default()
+        .retry_count(3)
+        .retry_delay(Duration::from_millis(1), Duration::ZERO);
+    let r = fenced_with(&servers, options).await;
     servers[2].stop();
     let err = r
         .acquire("fresh", Duration::from_millis(300))
@@ -644,13 +645,8 @@ async fn acquire_does_not_retry_a_fence_it_cannot_prove() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_cut_by_a_silent_node_on_a_new_resource_reads_as_a_missing_fence() {
     let mut servers = cluster(3);
-    let r = support::redlock_over(
-        &urls(&servers),
-        RedlockOptions::default()
-            .fencing(true)
-            .acquire_timeout(Duration::from_millis(300)),
-    )
-    .await;
+    let options = RedlockOptions::default().acquire_timeout(Duration::from_millis(300));
+    let r = fenced_with(&servers, options).await;
     servers[2].stop();
     let err = r.acquire("fresh", TTL).await.unwrap_err();
     servers[2].cont();

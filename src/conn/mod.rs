@@ -69,8 +69,8 @@ pub use tls::{TlsConfig, TlsRoots};
 use crate::error::{Error, ErrorKind};
 use crate::resp::Frame;
 pub(crate) use ops::{
-    Answer, Event as OpEvent, Fill, Form, Handed, HandedMeta, OpId, OpTable, Rule as OpRule,
-    Verdict, MAX_OP_NODES,
+    single_key_cleanup, Answer, Event as OpEvent, Fill, Form, Handed, HandedMeta, OpId, OpTable,
+    Rule as OpRule, Verdict, MAX_OP_NODES,
 };
 use slots::SlotTable;
 pub(crate) use subscriber::{PubSubCommand, PubSubEvent, PubSubSink, Subscriber};

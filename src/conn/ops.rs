@@ -167,6 +167,21 @@ pub(crate) enum Form {
     CleanupOfSet,
 }
 
+/// A single key's clean-up, as command arguments: `DELEX key IFEQ token` when `source` is
+/// empty, else the release script by `EVAL` with `source`. One list for the size a caller
+/// checks when it keeps its `SET` ([`Form::CleanupOfSet`]) and for what `Table::late` writes.
+pub(crate) fn single_key_cleanup<'a>(
+    source: &'a str,
+    key: &'a [u8],
+    token: &'a [u8],
+) -> SmallVec<[&'a [u8]; 5]> {
+    if source.is_empty() {
+        SmallVec::from_slice(&[b"DELEX", key, b"IFEQ", token])
+    } else {
+        SmallVec::from_slice(&[b"EVAL", source.as_bytes(), b"1", key, token])
+    }
+}
+
 /// How the driver reads a node's reply to an op's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rule {
@@ -621,14 +636,9 @@ impl Table {
         let Some((key, token)) = SetNxPxCommand::key_and_token(&set) else {
             return;
         };
-        let source = entry.meta.source;
         // False leaves the request empty.
-        if source.is_empty() {
-            encode_command_inline(&mut entry.request, &[b"DELEX", key, b"IFEQ", token]);
-        } else {
-            let call = [b"EVAL", source.as_bytes(), b"1", key, token];
-            encode_command_inline(&mut entry.request, &call);
-        }
+        let call = single_key_cleanup(entry.meta.source, key, token);
+        encode_command_inline(&mut entry.request, &call);
     }
 
     /// A release's caller is done with entry `index` (its request, the release script by

@@ -199,18 +199,8 @@ impl LockError {
     /// Names the resource (the first of `keys`, its first `prefix` bytes, the manager's key
     /// prefix, left off) and the nodes' addresses, for the message. Copies the name (inline up
     /// to 64 bytes) and bumps a reference count: no allocation for names that fit.
-    pub(crate) fn about(
-        mut self,
-        keys: &[Key],
-        prefix: usize,
-        addrs: &Arc<[Box<str>]>,
-    ) -> LockError {
-        self.name(keys, prefix, addrs);
-        self
-    }
-
-    /// [`about`](LockError::about) in place: an error built where it is returned is not
-    /// moved through a by-value call (a busy answer's hot path).
+    /// In place: an error built where it is returned is not moved through a by-value call (a
+    /// busy answer's hot path).
     pub(crate) fn name(&mut self, keys: &[Key], prefix: usize, addrs: &Arc<[Box<str>]>) {
         if let Some(first) = keys.first() {
             self.resource.clear();
@@ -442,7 +432,8 @@ mod tests {
             NodeResult::NotAwaited,
         ];
         let key: Key = Key::from_slice(b"orders:42");
-        let e = LockError::new(LockErrorKind::Busy, nodes).about(&[key], 0, &addrs());
+        let mut e = LockError::new(LockErrorKind::Busy, nodes);
+        e.name(&[key], 0, &addrs());
         let text = e.to_string();
         assert_eq!(
             text,
@@ -464,9 +455,9 @@ mod tests {
             NodeResult::NoReply,
         ];
         let keys = [Key::from_slice(b"a"), Key::from_slice(b"b")];
-        let e = LockError::new(LockErrorKind::NoQuorum, nodes)
-            .about(&keys, 0, &addrs())
-            .timed_out();
+        let mut e = LockError::new(LockErrorKind::NoQuorum, nodes);
+        e.name(&keys, 0, &addrs());
+        let e = e.timed_out();
         assert!(e.is_timeout());
         assert_eq!(e.last_attempt(), Some(LockErrorKind::NoQuorum));
         assert_eq!(

@@ -710,9 +710,8 @@ impl Redlock {
                     };
                     // A set's error names the resource without a token, the one to reseed
                     // (it named the set's first, found by a fresh user's review).
-                    let prefix = self.inner.options.key_prefix.len();
                     let about = |k: usize, mut e: LockError| {
-                        e.name(&keys.all()[k..=k], prefix, &self.inner.addrs);
+                        self.name_error(&mut e, &keys.all()[k..=k]);
                         e
                     };
                     let tokens = match picked {

@@ -47,8 +47,8 @@ pub use stats::{LockStats, RedlockStats};
 pub use token::{MAX_TOKEN_PREFIX, TOKEN_RANDOM_LEN};
 
 use crate::conn::{
-    Connection, ConnectionConfig, Form, Handed, HandedMeta, OpId, OpRule, OpTable, ReplyFuture,
-    Script, ScriptCall, MAX_OP_NODES,
+    single_key_cleanup, Connection, ConnectionConfig, Form, Handed, HandedMeta, OpId, OpRule,
+    OpTable, ReplyFuture, Script, ScriptCall, MAX_OP_NODES,
 };
 use crate::error::Error;
 use crate::resp::{
@@ -1439,8 +1439,7 @@ impl Redlock {
         // Built in place, not through `lock_error` and `cut_short`, which take and return the
         // 400 bytes by value.
         let mut e = LockError::new(refusal.kind, std::mem::take(results));
-        let prefix = self.inner.options.key_prefix.len();
-        e.name(keys.all(), prefix, &self.inner.addrs);
+        self.name_error(&mut e, keys.all());
         if refusal.cut_short {
             e.mark_cut();
         }
@@ -1865,8 +1864,16 @@ impl Redlock {
         results: NodeResults,
         keys: &Keys,
     ) -> LockError {
+        let mut e = LockError::new(kind, results);
+        self.name_error(&mut e, keys.all());
+        e
+    }
+
+    /// Names `keys`' first resource (the manager's key prefix left off) and the nodes'
+    /// addresses in `e`, in place (see [`LockError::name`]).
+    pub(crate) fn name_error(&self, e: &mut LockError, keys: &[Key]) {
         let prefix = self.inner.options.key_prefix.len();
-        LockError::new(kind, results).about(keys.all(), prefix, &self.inner.addrs)
+        e.name(keys, prefix, &self.inner.addrs);
     }
 
     /// A failed attempt's clean-up as one request for every node (see `OpTable::finish`): the
@@ -1888,17 +1895,11 @@ impl Redlock {
         }
         let script = keys.release_script();
         if set_kept && !keys.is_multi() {
-            let key = &all[0][..];
-            let (head, len) = if delex {
-                ("", encoded_len(4, &[b"DELEX", key, b"IFEQ", token]))
-            } else {
-                let source = script.source();
-                let call = [b"EVAL", source.as_bytes(), b"1", key, token];
-                (source, encoded_len(5, &call))
-            };
-            h.meta.source = head;
+            let source = if delex { "" } else { script.source() };
+            let call = single_key_cleanup(source, &all[0], token);
+            h.meta.source = source;
             h.meta.form = Form::CleanupOfSet;
-            return len <= h.request.inline_size();
+            return encoded_len(call.len(), &call) <= h.request.inline_size();
         }
         h.request.clear();
         if delex {
